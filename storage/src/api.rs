@@ -1,0 +1,391 @@
+//! The store's public contract: the [`Writer`] and [`Reader`] traits and the query types they take.
+//!
+//! Data crosses this boundary as OTLP types (`opentelemetry-proto`), so nothing is converted to a
+//! private model between the receiver and the store's own on-disk format.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::metrics::v1::MetricsData;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use crate::StoreError;
+
+/// One export request, as a receiver decoded it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Batch {
+    /// Spans.
+    Traces(ExportTraceServiceRequest),
+    /// Log records.
+    Logs(ExportLogsServiceRequest),
+    /// Metric data points.
+    Metrics(ExportMetricsServiceRequest),
+}
+
+impl Batch {
+    /// The signal this batch carries.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Batch::Traces(_) => Signal::Traces,
+            Batch::Logs(_) => Signal::Logs,
+            Batch::Metrics(_) => Signal::Metrics,
+        }
+    }
+
+    /// Number of items (spans, log records or data points) in the batch.
+    pub fn item_count(&self) -> usize {
+        match self {
+            Batch::Traces(r) => r
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum(),
+            Batch::Logs(r) => r
+                .resource_logs
+                .iter()
+                .flat_map(|rl| &rl.scope_logs)
+                .map(|sl| sl.log_records.len())
+                .sum(),
+            Batch::Metrics(r) => r
+                .resource_metrics
+                .iter()
+                .flat_map(|rm| &rm.scope_metrics)
+                .flat_map(|sm| &sm.metrics)
+                .map(crate::metrics::point_count)
+                .sum(),
+        }
+    }
+}
+
+/// The three OTLP signals the store keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    /// Spans.
+    Traces,
+    /// Log records.
+    Logs,
+    /// Metric data points.
+    Metrics,
+}
+
+impl Signal {
+    /// All signals, in a fixed order.
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Logs, Signal::Metrics];
+
+    /// Lower-case name, as used in metrics labels and directory names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
+        }
+    }
+}
+
+/// What a successful write returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// Position of the batch in the store's total order of writes (strictly increasing).
+    pub seq: u64,
+}
+
+/// Future returned by [`Writer::write`].
+pub type WriteFuture = BoxFuture<'static, Result<WriteReceipt, StoreError>>;
+
+/// The write side of the store.
+///
+/// Contract, for every implementation:
+/// - **Durability.** When the future returned by [`Writer::write`] resolves to `Ok`, the whole
+///   batch is durable under the store's fsync policy (for the disk store's default policy: it is
+///   in the write-ahead log and fsynced) and will be returned by every later read, also after a
+///   crash and restart. When it resolves to `Err`, nothing of the batch is acknowledged; it may
+///   or may not become visible (the caller retries, so duplicates are possible, as in OTLP).
+/// - **Visibility.** An acknowledged batch becomes visible to [`Reader`] within the store's
+///   commit interval (at most 2 s by default), never partially within one signal's index after
+///   a restart (replay is whole batches).
+/// - **Ordering.** Writes are totally ordered by [`WriteReceipt::seq`]; a batch whose future
+///   resolved before another write was called has the lower sequence number.
+/// - **Idempotency.** None: writing the same batch twice stores it twice.
+/// - **Backpressure.** `write` never blocks. When the store cannot take more (queues full, disk
+///   full), the future resolves at once to [`StoreError::Overloaded`] or
+///   [`StoreError::Unavailable`], both retryable, and the store's memory stays bounded.
+/// - **Ownership.** The store takes the batch; the caller keeps nothing.
+pub trait Writer: Send + Sync + 'static {
+    /// Appends one batch. See the trait documentation for the contract.
+    fn write(&self, batch: Batch) -> WriteFuture;
+}
+
+/// A span together with the resource and scope it was exported with.
+///
+/// Resource and scope are shared (`Arc`) between the spans of one read that have them in common.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanRecord {
+    /// The resource the span was exported under.
+    pub resource: Arc<Resource>,
+    /// The resource's schema URL.
+    pub resource_schema_url: String,
+    /// The instrumentation scope.
+    pub scope: Arc<InstrumentationScope>,
+    /// The scope's schema URL.
+    pub scope_schema_url: String,
+    /// The span itself, exactly as received.
+    pub span: Span,
+}
+
+/// A log record together with the resource and scope it was exported with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    /// The resource the record was exported under.
+    pub resource: Arc<Resource>,
+    /// The resource's schema URL.
+    pub resource_schema_url: String,
+    /// The instrumentation scope.
+    pub scope: Arc<InstrumentationScope>,
+    /// The scope's schema URL.
+    pub scope_schema_url: String,
+    /// The log record itself, exactly as received.
+    pub record: LogRecord,
+}
+
+/// A half-open time interval `[start_ns, end_ns)` in Unix nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRange {
+    /// Inclusive start.
+    pub start_ns: u64,
+    /// Exclusive end.
+    pub end_ns: u64,
+}
+
+impl TimeRange {
+    /// Every representable instant.
+    pub const ALL: TimeRange = TimeRange { start_ns: 0, end_ns: u64::MAX };
+
+    /// Whether `t` lies inside the range.
+    pub fn contains(&self, t: u64) -> bool {
+        t >= self.start_ns && t < self.end_ns
+    }
+
+    /// Whether the closed interval `[min, max]` overlaps the range.
+    pub fn overlaps(&self, min: u64, max: u64) -> bool {
+        min < self.end_ns && max >= self.start_ns
+    }
+}
+
+/// A typed attribute value to compare against.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    /// A string value (exact match).
+    Str(String),
+    /// An integer value.
+    Int(i64),
+    /// A floating-point value.
+    Float(f64),
+    /// A boolean value.
+    Bool(bool),
+}
+
+/// Which attribute map an attribute predicate looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttrScope {
+    /// The span's or log record's own attributes.
+    Item,
+    /// The resource attributes.
+    Resource,
+}
+
+/// A predicate over spans. Identifiers are raw bytes (16 for trace ids, 8 for span ids).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpanPredicate {
+    /// Matches every span.
+    All,
+    /// The span belongs to this trace.
+    TraceId(Vec<u8>),
+    /// The span has this id.
+    SpanId(Vec<u8>),
+    /// The span's parent has this id (empty: root spans).
+    ParentSpanId(Vec<u8>),
+    /// `service.name` of the resource equals this.
+    Service(String),
+    /// The span name equals this.
+    Name(String),
+    /// The span kind (OTLP enum number) equals this.
+    Kind(i32),
+    /// The status code (OTLP enum number) equals this.
+    StatusCode(i32),
+    /// Duration in nanoseconds within `[min, max]`.
+    Duration {
+        /// Inclusive minimum.
+        min: u64,
+        /// Inclusive maximum.
+        max: u64,
+    },
+    /// An attribute has exactly this value.
+    Attribute {
+        /// Span or resource attributes.
+        scope: AttrScope,
+        /// Attribute key.
+        key: String,
+        /// Value to compare.
+        value: AttrValue,
+    },
+    /// An attribute with this key exists.
+    AttributeExists {
+        /// Span or resource attributes.
+        scope: AttrScope,
+        /// Attribute key.
+        key: String,
+    },
+    /// All of these hold.
+    And(Vec<SpanPredicate>),
+    /// At least one of these holds.
+    Or(Vec<SpanPredicate>),
+    /// This does not hold.
+    Not(Box<SpanPredicate>),
+}
+
+/// Span search: the spans whose start time lies in `time` and that match `predicate`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanQuery {
+    /// What to match.
+    pub predicate: SpanPredicate,
+    /// Start time of the span.
+    pub time: TimeRange,
+    /// Maximum number of spans returned (newest start time first).
+    pub limit: usize,
+}
+
+/// A predicate over log records.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogPredicate {
+    /// Matches every record.
+    All,
+    /// Full-text query over the body, in tantivy's query syntax (terms, phrases, AND/OR/NOT).
+    Text(String),
+    /// `service.name` of the resource equals this.
+    Service(String),
+    /// Severity number at least this.
+    MinSeverity(i32),
+    /// Severity text equals this.
+    SeverityText(String),
+    /// The record carries this trace id.
+    TraceId(Vec<u8>),
+    /// The record carries this span id.
+    SpanId(Vec<u8>),
+    /// An attribute has exactly this value.
+    Attribute {
+        /// Record or resource attributes.
+        scope: AttrScope,
+        /// Attribute key.
+        key: String,
+        /// Value to compare.
+        value: AttrValue,
+    },
+    /// An attribute with this key exists.
+    AttributeExists {
+        /// Record or resource attributes.
+        scope: AttrScope,
+        /// Attribute key.
+        key: String,
+    },
+    /// All of these hold.
+    And(Vec<LogPredicate>),
+    /// At least one of these holds.
+    Or(Vec<LogPredicate>),
+    /// This does not hold.
+    Not(Box<LogPredicate>),
+}
+
+/// Log search: records whose timestamp (or observed timestamp when the timestamp is 0) lies in
+/// `time` and that match `predicate`, newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogQuery {
+    /// What to match.
+    pub predicate: LogPredicate,
+    /// Time of the record.
+    pub time: TimeRange,
+    /// Maximum number of records returned.
+    pub limit: usize,
+}
+
+/// How a label matcher compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchOp {
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Ne,
+    /// Fully matches the regular expression.
+    Re,
+    /// Does not fully match the regular expression.
+    NotRe,
+}
+
+/// A Prometheus-style label matcher. A missing label has the value `""`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelMatcher {
+    /// Label name: `__name__` for the metric name, otherwise a data point attribute key or,
+    /// when the point has no such attribute, a resource attribute key.
+    pub name: String,
+    /// Comparison.
+    pub op: MatchOp,
+    /// Value or regular expression.
+    pub value: String,
+}
+
+/// Metric read: every series matching all `matchers`, with its points whose time lies in `time`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricQuery {
+    /// Series selection (all must match).
+    pub matchers: Vec<LabelMatcher>,
+    /// Point timestamps.
+    pub time: TimeRange,
+}
+
+/// Sizes and counts a store reports about itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoreStats {
+    /// Bytes of write-ahead log on disk.
+    pub wal_bytes: u64,
+    /// Bytes of indexes and stored data on disk, per signal.
+    pub index_bytes: Vec<(Signal, u64)>,
+    /// Items written and not yet visible to readers, per signal.
+    pub pending_items: Vec<(Signal, u64)>,
+    /// Number of immutable segments, per signal.
+    pub segments: Vec<(Signal, u64)>,
+}
+
+/// The read side of the store.
+///
+/// Contract, for every implementation:
+/// - Methods block and may do heavy work (index search, decompression): call them from a
+///   blocking pool, never from an async runtime thread.
+/// - Reads never block writers, and see a consistent snapshot of what was committed when the
+///   call started.
+/// - Returned data is owned by the caller; spans and log records come back exactly as written
+///   (every field, attribute type, event, link and dropped count).
+/// - A bad query (an unparsable full-text query, an invalid regular expression) returns
+///   [`StoreError::InvalidQuery`].
+pub trait Reader: Send + Sync + 'static {
+    /// Every span of the trace, grouped by resource and scope, in write order. Empty when unknown.
+    fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError>;
+
+    /// Spans matching the query, newest start time first, at most `query.limit`.
+    fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError>;
+
+    /// Log records matching the query, newest first, at most `query.limit`.
+    fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Metric series matching the query, each with its points in the range, oldest point first.
+    fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError>;
+
+    /// Sizes and counts, cheap to call.
+    fn stats(&self) -> StoreStats;
+}

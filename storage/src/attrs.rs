@@ -1,0 +1,230 @@
+//! Attribute helpers shared by the indexes and the in-memory store, so both match alike.
+//!
+//! An attribute is indexed as the term `key \0 type-tag value` (tags: `s` string, `i` integer,
+//! `f` double, `b` bool, `x` bytes as hex), so `http.status_code = 200` and `= "200"` differ as in
+//! OTLP. Array elements are indexed under the array's key; map entries under `key.subkey`.
+//! Values longer than [`MAX_INDEXED_VALUE`] bytes are indexed by their prefix.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use crate::api::AttrValue;
+
+/// Longest value prefix that goes into a term.
+pub(crate) const MAX_INDEXED_VALUE: usize = 512;
+/// Array and map nesting deeper than this is not indexed (it is still stored).
+const MAX_DEPTH: usize = 4;
+
+fn truncate(s: &str) -> &str {
+    if s.len() <= MAX_INDEXED_VALUE {
+        return s;
+    }
+    let mut end = MAX_INDEXED_VALUE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The term of an attribute predicate.
+pub(crate) fn predicate_term(key: &str, value: &AttrValue) -> String {
+    match value {
+        AttrValue::Str(s) => format!("{key}\0s{}", truncate(s)),
+        AttrValue::Int(i) => format!("{key}\0i{i}"),
+        AttrValue::Float(f) => format!("{key}\0f{f}"),
+        AttrValue::Bool(b) => format!("{key}\0b{b}"),
+    }
+}
+
+/// What [`for_each_term`] emits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Emit {
+    /// A `key\0value` term.
+    Term,
+    /// An attribute key.
+    Key,
+}
+
+/// Calls `emit(Emit::Term, term)` for each term of the attributes and `emit(Emit::Key, key)` for
+/// each key.
+pub(crate) fn for_each_term(attrs: &[KeyValue], emit: &mut dyn FnMut(Emit, &str)) {
+    let mut buf = String::new();
+    for kv in attrs {
+        emit(Emit::Key, &kv.key);
+        if let Some(v) = &kv.value {
+            value_terms(&kv.key, v, 0, &mut buf, emit);
+        }
+    }
+}
+
+fn value_terms(
+    key: &str,
+    v: &AnyValue,
+    depth: usize,
+    buf: &mut String,
+    emit: &mut dyn FnMut(Emit, &str),
+) {
+    use std::fmt::Write;
+    let Some(value) = &v.value else { return };
+    buf.clear();
+    buf.push_str(key);
+    buf.push('\0');
+    match value {
+        Value::StringValue(s) => {
+            buf.push('s');
+            buf.push_str(truncate(s));
+        }
+        Value::IntValue(i) => {
+            let _ = write!(buf, "i{i}");
+        }
+        Value::DoubleValue(f) => {
+            let _ = write!(buf, "f{f}");
+        }
+        Value::BoolValue(b) => {
+            let _ = write!(buf, "b{b}");
+        }
+        Value::BytesValue(b) => {
+            buf.push('x');
+            let n = b.len().min(MAX_INDEXED_VALUE / 2);
+            buf.push_str(&hex::encode(&b[..n]));
+        }
+        Value::ArrayValue(a) => {
+            if depth < MAX_DEPTH {
+                for e in &a.values {
+                    value_terms(key, e, depth + 1, buf, emit);
+                }
+            }
+            return;
+        }
+        Value::KvlistValue(l) => {
+            if depth < MAX_DEPTH {
+                for kv in &l.values {
+                    let sub = format!("{key}.{}", kv.key);
+                    emit(Emit::Key, &sub);
+                    if let Some(v) = &kv.value {
+                        value_terms(&sub, v, depth + 1, buf, emit);
+                    }
+                }
+            }
+            return;
+        }
+        // Only meaningful with a profiles dictionary; not indexed.
+        Value::StringValueStrindex(_) => return,
+    }
+    emit(Emit::Term, buf);
+}
+
+/// Whether the attributes satisfy `key = value` the way the index does.
+pub(crate) fn attrs_match(attrs: &[KeyValue], key: &str, value: &AttrValue) -> bool {
+    let want = predicate_term(key, value);
+    let mut found = false;
+    for_each_term(attrs, &mut |e, t| found |= e == Emit::Term && t == want);
+    found
+}
+
+/// Whether the attributes have `key` (map entries count as `key.subkey`).
+pub(crate) fn attrs_have_key(attrs: &[KeyValue], key: &str) -> bool {
+    let mut found = false;
+    for_each_term(attrs, &mut |e, k| found |= e == Emit::Key && k == key);
+    found
+}
+
+/// The `service.name` resource attribute, or `""`.
+pub(crate) fn service_name(resource: Option<&Resource>) -> &str {
+    resource
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(Value::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
+        .unwrap_or("")
+}
+
+/// A value as text: strings as they are, other values in a JSON-like rendering.
+pub(crate) fn value_text(v: &AnyValue, out: &mut String) {
+    use std::fmt::Write;
+    match &v.value {
+        None => {}
+        Some(Value::StringValue(s)) => out.push_str(s),
+        Some(Value::IntValue(i)) => {
+            let _ = write!(out, "{i}");
+        }
+        Some(Value::DoubleValue(f)) => {
+            let _ = write!(out, "{f}");
+        }
+        Some(Value::BoolValue(b)) => {
+            let _ = write!(out, "{b}");
+        }
+        Some(Value::BytesValue(b)) => out.push_str(&hex::encode(b)),
+        Some(Value::StringValueStrindex(i)) => {
+            let _ = write!(out, "strindex:{i}");
+        }
+        Some(Value::ArrayValue(a)) => {
+            out.push('[');
+            for (i, e) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                value_text(e, out);
+            }
+            out.push(']');
+        }
+        Some(Value::KvlistValue(l)) => {
+            out.push('{');
+            for (i, kv) in l.values.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&kv.key);
+                out.push_str(": ");
+                if let Some(v) = &kv.value {
+                    value_text(v, out);
+                }
+            }
+            out.push('}');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    }
+
+    #[test]
+    fn typed_terms_differ() {
+        let attrs = vec![kv("code", Value::IntValue(200)), kv("name", Value::StringValue("200".into()))];
+        assert!(attrs_match(&attrs, "code", &AttrValue::Int(200)));
+        assert!(!attrs_match(&attrs, "code", &AttrValue::Str("200".into())));
+        assert!(attrs_match(&attrs, "name", &AttrValue::Str("200".into())));
+    }
+
+    #[test]
+    fn arrays_and_maps() {
+        let arr = Value::ArrayValue(ArrayValue {
+            values: vec![
+                AnyValue { value: Some(Value::StringValue("a".into())) },
+                AnyValue { value: Some(Value::StringValue("b".into())) },
+            ],
+        });
+        let map = Value::KvlistValue(KeyValueList { values: vec![kv("inner", Value::BoolValue(true))] });
+        let attrs = vec![kv("tags", arr), kv("m", map)];
+        assert!(attrs_match(&attrs, "tags", &AttrValue::Str("b".into())));
+        assert!(attrs_match(&attrs, "m.inner", &AttrValue::Bool(true)));
+        assert!(attrs_have_key(&attrs, "m.inner"));
+        assert!(attrs_have_key(&attrs, "tags"));
+        assert!(!attrs_have_key(&attrs, "nope"));
+    }
+
+    #[test]
+    fn long_values_match_by_prefix_without_panicking_on_char_boundaries() {
+        let long = "é".repeat(1000);
+        let attrs = vec![kv("k", Value::StringValue(long.clone()))];
+        assert!(attrs_match(&attrs, "k", &AttrValue::Str(long)));
+    }
+}

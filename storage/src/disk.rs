@@ -1,0 +1,562 @@
+//! [`DiskStore`]: the durable store. Composes one write-ahead log per signal, the span and log
+//! indexes, the metrics store, and the background threads that move data between them.
+//!
+//! ```text
+//! write() --admission--> WAL thread (encode, write, fdatasync) --ack--> caller
+//!                              \--> indexer thread (documents, commit every commit_interval)
+//!                                        \--> WAL truncated up to the committed seq
+//! ```
+//! Threads: one WAL writer per signal, one indexer per signal, one housekeeper (retention).
+//! None of them runs on the async runtime.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::MetricsData;
+use parking_lot::Mutex;
+use prost::Message;
+use tantivy::TantivyDocument;
+
+use crate::api::*;
+use crate::logs::{self, LogFields};
+use crate::metrics::MetricsStore;
+use crate::segments::{SegmentOptions, SegmentedIndex};
+use crate::spans::{self, SpanFields};
+use crate::wal::{Wal, WalOptions, WalRecord};
+use crate::{StoreConfig, StoreError};
+
+/// Flush the metrics head to a block at least this often, so the metrics WAL stays short.
+const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+/// ... or when the head holds this many bytes.
+const METRICS_FLUSH_BYTES: usize = 32 << 20;
+/// Time between retention passes.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+
+struct Job {
+    seq: u64,
+    batch: Arc<Batch>,
+    bytes: u64,
+    items: u64,
+}
+
+struct Inner {
+    config: StoreConfig,
+    spans: SegmentedIndex,
+    span_fields: SpanFields,
+    logs: SegmentedIndex,
+    log_fields: LogFields,
+    metrics: MetricsStore,
+    wals: [Mutex<Option<Wal>>; 3],
+    senders: Mutex<Option<[mpsc::Sender<Job>; 3]>>,
+    wal_bytes: [Box<dyn Fn() -> u64 + Send + Sync>; 3],
+    pending_bytes: AtomicU64,
+    pending_items: [AtomicU64; 3],
+    closed: AtomicBool,
+}
+
+/// The durable store under a data directory. See [`Writer`] and [`Reader`] for the contracts;
+/// the fsync policy is [`crate::FsyncPolicy`].
+///
+/// Opening replays the write-ahead logs into the indexes, so when [`DiskStore::open`] returns,
+/// every acknowledged record is visible. Dropping the store (or [`DiskStore::close`]) drains the
+/// queues, commits and stops the threads.
+pub struct DiskStore {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn idx(signal: Signal) -> usize {
+    match signal {
+        Signal::Traces => 0,
+        Signal::Logs => 1,
+        Signal::Metrics => 2,
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn decode_record<T: Message + Default>(signal: Signal, r: &WalRecord) -> Option<T> {
+    match T::decode(r.payload.as_slice()) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            // The CRC matched, so this is a record written by an incompatible version.
+            tracing::error!(signal = signal.as_str(), seq = r.seq, error = %e, "undecodable write-ahead log record skipped");
+            None
+        }
+    }
+}
+
+impl DiskStore {
+    /// Opens (creating) the store in `config.data_dir`, replays the write-ahead logs and starts
+    /// the background threads.
+    pub fn open(config: StoreConfig) -> Result<DiskStore, StoreError> {
+        config.validate().map_err(StoreError::InvalidQuery)?;
+        let root: PathBuf = config.data_dir.clone();
+        std::fs::create_dir_all(&root)?;
+        let seg_opts = SegmentOptions {
+            memory_bytes: config.index_memory_bytes as usize,
+            max_age: config.segment_max_age,
+            max_docs: config.segment_max_docs,
+        };
+        let (span_schema, span_fields) = spans::schema();
+        let spans_idx = SegmentedIndex::open(
+            &root.join("traces"),
+            Signal::Traces,
+            span_schema,
+            spans::TIME_FIELD,
+            span_fields.data,
+            seg_opts.clone(),
+        )?;
+        let (log_schema, log_fields) = logs::schema();
+        let logs_idx =
+            SegmentedIndex::open(&root.join("logs"), Signal::Logs, log_schema, logs::TIME_FIELD, log_fields.data, seg_opts)?;
+        let metrics = MetricsStore::open(&root.join("metrics"))?;
+
+        let wal_opts = |s: Signal| WalOptions {
+            fsync: config.fsync,
+            fsync_interval: config.fsync_interval,
+            file_bytes: config.wal_file_bytes,
+            thread_name: format!("obsbox-wal-{}", s.as_str()),
+        };
+        let wal_dir = root.join("wal");
+        let (span_wal, span_replay) = Wal::open(&wal_dir.join("traces"), wal_opts(Signal::Traces), spans_idx.committed_seq())?;
+        let (log_wal, log_replay) = Wal::open(&wal_dir.join("logs"), wal_opts(Signal::Logs), logs_idx.committed_seq())?;
+        let (metric_wal, metric_replay) =
+            Wal::open(&wal_dir.join("metrics"), wal_opts(Signal::Metrics), metrics.committed_seq())?;
+
+        // Replay what the indexes do not have yet, then make it visible before returning.
+        let replayed = (span_replay.len(), log_replay.len(), metric_replay.len());
+        let mut docs = Vec::new();
+        for r in &span_replay {
+            if let Some(req) = decode_record::<ExportTraceServiceRequest>(Signal::Traces, r) {
+                spans::documents(&span_fields, r.seq, req, &mut docs);
+                for (d, t) in docs.drain(..) {
+                    spans_idx.add(d, t)?;
+                }
+            }
+            spans_idx.advance(r.seq);
+        }
+        for r in &log_replay {
+            if let Some(req) = decode_record::<ExportLogsServiceRequest>(Signal::Logs, r) {
+                logs::documents(&log_fields, req, &mut docs);
+                for (d, t) in docs.drain(..) {
+                    logs_idx.add(d, t)?;
+                }
+            }
+            logs_idx.advance(r.seq);
+        }
+        for r in &metric_replay {
+            if let Some(req) = decode_record::<ExportMetricsServiceRequest>(Signal::Metrics, r) {
+                metrics.append(r.seq, &req);
+            }
+        }
+        span_wal.truncate_through(spans_idx.commit()?)?;
+        log_wal.truncate_through(logs_idx.commit()?)?;
+        if replayed != (0, 0, 0) {
+            tracing::info!(
+                traces = replayed.0,
+                logs = replayed.1,
+                metrics = replayed.2,
+                "replayed write-ahead log records"
+            );
+        }
+
+        let sizes = |w: &Wal| {
+            let w = w.clone();
+            Box::new(move || w.disk_bytes()) as Box<dyn Fn() -> u64 + Send + Sync>
+        };
+        let inner = Arc::new(Inner {
+            wal_bytes: [sizes(&span_wal), sizes(&log_wal), sizes(&metric_wal)],
+            wals: [Mutex::new(Some(span_wal)), Mutex::new(Some(log_wal)), Mutex::new(Some(metric_wal))],
+            config,
+            spans: spans_idx,
+            span_fields,
+            logs: logs_idx,
+            log_fields,
+            metrics,
+            senders: Mutex::new(None),
+            pending_bytes: AtomicU64::new(0),
+            pending_items: Default::default(),
+            closed: AtomicBool::new(false),
+        });
+        let store = DiskStore { inner, threads: Mutex::new(Vec::new()), stop: Arc::new(AtomicBool::new(false)) };
+        store.start_threads()?;
+        Ok(store)
+    }
+
+    fn start_threads(&self) -> Result<(), StoreError> {
+        let mut threads = self.threads.lock();
+        let mut senders = Vec::new();
+        for signal in Signal::ALL {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let inner = self.inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("obsbox-index-{}", signal.as_str()))
+                    .spawn(move || indexer_loop(&inner, signal, rx))?,
+            );
+            senders.push(tx);
+        }
+        let senders: [mpsc::Sender<Job>; 3] = senders.try_into().map_err(|_| StoreError::Index("senders".into()))?;
+        *self.inner.senders.lock() = Some(senders);
+        let inner = self.inner.clone();
+        let stop = self.stop.clone();
+        threads.push(std::thread::Builder::new().name("obsbox-housekeeper".into()).spawn(move || {
+            let mut last = Instant::now() - HOUSEKEEPING_INTERVAL;
+            while !stop.load(Ordering::Relaxed) {
+                if last.elapsed() >= HOUSEKEEPING_INTERVAL {
+                    if let Err(e) = housekeeping(&inner) {
+                        tracing::error!(error = %e, "retention pass failed");
+                    }
+                    last = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })?);
+        Ok(())
+    }
+
+    /// Stops accepting writes, drains the queues, commits everything and stops the threads.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for w in &self.inner.wals {
+            w.lock().take();
+        }
+        // Indexers stop once their channel is drained and every sender (the WAL callbacks hold
+        // clones until the WAL threads finish) is gone.
+        self.inner.senders.lock().take();
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        if let Err(e) = self.inner.metrics.flush() {
+            tracing::error!(error = %e, "metrics flush at close failed");
+        }
+    }
+
+    /// Runs one retention pass now (it also runs every 30 s in the background).
+    pub fn apply_retention(&self) -> Result<(), StoreError> {
+        housekeeping(&self.inner)
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Writer for DiskStore {
+    fn write(&self, batch: Batch) -> WriteFuture {
+        let inner = &self.inner;
+        let signal = batch.signal();
+        if inner.closed.load(Ordering::SeqCst) {
+            return Box::pin(futures::future::ready(Err(StoreError::Unavailable("store is shutting down".into()))));
+        }
+        let bytes = match &batch {
+            Batch::Traces(r) => r.encoded_len(),
+            Batch::Logs(r) => r.encoded_len(),
+            Batch::Metrics(r) => r.encoded_len(),
+        } as u64;
+        let items = batch.item_count() as u64;
+        let max = inner.config.max_pending_bytes;
+        let prev = inner.pending_bytes.fetch_add(bytes, Ordering::SeqCst);
+        // One batch larger than the whole budget is still taken when nothing else is pending.
+        if prev > 0 && prev + bytes > max {
+            inner.pending_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            return Box::pin(futures::future::ready(Err(StoreError::Overloaded { retry_after: Duration::from_secs(1) })));
+        }
+        inner.pending_items[idx(signal)].fetch_add(items, Ordering::SeqCst);
+        let Some(wal) = inner.wals[idx(signal)].lock().clone() else {
+            inner.pending_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            inner.pending_items[idx(signal)].fetch_sub(items, Ordering::SeqCst);
+            return Box::pin(futures::future::ready(Err(StoreError::Unavailable("store is shutting down".into()))));
+        };
+        let Some(sender) = self.inner.senders.lock().as_ref().map(|s| s[idx(signal)].clone()) else {
+            inner.pending_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            inner.pending_items[idx(signal)].fetch_sub(items, Ordering::SeqCst);
+            return Box::pin(futures::future::ready(Err(StoreError::Unavailable("store is shutting down".into()))));
+        };
+        let batch = Arc::new(batch);
+        let for_wal = batch.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inner2 = self.inner.clone();
+        wal.append(
+            Box::new(move |buf| match &*for_wal {
+                Batch::Traces(r) => r.encode_raw(buf),
+                Batch::Logs(r) => r.encode_raw(buf),
+                Batch::Metrics(r) => r.encode_raw(buf),
+            }),
+            Box::new(move |result| {
+                match &result {
+                    Ok(seq) => {
+                        if let Err(mpsc::SendError(job)) = sender.send(Job { seq: *seq, batch, bytes, items }) {
+                            // Indexer gone (closing): the record is in the WAL and replays at open.
+                            release(&inner2, signal, job.bytes, job.items);
+                        }
+                    }
+                    Err(_) => release(&inner2, signal, bytes, items),
+                }
+                let _ = tx.send(result.map(|seq| WriteReceipt { seq }));
+            }),
+        );
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("write-ahead log stopped".into())))
+        })
+    }
+}
+
+fn release(inner: &Inner, signal: Signal, bytes: u64, items: u64) {
+    inner.pending_bytes.fetch_sub(bytes, Ordering::SeqCst);
+    inner.pending_items[idx(signal)].fetch_sub(items, Ordering::SeqCst);
+}
+
+fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
+    let interval = match signal {
+        Signal::Metrics => METRICS_FLUSH_INTERVAL,
+        _ => inner.config.commit_interval,
+    };
+    let mut deadline = Instant::now() + interval;
+    let mut docs: Vec<(TantivyDocument, u64)> = Vec::new();
+    loop {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let msg = rx.recv_timeout(timeout);
+        let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
+        if let Ok(job) = msg {
+            if let Err(e) = index_job(inner, signal, &job, &mut docs) {
+                tracing::error!(signal = signal.as_str(), seq = job.seq, error = %e, "indexing failed; the record stays in the write-ahead log");
+            }
+            release(inner, signal, job.bytes, job.items);
+            let head_full = signal == Signal::Metrics && inner.metrics.head_bytes() >= METRICS_FLUSH_BYTES;
+            if !head_full && Instant::now() < deadline {
+                continue;
+            }
+        }
+        if let Err(e) = commit(inner, signal) {
+            tracing::error!(signal = signal.as_str(), error = %e, "commit failed");
+        }
+        deadline = Instant::now() + interval;
+        if disconnected {
+            return;
+        }
+    }
+}
+
+fn index_job(inner: &Inner, signal: Signal, job: &Job, docs: &mut Vec<(TantivyDocument, u64)>) -> Result<(), StoreError> {
+    match (&*job.batch, signal) {
+        (Batch::Traces(req), Signal::Traces) => {
+            spans::documents(&inner.span_fields, job.seq, req.clone(), docs);
+            for (d, t) in docs.drain(..) {
+                inner.spans.add(d, t)?;
+            }
+            inner.spans.advance(job.seq);
+        }
+        (Batch::Logs(req), Signal::Logs) => {
+            logs::documents(&inner.log_fields, req.clone(), docs);
+            for (d, t) in docs.drain(..) {
+                inner.logs.add(d, t)?;
+            }
+            inner.logs.advance(job.seq);
+        }
+        (Batch::Metrics(req), Signal::Metrics) => inner.metrics.append(job.seq, req),
+        _ => return Err(StoreError::Index("batch routed to the wrong indexer".into())),
+    }
+    Ok(())
+}
+
+fn commit(inner: &Inner, signal: Signal) -> Result<(), StoreError> {
+    let seq = match signal {
+        Signal::Traces => {
+            let s = inner.spans.commit()?;
+            inner.spans.seal_if_due()?;
+            s
+        }
+        Signal::Logs => {
+            let s = inner.logs.commit()?;
+            inner.logs.seal_if_due()?;
+            s
+        }
+        Signal::Metrics => {
+            inner.metrics.flush()?;
+            inner.metrics.committed_seq()
+        }
+    };
+    if let Some(w) = inner.wals[idx(signal)].lock().as_ref() {
+        w.truncate_through(seq)?;
+    }
+    Ok(())
+}
+
+fn housekeeping(inner: &Inner) -> Result<(), StoreError> {
+    let min_time = now_ns().saturating_sub(inner.config.retention.as_nanos() as u64);
+    inner.spans.drop_older_than(min_time)?;
+    inner.logs.drop_older_than(min_time)?;
+    inner.metrics.apply_retention(min_time, 0)?;
+    let max = inner.config.max_disk_bytes;
+    if max == 0 {
+        return Ok(());
+    }
+    loop {
+        let total = inner.spans.disk_bytes() + inner.logs.disk_bytes() + inner.metrics.disk_bytes();
+        if total <= max {
+            return Ok(());
+        }
+        let candidates = [inner.spans.oldest_sealed().map(|s| (s, 0)), inner.logs.oldest_sealed().map(|s| (s, 1))];
+        match candidates.into_iter().flatten().min_by_key(|((_, t), _)| *t) {
+            Some(((id, _), 0)) => {
+                inner.spans.drop_segment(id)?;
+            }
+            Some(((id, _), _)) => {
+                inner.logs.drop_segment(id)?;
+            }
+            None => {
+                let others = inner.spans.disk_bytes() + inner.logs.disk_bytes();
+                inner.metrics.apply_retention(min_time, max.saturating_sub(others).max(1))?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Reader for DiskStore {
+    fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
+        let q = spans::query(&self.inner.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()));
+        spans::decode(self.inner.spans.search_all(q, spans::ORD_FIELD)?)
+    }
+
+    fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
+        let q = spans::query(&self.inner.span_fields, &query.predicate);
+        spans::decode(self.inner.spans.search_newest(q, query.time, query.limit)?)
+    }
+
+    fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        let q = logs::query(self.inner.logs.schema(), &self.inner.log_fields, &query.predicate)?;
+        logs::decode(self.inner.logs.search_newest(q, query.time, query.limit)?)
+    }
+
+    fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError> {
+        self.inner.metrics.query(query)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let i = &self.inner;
+        StoreStats {
+            wal_bytes: i.wal_bytes.iter().map(|f| f()).sum(),
+            index_bytes: vec![
+                (Signal::Traces, i.spans.disk_bytes()),
+                (Signal::Logs, i.logs.disk_bytes()),
+                (Signal::Metrics, i.metrics.disk_bytes()),
+            ],
+            pending_items: Signal::ALL.iter().map(|s| (*s, i.pending_items[idx(*s)].load(Ordering::Relaxed))).collect(),
+            segments: vec![
+                (Signal::Traces, i.spans.segment_count()),
+                (Signal::Logs, i.logs.segment_count()),
+                (Signal::Metrics, i.metrics.block_count()),
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            data_dir: dir.to_path_buf(),
+            commit_interval: Duration::from_millis(100),
+            index_memory_bytes: 15 << 20,
+            ..StoreConfig::default()
+        }
+    }
+
+    #[test]
+    fn passes_the_store_contract() {
+        let dirs = Mutex::new(Vec::new());
+        crate::testsuite::run_all(&|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = DiskStore::open(config(dir.path())).unwrap();
+            dirs.lock().push(dir);
+            store
+        });
+    }
+
+    #[test]
+    fn acknowledged_data_survives_reopen_and_sealing() {
+        let dir = tempfile::tempdir().unwrap();
+        let span = crate::testsuite::full_span(1, 1, None);
+        let req = |n: u8| {
+            let mut s = span.clone();
+            s.span_id[7] = n;
+            Batch::Traces(ExportTraceServiceRequest {
+                resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+                    scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans { spans: vec![s], ..Default::default() }],
+                    ..Default::default()
+                }],
+            })
+        };
+        let crashed = tempfile::tempdir().unwrap();
+        {
+            let cfg = StoreConfig { commit_interval: Duration::from_secs(2), ..config(dir.path()) };
+            let store = DiskStore::open(cfg).unwrap();
+            for n in 0..10 {
+                futures::executor::block_on(store.write(req(n))).unwrap();
+            }
+            store.inner.spans.seal().unwrap();
+            for n in 10..20 {
+                futures::executor::block_on(store.write(req(n))).unwrap();
+            }
+            // The directory as a crash would leave it: the last ten are only in the WAL.
+            copy_dir(dir.path(), crashed.path());
+        }
+        let store = DiskStore::open(config(crashed.path())).unwrap();
+        assert_eq!(store.trace(&span.trace_id).unwrap().len(), 20);
+        assert_eq!(store.stats().segments[0].1, 2, "one sealed + one active segment");
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else if e.file_name() != ".tantivy-writer.lock" {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn overload_is_refused_with_a_retryable_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(StoreConfig { max_pending_bytes: 1 << 20, ..config(dir.path()) }).unwrap();
+        let big = crate::testsuite::full_span(1, 1, None);
+        let batch = Batch::Traces(ExportTraceServiceRequest {
+            resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+                scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                    spans: vec![big; 3000],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        let futures: Vec<_> = (0..50).map(|_| store.write(batch.clone())).collect();
+        let results = futures::executor::block_on(futures::future::join_all(futures));
+        let refused = results.iter().filter(|r| matches!(r, Err(StoreError::Overloaded { .. }))).count();
+        assert!(refused > 0, "some writes refused");
+        assert!(results.iter().all(|r| r.is_ok() || r.as_ref().unwrap_err().is_retryable()));
+    }
+}

@@ -1,0 +1,42 @@
+//! obsbox's embedded telemetry store.
+//!
+//! Data flows one way: [`Writer::write`] appends a batch to the write-ahead log and acknowledges it
+//! once durable; background indexers then add it to the per-signal indexes, where [`Reader`]
+//! finds it.
+//!
+//! # Where things are
+//! - [`api`]: the [`Writer`] / [`Reader`] traits with their contracts, and the query types.
+//! - `wal`: the write-ahead log (segmented files, CRC-checked records, group commit).
+//! - `segments`: a signal's index as a list of tantivy segments (one active, the rest sealed and
+//!   immutable) recorded in a small metastore, with retention by age and size.
+//! - `spans` / `logs`: the tantivy schemas and queries of spans and log records.
+//! - `metrics`: the compressed time-series store for metric points.
+//! - `disk`: [`DiskStore`], which composes the above and runs the background threads.
+//! - `memory`: [`MemStore`], the in-memory reference implementation.
+//! - [`testsuite`]: the contract tests every implementation runs.
+//! - `format`: the magic number + version header every file of ours starts with.
+#![warn(missing_docs)]
+
+pub mod api;
+mod attrs;
+mod config;
+mod disk;
+mod error;
+mod format;
+mod logs;
+mod memory;
+pub(crate) mod metrics;
+mod segments;
+mod spans;
+pub mod testsuite;
+mod wal;
+
+pub use api::{
+    AttrScope, AttrValue, Batch, LabelMatcher, LogEntry, LogPredicate, LogQuery, MatchOp, MetricQuery,
+    Reader, Signal, SpanPredicate, SpanQuery, SpanRecord, StoreStats, TimeRange, WriteFuture,
+    WriteReceipt, Writer,
+};
+pub use config::{FsyncPolicy, StoreConfig};
+pub use disk::DiskStore;
+pub use error::StoreError;
+pub use memory::MemStore;

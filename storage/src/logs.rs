@@ -1,0 +1,206 @@
+//! The log index: tantivy schema, documents and queries.
+//!
+//! Each log record is one document. Indexed: time (timestamp, or observed time when 0),
+//! observed time, severity number and text, service name, the body as full text (tantivy's
+//! default tokenizer, with positions for phrase queries), trace id, span id, and record/resource
+//! attributes as typed terms (see [`crate::attrs`]). Stored: the record with its resource and
+//! scope as an OTLP `LogsData` message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::{LogsData, ResourceLogs, ScopeLogs};
+use prost::Message;
+use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions};
+use tantivy::tokenizer::TokenizerManager;
+use tantivy::{TantivyDocument, Term};
+
+use crate::StoreError;
+use crate::api::{AttrScope, LogEntry, LogPredicate};
+use crate::attrs::{self, Emit};
+use crate::memory::log_time;
+
+/// Fields of the log schema.
+pub(crate) struct LogFields {
+    pub time: Field,
+    pub observed: Field,
+    pub severity: Field,
+    pub severity_text: Field,
+    pub service: Field,
+    pub body: Field,
+    pub trace_id: Field,
+    pub span_id: Field,
+    pub attr: Field,
+    pub attr_key: Field,
+    pub res: Field,
+    pub res_key: Field,
+    pub data: Field,
+}
+
+/// Name of the time field (Unix ns).
+pub(crate) const TIME_FIELD: &str = "time";
+/// Longest query text accepted.
+const MAX_QUERY_LEN: usize = 4096;
+
+/// The log schema and its fields.
+pub(crate) fn schema() -> (Schema, LogFields) {
+    let mut b = Schema::builder();
+    let body = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = LogFields {
+        time: b.add_u64_field(TIME_FIELD, INDEXED | FAST),
+        observed: b.add_u64_field("observed", INDEXED | FAST),
+        severity: b.add_u64_field("severity", INDEXED | FAST),
+        severity_text: b.add_text_field("severity_text", STRING | FAST),
+        service: b.add_text_field("service", STRING | FAST),
+        body: b.add_text_field("body", body),
+        trace_id: b.add_bytes_field("trace_id", INDEXED),
+        span_id: b.add_bytes_field("span_id", INDEXED),
+        attr: b.add_text_field("attr", STRING),
+        attr_key: b.add_text_field("attr_key", STRING),
+        res: b.add_text_field("res", STRING),
+        res_key: b.add_text_field("res_key", STRING),
+        data: b.add_bytes_field("data", STORED),
+    };
+    (b.build(), fields)
+}
+
+/// Builds the documents of one WAL record.
+pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut Vec<(TantivyDocument, u64)>) {
+    let mut body = String::new();
+    for rl in req.resource_logs {
+        let service = attrs::service_name(rl.resource.as_ref()).to_string();
+        let mut res_terms: Vec<String> = Vec::new();
+        let mut res_keys: Vec<String> = Vec::new();
+        if let Some(r) = &rl.resource {
+            attrs::for_each_term(&r.attributes, &mut |e, t| match e {
+                Emit::Term => res_terms.push(t.to_string()),
+                Emit::Key => res_keys.push(t.to_string()),
+            });
+        }
+        for sl in rl.scope_logs {
+            for record in sl.log_records {
+                let mut doc = TantivyDocument::new();
+                let time = log_time(&record);
+                doc.add_u64(f.time, time);
+                doc.add_u64(f.observed, record.observed_time_unix_nano);
+                doc.add_u64(f.severity, record.severity_number.max(0) as u64);
+                doc.add_text(f.severity_text, &record.severity_text);
+                doc.add_text(f.service, &service);
+                if let Some(b) = &record.body {
+                    body.clear();
+                    attrs::value_text(b, &mut body);
+                    doc.add_text(f.body, &body);
+                }
+                if !record.trace_id.is_empty() {
+                    doc.add_bytes(f.trace_id, &record.trace_id);
+                }
+                if !record.span_id.is_empty() {
+                    doc.add_bytes(f.span_id, &record.span_id);
+                }
+                attrs::for_each_term(&record.attributes, &mut |e, t| match e {
+                    Emit::Term => doc.add_text(f.attr, t),
+                    Emit::Key => doc.add_text(f.attr_key, t),
+                });
+                for t in &res_terms {
+                    doc.add_text(f.res, t);
+                }
+                for k in &res_keys {
+                    doc.add_text(f.res_key, k);
+                }
+                let stored = LogsData {
+                    resource_logs: vec![ResourceLogs {
+                        resource: rl.resource.clone(),
+                        schema_url: rl.schema_url.clone(),
+                        scope_logs: vec![ScopeLogs {
+                            scope: sl.scope.clone(),
+                            schema_url: sl.schema_url.clone(),
+                            log_records: vec![record],
+                        }],
+                    }],
+                };
+                doc.add_bytes(f.data, &stored.encode_to_vec());
+                out.push((doc, time));
+            }
+        }
+    }
+}
+
+/// Decodes stored documents, sharing equal resources and scopes.
+pub(crate) fn decode(data: Vec<Vec<u8>>) -> Result<Vec<LogEntry>, StoreError> {
+    let mut resources = HashMap::new();
+    let mut scopes = HashMap::new();
+    let mut out = Vec::with_capacity(data.len());
+    for bytes in data {
+        let ld = LogsData::decode(bytes.as_slice()).map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
+        for rl in ld.resource_logs {
+            let r = rl.resource.unwrap_or_default();
+            let resource = resources.entry(r.encode_to_vec()).or_insert_with(|| Arc::new(r)).clone();
+            for sl in rl.scope_logs {
+                let s = sl.scope.unwrap_or_default();
+                let scope = scopes.entry(s.encode_to_vec()).or_insert_with(|| Arc::new(s)).clone();
+                for record in sl.log_records {
+                    out.push(LogEntry {
+                        resource: resource.clone(),
+                        resource_schema_url: rl.schema_url.clone(),
+                        scope: scope.clone(),
+                        scope_schema_url: sl.schema_url.clone(),
+                        record,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn term_query(term: Term) -> Box<dyn Query> {
+    Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+}
+
+/// Translates a predicate into a tantivy query; full-text parts use tantivy's query syntax over
+/// the body, with AND between words by default.
+pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<Box<dyn Query>, StoreError> {
+    Ok(match p {
+        LogPredicate::All => Box::new(AllQuery),
+        LogPredicate::Text(text) => {
+            if text.len() > MAX_QUERY_LEN {
+                return Err(StoreError::InvalidQuery(format!("query longer than {MAX_QUERY_LEN} bytes")));
+            }
+            let mut parser = QueryParser::new(schema.clone(), vec![f.body], TokenizerManager::default());
+            parser.set_conjunction_by_default();
+            parser.parse_query(text)?
+        }
+        LogPredicate::Service(s) => term_query(Term::from_field_text(f.service, s)),
+        LogPredicate::MinSeverity(n) => Box::new(RangeQuery::new(
+            std::ops::Bound::Included(Term::from_field_u64(f.severity, (*n).max(0) as u64)),
+            std::ops::Bound::Unbounded,
+        )),
+        LogPredicate::SeverityText(s) => term_query(Term::from_field_text(f.severity_text, s)),
+        LogPredicate::TraceId(id) => term_query(Term::from_field_bytes(f.trace_id, id)),
+        LogPredicate::SpanId(id) => term_query(Term::from_field_bytes(f.span_id, id)),
+        LogPredicate::Attribute { scope, key, value } => {
+            let field = if *scope == AttrScope::Item { f.attr } else { f.res };
+            term_query(Term::from_field_text(field, &attrs::predicate_term(key, value)))
+        }
+        LogPredicate::AttributeExists { scope, key } => {
+            let field = if *scope == AttrScope::Item { f.attr_key } else { f.res_key };
+            term_query(Term::from_field_text(field, key))
+        }
+        LogPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),
+        LogPredicate::Or(ps) if ps.is_empty() => Box::new(EmptyQuery),
+        LogPredicate::And(ps) => {
+            Box::new(BooleanQuery::new(ps.iter().map(|p| Ok((Occur::Must, query(schema, f, p)?))).collect::<Result<_, StoreError>>()?))
+        }
+        LogPredicate::Or(ps) => {
+            Box::new(BooleanQuery::new(ps.iter().map(|p| Ok((Occur::Should, query(schema, f, p)?))).collect::<Result<_, StoreError>>()?))
+        }
+        LogPredicate::Not(p) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
+            (Occur::MustNot, query(schema, f, p)?),
+        ])),
+    })
+}

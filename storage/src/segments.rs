@@ -1,0 +1,467 @@
+//! A signal's index as a list of tantivy segments, recorded in a small metastore.
+//!
+//! Exactly one segment is active (receives documents, committed every commit interval); the
+//! others are sealed: immutable, self-describing (a tantivy index with its stored documents) and
+//! listed in the metastore with their time range, document count and the last WAL sequence
+//! number they contain. That is the unit a later version ships to object storage, and the unit
+//! retention deletes.
+//!
+//! The metastore is the file `metastore` (header `OBXMETA\0`, version 1, then JSON), replaced
+//! atomically (write, fsync, rename, fsync dir). The active segment's progress (last WAL seq,
+//! time range) travels in its tantivy commit payload, so one atomic commit covers both.
+
+use std::fs;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
+use tantivy::schema::{Field, Schema, Value};
+use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::{DocAddress, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term};
+
+use crate::StoreError;
+use crate::api::{Signal, TimeRange};
+use crate::format;
+use crate::wal::sync_dir;
+
+const META_MAGIC: &[u8; 8] = b"OBXMETA\0";
+const META_VERSION: u32 = 1;
+
+/// Options of one segmented index.
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentOptions {
+    pub memory_bytes: usize,
+    pub max_age: std::time::Duration,
+    pub max_docs: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct SegmentEntry {
+    id: u64,
+    sealed: bool,
+    min_time: u64,
+    max_time: u64,
+    docs: u64,
+    last_seq: u64,
+    #[serde(default)]
+    bytes: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Metastore {
+    signal: Option<Signal>,
+    next_id: u64,
+    segments: Vec<SegmentEntry>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct CommitPayload {
+    seq: u64,
+    min_time: u64,
+    max_time: u64,
+    docs: u64,
+}
+
+/// A segment as readers see it.
+pub(crate) struct Segment {
+    entry: SegmentEntry,
+    reader: IndexReader,
+}
+
+struct Active {
+    id: u64,
+    index: Index,
+    writer: IndexWriter,
+    reader: IndexReader,
+    created: Instant,
+    /// Progress including uncommitted documents.
+    pending: CommitPayload,
+    committed: CommitPayload,
+}
+
+/// A signal's segmented index. Writer methods (`add`, `commit`, `seal_if_due`) are meant for one
+/// indexer thread; readers call `search_*` concurrently and never wait for a writer.
+pub(crate) struct SegmentedIndex {
+    dir: PathBuf,
+    signal: Signal,
+    schema: Schema,
+    time_field: String,
+    data_field: Field,
+    opts: SegmentOptions,
+    meta: Mutex<Metastore>,
+    active: Mutex<Active>,
+    /// Snapshot for readers: sealed segments oldest first, then the active one.
+    view: RwLock<Arc<Vec<Arc<Segment>>>>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn settings() -> IndexSettings {
+    IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor { compression_level: Some(3) }),
+        docstore_blocksize: 64 * 1024,
+        ..IndexSettings::default()
+    }
+}
+
+fn seg_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("seg-{id:010}"))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+impl SegmentedIndex {
+    /// Opens or creates the index in `dir`. `data_field` is the stored bytes field readers get
+    /// back; `time_field` a u64 fast + indexed field holding each document's time.
+    pub fn open(
+        dir: &Path,
+        signal: Signal,
+        schema: Schema,
+        time_field: &str,
+        data_field: Field,
+        opts: SegmentOptions,
+    ) -> Result<SegmentedIndex, StoreError> {
+        fs::create_dir_all(dir)?;
+        let meta_path = dir.join("metastore");
+        let mut meta = if meta_path.exists() {
+            let raw = fs::read(&meta_path)?;
+            format::check_header(&raw, &meta_path, META_MAGIC, META_VERSION)?;
+            serde_json::from_slice::<Metastore>(&raw[format::HEADER_LEN..])
+                .map_err(|e| StoreError::corrupt(&meta_path, e.to_string()))?
+        } else {
+            Metastore { signal: Some(signal), next_id: 1, segments: Vec::new() }
+        };
+        // Segment directories the metastore does not list were being created during a crash.
+        let listed: Vec<PathBuf> = meta.segments.iter().map(|s| seg_dir(dir, s.id)).collect();
+        for entry in fs::read_dir(dir)? {
+            let p = entry?.path();
+            if p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-")) && !listed.contains(&p) {
+                tracing::warn!(path = %p.display(), "removing segment directory not in the metastore");
+                fs::remove_dir_all(&p)?;
+            }
+        }
+        let mut sealed = Vec::new();
+        for e in meta.segments.iter().filter(|s| s.sealed) {
+            let index = Index::open_in_dir(seg_dir(dir, e.id))?;
+            let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+            let mut entry = e.clone();
+            entry.bytes = dir_bytes(&seg_dir(dir, e.id));
+            sealed.push(Arc::new(Segment { entry, reader }));
+        }
+        let active_entry = meta.segments.iter().find(|s| !s.sealed).cloned();
+        let (active, fresh) = match active_entry {
+            Some(e) => (Self::open_active(dir, e.id, &schema, &opts)?, false),
+            None => {
+                let id = meta.next_id;
+                meta.next_id += 1;
+                (Self::open_active(dir, id, &schema, &opts)?, true)
+            }
+        };
+        if fresh {
+            meta.segments.push(SegmentEntry {
+                id: active.id,
+                sealed: false,
+                min_time: u64::MAX,
+                max_time: 0,
+                docs: 0,
+                last_seq: 0,
+                bytes: 0,
+            });
+            write_metastore(dir, &meta)?;
+        }
+        let this = SegmentedIndex {
+            dir: dir.to_path_buf(),
+            signal,
+            schema,
+            time_field: time_field.to_string(),
+            data_field,
+            opts,
+            meta: Mutex::new(meta),
+            active: Mutex::new(active),
+            view: RwLock::new(Arc::new(Vec::new())),
+        };
+        {
+            let active = this.active.lock();
+            this.publish(&active, sealed);
+        }
+        Ok(this)
+    }
+
+    fn open_active(dir: &Path, id: u64, schema: &Schema, opts: &SegmentOptions) -> Result<Active, StoreError> {
+        let path = seg_dir(dir, id);
+        fs::create_dir_all(&path)?;
+        let mmap = tantivy::directory::MmapDirectory::open(&path).map_err(|e| StoreError::Index(e.to_string()))?;
+        let index = Index::builder().schema(schema.clone()).settings(settings()).open_or_create(mmap)?;
+        let writer = index.writer_with_num_threads(1, opts.memory_bytes)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let committed = match index.load_metas()?.payload {
+            Some(p) => serde_json::from_str::<CommitPayload>(&p).map_err(|e| StoreError::corrupt(&path, format!("commit payload: {e}")))?,
+            None => CommitPayload { min_time: u64::MAX, ..Default::default() },
+        };
+        let pending = CommitPayload { ..committed };
+        Ok(Active { id, index, writer, reader, created: Instant::now(), pending, committed })
+    }
+
+    /// Publishes a new reader snapshot: `sealed` plus the active segment.
+    fn publish(&self, active: &Active, sealed: Vec<Arc<Segment>>) {
+        let mut all = sealed;
+        all.push(Arc::new(Segment {
+            entry: SegmentEntry {
+                id: active.id,
+                sealed: false,
+                min_time: active.committed.min_time,
+                max_time: active.committed.max_time,
+                docs: active.committed.docs,
+                last_seq: active.committed.seq,
+                bytes: 0,
+            },
+            reader: active.reader.clone(),
+        }));
+        *self.view.write() = Arc::new(all);
+    }
+
+    fn sealed_snapshot(&self) -> Vec<Arc<Segment>> {
+        self.view.read().iter().filter(|s| s.entry.sealed).cloned().collect()
+    }
+
+    /// The schema of every segment.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Highest WAL seq whose documents are committed.
+    pub fn committed_seq(&self) -> u64 {
+        let active = self.active.lock().committed.seq;
+        let sealed = self.meta.lock().segments.iter().map(|s| s.last_seq).max().unwrap_or(0);
+        active.max(sealed)
+    }
+
+    /// Adds one document with time `time_ns` to the active segment (not yet visible).
+    pub fn add(&self, doc: TantivyDocument, time_ns: u64) -> Result<(), StoreError> {
+        let mut a = self.active.lock();
+        a.writer.add_document(doc)?;
+        a.pending.docs += 1;
+        a.pending.min_time = a.pending.min_time.min(time_ns);
+        a.pending.max_time = a.pending.max_time.max(time_ns);
+        Ok(())
+    }
+
+    /// Records that everything up to WAL `seq` has been added.
+    pub fn advance(&self, seq: u64) {
+        let mut a = self.active.lock();
+        a.pending.seq = a.pending.seq.max(seq);
+    }
+
+    /// Commits the active segment when something changed, makes it visible, and returns the
+    /// committed WAL seq.
+    pub fn commit(&self) -> Result<u64, StoreError> {
+        let mut a = self.active.lock();
+        if a.pending.seq == a.committed.seq && a.pending.docs == a.committed.docs {
+            return Ok(a.committed.seq);
+        }
+        let payload = serde_json::to_string(&a.pending).map_err(|e| StoreError::Index(e.to_string()))?;
+        let mut prepared = a.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        a.reader.reload()?;
+        a.committed = CommitPayload { ..a.pending };
+        let sealed = self.sealed_snapshot();
+        self.publish(&a, sealed);
+        Ok(a.committed.seq)
+    }
+
+    /// Seals the active segment when it is old or large enough, and starts a new one.
+    pub fn seal_if_due(&self) -> Result<(), StoreError> {
+        let due = {
+            let a = self.active.lock();
+            a.committed.docs > 0 && (a.created.elapsed() >= self.opts.max_age || a.committed.docs >= self.opts.max_docs)
+        };
+        if due { self.seal() } else { Ok(()) }
+    }
+
+    /// Commits and seals the active segment and starts a new one.
+    pub fn seal(&self) -> Result<(), StoreError> {
+        self.commit()?;
+        let mut a = self.active.lock();
+        if a.committed.docs == 0 {
+            return Ok(());
+        }
+        let mut meta = self.meta.lock();
+        let new_id = meta.next_id;
+        meta.next_id += 1;
+        let path = seg_dir(&self.dir, a.id);
+        let entry = SegmentEntry {
+            id: a.id,
+            sealed: true,
+            min_time: a.committed.min_time,
+            max_time: a.committed.max_time,
+            docs: a.committed.docs,
+            last_seq: a.committed.seq,
+            bytes: 0,
+        };
+        // Create the new active segment before the metastore names it.
+        let new_active = Self::open_active(&self.dir, new_id, &self.schema, &self.opts)?;
+        for s in meta.segments.iter_mut() {
+            if s.id == a.id {
+                *s = entry.clone();
+            }
+        }
+        meta.segments.push(SegmentEntry {
+            id: new_id,
+            sealed: false,
+            min_time: u64::MAX,
+            max_time: 0,
+            docs: 0,
+            last_seq: 0,
+            bytes: 0,
+        });
+        write_metastore(&self.dir, &meta)?;
+        let old = std::mem::replace(&mut *a, new_active);
+        let reader = old.reader.clone();
+        drop(old.writer); // waits for merges of the sealed segment
+        let mut sealed = self.sealed_snapshot();
+        sealed.push(Arc::new(Segment { entry: SegmentEntry { bytes: dir_bytes(&path), ..entry }, reader }));
+        self.publish(&a, sealed);
+        tracing::debug!(signal = self.signal.as_str(), "sealed segment");
+        Ok(())
+    }
+
+    /// Deletes sealed segments whose newest document is older than `min_time`. Returns bytes freed.
+    pub fn drop_older_than(&self, min_time: u64) -> Result<u64, StoreError> {
+        let old: Vec<u64> =
+            self.sealed_snapshot().iter().filter(|s| s.entry.max_time < min_time).map(|s| s.entry.id).collect();
+        let mut freed = 0;
+        for id in old {
+            freed += self.drop_segment(id)?;
+        }
+        Ok(freed)
+    }
+
+    /// The oldest sealed segment: (id, newest document time).
+    pub fn oldest_sealed(&self) -> Option<(u64, u64)> {
+        self.sealed_snapshot().iter().map(|s| (s.entry.id, s.entry.max_time)).min_by_key(|s| s.1)
+    }
+
+    /// Deletes one sealed segment. Returns bytes freed.
+    pub fn drop_segment(&self, id: u64) -> Result<u64, StoreError> {
+        let a = self.active.lock();
+        let mut meta = self.meta.lock();
+        if !meta.segments.iter().any(|s| s.id == id && s.sealed) {
+            return Ok(0);
+        }
+        meta.segments.retain(|s| s.id != id);
+        write_metastore(&self.dir, &meta)?;
+        let sealed: Vec<Arc<Segment>> = self.sealed_snapshot().into_iter().filter(|s| s.entry.id != id).collect();
+        self.publish(&a, sealed);
+        let path = seg_dir(&self.dir, id);
+        let bytes = dir_bytes(&path);
+        // Searches still holding the segment keep their open files (unlinked, not gone).
+        fs::remove_dir_all(&path)?;
+        tracing::info!(signal = self.signal.as_str(), segment = id, bytes, "retention dropped segment");
+        Ok(bytes)
+    }
+
+    /// Bytes on disk of all segments.
+    pub fn disk_bytes(&self) -> u64 {
+        let active_id = self.active.lock().id;
+        let sealed: u64 = self.view.read().iter().filter(|s| s.entry.sealed).map(|s| s.entry.bytes).sum();
+        sealed + dir_bytes(&seg_dir(&self.dir, active_id))
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> u64 {
+        self.view.read().len() as u64
+    }
+
+    /// Documents added and not yet committed.
+    pub fn uncommitted_docs(&self) -> u64 {
+        let a = self.active.lock();
+        a.pending.docs - a.committed.docs
+    }
+
+    fn searchers(&self, time: TimeRange) -> Vec<Searcher> {
+        let view = self.view.read().clone();
+        view.iter()
+            .filter(|s| s.entry.docs > 0 && time.overlaps(s.entry.min_time, s.entry.max_time))
+            .map(|s| s.reader.searcher())
+            .collect()
+    }
+
+    fn with_time(&self, query: Box<dyn Query>, time: TimeRange) -> Result<Box<dyn Query>, StoreError> {
+        if time == TimeRange::ALL {
+            return Ok(query);
+        }
+        let field = self.schema.get_field(&self.time_field)?;
+        let range = RangeQuery::new(
+            Bound::Included(Term::from_field_u64(field, time.start_ns)),
+            Bound::Excluded(Term::from_field_u64(field, time.end_ns)),
+        );
+        Ok(Box::new(BooleanQuery::new(vec![(Occur::Must, query), (Occur::Must, Box::new(range))])))
+    }
+
+    fn stored(&self, searcher: &Searcher, addr: DocAddress) -> Result<Vec<u8>, StoreError> {
+        let doc: TantivyDocument = searcher.doc(addr)?;
+        doc.get_first(self.data_field)
+            .and_then(|v| v.as_bytes())
+            .map(|b| b.to_vec())
+            .ok_or_else(|| StoreError::Index("document without stored data".into()))
+    }
+
+    /// Stored data of the `limit` newest matching documents, newest first.
+    pub fn search_newest(&self, query: Box<dyn Query>, time: TimeRange, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let query = self.with_time(query, time)?;
+        let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
+        let searchers = self.searchers(time);
+        for (i, s) in searchers.iter().enumerate() {
+            let top = s.search(&*query, &TopDocs::with_limit(limit).order_by_u64_field(&self.time_field, Order::Desc))?;
+            hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), i, a)));
+        }
+        hits.sort_by(|a, b| b.0.cmp(&a.0));
+        hits.truncate(limit);
+        hits.into_iter().map(|(_, i, a)| self.stored(&searchers[i], a)).collect()
+    }
+
+    /// Stored data of every matching document, ordered by the u64 fast field `order_field`.
+    pub fn search_all(&self, query: Box<dyn Query>, order_field: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
+        let searchers = self.searchers(TimeRange::ALL);
+        for (i, s) in searchers.iter().enumerate() {
+            let docs = s.search(&*query, &DocSetCollector)?;
+            for addr in docs {
+                let col = s.segment_reader(addr.segment_ord).fast_fields().u64(order_field)?;
+                hits.push((col.first(addr.doc_id).unwrap_or(0), i, addr));
+            }
+        }
+        hits.sort_by_key(|h| h.0);
+        hits.into_iter().map(|(_, i, a)| self.stored(&searchers[i], a)).collect()
+    }
+}
+
+fn write_metastore(dir: &Path, meta: &Metastore) -> Result<(), StoreError> {
+    let mut buf = Vec::new();
+    format::write_header(&mut buf, META_MAGIC, META_VERSION)?;
+    serde_json::to_writer_pretty(&mut buf, meta).map_err(|e| StoreError::Index(e.to_string()))?;
+    let tmp = dir.join("metastore.tmp");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join("metastore"))?;
+    sync_dir(dir)?;
+    Ok(())
+}

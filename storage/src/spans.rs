@@ -1,0 +1,202 @@
+//! The span index: tantivy schema, documents and queries.
+//!
+//! Each span is one document. Indexed: trace id, span id, parent id (and a root flag), service
+//! name, span name, kind, status code, start time, duration, and span/resource attributes as
+//! typed `key\0value` terms (see [`crate::attrs`]) with their keys for existence. Stored: the span
+//! with its resource and scope as an OTLP `TracesData` message, so a read returns exactly what
+//! was written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, TracesData};
+use prost::Message;
+use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema};
+use tantivy::{TantivyDocument, Term};
+
+use crate::StoreError;
+use crate::api::{AttrScope, SpanPredicate, SpanRecord};
+use crate::attrs::{self, Emit};
+
+/// Fields of the span schema.
+pub(crate) struct SpanFields {
+    pub trace_id: Field,
+    pub span_id: Field,
+    pub parent_id: Field,
+    pub root: Field,
+    pub service: Field,
+    pub name: Field,
+    pub kind: Field,
+    pub status: Field,
+    pub start: Field,
+    pub duration: Field,
+    pub attr: Field,
+    pub attr_key: Field,
+    pub res: Field,
+    pub res_key: Field,
+    pub ord: Field,
+    pub data: Field,
+}
+
+/// Name of the time field (span start, Unix ns).
+pub(crate) const TIME_FIELD: &str = "start";
+/// Name of the write-order field.
+pub(crate) const ORD_FIELD: &str = "ord";
+
+/// The span schema and its fields.
+pub(crate) fn schema() -> (Schema, SpanFields) {
+    let mut b = Schema::builder();
+    let fields = SpanFields {
+        trace_id: b.add_bytes_field("trace_id", INDEXED),
+        span_id: b.add_bytes_field("span_id", INDEXED),
+        parent_id: b.add_bytes_field("parent_id", INDEXED),
+        root: b.add_bool_field("root", INDEXED),
+        service: b.add_text_field("service", STRING | FAST),
+        name: b.add_text_field("name", STRING | FAST),
+        kind: b.add_u64_field("kind", INDEXED | FAST),
+        status: b.add_u64_field("status", INDEXED | FAST),
+        start: b.add_u64_field(TIME_FIELD, INDEXED | FAST),
+        duration: b.add_u64_field("duration", INDEXED | FAST),
+        attr: b.add_text_field("attr", STRING),
+        attr_key: b.add_text_field("attr_key", STRING),
+        res: b.add_text_field("res", STRING),
+        res_key: b.add_text_field("res_key", STRING),
+        ord: b.add_u64_field(ORD_FIELD, FAST),
+        data: b.add_bytes_field("data", STORED),
+    };
+    (b.build(), fields)
+}
+
+/// Builds the documents of one WAL record. `seq` orders spans across records.
+pub(crate) fn documents(
+    f: &SpanFields,
+    seq: u64,
+    req: ExportTraceServiceRequest,
+    out: &mut Vec<(TantivyDocument, u64)>,
+) {
+    let mut i: u64 = 0;
+    for rs in req.resource_spans {
+        let service = attrs::service_name(rs.resource.as_ref()).to_string();
+        let mut res_terms: Vec<String> = Vec::new();
+        let mut res_keys: Vec<String> = Vec::new();
+        if let Some(r) = &rs.resource {
+            attrs::for_each_term(&r.attributes, &mut |e, t| match e {
+                Emit::Term => res_terms.push(t.to_string()),
+                Emit::Key => res_keys.push(t.to_string()),
+            });
+        }
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                let mut doc = TantivyDocument::new();
+                doc.add_bytes(f.trace_id, &span.trace_id);
+                doc.add_bytes(f.span_id, &span.span_id);
+                if span.parent_span_id.is_empty() {
+                    doc.add_bool(f.root, true);
+                } else {
+                    doc.add_bytes(f.parent_id, &span.parent_span_id);
+                }
+                doc.add_text(f.service, &service);
+                doc.add_text(f.name, &span.name);
+                doc.add_u64(f.kind, span.kind as u64);
+                doc.add_u64(f.status, span.status.as_ref().map(|s| s.code as u64).unwrap_or(0));
+                doc.add_u64(f.start, span.start_time_unix_nano);
+                doc.add_u64(f.duration, span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano));
+                attrs::for_each_term(&span.attributes, &mut |e, t| match e {
+                    Emit::Term => doc.add_text(f.attr, t),
+                    Emit::Key => doc.add_text(f.attr_key, t),
+                });
+                for t in &res_terms {
+                    doc.add_text(f.res, t);
+                }
+                for k in &res_keys {
+                    doc.add_text(f.res_key, k);
+                }
+                doc.add_u64(f.ord, (seq << 24) | i.min((1 << 24) - 1));
+                i += 1;
+                let start = span.start_time_unix_nano;
+                let stored = TracesData {
+                    resource_spans: vec![ResourceSpans {
+                        resource: rs.resource.clone(),
+                        schema_url: rs.schema_url.clone(),
+                        scope_spans: vec![ScopeSpans {
+                            scope: ss.scope.clone(),
+                            schema_url: ss.schema_url.clone(),
+                            spans: vec![span],
+                        }],
+                    }],
+                };
+                doc.add_bytes(f.data, &stored.encode_to_vec());
+                out.push((doc, start));
+            }
+        }
+    }
+}
+
+/// Decodes stored documents, sharing equal resources and scopes.
+pub(crate) fn decode(data: Vec<Vec<u8>>) -> Result<Vec<SpanRecord>, StoreError> {
+    let mut resources = HashMap::new();
+    let mut scopes = HashMap::new();
+    let mut out = Vec::with_capacity(data.len());
+    for bytes in data {
+        let td = TracesData::decode(bytes.as_slice()).map_err(|e| StoreError::Index(format!("stored span: {e}")))?;
+        for rs in td.resource_spans {
+            let r = rs.resource.unwrap_or_default();
+            let resource = resources.entry(r.encode_to_vec()).or_insert_with(|| Arc::new(r)).clone();
+            for ss in rs.scope_spans {
+                let s = ss.scope.unwrap_or_default();
+                let scope = scopes.entry(s.encode_to_vec()).or_insert_with(|| Arc::new(s)).clone();
+                for span in ss.spans {
+                    out.push(SpanRecord {
+                        resource: resource.clone(),
+                        resource_schema_url: rs.schema_url.clone(),
+                        scope: scope.clone(),
+                        scope_schema_url: ss.schema_url.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn term_query(term: Term) -> Box<dyn Query> {
+    Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+}
+
+/// Translates a predicate into a tantivy query.
+pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Box<dyn Query> {
+    match p {
+        SpanPredicate::All => Box::new(AllQuery),
+        SpanPredicate::TraceId(id) => term_query(Term::from_field_bytes(f.trace_id, id)),
+        SpanPredicate::SpanId(id) => term_query(Term::from_field_bytes(f.span_id, id)),
+        SpanPredicate::ParentSpanId(id) if id.is_empty() => term_query(Term::from_field_bool(f.root, true)),
+        SpanPredicate::ParentSpanId(id) => term_query(Term::from_field_bytes(f.parent_id, id)),
+        SpanPredicate::Service(s) => term_query(Term::from_field_text(f.service, s)),
+        SpanPredicate::Name(s) => term_query(Term::from_field_text(f.name, s)),
+        SpanPredicate::Kind(k) => term_query(Term::from_field_u64(f.kind, (*k).max(0) as u64)),
+        SpanPredicate::StatusCode(c) => term_query(Term::from_field_u64(f.status, (*c).max(0) as u64)),
+        SpanPredicate::Duration { min, max } => Box::new(RangeQuery::new(
+            std::ops::Bound::Included(Term::from_field_u64(f.duration, *min)),
+            std::ops::Bound::Included(Term::from_field_u64(f.duration, *max)),
+        )),
+        SpanPredicate::Attribute { scope, key, value } => {
+            let field = if *scope == AttrScope::Item { f.attr } else { f.res };
+            term_query(Term::from_field_text(field, &attrs::predicate_term(key, value)))
+        }
+        SpanPredicate::AttributeExists { scope, key } => {
+            let field = if *scope == AttrScope::Item { f.attr_key } else { f.res_key };
+            term_query(Term::from_field_text(field, key))
+        }
+        SpanPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),
+        SpanPredicate::Or(ps) if ps.is_empty() => Box::new(EmptyQuery),
+        SpanPredicate::And(ps) => Box::new(BooleanQuery::new(ps.iter().map(|p| (Occur::Must, query(f, p))).collect())),
+        SpanPredicate::Or(ps) => Box::new(BooleanQuery::new(ps.iter().map(|p| (Occur::Should, query(f, p))).collect())),
+        SpanPredicate::Not(p) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
+            (Occur::MustNot, query(f, p)),
+        ])),
+    }
+}

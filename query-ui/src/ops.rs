@@ -1,0 +1,140 @@
+//! Operational endpoints: liveness, readiness and self-metrics.
+
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, IntGaugeVec, Opts, TextEncoder};
+
+use crate::AppState;
+
+/// Store gauges, refreshed from [`obsbox_storage::Reader::stats`] at each scrape.
+pub struct StoreMetrics {
+    wal_bytes: prometheus::IntGauge,
+    index_bytes: IntGaugeVec,
+    queue_items: IntGaugeVec,
+    segments: IntGaugeVec,
+    commits: prometheus::IntGauge,
+    commit_seconds: prometheus::Gauge,
+}
+
+impl StoreMetrics {
+    /// Creates the gauges and registers them.
+    pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let m = StoreMetrics {
+            wal_bytes: prometheus::IntGauge::new("obsbox_store_wal_bytes", "Bytes of write-ahead log on disk")?,
+            index_bytes: IntGaugeVec::new(
+                Opts::new("obsbox_store_index_bytes", "Bytes of indexes and stored data on disk"),
+                &["signal"],
+            )?,
+            queue_items: IntGaugeVec::new(
+                Opts::new("obsbox_store_queue_items", "Items acknowledged and not yet indexed (queue depth)"),
+                &["signal"],
+            )?,
+            segments: IntGaugeVec::new(Opts::new("obsbox_store_segments", "Immutable segments or blocks"), &["signal"])?,
+            commits: prometheus::IntGauge::new("obsbox_store_index_commits", "Index commits since start")?,
+            commit_seconds: prometheus::Gauge::new(
+                "obsbox_store_index_commit_seconds",
+                "Time spent in index commits since start (divide by commits for the mean latency)",
+            )?,
+        };
+        registry.register(Box::new(m.wal_bytes.clone()))?;
+        registry.register(Box::new(m.index_bytes.clone()))?;
+        registry.register(Box::new(m.queue_items.clone()))?;
+        registry.register(Box::new(m.segments.clone()))?;
+        registry.register(Box::new(m.commits.clone()))?;
+        registry.register(Box::new(m.commit_seconds.clone()))?;
+        Ok(m)
+    }
+
+    fn refresh(&self, stats: &obsbox_storage::StoreStats) {
+        self.wal_bytes.set(stats.wal_bytes as i64);
+        for (s, v) in &stats.index_bytes {
+            self.index_bytes.with_label_values(&[s.as_str()]).set(*v as i64);
+        }
+        for (s, v) in &stats.pending_items {
+            self.queue_items.with_label_values(&[s.as_str()]).set(*v as i64);
+        }
+        for (s, v) in &stats.segments {
+            self.segments.with_label_values(&[s.as_str()]).set(*v as i64);
+        }
+        self.commits.set(stats.commits as i64);
+        self.commit_seconds.set(stats.commit_seconds);
+    }
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.store_metrics.refresh(&state.reader.stats());
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics failed");
+        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], Vec::new());
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use obsbox_storage::{Batch, MemStore, Writer};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app(ready: bool) -> Router {
+        let store = Arc::new(MemStore::new());
+        let _ = futures_lite_block(store.write(Batch::Logs(Default::default())));
+        let state = AppState::new(store, prometheus::Registry::new(), Arc::new(AtomicBool::new(ready))).unwrap();
+        crate::router(state)
+    }
+
+    fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    async fn get(app: Router, path: &str) -> (StatusCode, String) {
+        let resp = app.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness() {
+        assert_eq!(get(app(false), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(app(false), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(app(true), "/readyz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_include_store_gauges() {
+        let (status, body) = get(app(true), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("obsbox_store_queue_items{signal=\"traces\"} 0"), "{body}");
+        assert!(body.contains("obsbox_store_wal_bytes"), "{body}");
+    }
+}

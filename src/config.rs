@@ -1,0 +1,110 @@
+//! Configuration: defaults, then an optional TOML file, then `OBSBOX_*` environment variables
+//! and command-line flags. Unknown keys and bad values stop start-up with a message naming them.
+
+use std::path::Path;
+
+use obsbox_collector::Limits;
+use obsbox_storage::StoreConfig;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. `Default` is the embedded defaults `cargo run` starts with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen addresses.
+    pub listen: ListenConfig,
+    /// The embedded store.
+    pub storage: StoreConfig,
+    /// Limits on OTLP input.
+    pub limits: Limits,
+}
+
+/// Where obsbox listens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// OTLP/gRPC.
+    pub otlp_grpc: String,
+    /// OTLP/HTTP.
+    pub otlp_http: String,
+    /// Web UI, query APIs, `/metrics`, `/healthz`, `/readyz`.
+    pub http: String,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            otlp_grpc: "0.0.0.0:4317".into(),
+            otlp_http: "0.0.0.0:4318".into(),
+            http: "0.0.0.0:16686".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file. The error names the file, the line and the offending key.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, addr) in [
+            ("listen.otlp_grpc", &self.listen.otlp_grpc),
+            ("listen.otlp_http", &self.listen.otlp_http),
+            ("listen.http", &self.listen.http),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                anyhow::bail!("{key}: {addr:?} is not an IP:port address");
+            }
+        }
+        self.storage.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.limits.validate().map_err(|e| anyhow::anyhow!("limits.{e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[storage]\nretention = \"3d\"\nretension = \"1d\"\n").unwrap_err().to_string();
+        assert!(err.contains("retension"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let err = Config::from_toml("[nope]\n").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_toml("[storage]\nretention = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("retention"), "{err}");
+        let mut c = Config::from_toml("[storage]\ncommit_interval = \"10s\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("storage.commit_interval"));
+        c = Config::from_toml("[listen]\nhttp = \"localhost\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("listen.http"));
+        c = Config::from_toml("[limits]\nmax_body_bytes = 0\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("max_body_bytes"));
+    }
+
+    #[test]
+    fn sample_config_parses() {
+        let text = include_str!("../obsbox.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.storage.retention, std::time::Duration::from_secs(7 * 24 * 3600));
+    }
+}

@@ -1,0 +1,140 @@
+//! The `obsbox` binary's library: configuration and the composition of the crates into one
+//! running process.
+//!
+//! # Where things are
+//! - `config`: [`Config`], loaded from defaults, an optional TOML file, `OBSBOX_*` environment
+//!   variables and flags (in that order), validated once at start.
+//! - [`Obsbox`]: binds the three listeners, opens the store and runs the OTLP receivers
+//!   (`obsbox-collector`) and the UI/API server (`obsbox-query-ui`) until shut down.
+//! - `main.rs`: the command line.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, ListenConfig};
+pub use obsbox_collector as collector;
+pub use obsbox_storage as storage;
+use obsbox_storage::DiskStore;
+
+/// A running obsbox: listeners bound, store open, servers running.
+pub struct Obsbox {
+    otlp_grpc_addr: SocketAddr,
+    otlp_http_addr: SocketAddr,
+    http_addr: SocketAddr,
+    store: Arc<DiskStore>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+impl Obsbox {
+    /// Validates `config`, opens the store (replaying its write-ahead log), binds the listeners
+    /// and starts serving. Port 0 binds a free port; the `*_addr` methods tell which.
+    pub async fn start(config: Config) -> anyhow::Result<Obsbox> {
+        config.validate()?;
+        let registry = prometheus::Registry::new();
+        let storage_config = config.storage.clone();
+        let store = tokio::task::spawn_blocking(move || DiskStore::open(storage_config))
+            .await
+            .context("store open task failed")?
+            .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
+        let store = Arc::new(store);
+
+        let grpc = bind(&config.listen.otlp_grpc, "listen.otlp_grpc").await?;
+        let http = bind(&config.listen.otlp_http, "listen.otlp_http").await?;
+        let ui = bind(&config.listen.http, "listen.http").await?;
+        let (otlp_grpc_addr, otlp_http_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?, ui.local_addr()?);
+
+        let collector = obsbox_collector::Collector::new(store.clone(), config.limits.clone(), &registry)
+            .context("invalid limits")?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = obsbox_query_ui::AppState::new(store.clone(), registry, ready.clone())
+            .context("registering self-metrics")?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let signal = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let tasks = vec![
+            tokio::spawn({
+                let c = collector.clone();
+                let s = signal(stop_rx.clone());
+                async move { obsbox_collector::serve_grpc(grpc, c, s).await.context("otlp grpc server") }
+            }),
+            tokio::spawn({
+                let s = signal(stop_rx.clone());
+                async move { obsbox_collector::serve_http(http, collector, s).await.context("otlp http server") }
+            }),
+            tokio::spawn({
+                let s = signal(stop_rx.clone());
+                async move { obsbox_query_ui::serve(ui, state, s).await.context("ui server") }
+            }),
+        ];
+        ready.store(true, Ordering::SeqCst);
+        Ok(Obsbox { otlp_grpc_addr, otlp_http_addr, http_addr, store, stop, tasks })
+    }
+
+    /// Address of the OTLP/gRPC listener.
+    pub fn otlp_grpc_addr(&self) -> SocketAddr {
+        self.otlp_grpc_addr
+    }
+
+    /// Address of the OTLP/HTTP listener.
+    pub fn otlp_http_addr(&self) -> SocketAddr {
+        self.otlp_http_addr
+    }
+
+    /// Address of the UI and query API listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The store (implements [`obsbox_storage::Reader`] and [`obsbox_storage::Writer`]).
+    pub fn store(&self) -> Arc<DiskStore> {
+        self.store.clone()
+    }
+
+    /// Resolves when a server stops on its own (an error); the error says which.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        let (result, _, rest) = futures_select_all(std::mem::take(&mut self.tasks)).await;
+        self.tasks = rest;
+        result
+    }
+
+    /// Stops accepting connections, finishes requests in flight, then closes the store
+    /// (committing everything acknowledged).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            t.await.context("server task panicked")??;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close()).await.context("store close task failed")?;
+        Ok(())
+    }
+}
+
+async fn futures_select_all(
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+) -> (anyhow::Result<()>, usize, Vec<JoinHandle<anyhow::Result<()>>>) {
+    if tasks.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let (r, i, rest) = futures::future::select_all(tasks).await;
+    let r = match r {
+        Ok(r) => r.and_then(|()| Err(anyhow::anyhow!("a server stopped unexpectedly"))),
+        Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
+    };
+    (r, i, rest)
+}

@@ -360,6 +360,10 @@ pub struct StoreStats {
     pub pending_items: Vec<(Signal, u64)>,
     /// Number of immutable segments, per signal.
     pub segments: Vec<(Signal, u64)>,
+    /// Index commits since the store opened.
+    pub commits: u64,
+    /// Seconds spent in those commits.
+    pub commit_seconds: f64,
 }
 
 /// The read side of the store.

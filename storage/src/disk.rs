@@ -465,6 +465,8 @@ impl Reader for DiskStore {
                 (Signal::Logs, i.logs.segment_count()),
                 (Signal::Metrics, i.metrics.block_count()),
             ],
+            commits: i.spans.commit_stats().0 + i.logs.commit_stats().0,
+            commit_seconds: i.spans.commit_stats().1 + i.logs.commit_stats().1,
         }
     }
 }

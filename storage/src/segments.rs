@@ -14,7 +14,8 @@ use std::fs;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use tantivy::collector::{DocSetCollector, TopDocs};
@@ -74,7 +75,6 @@ pub(crate) struct Segment {
 
 struct Active {
     id: u64,
-    index: Index,
     writer: IndexWriter,
     reader: IndexReader,
     created: Instant,
@@ -96,10 +96,8 @@ pub(crate) struct SegmentedIndex {
     active: Mutex<Active>,
     /// Snapshot for readers: sealed segments oldest first, then the active one.
     view: RwLock<Arc<Vec<Arc<Segment>>>>,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    commits: AtomicU64,
+    commit_nanos: AtomicU64,
 }
 
 fn settings() -> IndexSettings {
@@ -189,6 +187,8 @@ impl SegmentedIndex {
             meta: Mutex::new(meta),
             active: Mutex::new(active),
             view: RwLock::new(Arc::new(Vec::new())),
+            commits: AtomicU64::new(0),
+            commit_nanos: AtomicU64::new(0),
         };
         {
             let active = this.active.lock();
@@ -209,7 +209,7 @@ impl SegmentedIndex {
             None => CommitPayload { min_time: u64::MAX, ..Default::default() },
         };
         let pending = CommitPayload { ..committed };
-        Ok(Active { id, index, writer, reader, created: Instant::now(), pending, committed })
+        Ok(Active { id, writer, reader, created: Instant::now(), pending, committed })
     }
 
     /// Publishes a new reader snapshot: `sealed` plus the active segment.
@@ -269,6 +269,7 @@ impl SegmentedIndex {
         if a.pending.seq == a.committed.seq && a.pending.docs == a.committed.docs {
             return Ok(a.committed.seq);
         }
+        let started = Instant::now();
         let payload = serde_json::to_string(&a.pending).map_err(|e| StoreError::Index(e.to_string()))?;
         let mut prepared = a.writer.prepare_commit()?;
         prepared.set_payload(&payload);
@@ -277,6 +278,8 @@ impl SegmentedIndex {
         a.committed = CommitPayload { ..a.pending };
         let sealed = self.sealed_snapshot();
         self.publish(&a, sealed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(a.committed.seq)
     }
 
@@ -383,10 +386,9 @@ impl SegmentedIndex {
         self.view.read().len() as u64
     }
 
-    /// Documents added and not yet committed.
-    pub fn uncommitted_docs(&self) -> u64 {
-        let a = self.active.lock();
-        a.pending.docs - a.committed.docs
+    /// Commits so far and the seconds they took.
+    pub fn commit_stats(&self) -> (u64, f64) {
+        (self.commits.load(Ordering::Relaxed), self.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9)
     }
 
     fn searchers(&self, time: TimeRange) -> Vec<Searcher> {

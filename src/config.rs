@@ -44,7 +44,8 @@ impl Default for ListenConfig {
 impl Config {
     /// Reads a TOML file. The error names the file, the line and the offending key.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
         Self::from_toml(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
     }
 

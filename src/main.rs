@@ -62,7 +62,8 @@ impl Cli {
             c.storage.max_disk_bytes = v;
         }
         if let Some(v) = &self.fsync {
-            c.storage.fsync = if v == "group" { obsbox::storage::FsyncPolicy::Group } else { obsbox::storage::FsyncPolicy::Interval };
+            c.storage.fsync =
+                if v == "group" { obsbox::storage::FsyncPolicy::Group } else { obsbox::storage::FsyncPolicy::Interval };
         }
         c.validate()?;
         Ok(c)

@@ -34,7 +34,11 @@ pub struct AppState {
 
 impl AppState {
     /// State over `reader`, registering the store gauges in `registry`.
-    pub fn new(reader: Arc<dyn Reader>, registry: prometheus::Registry, ready: Arc<AtomicBool>) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        reader: Arc<dyn Reader>,
+        registry: prometheus::Registry,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Self, prometheus::Error> {
         let store_metrics = Arc::new(StoreMetrics::register(&registry)?);
         Ok(AppState { reader, registry, ready, store_metrics })
     }

@@ -34,7 +34,10 @@ impl StoreMetrics {
                 Opts::new("obsbox_store_queue_items", "Items acknowledged and not yet indexed (queue depth)"),
                 &["signal"],
             )?,
-            segments: IntGaugeVec::new(Opts::new("obsbox_store_segments", "Immutable segments or blocks"), &["signal"])?,
+            segments: IntGaugeVec::new(
+                Opts::new("obsbox_store_segments", "Immutable segments or blocks"),
+                &["signal"],
+            )?,
             commits: prometheus::IntGauge::new("obsbox_store_index_commits", "Index commits since start")?,
             commit_seconds: prometheus::Gauge::new(
                 "obsbox_store_index_commit_seconds",

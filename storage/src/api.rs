@@ -41,18 +41,8 @@ impl Batch {
     /// Number of items (spans, log records or data points) in the batch.
     pub fn item_count(&self) -> usize {
         match self {
-            Batch::Traces(r) => r
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .map(|ss| ss.spans.len())
-                .sum(),
-            Batch::Logs(r) => r
-                .resource_logs
-                .iter()
-                .flat_map(|rl| &rl.scope_logs)
-                .map(|sl| sl.log_records.len())
-                .sum(),
+            Batch::Traces(r) => r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum(),
+            Batch::Logs(r) => r.resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum(),
             Batch::Metrics(r) => r
                 .resource_metrics
                 .iter()

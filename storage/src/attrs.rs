@@ -57,13 +57,7 @@ pub(crate) fn for_each_term(attrs: &[KeyValue], emit: &mut dyn FnMut(Emit, &str)
     }
 }
 
-fn value_terms(
-    key: &str,
-    v: &AnyValue,
-    depth: usize,
-    buf: &mut String,
-    emit: &mut dyn FnMut(Emit, &str),
-) {
+fn value_terms(key: &str, v: &AnyValue, depth: usize, buf: &mut String, emit: &mut dyn FnMut(Emit, &str)) {
     use std::fmt::Write;
     let Some(value) = &v.value else { return };
     buf.clear();

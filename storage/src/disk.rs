@@ -118,8 +118,14 @@ impl DiskStore {
             seg_opts.clone(),
         )?;
         let (log_schema, log_fields) = logs::schema();
-        let logs_idx =
-            SegmentedIndex::open(&root.join("logs"), Signal::Logs, log_schema, logs::TIME_FIELD, log_fields.data, seg_opts)?;
+        let logs_idx = SegmentedIndex::open(
+            &root.join("logs"),
+            Signal::Logs,
+            log_schema,
+            logs::TIME_FIELD,
+            log_fields.data,
+            seg_opts,
+        )?;
         let metrics = MetricsStore::open(&root.join("metrics"))?;
 
         let wal_opts = |s: Signal| WalOptions {
@@ -129,7 +135,8 @@ impl DiskStore {
             thread_name: format!("obsbox-wal-{}", s.as_str()),
         };
         let wal_dir = root.join("wal");
-        let (span_wal, span_replay) = Wal::open(&wal_dir.join("traces"), wal_opts(Signal::Traces), spans_idx.committed_seq())?;
+        let (span_wal, span_replay) =
+            Wal::open(&wal_dir.join("traces"), wal_opts(Signal::Traces), spans_idx.committed_seq())?;
         let (log_wal, log_replay) = Wal::open(&wal_dir.join("logs"), wal_opts(Signal::Logs), logs_idx.committed_seq())?;
         let (metric_wal, metric_replay) =
             Wal::open(&wal_dir.join("metrics"), wal_opts(Signal::Metrics), metrics.committed_seq())?;
@@ -276,7 +283,9 @@ impl Writer for DiskStore {
         // One batch larger than the whole budget is still taken when nothing else is pending.
         if prev > 0 && prev + bytes > max {
             inner.pending_bytes.fetch_sub(bytes, Ordering::SeqCst);
-            return Box::pin(futures::future::ready(Err(StoreError::Overloaded { retry_after: Duration::from_secs(1) })));
+            return Box::pin(futures::future::ready(Err(StoreError::Overloaded {
+                retry_after: Duration::from_secs(1),
+            })));
         }
         inner.pending_items[idx(signal)].fetch_add(items, Ordering::SeqCst);
         let Some(wal) = inner.wals[idx(signal)].lock().clone() else {
@@ -312,9 +321,9 @@ impl Writer for DiskStore {
                 let _ = tx.send(result.map(|seq| WriteReceipt { seq }));
             }),
         );
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("write-ahead log stopped".into())))
-        })
+        Box::pin(
+            async move { rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("write-ahead log stopped".into()))) },
+        )
     }
 }
 
@@ -335,10 +344,11 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
         let msg = rx.recv_timeout(timeout);
         let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
         if let Ok(job) = msg {
-            if let Err(e) = index_job(inner, signal, &job, &mut docs) {
-                tracing::error!(signal = signal.as_str(), seq = job.seq, error = %e, "indexing failed; the record stays in the write-ahead log");
+            let (seq, bytes, items) = (job.seq, job.bytes, job.items);
+            if let Err(e) = index_job(inner, signal, job, &mut docs) {
+                tracing::error!(signal = signal.as_str(), seq, error = %e, "indexing failed; the record stays in the write-ahead log");
             }
-            release(inner, signal, job.bytes, job.items);
+            release(inner, signal, bytes, items);
             let head_full = signal == Signal::Metrics && inner.metrics.head_bytes() >= METRICS_FLUSH_BYTES;
             if !head_full && Instant::now() < deadline {
                 continue;
@@ -354,23 +364,30 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn index_job(inner: &Inner, signal: Signal, job: &Job, docs: &mut Vec<(TantivyDocument, u64)>) -> Result<(), StoreError> {
-    match (&*job.batch, signal) {
+fn index_job(
+    inner: &Inner,
+    signal: Signal,
+    job: Job,
+    docs: &mut Vec<(TantivyDocument, u64)>,
+) -> Result<(), StoreError> {
+    // The WAL has dropped its reference by now, so this does not copy.
+    let batch = Arc::try_unwrap(job.batch).unwrap_or_else(|shared| (*shared).clone());
+    match (batch, signal) {
         (Batch::Traces(req), Signal::Traces) => {
-            spans::documents(&inner.span_fields, job.seq, req.clone(), docs);
+            spans::documents(&inner.span_fields, job.seq, req, docs);
             for (d, t) in docs.drain(..) {
                 inner.spans.add(d, t)?;
             }
             inner.spans.advance(job.seq);
         }
         (Batch::Logs(req), Signal::Logs) => {
-            logs::documents(&inner.log_fields, req.clone(), docs);
+            logs::documents(&inner.log_fields, req, docs);
             for (d, t) in docs.drain(..) {
                 inner.logs.add(d, t)?;
             }
             inner.logs.advance(job.seq);
         }
-        (Batch::Metrics(req), Signal::Metrics) => inner.metrics.append(job.seq, req),
+        (Batch::Metrics(req), Signal::Metrics) => inner.metrics.append(job.seq, &req),
         _ => return Err(StoreError::Index("batch routed to the wrong indexer".into())),
     }
     Ok(())
@@ -504,7 +521,10 @@ mod tests {
             s.span_id[7] = n;
             Batch::Traces(ExportTraceServiceRequest {
                 resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
-                    scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans { spans: vec![s], ..Default::default() }],
+                    scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                        spans: vec![s],
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 }],
             })
@@ -514,7 +534,7 @@ mod tests {
             let cfg = StoreConfig { commit_interval: Duration::from_secs(2), ..config(dir.path()) };
             let store = DiskStore::open(cfg).unwrap();
             for n in 0..10 {
-                futures::executor::block_on(store.write(req(n))).unwrap();
+                write_indexed(&store, req(n));
             }
             store.inner.spans.seal().unwrap();
             for n in 10..20 {
@@ -539,6 +559,73 @@ mod tests {
                 std::fs::copy(e.path(), target).unwrap();
             }
         }
+    }
+
+    /// Writes and waits until the indexer has taken the batch, so a following seal includes it.
+    fn write_indexed(store: &DiskStore, batch: Batch) {
+        futures::executor::block_on(store.write(batch)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.inner.pending_items.iter().any(|p| p.load(Ordering::SeqCst) > 0) {
+            assert!(Instant::now() < deadline, "indexer did not take the batch");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn spans_at(trace: u8, start_ns: u64) -> Batch {
+        let mut span = crate::testsuite::full_span(trace, 1, None);
+        span.start_time_unix_nano = start_ns;
+        span.end_time_unix_nano = start_ns + 1000;
+        Batch::Traces(ExportTraceServiceRequest {
+            resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+                scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                    spans: vec![span; 200],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    #[test]
+    fn retention_drops_whole_old_segments_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        let old = now_ns() - 10 * 24 * 3600 * 1_000_000_000;
+        write_indexed(&store, spans_at(1, old));
+        store.inner.spans.seal().unwrap();
+        write_indexed(&store, spans_at(2, now_ns()));
+        store.inner.spans.seal().unwrap();
+        let id = |n: u8| crate::testsuite::full_span(n, 1, None).trace_id;
+        assert_eq!(store.trace(&id(1)).unwrap().len(), 200);
+        store.apply_retention().unwrap();
+        assert!(store.trace(&id(1)).unwrap().is_empty(), "10-day-old segment dropped (retention 7 days)");
+        assert_eq!(store.trace(&id(2)).unwrap().len(), 200, "recent segment kept");
+        drop(store);
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        assert!(store.trace(&id(1)).unwrap().is_empty(), "the drop is durable");
+        assert_eq!(store.trace(&id(2)).unwrap().len(), 200);
+    }
+
+    #[test]
+    fn retention_drops_oldest_segments_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        let now = now_ns();
+        for n in 0..4u8 {
+            write_indexed(&store, spans_at(n, now - (4 - n as u64) * 1_000_000_000));
+            store.inner.spans.seal().unwrap();
+        }
+        let per_segment = store.inner.spans.disk_bytes() / 4;
+        let total: u64 = store.stats().index_bytes.iter().map(|(_, b)| b).sum();
+        let id = |n: u8| crate::testsuite::full_span(n, 1, None).trace_id;
+        drop(store);
+        // Room for everything but one and a half segments: the two oldest must go.
+        let limit = total - per_segment * 3 / 2;
+        let store = DiskStore::open(StoreConfig { max_disk_bytes: limit, ..config(dir.path()) }).unwrap();
+        store.apply_retention().unwrap();
+        assert!(store.trace(&id(0)).unwrap().is_empty(), "oldest dropped");
+        assert!(store.trace(&id(1)).unwrap().is_empty(), "second oldest dropped");
+        assert_eq!(store.trace(&id(3)).unwrap().len(), 200, "newest kept");
     }
 
     #[test]

@@ -18,12 +18,7 @@ pub fn write_header(w: &mut impl Write, magic: &[u8; 8], version: u32) -> io::Re
 
 /// Reads and checks a header, returning the version. Fails when the magic differs or the
 /// version is newer than `max_version`.
-pub fn read_header(
-    r: &mut impl Read,
-    path: &Path,
-    magic: &[u8; 8],
-    max_version: u32,
-) -> Result<u32, StoreError> {
+pub fn read_header(r: &mut impl Read, path: &Path, magic: &[u8; 8], max_version: u32) -> Result<u32, StoreError> {
     let mut buf = [0u8; HEADER_LEN];
     r.read_exact(&mut buf).map_err(|e| StoreError::corrupt(path, format!("short header: {e}")))?;
     check_header(&buf, path, magic, max_version)

@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogsData, ResourceLogs, ScopeLogs};
 use prost::Message;
 use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
-use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+};
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{TantivyDocument, Term};
 
@@ -48,7 +50,9 @@ const MAX_QUERY_LEN: usize = 4096;
 pub(crate) fn schema() -> (Schema, LogFields) {
     let mut b = Schema::builder();
     let body = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let fields = LogFields {
         time: b.add_u64_field(TIME_FIELD, INDEXED | FAST),
@@ -192,12 +196,12 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
         }
         LogPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),
         LogPredicate::Or(ps) if ps.is_empty() => Box::new(EmptyQuery),
-        LogPredicate::And(ps) => {
-            Box::new(BooleanQuery::new(ps.iter().map(|p| Ok((Occur::Must, query(schema, f, p)?))).collect::<Result<_, StoreError>>()?))
-        }
-        LogPredicate::Or(ps) => {
-            Box::new(BooleanQuery::new(ps.iter().map(|p| Ok((Occur::Should, query(schema, f, p)?))).collect::<Result<_, StoreError>>()?))
-        }
+        LogPredicate::And(ps) => Box::new(BooleanQuery::new(
+            ps.iter().map(|p| Ok((Occur::Must, query(schema, f, p)?))).collect::<Result<_, StoreError>>()?,
+        )),
+        LogPredicate::Or(ps) => Box::new(BooleanQuery::new(
+            ps.iter().map(|p| Ok((Occur::Should, query(schema, f, p)?))).collect::<Result<_, StoreError>>()?,
+        )),
         LogPredicate::Not(p) => Box::new(BooleanQuery::new(vec![
             (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
             (Occur::MustNot, query(schema, f, p)?),

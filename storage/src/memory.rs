@@ -88,7 +88,7 @@ impl Reader for MemStore {
             .iter()
             .filter(|s| query.time.contains(s.span.start_time_unix_nano) && span_matches(&query.predicate, s))
             .collect();
-        out.sort_by(|a, b| b.span.start_time_unix_nano.cmp(&a.span.start_time_unix_nano));
+        out.sort_by_key(|s| std::cmp::Reverse(s.span.start_time_unix_nano));
         Ok(out.into_iter().take(query.limit).cloned().collect())
     }
 
@@ -104,7 +104,10 @@ impl Reader for MemStore {
         Ok(out.into_iter().take(query.limit).cloned().collect())
     }
 
-    fn find_metrics(&self, query: &MetricQuery) -> Result<opentelemetry_proto::tonic::metrics::v1::MetricsData, StoreError> {
+    fn find_metrics(
+        &self,
+        query: &MetricQuery,
+    ) -> Result<opentelemetry_proto::tonic::metrics::v1::MetricsData, StoreError> {
         match self.metrics.lock().as_ref() {
             Some(head) => head.query(query),
             None => MetricsHead::new().query(query),
@@ -112,10 +115,7 @@ impl Reader for MemStore {
     }
 
     fn stats(&self) -> StoreStats {
-        StoreStats {
-            pending_items: Signal::ALL.iter().map(|s| (*s, 0)).collect(),
-            ..StoreStats::default()
-        }
+        StoreStats { pending_items: Signal::ALL.iter().map(|s| (*s, 0)).collect(), ..StoreStats::default() }
     }
 }
 
@@ -194,18 +194,17 @@ fn log_matches(p: &LogPredicate, l: &LogEntry) -> Result<bool, StoreError> {
 /// The reference store understands only the plain-words subset of the full-text syntax: every
 /// word must occur in the body (case-insensitive).
 fn text_matches(q: &str, r: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> Result<bool, StoreError> {
-    if q.chars().any(|c| "\"():^~*+-[]{}!".contains(c)) || q.split_whitespace().any(|w| w == "AND" || w == "OR" || w == "NOT") {
+    if q.chars().any(|c| "\"():^~*+-[]{}!".contains(c))
+        || q.split_whitespace().any(|w| w == "AND" || w == "OR" || w == "NOT")
+    {
         return Err(StoreError::InvalidQuery(format!("the in-memory store supports plain words only: {q:?}")));
     }
     let mut body = String::new();
     if let Some(b) = &r.body {
         attrs::value_text(b, &mut body);
     }
-    let tokens: Vec<String> = body
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_lowercase())
-        .collect();
+    let tokens: Vec<String> =
+        body.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(|t| t.to_lowercase()).collect();
     Ok(q.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .all(|w| tokens.iter().any(|t| *t == w.to_lowercase())))

@@ -22,7 +22,9 @@ use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{Field, Schema, Value};
 use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::{DocAddress, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
+};
 
 use crate::StoreError;
 use crate::api::{Signal, TimeRange};
@@ -114,7 +116,9 @@ fn seg_dir(dir: &Path, id: u64) -> PathBuf {
 
 fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        })
         .unwrap_or(0)
 }
 
@@ -143,7 +147,10 @@ impl SegmentedIndex {
         let listed: Vec<PathBuf> = meta.segments.iter().map(|s| seg_dir(dir, s.id)).collect();
         for entry in fs::read_dir(dir)? {
             let p = entry?.path();
-            if p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-")) && !listed.contains(&p) {
+            if p.is_dir()
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-"))
+                && !listed.contains(&p)
+            {
                 tracing::warn!(path = %p.display(), "removing segment directory not in the metastore");
                 fs::remove_dir_all(&p)?;
             }
@@ -205,7 +212,8 @@ impl SegmentedIndex {
         let writer = index.writer_with_num_threads(1, opts.memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let committed = match index.load_metas()?.payload {
-            Some(p) => serde_json::from_str::<CommitPayload>(&p).map_err(|e| StoreError::corrupt(&path, format!("commit payload: {e}")))?,
+            Some(p) => serde_json::from_str::<CommitPayload>(&p)
+                .map_err(|e| StoreError::corrupt(&path, format!("commit payload: {e}")))?,
             None => CommitPayload { min_time: u64::MAX, ..Default::default() },
         };
         let pending = CommitPayload { ..committed };
@@ -420,7 +428,12 @@ impl SegmentedIndex {
     }
 
     /// Stored data of the `limit` newest matching documents, newest first.
-    pub fn search_newest(&self, query: Box<dyn Query>, time: TimeRange, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub fn search_newest(
+        &self,
+        query: Box<dyn Query>,
+        time: TimeRange,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -428,10 +441,11 @@ impl SegmentedIndex {
         let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
         let searchers = self.searchers(time);
         for (i, s) in searchers.iter().enumerate() {
-            let top = s.search(&*query, &TopDocs::with_limit(limit).order_by_u64_field(&self.time_field, Order::Desc))?;
+            let top =
+                s.search(&*query, &TopDocs::with_limit(limit).order_by_u64_field(&self.time_field, Order::Desc))?;
             hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), i, a)));
         }
-        hits.sort_by(|a, b| b.0.cmp(&a.0));
+        hits.sort_by_key(|h| std::cmp::Reverse(h.0));
         hits.truncate(limit);
         hits.into_iter().map(|(_, i, a)| self.stored(&searchers[i], a)).collect()
     }

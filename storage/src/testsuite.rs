@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value::Value};
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value::Value,
+};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
@@ -84,9 +86,14 @@ pub fn full_span(trace: u8, n: u8, parent: Option<u8>) -> Span {
             kv("str", s(&format!("v{n}"))),
             kv("int", Value::IntValue(n as i64)),
             kv("dbl", Value::DoubleValue(n as f64 + 0.5)),
-            kv("bool", Value::BoolValue(n % 2 == 0)),
+            kv("bool", Value::BoolValue(n.is_multiple_of(2))),
             kv("bytes", Value::BytesValue(vec![n, 0, 255])),
-            kv("arr", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(s("a")) }, AnyValue { value: Some(Value::IntValue(7)) }] })),
+            kv(
+                "arr",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue { value: Some(s("a")) }, AnyValue { value: Some(Value::IntValue(7)) }],
+                }),
+            ),
             kv("map", Value::KvlistValue(KeyValueList { values: vec![kv("inner", s("x"))] })),
         ],
         dropped_attributes_count: 3,
@@ -106,7 +113,10 @@ pub fn full_span(trace: u8, n: u8, parent: Option<u8>) -> Span {
             flags: 0x100,
         }],
         dropped_links_count: 7,
-        status: Some(Status { message: if n % 4 == 0 { "boom".into() } else { String::new() }, code: if n % 4 == 0 { 2 } else { 0 } }),
+        status: Some(Status {
+            message: if n.is_multiple_of(4) { "boom".into() } else { String::new() },
+            code: if n.is_multiple_of(4) { 2 } else { 0 },
+        }),
     }
 }
 
@@ -182,7 +192,8 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
     assert_eq!(find(SpanPredicate::Kind(2)), vec![16, 11, 6, 1]);
     assert_eq!(find(SpanPredicate::StatusCode(2)), vec![16, 12, 8, 4, 0]);
     assert_eq!(find(SpanPredicate::Duration { min: 3000, max: 5000 }), vec![4, 3, 2]);
-    let attr = |key: &str, value: AttrValue| SpanPredicate::Attribute { scope: AttrScope::Item, key: key.into(), value };
+    let attr =
+        |key: &str, value: AttrValue| SpanPredicate::Attribute { scope: AttrScope::Item, key: key.into(), value };
     assert_eq!(find(attr("str", AttrValue::Str("v3".into()))), vec![3]);
     assert_eq!(find(attr("int", AttrValue::Int(12))), vec![12]);
     assert_eq!(find(attr("int", AttrValue::Str("12".into()))), Vec::<u8>::new(), "typed");
@@ -190,7 +201,11 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
     assert_eq!(find(attr("bool", AttrValue::Bool(true))).len(), 10);
     assert_eq!(find(attr("arr", AttrValue::Int(7))).len(), 20, "array elements");
     assert_eq!(find(attr("map.inner", AttrValue::Str("x".into()))).len(), 20, "map entries");
-    let res = SpanPredicate::Attribute { scope: AttrScope::Resource, key: "service.name".into(), value: AttrValue::Str("svc-a".into()) };
+    let res = SpanPredicate::Attribute {
+        scope: AttrScope::Resource,
+        key: "service.name".into(),
+        value: AttrValue::Str("svc-a".into()),
+    };
     assert_eq!(find(res).len(), 10);
     assert_eq!(find(SpanPredicate::AttributeExists { scope: AttrScope::Item, key: "str".into() }).len(), 20);
     assert_eq!(find(SpanPredicate::AttributeExists { scope: AttrScope::Item, key: "nope".into() }).len(), 0);
@@ -211,7 +226,8 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
         .map(|r| r.span.span_id[7])
         .collect();
     assert_eq!(got, vec![4, 3, 2], "start in [start, end)");
-    let limited = store.find_spans(&SpanQuery { predicate: SpanPredicate::All, time: TimeRange::ALL, limit: 3 }).expect("limit");
+    let limited =
+        store.find_spans(&SpanQuery { predicate: SpanPredicate::All, time: TimeRange::ALL, limit: 3 }).expect("limit");
     assert_eq!(limited.iter().map(|r| r.span.span_id[7]).collect::<Vec<_>>(), vec![19, 18, 17]);
 }
 
@@ -225,15 +241,17 @@ fn log(n: u8, body: &str) -> LogRecord {
         attributes: vec![kv("n", Value::IntValue(n as i64)), kv("user.id", s(&format!("u{}", n % 2)))],
         dropped_attributes_count: 1,
         flags: 1,
-        trace_id: if n % 2 == 0 { id16(n) } else { vec![] },
-        span_id: if n % 2 == 0 { id8(n) } else { vec![] },
+        trace_id: if n.is_multiple_of(2) { id16(n) } else { vec![] },
+        span_id: if n.is_multiple_of(2) { id8(n) } else { vec![] },
         event_name: if n == 3 { "ev".into() } else { String::new() },
     }
 }
 
 fn logs_round_trip_and_predicates<S: Writer + Reader>(store: &S) {
     let records: Vec<LogRecord> = (0..8)
-        .map(|n| log(n, &["payment failed for order 42", "connected to database", "Payment OK", "cache miss"][n as usize % 4]))
+        .map(|n| {
+            log(n, ["payment failed for order 42", "connected to database", "Payment OK", "cache miss"][n as usize % 4])
+        })
         .collect();
     let req = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
@@ -255,7 +273,8 @@ fn logs_round_trip_and_predicates<S: Writer + Reader>(store: &S) {
             .collect()
     };
     eventually("8 logs", || (find(LogPredicate::All).len() == 8).then_some(()));
-    let all = store.find_logs(&LogQuery { predicate: LogPredicate::All, time: TimeRange::ALL, limit: 100 }).expect("all");
+    let all =
+        store.find_logs(&LogQuery { predicate: LogPredicate::All, time: TimeRange::ALL, limit: 100 }).expect("all");
     for e in &all {
         let n = match e.record.attributes[0].value.as_ref().and_then(|v| v.value.as_ref()) {
             Some(Value::IntValue(i)) => *i as usize,
@@ -275,16 +294,21 @@ fn logs_round_trip_and_predicates<S: Writer + Reader>(store: &S) {
     assert_eq!(find(LogPredicate::SpanId(id8(6))), vec![6]);
     assert_eq!(find(LogPredicate::Service("svc-log".into())).len(), 8);
     assert_eq!(find(LogPredicate::Service("other".into())).len(), 0);
-    let attr = LogPredicate::Attribute { scope: AttrScope::Item, key: "user.id".into(), value: AttrValue::Str("u1".into()) };
+    let attr =
+        LogPredicate::Attribute { scope: AttrScope::Item, key: "user.id".into(), value: AttrValue::Str("u1".into()) };
     assert_eq!(find(attr.clone()), vec![7, 5, 3, 1]);
     assert_eq!(find(LogPredicate::And(vec![attr.clone(), LogPredicate::Text("cache".into())])), vec![7, 3]);
-    assert_eq!(find(LogPredicate::Or(vec![LogPredicate::TraceId(id16(2)), LogPredicate::TraceId(id16(0))])), vec![2, 0]);
+    assert_eq!(
+        find(LogPredicate::Or(vec![LogPredicate::TraceId(id16(2)), LogPredicate::TraceId(id16(0))])),
+        vec![2, 0]
+    );
     assert_eq!(find(LogPredicate::Not(Box::new(attr))), vec![6, 4, 2, 0]);
     assert_eq!(find(LogPredicate::AttributeExists { scope: AttrScope::Resource, key: "host.name".into() }).len(), 8);
     let time = TimeRange { start_ns: T0 + 2000, end_ns: T0 + 4000 };
     let got = store.find_logs(&LogQuery { predicate: LogPredicate::All, time, limit: 10 }).expect("time");
     assert_eq!(got.len(), 2);
-    let limited = store.find_logs(&LogQuery { predicate: LogPredicate::All, time: TimeRange::ALL, limit: 2 }).expect("limit");
+    let limited =
+        store.find_logs(&LogQuery { predicate: LogPredicate::All, time: TimeRange::ALL, limit: 2 }).expect("limit");
     assert_eq!(limited.len(), 2);
 }
 
@@ -373,7 +397,9 @@ fn metrics_round_trip_and_matchers<S: Writer + Reader>(store: &S) {
     assert_eq!(data.resource_metrics[0].resource.as_ref(), Some(&resource("svc-m")));
     assert_eq!(metric.unit, "Cel");
     match &metric.data {
-        Some(Data::Gauge(g)) => assert_eq!(g.data_points, vec![number(T0 + 10, -1.0, vec![]), number(T0 + 20, -2.0, vec![])]),
+        Some(Data::Gauge(g)) => {
+            assert_eq!(g.data_points, vec![number(T0 + 10, -1.0, vec![]), number(T0 + 20, -2.0, vec![])])
+        }
         other => panic!("expected a gauge, got {other:?}"),
     }
     let bad = store.find_metrics(&MetricQuery { matchers: vec![m("route", MatchOp::Re, "(")], time: TimeRange::ALL });

@@ -265,6 +265,8 @@ pub enum LogPredicate {
     MinSeverity(i32),
     /// Severity text equals this.
     SeverityText(String),
+    /// The observed timestamp lies in the range.
+    ObservedTime(TimeRange),
     /// The record carries this trace id.
     TraceId(Vec<u8>),
     /// The record carries this span id.

@@ -184,6 +184,10 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             std::ops::Bound::Unbounded,
         )),
         LogPredicate::SeverityText(s) => term_query(Term::from_field_text(f.severity_text, s)),
+        LogPredicate::ObservedTime(range) => Box::new(RangeQuery::new(
+            std::ops::Bound::Included(Term::from_field_u64(f.observed, range.start_ns)),
+            std::ops::Bound::Excluded(Term::from_field_u64(f.observed, range.end_ns)),
+        )),
         LogPredicate::TraceId(id) => term_query(Term::from_field_bytes(f.trace_id, id)),
         LogPredicate::SpanId(id) => term_query(Term::from_field_bytes(f.span_id, id)),
         LogPredicate::Attribute { scope, key, value } => {

@@ -161,6 +161,7 @@ fn log_matches(p: &LogPredicate, l: &LogEntry) -> Result<bool, StoreError> {
         LogPredicate::Service(name) => attrs::service_name(Some(&l.resource)) == name,
         LogPredicate::MinSeverity(n) => r.severity_number >= *n,
         LogPredicate::SeverityText(t) => &r.severity_text == t,
+        LogPredicate::ObservedTime(range) => range.contains(r.observed_time_unix_nano),
         LogPredicate::TraceId(id) => &r.trace_id == id,
         LogPredicate::SpanId(id) => &r.span_id == id,
         LogPredicate::Attribute { scope, key, value } => match scope {

@@ -290,6 +290,8 @@ fn logs_round_trip_and_predicates<S: Writer + Reader>(store: &S) {
     assert_eq!(find(LogPredicate::Text("payment failed".into())), vec![4, 0], "all words");
     assert_eq!(find(LogPredicate::MinSeverity(13)), vec![7, 6, 3, 2]);
     assert_eq!(find(LogPredicate::SeverityText("WARN".into())), vec![6, 2]);
+    let observed = TimeRange { start_ns: T0 + 1, end_ns: T0 + 2002 };
+    assert_eq!(find(LogPredicate::ObservedTime(observed)), vec![2, 1, 0]);
     assert_eq!(find(LogPredicate::TraceId(id16(4))), vec![4]);
     assert_eq!(find(LogPredicate::SpanId(id8(6))), vec![6]);
     assert_eq!(find(LogPredicate::Service("svc-log".into())).len(), 8);

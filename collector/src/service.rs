@@ -1,0 +1,417 @@
+//! [`Collector`]: the one ingest path both receivers call.
+//!
+//! `reserve` (in-flight byte budget) -> `export`: inflate + decode + validate on the bounded
+//! decode pool -> `Writer::write` -> encoded `Export*ServiceResponse` with `partial_success`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use obsbox_storage::{Batch, Signal, StoreError, Writer};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prometheus::IntGauge;
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::decode::{self, Compression, Format};
+use crate::error::{BUSY_RETRY_AFTER, IngestError};
+use crate::telemetry::{RejectReason, Telemetry, Transport};
+use crate::validate::{self, Rejections};
+use crate::{CollectorError, Limits};
+
+/// The receivers' shared state: the writer, limits, a bounded decode pool, and self-telemetry.
+///
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Collector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Arc<dyn Writer>,
+    limits: Limits,
+    /// One permit per byte of requests in flight.
+    inflight: Arc<Semaphore>,
+    /// One permit per decode thread.
+    decode_slots: Arc<Semaphore>,
+    telemetry: Telemetry,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("limits", &self.inner.limits)
+            .field(
+                "inflight_available",
+                &self.inner.inflight.available_permits(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a successful export returns to the receiver.
+#[derive(Debug)]
+pub(crate) struct Exported {
+    /// The encoded `Export*ServiceResponse`, in the request's format.
+    pub(crate) response: Bytes,
+    /// Items rejected by validation (reported in `partial_success`).
+    pub(crate) rejected: usize,
+}
+
+impl Collector {
+    /// Creates the collector: validates `limits` and registers the self-telemetry metrics in
+    /// `registry` (so one registry takes one collector).
+    pub fn new(
+        writer: Arc<dyn Writer>,
+        limits: Limits,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, CollectorError> {
+        limits.validate()?;
+        let telemetry = Telemetry::register(registry)?;
+        Ok(Collector {
+            inner: Arc::new(Inner {
+                writer,
+                inflight: Arc::new(Semaphore::new(limits.max_inflight_bytes)),
+                decode_slots: Arc::new(Semaphore::new(limits.decode_threads)),
+                limits,
+                telemetry,
+            }),
+        })
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
+    }
+
+    /// Takes `bytes` from the in-flight budget, or refuses at once (retryable).
+    pub(crate) fn reserve(&self, bytes: usize) -> Result<InflightPermit, IngestError> {
+        let permit = u32::try_from(bytes)
+            .ok()
+            .and_then(|n| self.inner.inflight.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(busy)?;
+        Ok(InflightPermit::new(permit, &self.inner))
+    }
+
+    /// The ingest path shared by both receivers: decode `body` on the decode pool, validate,
+    /// write what is valid, and return the encoded response.
+    pub(crate) async fn export(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        format: Format,
+        compression: Compression,
+        body: Bytes,
+        permit: InflightPermit,
+    ) -> Result<Exported, IngestError> {
+        let telemetry = &self.inner.telemetry;
+        telemetry.request_received(signal, transport, body.len());
+
+        // The decode pool: at most `decode_threads` requests are inflated/decoded at once, each
+        // on a blocking thread. The slot and the budget permit move into the job, so they stay
+        // held until the work is really done even if this future is dropped.
+        let slot = self
+            .inner
+            .decode_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| {
+                tracing::error!("decode pool closed");
+                IngestError::internal()
+            })?;
+        let inner = Arc::clone(&self.inner);
+        let job = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let mut permit = permit;
+            let started = Instant::now();
+            let decoded =
+                decode_and_validate(&inner, signal, format, compression, body, &mut permit);
+            inner.telemetry.decoded(signal, started.elapsed());
+            (decoded, permit)
+        });
+        let (decoded, _permit) = job.await.map_err(|e| {
+            tracing::error!(error = %e, "decode job failed");
+            IngestError::internal()
+        })?;
+        let (batch, rejections) = decoded?;
+
+        for (reason, n) in rejections.by_reason() {
+            telemetry.items_rejected(signal, reason, n);
+        }
+        let valid = validate::item_count(&batch);
+        if valid > 0 {
+            if let Err(e) = self.inner.writer.write(batch).await {
+                let reason = match e {
+                    StoreError::Overloaded { .. } => RejectReason::Overloaded,
+                    StoreError::Unavailable(_) => RejectReason::Unavailable,
+                    _ => RejectReason::Error,
+                };
+                telemetry.items_rejected(signal, reason, valid);
+                return Err(IngestError::from_store(e));
+            }
+            telemetry.items_accepted(signal, valid);
+        }
+        let rejected = rejections.total();
+        let message = (rejected > 0).then(|| rejections.message(signal, &self.inner.limits));
+        Ok(Exported {
+            response: encode_response(signal, format, rejected, message),
+            rejected,
+        })
+    }
+
+    /// Records the outcome of one request; every request ends here exactly once.
+    pub(crate) fn finish(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        result: &Result<Exported, IngestError>,
+    ) {
+        let outcome = match result {
+            Ok(e) if e.rejected > 0 => "partial",
+            Ok(_) => "ok",
+            Err(e) => {
+                tracing::debug!(
+                    signal = signal.as_str(),
+                    ?transport,
+                    code = e.code.outcome(),
+                    "export refused"
+                );
+                e.code.outcome()
+            }
+        };
+        self.inner
+            .telemetry
+            .request_finished(signal, transport, outcome);
+    }
+}
+
+fn busy() -> IngestError {
+    IngestError::overloaded(
+        "the collector is busy (in-flight byte budget exhausted), retry later",
+        BUSY_RETRY_AFTER,
+    )
+}
+
+/// Runs on the decode pool.
+fn decode_and_validate(
+    inner: &Inner,
+    signal: Signal,
+    format: Format,
+    compression: Compression,
+    body: Bytes,
+    permit: &mut InflightPermit,
+) -> Result<(Batch, Rejections), IngestError> {
+    let limits = &inner.limits;
+    let mut batch = match compression {
+        Compression::Identity => decode::decode(signal, format, &body)?,
+        Compression::Gzip => {
+            let inflated = decode::inflate(&body, limits.max_decompressed_bytes)?;
+            drop(body);
+            if !permit.try_grow(inflated.len()) {
+                return Err(busy());
+            }
+            decode::decode(signal, format, &inflated)?
+        }
+    };
+    let items = validate::item_count(&batch);
+    if items > limits.max_items_per_request {
+        inner
+            .telemetry
+            .items_rejected(signal, RejectReason::Limit, items);
+        return Err(IngestError::invalid(format!(
+            "request has {items} {}, more than the limit of {}",
+            validate::item_noun(signal, items),
+            limits.max_items_per_request
+        )));
+    }
+    let rejections = validate::validate(&mut batch, limits);
+    Ok((batch, rejections))
+}
+
+/// Encodes the `Export*ServiceResponse`; `partial_success` is set only when items were rejected.
+fn encode_response(
+    signal: Signal,
+    format: Format,
+    rejected: usize,
+    message: Option<String>,
+) -> Bytes {
+    let rejected_i64 = i64::try_from(rejected).unwrap_or(i64::MAX);
+    match format {
+        Format::Protobuf => {
+            let bytes = match signal {
+                Signal::Traces => ExportTraceServiceResponse {
+                    partial_success: message.map(|error_message| ExportTracePartialSuccess {
+                        rejected_spans: rejected_i64,
+                        error_message,
+                    }),
+                }
+                .encode_to_vec(),
+                Signal::Logs => ExportLogsServiceResponse {
+                    partial_success: message.map(|error_message| ExportLogsPartialSuccess {
+                        rejected_log_records: rejected_i64,
+                        error_message,
+                    }),
+                }
+                .encode_to_vec(),
+                Signal::Metrics => ExportMetricsServiceResponse {
+                    partial_success: message.map(|error_message| ExportMetricsPartialSuccess {
+                        rejected_data_points: rejected_i64,
+                        error_message,
+                    }),
+                }
+                .encode_to_vec(),
+            };
+            Bytes::from(bytes)
+        }
+        Format::Json => {
+            let value = match message {
+                None => serde_json::json!({}),
+                Some(error_message) => {
+                    let field = match signal {
+                        Signal::Traces => "rejectedSpans",
+                        Signal::Logs => "rejectedLogRecords",
+                        Signal::Metrics => "rejectedDataPoints",
+                    };
+                    serde_json::json!({
+                        "partialSuccess": { field: rejected_i64, "errorMessage": error_message }
+                    })
+                }
+            };
+            Bytes::from(value.to_string())
+        }
+    }
+}
+
+/// Bytes taken from the in-flight budget; given back (and the gauge lowered) on drop.
+#[derive(Debug)]
+pub(crate) struct InflightPermit {
+    permit: OwnedSemaphorePermit,
+    semaphore: Arc<Semaphore>,
+    gauge: IntGauge,
+}
+
+impl InflightPermit {
+    fn new(permit: OwnedSemaphorePermit, inner: &Inner) -> Self {
+        let gauge = inner.telemetry.inflight_gauge().clone();
+        gauge.add(gauge_value(permit.num_permits()));
+        InflightPermit {
+            permit,
+            semaphore: Arc::clone(&inner.inflight),
+            gauge,
+        }
+    }
+
+    /// Takes `extra` more bytes if the budget has them.
+    pub(crate) fn try_grow(&mut self, extra: usize) -> bool {
+        let Some(more) = u32::try_from(extra)
+            .ok()
+            .and_then(|n| self.semaphore.clone().try_acquire_many_owned(n).ok())
+        else {
+            return false;
+        };
+        self.gauge.add(gauge_value(extra));
+        self.permit.merge(more);
+        true
+    }
+
+    /// Gives back everything above `bytes`.
+    pub(crate) fn shrink_to(&mut self, bytes: usize) {
+        let excess = self.permit.num_permits().saturating_sub(bytes);
+        if let Some(released) = self.permit.split(excess) {
+            self.gauge.sub(gauge_value(released.num_permits()));
+        }
+    }
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.gauge.sub(gauge_value(self.permit.num_permits()));
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NullWriter;
+
+    impl Writer for NullWriter {
+        fn write(&self, _batch: Batch) -> obsbox_storage::WriteFuture {
+            Box::pin(async { Ok(obsbox_storage::WriteReceipt { seq: 0 }) })
+        }
+    }
+
+    #[test]
+    fn inflight_budget_is_taken_and_given_back() {
+        let registry = prometheus::Registry::new();
+        let limits = Limits {
+            max_body_bytes: 100,
+            max_decompressed_bytes: 100,
+            max_inflight_bytes: 300,
+            ..Limits::default()
+        };
+        let c = Collector::new(Arc::new(NullWriter), limits, &registry).expect("collector");
+        let gauge = c.telemetry().inflight_gauge().clone();
+        let mut a = c.reserve(200).expect("fits");
+        assert_eq!(gauge.get(), 200);
+        assert!(c.reserve(101).is_err(), "over budget is refused");
+        assert!(!a.try_grow(101));
+        assert!(a.try_grow(50));
+        assert_eq!(gauge.get(), 250);
+        a.shrink_to(10);
+        assert_eq!(gauge.get(), 10);
+        let b = c.reserve(290).expect("fits after shrink");
+        drop(a);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
+        assert_eq!(c.inner.inflight.available_permits(), 300);
+    }
+
+    #[test]
+    fn one_registry_takes_one_collector() {
+        let registry = prometheus::Registry::new();
+        Collector::new(Arc::new(NullWriter), Limits::default(), &registry).expect("first");
+        let err = Collector::new(Arc::new(NullWriter), Limits::default(), &registry).unwrap_err();
+        assert!(matches!(err, CollectorError::Metrics(_)), "{err}");
+    }
+
+    #[test]
+    fn json_responses_set_partial_success_only_when_rejecting() {
+        assert_eq!(
+            encode_response(Signal::Traces, Format::Json, 0, None),
+            Bytes::from_static(b"{}")
+        );
+        let body = encode_response(
+            Signal::Logs,
+            Format::Json,
+            2,
+            Some("2 log records rejected: x".into()),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["partialSuccess"]["rejectedLogRecords"], 2);
+        // What an opentelemetry-proto based client decodes it into:
+        let resp: ExportLogsServiceResponse =
+            serde_json::from_slice(&body).expect("decodes as the proto type");
+        assert_eq!(
+            resp.partial_success.map(|p| p.rejected_log_records),
+            Some(2)
+        );
+        assert!(encode_response(Signal::Metrics, Format::Protobuf, 0, None).is_empty());
+    }
+}

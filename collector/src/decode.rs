@@ -50,9 +50,7 @@ pub(crate) fn inflate(body: &[u8], max: usize) -> Result<Vec<u8>, IngestError> {
         .read_to_end(&mut out)
         .map_err(|e| IngestError::invalid(format!("invalid gzip body: {e}")))?;
     if out.len() > max {
-        return Err(IngestError::too_large(format!(
-            "request body inflates to more than the limit of {max} bytes"
-        )));
+        return Err(IngestError::too_large(format!("request body inflates to more than the limit of {max} bytes")));
     }
     Ok(out)
 }
@@ -60,20 +58,12 @@ pub(crate) fn inflate(body: &[u8], max: usize) -> Result<Vec<u8>, IngestError> {
 /// Decodes one export request of `signal`.
 pub(crate) fn decode(signal: Signal, format: Format, bytes: &[u8]) -> Result<Batch, IngestError> {
     Ok(match (signal, format) {
-        (Signal::Traces, Format::Protobuf) => {
-            Batch::Traces(protobuf::<ExportTraceServiceRequest>(bytes)?)
-        }
-        (Signal::Logs, Format::Protobuf) => {
-            Batch::Logs(protobuf::<ExportLogsServiceRequest>(bytes)?)
-        }
-        (Signal::Metrics, Format::Protobuf) => {
-            Batch::Metrics(protobuf::<ExportMetricsServiceRequest>(bytes)?)
-        }
+        (Signal::Traces, Format::Protobuf) => Batch::Traces(protobuf::<ExportTraceServiceRequest>(bytes)?),
+        (Signal::Logs, Format::Protobuf) => Batch::Logs(protobuf::<ExportLogsServiceRequest>(bytes)?),
+        (Signal::Metrics, Format::Protobuf) => Batch::Metrics(protobuf::<ExportMetricsServiceRequest>(bytes)?),
         (Signal::Traces, Format::Json) => Batch::Traces(json::<ExportTraceServiceRequest>(bytes)?),
         (Signal::Logs, Format::Json) => Batch::Logs(json::<ExportLogsServiceRequest>(bytes)?),
-        (Signal::Metrics, Format::Json) => {
-            Batch::Metrics(json::<ExportMetricsServiceRequest>(bytes)?)
-        }
+        (Signal::Metrics, Format::Json) => Batch::Metrics(json::<ExportMetricsServiceRequest>(bytes)?),
     })
 }
 
@@ -93,11 +83,7 @@ fn json_error_message(e: &serde_json::Error) -> String {
     }
     let suffix = format!(" at line {} column {}", e.line(), e.column());
     let detail = full.strip_suffix(&suffix).unwrap_or(&full);
-    format!(
-        "invalid OTLP/JSON at line {} column {}: {detail}",
-        e.line(),
-        e.column()
-    )
+    format!("invalid OTLP/JSON at line {} column {}: {detail}", e.line(), e.column())
 }
 
 #[cfg(test)]
@@ -126,11 +112,7 @@ mod tests {
         assert_eq!(err.code, ErrorCode::TooLarge);
         let err = inflate(b"not gzip at all", 100).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
-        assert!(
-            err.message.starts_with("invalid gzip body"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("invalid gzip body"), "{}", err.message);
     }
 
     #[test]
@@ -177,8 +159,7 @@ mod tests {
             }]
           }]
         }"#;
-        let Batch::Traces(req) = decode(Signal::Traces, Format::Json, body).expect("decodes")
-        else {
+        let Batch::Traces(req) = decode(Signal::Traces, Format::Json, body).expect("decodes") else {
             panic!("wrong signal")
         };
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
@@ -187,11 +168,7 @@ mod tests {
         assert_eq!(span.kind, 2);
         assert_eq!(span.start_time_unix_nano, 1_700_000_000_000_000_000);
         assert_eq!(span.end_time_unix_nano, 1_700_000_000_500_000_000);
-        let values: Vec<_> = span
-            .attributes
-            .iter()
-            .map(|kv| kv.value.clone().and_then(|v| v.value))
-            .collect();
+        let values: Vec<_> = span.attributes.iter().map(|kv| kv.value.clone().and_then(|v| v.value)).collect();
         assert_eq!(values[0], Some(Value::IntValue(42)));
         assert_eq!(values[1], Some(Value::IntValue(42)));
         assert_eq!(values[5], Some(Value::BytesValue(vec![1, 2, 3])));
@@ -203,30 +180,17 @@ mod tests {
         let logs = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{
             "timeUnixNano":"1700000000000000000","severityNumber":9,"severityText":"INFO",
             "body":{"stringValue":"hello"},"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174"}]}]}]}"#;
-        let Batch::Logs(req) = decode(Signal::Logs, Format::Json, logs).expect("decodes") else {
-            panic!()
-        };
-        assert_eq!(
-            req.resource_logs[0].scope_logs[0].log_records[0].severity_number,
-            9
-        );
+        let Batch::Logs(req) = decode(Signal::Logs, Format::Json, logs).expect("decodes") else { panic!() };
+        assert_eq!(req.resource_logs[0].scope_logs[0].log_records[0].severity_number, 9);
 
         let metrics = br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[
             {"name":"requests","sum":{"aggregationTemporality":2,"isMonotonic":true,
               "dataPoints":[{"asInt":"42","timeUnixNano":"1700000000000000000"}]}},
             {"name":"temp","gauge":{"dataPoints":[{"asDouble":21.5,"timeUnixNano":1700000000000000000}]}}]}]}]}"#;
-        let Batch::Metrics(req) = decode(Signal::Metrics, Format::Json, metrics).expect("decodes")
-        else {
-            panic!()
-        };
+        let Batch::Metrics(req) = decode(Signal::Metrics, Format::Json, metrics).expect("decodes") else { panic!() };
         let ms = &req.resource_metrics[0].scope_metrics[0].metrics;
-        let Some(Data::Sum(sum)) = &ms[0].data else {
-            panic!("sum expected")
-        };
-        assert_eq!(
-            sum.data_points[0].value,
-            Some(number_data_point::Value::AsInt(42))
-        );
+        let Some(Data::Sum(sum)) = &ms[0].data else { panic!("sum expected") };
+        assert_eq!(sum.data_points[0].value, Some(number_data_point::Value::AsInt(42)));
         assert!(matches!(&ms[1].data, Some(Data::Gauge(_))));
     }
 
@@ -249,40 +213,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
-        assert!(
-            err.message
-                .starts_with("invalid OTLP/JSON at line 1 column "),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("invalid OTLP/JSON at line 1 column "), "{}", err.message);
 
         let err = decode(Signal::Logs, Format::Json, b"{").unwrap_err();
-        assert!(
-            err.message
-                .starts_with("invalid OTLP/JSON at line 1 column 1: "),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("invalid OTLP/JSON at line 1 column 1: "), "{}", err.message);
 
-        let good = ExportTraceServiceRequest {
-            resource_spans: vec![Default::default()],
-        }
-        .encode_to_vec();
+        let good = ExportTraceServiceRequest { resource_spans: vec![Default::default()] }.encode_to_vec();
         let mut truncated = good.clone();
         truncated.push(0x0a);
         truncated.push(0x10);
         let err = decode(Signal::Traces, Format::Protobuf, &truncated).unwrap_err();
-        assert!(
-            err.message.starts_with("invalid protobuf: "),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("invalid protobuf: "), "{}", err.message);
     }
 
     fn hex_bytes(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
     }
 }

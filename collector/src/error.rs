@@ -98,44 +98,24 @@ pub(crate) const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl IngestError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        IngestError {
-            code: ErrorCode::InvalidArgument,
-            message: message.into(),
-            retry_after: None,
-        }
+        IngestError { code: ErrorCode::InvalidArgument, message: message.into(), retry_after: None }
     }
 
     pub(crate) fn too_large(message: impl Into<String>) -> Self {
-        IngestError {
-            code: ErrorCode::TooLarge,
-            message: message.into(),
-            retry_after: None,
-        }
+        IngestError { code: ErrorCode::TooLarge, message: message.into(), retry_after: None }
     }
 
     pub(crate) fn unsupported(message: impl Into<String>) -> Self {
-        IngestError {
-            code: ErrorCode::UnsupportedMediaType,
-            message: message.into(),
-            retry_after: None,
-        }
+        IngestError { code: ErrorCode::UnsupportedMediaType, message: message.into(), retry_after: None }
     }
 
     pub(crate) fn overloaded(message: impl Into<String>, retry_after: Duration) -> Self {
-        IngestError {
-            code: ErrorCode::Overloaded,
-            message: message.into(),
-            retry_after: Some(retry_after),
-        }
+        IngestError { code: ErrorCode::Overloaded, message: message.into(), retry_after: Some(retry_after) }
     }
 
     /// An internal failure; the message returned to the client is generic on purpose.
     pub(crate) fn internal() -> Self {
-        IngestError {
-            code: ErrorCode::Internal,
-            message: "internal error".into(),
-            retry_after: None,
-        }
+        IngestError { code: ErrorCode::Internal, message: "internal error".into(), retry_after: None }
     }
 
     /// Maps a store error; the details of non-retryable ones are logged here, not returned.
@@ -162,9 +142,7 @@ impl IngestError {
 
     /// Whole seconds for the HTTP `Retry-After` header (at least 1).
     pub(crate) fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after
-            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
-            .map(|s| s.max(1))
+        self.retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)).map(|s| s.max(1))
     }
 
     /// The `google.rpc.Status` describing this error; retryable errors carry a
@@ -184,11 +162,7 @@ impl IngestError {
             })
             .into_iter()
             .collect();
-        RpcStatus {
-            code: self.code.grpc_code() as i32,
-            message: self.message.clone(),
-            details,
-        }
+        RpcStatus { code: self.code.grpc_code() as i32, message: self.message.clone(), details }
     }
 
     /// This error as a gRPC status.
@@ -245,38 +219,17 @@ mod tests {
 
     #[test]
     fn store_errors_map_to_retryable_or_generic_statuses() {
-        let e = IngestError::from_store(StoreError::Overloaded {
-            retry_after: Duration::from_millis(1500),
-        });
-        assert_eq!(
-            e.code.statuses(),
-            (
-                http::StatusCode::TOO_MANY_REQUESTS,
-                tonic::Code::ResourceExhausted
-            )
-        );
+        let e = IngestError::from_store(StoreError::Overloaded { retry_after: Duration::from_millis(1500) });
+        assert_eq!(e.code.statuses(), (http::StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted));
         assert_eq!(e.retry_after_secs(), Some(2));
 
-        let e =
-            IngestError::from_store(StoreError::Unavailable("disk full at /secret/path".into()));
-        assert_eq!(
-            e.code.statuses(),
-            (
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable
-            )
-        );
+        let e = IngestError::from_store(StoreError::Unavailable("disk full at /secret/path".into()));
+        assert_eq!(e.code.statuses(), (http::StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable));
         assert!(!e.message.contains("/secret/path"));
         assert_eq!(e.retry_after_secs(), Some(1));
 
         let e = IngestError::from_store(StoreError::Index("tantivy exploded in /secret".into()));
-        assert_eq!(
-            e.code.statuses(),
-            (
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal
-            )
-        );
+        assert_eq!(e.code.statuses(), (http::StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal));
         assert_eq!(e.message, "internal error");
         assert_eq!(e.retry_after_secs(), None);
     }
@@ -287,18 +240,9 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         let rpc = RpcStatus::decode(status.details()).expect("details decode");
         assert_eq!(rpc.details.len(), 1);
-        assert_eq!(
-            rpc.details[0].type_url,
-            "type.googleapis.com/google.rpc.RetryInfo"
-        );
+        assert_eq!(rpc.details[0].type_url, "type.googleapis.com/google.rpc.RetryInfo");
         let info = RetryInfo::decode(rpc.details[0].value.as_slice()).expect("retry info decodes");
-        assert_eq!(
-            info.retry_delay,
-            Some(ProtoDuration {
-                seconds: 3,
-                nanos: 0
-            })
-        );
+        assert_eq!(info.retry_delay, Some(ProtoDuration { seconds: 3, nanos: 0 }));
 
         let status = IngestError::invalid("bad").to_grpc_status();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

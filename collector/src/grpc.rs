@@ -70,8 +70,7 @@ impl OtlpService for LogsService {
 
 impl OtlpService for MetricsService {
     const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
-    const EXPORT_PATH: &'static str =
-        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     const SIGNAL: Signal = Signal::Metrics;
 }
 
@@ -83,10 +82,7 @@ struct ExportService<S> {
 
 impl<S> ExportService<S> {
     fn new(collector: Collector) -> Self {
-        ExportService {
-            collector,
-            _service: PhantomData,
-        }
+        ExportService { collector, _service: PhantomData }
     }
 }
 
@@ -119,11 +115,7 @@ impl<S: OtlpService> tower::Service<http::Request<Body>> for ExportService<S> {
             // The message as received (compressed or not) may be at most max_body_bytes.
             let telemetry = collector.telemetry().clone();
             let req = req.map(|body| {
-                Limited::new(
-                    body,
-                    limits.max_body_bytes.saturating_add(GRPC_HEADER_BYTES),
-                )
-                .map_err(move |e| {
+                Limited::new(body, limits.max_body_bytes.saturating_add(GRPC_HEADER_BYTES)).map_err(move |e| {
                     if e.downcast_ref::<LengthLimitError>().is_some() {
                         telemetry.request_finished(S::SIGNAL, Transport::Grpc, "too_large");
                         Status::resource_exhausted(format!(
@@ -139,10 +131,7 @@ impl<S: OtlpService> tower::Service<http::Request<Body>> for ExportService<S> {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(collector.limits().max_decompressed_bytes);
-            let call = ExportCall {
-                collector,
-                signal: S::SIGNAL,
-            };
+            let call = ExportCall { collector, signal: S::SIGNAL };
             Ok(grpc.unary(call, req).await)
         })
     }
@@ -166,22 +155,13 @@ impl UnaryService<Bytes> for ExportCall {
             let result = match collector.reserve(message.len()) {
                 Ok(permit) => {
                     collector
-                        .export(
-                            signal,
-                            Transport::Grpc,
-                            Format::Protobuf,
-                            Compression::Identity,
-                            message,
-                            permit,
-                        )
+                        .export(signal, Transport::Grpc, Format::Protobuf, Compression::Identity, message, permit)
                         .await
                 }
                 Err(e) => Err(e),
             };
             collector.finish(signal, Transport::Grpc, &result);
-            result
-                .map(|exported| tonic::Response::new(exported.response))
-                .map_err(|e: IngestError| e.to_grpc_status())
+            result.map(|exported| tonic::Response::new(exported.response)).map_err(|e: IngestError| e.to_grpc_status())
         })
     }
 }

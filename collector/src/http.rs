@@ -42,10 +42,7 @@ pub async fn serve_http(
     collector: Collector,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
-    axum::serve(listener, http_router(collector))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(CollectorError::Http)
+    axum::serve(listener, http_router(collector)).with_graceful_shutdown(shutdown).await.map_err(CollectorError::Http)
 }
 
 /// Browsers may post OTLP from any origin; they send these headers (the OpenTelemetry JS
@@ -103,7 +100,7 @@ async fn receive(
     signal: Signal,
     format: Format,
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Result<Exported, IngestError> {
     let compression = content_encoding(headers)?;
     let max = collector.limits().max_body_bytes;
@@ -111,14 +108,22 @@ async fn receive(
     if let Some(len) = content_length
         && len > max
     {
+        discard(body, max).await;
         return Err(body_too_large(max));
     }
     // Known length: reserve exactly that before reading. Unknown (chunked): reserve the most
     // the body may be, and give back the rest once it is read.
-    let mut permit = collector.reserve(content_length.unwrap_or(max))?;
-    let bytes: Bytes = match Limited::new(body, max).collect().await {
+    let mut permit = match collector.reserve(content_length.unwrap_or(max)) {
+        Ok(p) => p,
+        Err(e) => {
+            discard(body, max).await;
+            return Err(e);
+        }
+    };
+    let bytes: Bytes = match Limited::new(&mut body, max).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            discard(body, max).await;
             return Err(body_too_large(max));
         }
         Err(e) => {
@@ -127,37 +132,43 @@ async fn receive(
         }
     };
     permit.shrink_to(bytes.len());
-    collector
-        .export(signal, Transport::Http, format, compression, bytes, permit)
-        .await
+    collector.export(signal, Transport::Http, format, compression, bytes, permit).await
+}
+
+/// Reads and drops what is left of a refused body (at most a few times `max`, for at most a few
+/// seconds, holding no more than one frame), so that the client, still sending, gets the
+/// error response instead of a connection reset.
+async fn discard(mut body: Body, max: usize) {
+    let cap = max.saturating_mul(4).max(16 << 20);
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > cap {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
 }
 
 fn body_too_large(max: usize) -> IngestError {
-    IngestError::too_large(format!(
-        "request body is larger than the limit of {max} bytes"
-    ))
+    IngestError::too_large(format!("request body is larger than the limit of {max} bytes"))
 }
 
 /// `application/x-protobuf` or `application/json`, parameters (`; charset=utf-8`) allowed.
 fn content_type(headers: &HeaderMap) -> Result<Format, IngestError> {
     const EXPECTED: &str = "expected application/x-protobuf or application/json";
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Err(IngestError::unsupported(format!(
-            "missing Content-Type, {EXPECTED}"
-        )));
+        return Err(IngestError::unsupported(format!("missing Content-Type, {EXPECTED}")));
     };
-    let media_type = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split(';').next())
-        .map(str::trim);
+    let media_type = value.to_str().ok().and_then(|v| v.split(';').next()).map(str::trim);
     match media_type {
         Some(t) if t.eq_ignore_ascii_case("application/x-protobuf") => Ok(Format::Protobuf),
         Some(t) if t.eq_ignore_ascii_case("application/json") => Ok(Format::Json),
-        _ => Err(IngestError::unsupported(format!(
-            "unsupported Content-Type{}, {EXPECTED}",
-            quoted_for_message(value)
-        ))),
+        _ => {
+            Err(IngestError::unsupported(format!("unsupported Content-Type{}, {EXPECTED}", quoted_for_message(value))))
+        }
     }
 }
 
@@ -198,14 +209,7 @@ fn quoted_for_message(value: &HeaderValue) -> String {
 }
 
 fn ok_response(format: Format, body: Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(format.content_type()),
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))], body).into_response()
 }
 
 /// The error as a `google.rpc.Status` in the request's format, with `Retry-After` when
@@ -213,24 +217,15 @@ fn ok_response(format: Format, body: Bytes) -> Response {
 fn error_response(e: &IngestError, format: Format) -> Response {
     let body = match format {
         Format::Protobuf => Bytes::from(e.rpc_status().encode_to_vec()),
-        Format::Json => Bytes::from(
-            serde_json::json!({ "code": e.code.grpc_code() as i32, "message": e.message })
-                .to_string(),
-        ),
+        Format::Json => {
+            Bytes::from(serde_json::json!({ "code": e.code.grpc_code() as i32, "message": e.message }).to_string())
+        }
     };
-    let mut response = (
-        e.code.http_status(),
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(format.content_type()),
-        )],
-        body,
-    )
-        .into_response();
+    let mut response =
+        (e.code.http_status(), [(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))], body)
+            .into_response();
     if let Some(secs) = e.retry_after_secs() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -242,10 +237,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.clone(), HeaderValue::from_str(v).expect("header value")))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.clone(), HeaderValue::from_str(v).expect("header value"))).collect()
     }
 
     #[test]
@@ -263,17 +255,11 @@ mod tests {
     #[test]
     fn content_encodings() {
         let ce = |v: &str| content_encoding(&headers(&[(header::CONTENT_ENCODING, v)]));
-        assert_eq!(
-            content_encoding(&HeaderMap::new()),
-            Ok(Compression::Identity)
-        );
+        assert_eq!(content_encoding(&HeaderMap::new()), Ok(Compression::Identity));
         assert_eq!(ce("gzip"), Ok(Compression::Gzip));
         assert_eq!(ce("identity"), Ok(Compression::Identity));
         let err = ce("br").unwrap_err();
         assert_eq!(err.code.http_status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert_eq!(
-            err.message,
-            "unsupported Content-Encoding \"br\", expected gzip or identity"
-        );
+        assert_eq!(err.message, "unsupported Content-Encoding \"br\", expected gzip or identity");
     }
 }

@@ -56,8 +56,7 @@ impl Default for Limits {
 impl Limits {
     /// Checks the limits for consistency; the error names the offending key.
     pub fn validate(&self) -> Result<(), CollectorError> {
-        let bad =
-            |key: &'static str, reason: String| Err(CollectorError::InvalidLimits { key, reason });
+        let bad = |key: &'static str, reason: String| Err(CollectorError::InvalidLimits { key, reason });
         for (key, value) in [
             ("max_body_bytes", self.max_body_bytes),
             ("max_decompressed_bytes", self.max_decompressed_bytes),
@@ -72,20 +71,12 @@ impl Limits {
             }
         }
         if self.max_decompressed_bytes < self.max_body_bytes {
-            return bad(
-                "max_decompressed_bytes",
-                format!("must be at least max_body_bytes ({})", self.max_body_bytes),
-            );
+            return bad("max_decompressed_bytes", format!("must be at least max_body_bytes ({})", self.max_body_bytes));
         }
         if self.max_inflight_bytes > u32::MAX as usize {
-            return bad(
-                "max_inflight_bytes",
-                format!("must be at most {}", u32::MAX),
-            );
+            return bad("max_inflight_bytes", format!("must be at most {}", u32::MAX));
         }
-        let largest_request = self
-            .max_body_bytes
-            .saturating_add(self.max_decompressed_bytes);
+        let largest_request = self.max_body_bytes.saturating_add(self.max_decompressed_bytes);
         if self.max_inflight_bytes < largest_request {
             return bad(
                 "max_inflight_bytes",
@@ -115,10 +106,7 @@ mod tests {
     fn missing_keys_take_defaults() {
         let limits: Limits = serde_json::from_str(r#"{"max_body_bytes": 1024}"#).expect("parses");
         assert_eq!(limits.max_body_bytes, 1024);
-        assert_eq!(
-            limits.max_items_per_request,
-            Limits::default().max_items_per_request
-        );
+        assert_eq!(limits.max_items_per_request, Limits::default().max_items_per_request);
     }
 
     #[test]
@@ -130,48 +118,15 @@ mod tests {
     #[test]
     fn validate_names_the_bad_key() {
         let cases = [
-            (
-                Limits {
-                    decode_threads: 0,
-                    ..Limits::default()
-                },
-                "decode_threads",
-            ),
-            (
-                Limits {
-                    max_attributes_per_item: 0,
-                    ..Limits::default()
-                },
-                "max_attributes_per_item",
-            ),
-            (
-                Limits {
-                    max_decompressed_bytes: 1024,
-                    ..Limits::default()
-                },
-                "max_decompressed_bytes",
-            ),
-            (
-                Limits {
-                    max_inflight_bytes: 1024,
-                    ..Limits::default()
-                },
-                "max_inflight_bytes",
-            ),
-            (
-                Limits {
-                    max_inflight_bytes: u32::MAX as usize + 1,
-                    ..Limits::default()
-                },
-                "max_inflight_bytes",
-            ),
+            (Limits { decode_threads: 0, ..Limits::default() }, "decode_threads"),
+            (Limits { max_attributes_per_item: 0, ..Limits::default() }, "max_attributes_per_item"),
+            (Limits { max_decompressed_bytes: 1024, ..Limits::default() }, "max_decompressed_bytes"),
+            (Limits { max_inflight_bytes: 1024, ..Limits::default() }, "max_inflight_bytes"),
+            (Limits { max_inflight_bytes: u32::MAX as usize + 1, ..Limits::default() }, "max_inflight_bytes"),
         ];
         for (limits, key) in cases {
             let err = limits.validate().unwrap_err();
-            assert!(
-                matches!(err, CollectorError::InvalidLimits { key: k, .. } if k == key),
-                "{err}"
-            );
+            assert!(matches!(err, CollectorError::InvalidLimits { key: k, .. } if k == key), "{err}");
             assert!(err.to_string().contains(key), "{err}");
         }
     }

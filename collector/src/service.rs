@@ -8,15 +8,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use obsbox_storage::{Batch, Signal, StoreError, Writer};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prometheus::IntGauge;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -49,10 +43,7 @@ impl std::fmt::Debug for Collector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Collector")
             .field("limits", &self.inner.limits)
-            .field(
-                "inflight_available",
-                &self.inner.inflight.available_permits(),
-            )
+            .field("inflight_available", &self.inner.inflight.available_permits())
             .finish_non_exhaustive()
     }
 }
@@ -121,23 +112,16 @@ impl Collector {
         // The decode pool: at most `decode_threads` requests are inflated/decoded at once, each
         // on a blocking thread. The slot and the budget permit move into the job, so they stay
         // held until the work is really done even if this future is dropped.
-        let slot = self
-            .inner
-            .decode_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| {
-                tracing::error!("decode pool closed");
-                IngestError::internal()
-            })?;
+        let slot = self.inner.decode_slots.clone().acquire_owned().await.map_err(|_| {
+            tracing::error!("decode pool closed");
+            IngestError::internal()
+        })?;
         let inner = Arc::clone(&self.inner);
         let job = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let mut permit = permit;
             let started = Instant::now();
-            let decoded =
-                decode_and_validate(&inner, signal, format, compression, body, &mut permit);
+            let decoded = decode_and_validate(&inner, signal, format, compression, body, &mut permit);
             inner.telemetry.decoded(signal, started.elapsed());
             (decoded, permit)
         });
@@ -165,43 +149,25 @@ impl Collector {
         }
         let rejected = rejections.total();
         let message = (rejected > 0).then(|| rejections.message(signal, &self.inner.limits));
-        Ok(Exported {
-            response: encode_response(signal, format, rejected, message),
-            rejected,
-        })
+        Ok(Exported { response: encode_response(signal, format, rejected, message), rejected })
     }
 
     /// Records the outcome of one request; every request ends here exactly once.
-    pub(crate) fn finish(
-        &self,
-        signal: Signal,
-        transport: Transport,
-        result: &Result<Exported, IngestError>,
-    ) {
+    pub(crate) fn finish(&self, signal: Signal, transport: Transport, result: &Result<Exported, IngestError>) {
         let outcome = match result {
             Ok(e) if e.rejected > 0 => "partial",
             Ok(_) => "ok",
             Err(e) => {
-                tracing::debug!(
-                    signal = signal.as_str(),
-                    ?transport,
-                    code = e.code.outcome(),
-                    "export refused"
-                );
+                tracing::debug!(signal = signal.as_str(), ?transport, code = e.code.outcome(), "export refused");
                 e.code.outcome()
             }
         };
-        self.inner
-            .telemetry
-            .request_finished(signal, transport, outcome);
+        self.inner.telemetry.request_finished(signal, transport, outcome);
     }
 }
 
 fn busy() -> IngestError {
-    IngestError::overloaded(
-        "the collector is busy (in-flight byte budget exhausted), retry later",
-        BUSY_RETRY_AFTER,
-    )
+    IngestError::overloaded("the collector is busy (in-flight byte budget exhausted), retry later", BUSY_RETRY_AFTER)
 }
 
 /// Runs on the decode pool.
@@ -227,9 +193,7 @@ fn decode_and_validate(
     };
     let items = validate::item_count(&batch);
     if items > limits.max_items_per_request {
-        inner
-            .telemetry
-            .items_rejected(signal, RejectReason::Limit, items);
+        inner.telemetry.items_rejected(signal, RejectReason::Limit, items);
         return Err(IngestError::invalid(format!(
             "request has {items} {}, more than the limit of {}",
             validate::item_noun(signal, items),
@@ -241,21 +205,14 @@ fn decode_and_validate(
 }
 
 /// Encodes the `Export*ServiceResponse`; `partial_success` is set only when items were rejected.
-fn encode_response(
-    signal: Signal,
-    format: Format,
-    rejected: usize,
-    message: Option<String>,
-) -> Bytes {
+fn encode_response(signal: Signal, format: Format, rejected: usize, message: Option<String>) -> Bytes {
     let rejected_i64 = i64::try_from(rejected).unwrap_or(i64::MAX);
     match format {
         Format::Protobuf => {
             let bytes = match signal {
                 Signal::Traces => ExportTraceServiceResponse {
-                    partial_success: message.map(|error_message| ExportTracePartialSuccess {
-                        rejected_spans: rejected_i64,
-                        error_message,
-                    }),
+                    partial_success: message
+                        .map(|error_message| ExportTracePartialSuccess { rejected_spans: rejected_i64, error_message }),
                 }
                 .encode_to_vec(),
                 Signal::Logs => ExportLogsServiceResponse {
@@ -306,18 +263,12 @@ impl InflightPermit {
     fn new(permit: OwnedSemaphorePermit, inner: &Inner) -> Self {
         let gauge = inner.telemetry.inflight_gauge().clone();
         gauge.add(gauge_value(permit.num_permits()));
-        InflightPermit {
-            permit,
-            semaphore: Arc::clone(&inner.inflight),
-            gauge,
-        }
+        InflightPermit { permit, semaphore: Arc::clone(&inner.inflight), gauge }
     }
 
     /// Takes `extra` more bytes if the budget has them.
     pub(crate) fn try_grow(&mut self, extra: usize) -> bool {
-        let Some(more) = u32::try_from(extra)
-            .ok()
-            .and_then(|n| self.semaphore.clone().try_acquire_many_owned(n).ok())
+        let Some(more) = u32::try_from(extra).ok().and_then(|n| self.semaphore.clone().try_acquire_many_owned(n).ok())
         else {
             return false;
         };
@@ -360,12 +311,8 @@ mod tests {
     #[test]
     fn inflight_budget_is_taken_and_given_back() {
         let registry = prometheus::Registry::new();
-        let limits = Limits {
-            max_body_bytes: 100,
-            max_decompressed_bytes: 100,
-            max_inflight_bytes: 300,
-            ..Limits::default()
-        };
+        let limits =
+            Limits { max_body_bytes: 100, max_decompressed_bytes: 100, max_inflight_bytes: 300, ..Limits::default() };
         let c = Collector::new(Arc::new(NullWriter), limits, &registry).expect("collector");
         let gauge = c.telemetry().inflight_gauge().clone();
         let mut a = c.reserve(200).expect("fits");
@@ -393,25 +340,13 @@ mod tests {
 
     #[test]
     fn json_responses_set_partial_success_only_when_rejecting() {
-        assert_eq!(
-            encode_response(Signal::Traces, Format::Json, 0, None),
-            Bytes::from_static(b"{}")
-        );
-        let body = encode_response(
-            Signal::Logs,
-            Format::Json,
-            2,
-            Some("2 log records rejected: x".into()),
-        );
+        assert_eq!(encode_response(Signal::Traces, Format::Json, 0, None), Bytes::from_static(b"{}"));
+        let body = encode_response(Signal::Logs, Format::Json, 2, Some("2 log records rejected: x".into()));
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["partialSuccess"]["rejectedLogRecords"], 2);
         // What an opentelemetry-proto based client decodes it into:
-        let resp: ExportLogsServiceResponse =
-            serde_json::from_slice(&body).expect("decodes as the proto type");
-        assert_eq!(
-            resp.partial_success.map(|p| p.rejected_log_records),
-            Some(2)
-        );
+        let resp: ExportLogsServiceResponse = serde_json::from_slice(&body).expect("decodes as the proto type");
+        assert_eq!(resp.partial_success.map(|p| p.rejected_log_records), Some(2));
         assert!(encode_response(Signal::Metrics, Format::Protobuf, 0, None).is_empty());
     }
 }

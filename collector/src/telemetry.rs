@@ -63,10 +63,7 @@ pub(crate) struct Telemetry {
 impl Telemetry {
     pub(crate) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let accepted_items = IntCounterVec::new(
-            Opts::new(
-                "obsbox_ingest_accepted_items_total",
-                "Spans, log records and data points stored.",
-            ),
+            Opts::new("obsbox_ingest_accepted_items_total", "Spans, log records and data points stored."),
             &["signal"],
         )?;
         let rejected_items = IntCounterVec::new(
@@ -77,10 +74,7 @@ impl Telemetry {
             &["signal", "reason"],
         )?;
         let requests = IntCounterVec::new(
-            Opts::new(
-                "obsbox_ingest_requests_total",
-                "OTLP export requests, by outcome.",
-            ),
+            Opts::new("obsbox_ingest_requests_total", "OTLP export requests, by outcome."),
             &["signal", "transport", "outcome"],
         )?;
         let request_bytes = IntCounterVec::new(
@@ -96,13 +90,8 @@ impl Telemetry {
             "Bytes of requests being received, decoded or written right now.",
         )?;
         let decode_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "obsbox_ingest_decode_seconds",
-                "Time to inflate, decode and validate one request.",
-            )
-            .buckets(vec![
-                0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
+            HistogramOpts::new("obsbox_ingest_decode_seconds", "Time to inflate, decode and validate one request.")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
             &["signal"],
         )?;
         registry.register(Box::new(accepted_items.clone()))?;
@@ -111,43 +100,28 @@ impl Telemetry {
         registry.register(Box::new(request_bytes.clone()))?;
         registry.register(Box::new(inflight_bytes.clone()))?;
         registry.register(Box::new(decode_seconds.clone()))?;
-        Ok(Telemetry {
-            accepted_items,
-            rejected_items,
-            requests,
-            request_bytes,
-            inflight_bytes,
-            decode_seconds,
-        })
+        Ok(Telemetry { accepted_items, rejected_items, requests, request_bytes, inflight_bytes, decode_seconds })
     }
 
     pub(crate) fn items_accepted(&self, signal: Signal, n: usize) {
         if n > 0 {
-            self.accepted_items
-                .with_label_values(&[signal.as_str()])
-                .inc_by(n as u64);
+            self.accepted_items.with_label_values(&[signal.as_str()]).inc_by(n as u64);
         }
     }
 
     pub(crate) fn items_rejected(&self, signal: Signal, reason: RejectReason, n: usize) {
         if n > 0 {
-            self.rejected_items
-                .with_label_values(&[signal.as_str(), reason.as_str()])
-                .inc_by(n as u64);
+            self.rejected_items.with_label_values(&[signal.as_str(), reason.as_str()]).inc_by(n as u64);
         }
     }
 
     /// One finished request; `outcome` is `ok`, `partial` or an error code's label.
     pub(crate) fn request_finished(&self, signal: Signal, transport: Transport, outcome: &str) {
-        self.requests
-            .with_label_values(&[signal.as_str(), transport.as_str(), outcome])
-            .inc();
+        self.requests.with_label_values(&[signal.as_str(), transport.as_str(), outcome]).inc();
     }
 
     pub(crate) fn request_received(&self, signal: Signal, transport: Transport, bytes: usize) {
-        self.request_bytes
-            .with_label_values(&[signal.as_str(), transport.as_str()])
-            .inc_by(bytes as u64);
+        self.request_bytes.with_label_values(&[signal.as_str(), transport.as_str()]).inc_by(bytes as u64);
     }
 
     pub(crate) fn decoded(&self, signal: Signal, took: Duration) {

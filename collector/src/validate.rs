@@ -87,10 +87,7 @@ impl Problem {
                 format!("more than {} attributes", limits.max_attributes_per_item)
             }
             Problem::ValueTooLong => {
-                format!(
-                    "attribute key or value longer than {} bytes",
-                    limits.max_attribute_value_bytes
-                )
+                format!("attribute key or value longer than {} bytes", limits.max_attribute_value_bytes)
             }
             Problem::ValueTooDeep => {
                 format!("attribute value nested more than {MAX_VALUE_DEPTH} levels deep")
@@ -119,25 +116,15 @@ impl Rejections {
 
     /// Rejected item counts per metric reason label.
     pub(crate) fn by_reason(&self) -> impl Iterator<Item = (RejectReason, usize)> + '_ {
-        Problem::ALL
-            .iter()
-            .map(|p| (p.reason(), self.counts[p.index()]))
-            .filter(|(_, n)| *n > 0)
+        Problem::ALL.iter().map(|p| (p.reason(), self.counts[p.index()])).filter(|(_, n)| *n > 0)
     }
 
     /// The `error_message` of a partial success: "2 spans rejected: trace_id must be 16 bytes".
     pub(crate) fn message(&self, signal: Signal, limits: &Limits) -> String {
         let total = self.total();
-        let mut parts = Problem::ALL
-            .iter()
-            .filter(|p| self.counts[p.index()] > 0)
-            .peekable();
+        let mut parts = Problem::ALL.iter().filter(|p| self.counts[p.index()] > 0).peekable();
         let mut out = format!("{total} {} rejected: ", item_noun(signal, total));
-        let single = Problem::ALL
-            .iter()
-            .filter(|p| self.counts[p.index()] > 0)
-            .count()
-            == 1;
+        let single = Problem::ALL.iter().filter(|p| self.counts[p.index()] > 0).count() == 1;
         while let Some(p) = parts.next() {
             out.push_str(&p.message(limits));
             if !single {
@@ -166,18 +153,8 @@ pub(crate) fn item_noun(signal: Signal, n: usize) -> &'static str {
 /// Number of items (spans, log records, data points) in the batch.
 pub(crate) fn item_count(batch: &Batch) -> usize {
     match batch {
-        Batch::Traces(r) => r
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum(),
-        Batch::Logs(r) => r
-            .resource_logs
-            .iter()
-            .flat_map(|rl| &rl.scope_logs)
-            .map(|sl| sl.log_records.len())
-            .sum(),
+        Batch::Traces(r) => r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum(),
+        Batch::Logs(r) => r.resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum(),
         Batch::Metrics(r) => r
             .resource_metrics
             .iter()
@@ -214,10 +191,8 @@ fn traces(req: &mut ExportTraceServiceRequest, limits: &Limits, rej: &mut Reject
     req.resource_spans.retain_mut(|rs| {
         let resource_problem = resource_problem(rs.resource.as_ref(), limits);
         rs.scope_spans.retain_mut(|ss| {
-            let group_problem =
-                resource_problem.or_else(|| scope_problem(ss.scope.as_ref(), limits));
-            ss.spans
-                .retain(|span| keep(group_problem.or_else(|| span_problem(span, limits)), rej));
+            let group_problem = resource_problem.or_else(|| scope_problem(ss.scope.as_ref(), limits));
+            ss.spans.retain(|span| keep(group_problem.or_else(|| span_problem(span, limits)), rej));
             !ss.spans.is_empty()
         });
         !rs.scope_spans.is_empty()
@@ -228,10 +203,8 @@ fn logs(req: &mut ExportLogsServiceRequest, limits: &Limits, rej: &mut Rejection
     req.resource_logs.retain_mut(|rl| {
         let resource_problem = resource_problem(rl.resource.as_ref(), limits);
         rl.scope_logs.retain_mut(|sl| {
-            let group_problem =
-                resource_problem.or_else(|| scope_problem(sl.scope.as_ref(), limits));
-            sl.log_records
-                .retain(|log| keep(group_problem.or_else(|| log_problem(log, limits)), rej));
+            let group_problem = resource_problem.or_else(|| scope_problem(sl.scope.as_ref(), limits));
+            sl.log_records.retain(|log| keep(group_problem.or_else(|| log_problem(log, limits)), rej));
             !sl.log_records.is_empty()
         });
         !rl.scope_logs.is_empty()
@@ -242,22 +215,15 @@ fn metrics(req: &mut ExportMetricsServiceRequest, limits: &Limits, rej: &mut Rej
     req.resource_metrics.retain_mut(|rm| {
         let resource_problem = resource_problem(rm.resource.as_ref(), limits);
         rm.scope_metrics.retain_mut(|sm| {
-            let group_problem =
-                resource_problem.or_else(|| scope_problem(sm.scope.as_ref(), limits));
+            let group_problem = resource_problem.or_else(|| scope_problem(sm.scope.as_ref(), limits));
             sm.metrics.retain_mut(|metric| {
-                let mut check = |attrs: &[KeyValue]| {
-                    keep(
-                        group_problem.or_else(|| attributes_problem(attrs, limits)),
-                        rej,
-                    )
-                };
+                let mut check =
+                    |attrs: &[KeyValue]| keep(group_problem.or_else(|| attributes_problem(attrs, limits)), rej);
                 match &mut metric.data {
                     Some(Data::Gauge(g)) => g.data_points.retain(|p| check(&p.attributes)),
                     Some(Data::Sum(s)) => s.data_points.retain(|p| check(&p.attributes)),
                     Some(Data::Histogram(h)) => h.data_points.retain(|p| check(&p.attributes)),
-                    Some(Data::ExponentialHistogram(h)) => {
-                        h.data_points.retain(|p| check(&p.attributes))
-                    }
+                    Some(Data::ExponentialHistogram(h)) => h.data_points.retain(|p| check(&p.attributes)),
                     Some(Data::Summary(s)) => s.data_points.retain(|p| check(&p.attributes)),
                     None => {}
                 }
@@ -307,16 +273,8 @@ fn span_problem(span: &Span, limits: &Limits) -> Option<Problem> {
         return Some(Problem::ParentSpanIdLength);
     }
     attributes_problem(&span.attributes, limits)
-        .or_else(|| {
-            span.events
-                .iter()
-                .find_map(|e| values_problem(&e.attributes, limits))
-        })
-        .or_else(|| {
-            span.links
-                .iter()
-                .find_map(|l| values_problem(&l.attributes, limits))
-        })
+        .or_else(|| span.events.iter().find_map(|e| values_problem(&e.attributes, limits)))
+        .or_else(|| span.links.iter().find_map(|l| values_problem(&l.attributes, limits)))
 }
 
 fn log_problem(log: &LogRecord, limits: &Limits) -> Option<Problem> {
@@ -343,9 +301,7 @@ fn attributes_problem(attrs: &[KeyValue], limits: &Limits) -> Option<Problem> {
 
 /// The size of every key and value (nested ones too), not their number.
 fn values_problem(attrs: &[KeyValue], limits: &Limits) -> Option<Problem> {
-    attrs
-        .iter()
-        .find_map(|kv| key_value_problem(kv, limits.max_attribute_value_bytes, 0))
+    attrs.iter().find_map(|kv| key_value_problem(kv, limits.max_attribute_value_bytes, 0))
 }
 
 fn key_value_problem(kv: &KeyValue, max: usize, depth: usize) -> Option<Problem> {
@@ -362,14 +318,8 @@ fn value_problem(value: &AnyValue, max: usize, depth: usize) -> Option<Problem> 
     match value.value.as_ref()? {
         Value::StringValue(s) if s.len() > max => Some(Problem::ValueTooLong),
         Value::BytesValue(b) if b.len() > max => Some(Problem::ValueTooLong),
-        Value::ArrayValue(a) => a
-            .values
-            .iter()
-            .find_map(|v| value_problem(v, max, depth + 1)),
-        Value::KvlistValue(l) => l
-            .values
-            .iter()
-            .find_map(|kv| key_value_problem(kv, max, depth + 1)),
+        Value::ArrayValue(a) => a.values.iter().find_map(|v| value_problem(v, max, depth + 1)),
+        Value::KvlistValue(l) => l.values.iter().find_map(|kv| key_value_problem(kv, max, depth + 1)),
         _ => None,
     }
 }
@@ -377,28 +327,17 @@ fn value_problem(value: &AnyValue, max: usize, depth: usize) -> Option<Problem> 
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
-    use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics,
-    };
+    use opentelemetry_proto::tonic::metrics::v1::{Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
     use super::*;
 
     fn limits() -> Limits {
-        Limits {
-            max_attributes_per_item: 2,
-            max_attribute_value_bytes: 8,
-            ..Limits::default()
-        }
+        Limits { max_attributes_per_item: 2, max_attribute_value_bytes: 8, ..Limits::default() }
     }
 
     fn span(trace_id: Vec<u8>, span_id: Vec<u8>) -> Span {
-        Span {
-            trace_id,
-            span_id,
-            name: "op".into(),
-            ..Default::default()
-        }
+        Span { trace_id, span_id, name: "op".into(), ..Default::default() }
     }
 
     fn good_span() -> Span {
@@ -406,11 +345,7 @@ mod tests {
     }
 
     fn kv(key: &str, value: Value) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue { value: Some(value) }),
-            ..Default::default()
-        }
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
     }
 
     fn traces_batch(groups: Vec<Vec<Span>>) -> Batch {
@@ -418,10 +353,7 @@ mod tests {
             resource_spans: groups
                 .into_iter()
                 .map(|spans| ResourceSpans {
-                    scope_spans: vec![ScopeSpans {
-                        spans,
-                        ..Default::default()
-                    }],
+                    scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
                     ..Default::default()
                 })
                 .collect(),
@@ -436,58 +368,33 @@ mod tests {
         bad_parent.parent_span_id = vec![1; 3];
         let mut batch = traces_batch(vec![
             vec![good_span(), span(vec![1; 15], vec![2; 8])],
-            vec![
-                span(vec![1; 16], vec![0; 8]),
-                zero_trace,
-                bad_parent,
-                span(vec![1; 16], vec![]),
-            ],
+            vec![span(vec![1; 16], vec![0; 8]), zero_trace, bad_parent, span(vec![1; 16], vec![])],
         ]);
         assert_eq!(item_count(&batch), 6);
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 5);
         assert_eq!(item_count(&batch), 1);
-        let Batch::Traces(req) = &batch else {
-            unreachable!()
-        };
-        assert_eq!(
-            req.resource_spans.len(),
-            1,
-            "the group left empty is removed"
-        );
+        let Batch::Traces(req) = &batch else { unreachable!() };
+        assert_eq!(req.resource_spans.len(), 1, "the group left empty is removed");
         let msg = rej.message(Signal::Traces, &limits());
         assert!(msg.starts_with("5 spans rejected: "), "{msg}");
         assert!(msg.contains("trace_id must be 16 bytes (1)"), "{msg}");
         assert!(msg.contains("span_id must be 8 bytes (1)"), "{msg}");
-        assert!(
-            msg.contains("parent_span_id must be empty or 8 bytes (1)"),
-            "{msg}"
-        );
+        assert!(msg.contains("parent_span_id must be empty or 8 bytes (1)"), "{msg}");
     }
 
     #[test]
     fn single_reason_message_has_no_counts() {
-        let mut batch = traces_batch(vec![vec![
-            span(vec![1; 4], vec![2; 8]),
-            span(vec![1; 4], vec![2; 8]),
-        ]]);
+        let mut batch = traces_batch(vec![vec![span(vec![1; 4], vec![2; 8]), span(vec![1; 4], vec![2; 8])]]);
         let rej = validate(&mut batch, &limits());
-        assert_eq!(
-            rej.message(Signal::Traces, &limits()),
-            "2 spans rejected: trace_id must be 16 bytes"
-        );
-        assert_eq!(
-            rej.by_reason().collect::<Vec<_>>(),
-            vec![(RejectReason::Invalid, 2)]
-        );
+        assert_eq!(rej.message(Signal::Traces, &limits()), "2 spans rejected: trace_id must be 16 bytes");
+        assert_eq!(rej.by_reason().collect::<Vec<_>>(), vec![(RejectReason::Invalid, 2)]);
     }
 
     #[test]
     fn attribute_limits_apply_to_own_attributes_and_nested_values() {
         let mut too_many = good_span();
-        too_many.attributes = (0..3)
-            .map(|i| kv(&format!("k{i}"), Value::IntValue(i)))
-            .collect();
+        too_many.attributes = (0..3).map(|i| kv(&format!("k{i}"), Value::IntValue(i))).collect();
         let mut long_nested = good_span();
         long_nested.attributes = vec![kv(
             "k",
@@ -495,9 +402,7 @@ mod tests {
                 values: vec![kv(
                     "inner",
                     Value::ArrayValue(ArrayValue {
-                        values: vec![AnyValue {
-                            value: Some(Value::StringValue("123456789".into())),
-                        }],
+                        values: vec![AnyValue { value: Some(Value::StringValue("123456789".into())) }],
                     }),
                 )],
             }),
@@ -505,25 +410,15 @@ mod tests {
         let mut long_bytes = good_span();
         long_bytes.attributes = vec![kv("b", Value::BytesValue(vec![0; 9]))];
         let mut exactly_at_limits = good_span();
-        exactly_at_limits.attributes = vec![
-            kv("a", Value::StringValue("12345678".into())),
-            kv("b", Value::BoolValue(true)),
-        ];
+        exactly_at_limits.attributes =
+            vec![kv("a", Value::StringValue("12345678".into())), kv("b", Value::BoolValue(true))];
         let mut event_attrs_do_not_count = good_span();
-        event_attrs_do_not_count.events =
-            vec![opentelemetry_proto::tonic::trace::v1::span::Event {
-                attributes: (0..5)
-                    .map(|i| kv(&format!("k{i}"), Value::IntValue(i)))
-                    .collect(),
-                ..Default::default()
-            }];
-        let mut batch = traces_batch(vec![vec![
-            too_many,
-            long_nested,
-            long_bytes,
-            exactly_at_limits,
-            event_attrs_do_not_count,
-        ]]);
+        event_attrs_do_not_count.events = vec![opentelemetry_proto::tonic::trace::v1::span::Event {
+            attributes: (0..5).map(|i| kv(&format!("k{i}"), Value::IntValue(i))).collect(),
+            ..Default::default()
+        }];
+        let mut batch =
+            traces_batch(vec![vec![too_many, long_nested, long_bytes, exactly_at_limits, event_attrs_do_not_count]]);
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 3);
         assert_eq!(item_count(&batch), 2);
@@ -533,22 +428,12 @@ mod tests {
 
     #[test]
     fn deeply_nested_values_are_rejected() {
-        let mut value = AnyValue {
-            value: Some(Value::IntValue(1)),
-        };
+        let mut value = AnyValue { value: Some(Value::IntValue(1)) };
         for _ in 0..(MAX_VALUE_DEPTH + 2) {
-            value = AnyValue {
-                value: Some(Value::ArrayValue(ArrayValue {
-                    values: vec![value],
-                })),
-            };
+            value = AnyValue { value: Some(Value::ArrayValue(ArrayValue { values: vec![value] })) };
         }
         let mut s = good_span();
-        s.attributes = vec![KeyValue {
-            key: "deep".into(),
-            value: Some(value),
-            ..Default::default()
-        }];
+        s.attributes = vec![KeyValue { key: "deep".into(), value: Some(value), ..Default::default() }];
         let mut batch = traces_batch(vec![vec![s]]);
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 1);
@@ -560,26 +445,13 @@ mod tests {
         use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
         let records = vec![
             LogRecord::default(),
-            LogRecord {
-                trace_id: vec![1; 16],
-                span_id: vec![1; 8],
-                ..Default::default()
-            },
-            LogRecord {
-                trace_id: vec![1; 15],
-                ..Default::default()
-            },
-            LogRecord {
-                span_id: vec![1; 7],
-                ..Default::default()
-            },
+            LogRecord { trace_id: vec![1; 16], span_id: vec![1; 8], ..Default::default() },
+            LogRecord { trace_id: vec![1; 15], ..Default::default() },
+            LogRecord { span_id: vec![1; 7], ..Default::default() },
         ];
         let mut batch = Batch::Logs(ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: records,
-                    ..Default::default()
-                }],
+                scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
                 ..Default::default()
             }],
         });
@@ -587,23 +459,15 @@ mod tests {
         assert_eq!(rej.total(), 2);
         assert_eq!(item_count(&batch), 2);
         let msg = rej.message(Signal::Logs, &limits());
-        assert!(
-            msg.starts_with("2 log records rejected: trace_id must be empty or 16 bytes (1); "),
-            "{msg}"
-        );
+        assert!(msg.starts_with("2 log records rejected: trace_id must be empty or 16 bytes (1); "), "{msg}");
     }
 
     #[test]
     fn metric_points_are_validated_and_resource_limits_reject_the_group() {
-        let point = |attrs: Vec<KeyValue>| NumberDataPoint {
-            attributes: attrs,
-            ..Default::default()
-        };
+        let point = |attrs: Vec<KeyValue>| NumberDataPoint { attributes: attrs, ..Default::default() };
         let gauge = |points| Metric {
             name: "m".into(),
-            data: Some(Data::Gauge(Gauge {
-                data_points: points,
-            })),
+            data: Some(Data::Gauge(Gauge { data_points: points })),
             ..Default::default()
         };
         let long = || vec![kv("k", Value::StringValue("way too long".into()))];
@@ -611,19 +475,13 @@ mod tests {
             resource_metrics: vec![
                 ResourceMetrics {
                     scope_metrics: vec![ScopeMetrics {
-                        metrics: vec![
-                            gauge(vec![point(vec![]), point(long())]),
-                            gauge(vec![point(long())]),
-                        ],
+                        metrics: vec![gauge(vec![point(vec![]), point(long())]), gauge(vec![point(long())])],
                         ..Default::default()
                     }],
                     ..Default::default()
                 },
                 ResourceMetrics {
-                    resource: Some(Resource {
-                        attributes: long(),
-                        ..Default::default()
-                    }),
+                    resource: Some(Resource { attributes: long(), ..Default::default() }),
                     scope_metrics: vec![ScopeMetrics {
                         metrics: vec![gauge(vec![point(vec![]), point(vec![])])],
                         ..Default::default()
@@ -636,19 +494,10 @@ mod tests {
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 4);
         assert_eq!(item_count(&batch), 1);
-        let Batch::Metrics(req) = &batch else {
-            unreachable!()
-        };
+        let Batch::Metrics(req) = &batch else { unreachable!() };
         assert_eq!(req.resource_metrics.len(), 1);
-        assert_eq!(
-            req.resource_metrics[0].scope_metrics[0].metrics.len(),
-            1,
-            "emptied metric removed"
-        );
+        assert_eq!(req.resource_metrics[0].scope_metrics[0].metrics.len(), 1, "emptied metric removed");
         let msg = rej.message(Signal::Metrics, &limits());
-        assert!(
-            msg.contains("resource attributes exceed the attribute limits (2)"),
-            "{msg}"
-        );
+        assert!(msg.contains("resource attributes exceed the attribute limits (2)"), "{msg}");
     }
 }

@@ -43,38 +43,20 @@ async fn gzip_bomb_is_refused_without_inflating_it() {
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     let status = <RpcStatus as prost::Message>::decode(body).expect("google.rpc.Status");
-    assert_eq!(
-        status.message,
-        "request body inflates to more than the limit of 33554432 bytes"
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_eq!(status.message, "request body inflates to more than the limit of 33554432 bytes");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
 
     if let (Some(before), Some(after)) = (before, peak_rss_bytes()) {
         let grown = after.saturating_sub(before);
-        assert!(
-            grown < 128 * 1024 * 1024,
-            "peak RSS grew by {} MiB",
-            grown >> 20
-        );
+        assert!(grown < 128 * 1024 * 1024, "peak RSS grew by {} MiB", grown >> 20);
     }
     assert_eq!(writer.batch_count(), 0);
-    assert_eq!(
-        metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]),
-        0.0
-    );
+    assert_eq!(metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]), 0.0);
     assert_eq!(
         metric(
             &t.registry,
             "obsbox_ingest_requests_total",
-            &[
-                ("signal", "traces"),
-                ("transport", "http"),
-                ("outcome", "too_large")
-            ]
+            &[("signal", "traces"), ("transport", "http"), ("outcome", "too_large")]
         ),
         1.0
     );

@@ -30,10 +30,7 @@ impl Reply {
     }
 
     fn content_type(&self) -> &str {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 }
 
@@ -42,18 +39,13 @@ async fn send(router: &axum::Router, req: Request<Body>) -> Reply {
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply { status, headers, body }
 }
 
 fn post(path: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> Request<Body> {
     let body = if gzip { common::gzip(&body) } else { body };
-    let mut b = Request::post(path)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::CONTENT_LENGTH, body.len());
+    let mut b =
+        Request::post(path).header(header::CONTENT_TYPE, content_type).header(header::CONTENT_LENGTH, body.len());
     if gzip {
         b = b.header(header::CONTENT_ENCODING, "gzip");
     }
@@ -68,90 +60,45 @@ async fn all_signals_protobuf_json_and_gzip() {
 
     for gzip in [false, true] {
         // protobuf
-        let r = send(
-            &router,
-            post("/v1/traces", PROTOBUF, gzip, traces(3, 0).encode_to_vec()),
-        )
-        .await;
+        let r = send(&router, post("/v1/traces", PROTOBUF, gzip, traces(3, 0).encode_to_vec())).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.content_type(), PROTOBUF);
         assert_eq!(
             ExportTraceServiceResponse::decode(r.body.clone()).expect("response"),
             ExportTraceServiceResponse::default()
         );
-        let r = send(
-            &router,
-            post("/v1/logs", PROTOBUF, gzip, logs(4, 0).encode_to_vec()),
-        )
-        .await;
+        let r = send(&router, post("/v1/logs", PROTOBUF, gzip, logs(4, 0).encode_to_vec())).await;
         assert_eq!(r.status, StatusCode::OK);
         ExportLogsServiceResponse::decode(r.body.clone()).expect("response");
-        let r = send(
-            &router,
-            post("/v1/metrics", PROTOBUF, gzip, metrics(5, 0).encode_to_vec()),
-        )
-        .await;
+        let r = send(&router, post("/v1/metrics", PROTOBUF, gzip, metrics(5, 0).encode_to_vec())).await;
         assert_eq!(r.status, StatusCode::OK);
         ExportMetricsServiceResponse::decode(r.body.clone()).expect("response");
 
         // JSON, as serialized by opentelemetry-proto (hex ids, int64 as strings)
         let json = serde_json::to_vec(&traces(3, 0)).expect("serialize");
-        let r = send(
-            &router,
-            post("/v1/traces", "application/json; charset=utf-8", gzip, json),
-        )
-        .await;
+        let r = send(&router, post("/v1/traces", "application/json; charset=utf-8", gzip, json)).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         assert_eq!(r.content_type(), JSON);
         assert_eq!(r.json(), serde_json::json!({}));
-        let r = send(
-            &router,
-            post(
-                "/v1/logs",
-                JSON,
-                gzip,
-                serde_json::to_vec(&logs(4, 0)).expect("ser"),
-            ),
-        )
-        .await;
+        let r = send(&router, post("/v1/logs", JSON, gzip, serde_json::to_vec(&logs(4, 0)).expect("ser"))).await;
         assert_eq!(r.status, StatusCode::OK);
-        let r = send(
-            &router,
-            post(
-                "/v1/metrics",
-                JSON,
-                gzip,
-                serde_json::to_vec(&metrics(5, 0)).expect("ser"),
-            ),
-        )
-        .await;
+        let r = send(&router, post("/v1/metrics", JSON, gzip, serde_json::to_vec(&metrics(5, 0)).expect("ser"))).await;
         assert_eq!(r.status, StatusCode::OK);
     }
     assert_eq!(writer.items(), 2 * 2 * (3 + 4 + 5));
     {
         let batches = writer.batches.lock().expect("lock");
-        assert_eq!(
-            batches[3],
-            obsbox_storage::Batch::Traces(traces(3, 0)),
-            "JSON decodes to the same request"
-        );
+        assert_eq!(batches[3], obsbox_storage::Batch::Traces(traces(3, 0)), "JSON decodes to the same request");
     }
     assert_eq!(
         metric(
             &t.registry,
             "obsbox_ingest_requests_total",
-            &[
-                ("signal", "traces"),
-                ("transport", "http"),
-                ("outcome", "ok")
-            ]
+            &[("signal", "traces"), ("transport", "http"), ("outcome", "ok")]
         ),
         4.0
     );
-    assert_eq!(
-        metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]),
-        0.0
-    );
+    assert_eq!(metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]), 0.0);
 }
 
 #[tokio::test]
@@ -185,37 +132,15 @@ async fn partial_success_in_protobuf() {
     let writer = Arc::new(RecordingWriter::default());
     let t = collector(writer.clone(), Limits::default());
     let router = http_router(t.collector.clone());
-    let r = send(
-        &router,
-        post("/v1/logs", PROTOBUF, true, logs(2, 3).encode_to_vec()),
-    )
-    .await;
+    let r = send(&router, post("/v1/logs", PROTOBUF, true, logs(2, 3).encode_to_vec())).await;
     assert_eq!(r.status, StatusCode::OK);
-    let ps = ExportLogsServiceResponse::decode(r.body)
-        .expect("response")
-        .partial_success
-        .expect("partial");
+    let ps = ExportLogsServiceResponse::decode(r.body).expect("response").partial_success.expect("partial");
     assert_eq!(ps.rejected_log_records, 3);
-    assert_eq!(
-        ps.error_message,
-        "3 log records rejected: span_id must be empty or 8 bytes"
-    );
+    assert_eq!(ps.error_message, "3 log records rejected: span_id must be empty or 8 bytes");
 
-    let r = send(
-        &router,
-        post(
-            "/v1/metrics",
-            PROTOBUF,
-            false,
-            metrics(0, 2).encode_to_vec(),
-        ),
-    )
-    .await;
+    let r = send(&router, post("/v1/metrics", PROTOBUF, false, metrics(0, 2).encode_to_vec())).await;
     assert_eq!(r.status, StatusCode::OK, "nothing valid is still 200");
-    let ps = ExportMetricsServiceResponse::decode(r.body)
-        .expect("response")
-        .partial_success
-        .expect("partial");
+    let ps = ExportMetricsServiceResponse::decode(r.body).expect("response").partial_success.expect("partial");
     assert_eq!(ps.rejected_data_points, 2);
     assert_eq!(writer.items(), 2);
     assert_eq!(writer.batch_count(), 1);
@@ -224,11 +149,7 @@ async fn partial_success_in_protobuf() {
 #[tokio::test]
 async fn bad_input_is_refused_and_the_next_request_succeeds() {
     let writer = Arc::new(RecordingWriter::default());
-    let limits = Limits {
-        max_body_bytes: 64 * 1024,
-        max_decompressed_bytes: 1 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits { max_body_bytes: 64 * 1024, max_decompressed_bytes: 1 << 20, ..Limits::default() };
     let t = collector(writer.clone(), limits);
     let router = http_router(t.collector.clone());
     let good = || post("/v1/traces", PROTOBUF, false, traces(1, 0).encode_to_vec());
@@ -260,8 +181,7 @@ async fn bad_input_is_refused_and_the_next_request_succeeds() {
                 "/v1/traces",
                 JSON,
                 false,
-                br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"not hex!"}]}]}]}"#
-                    .to_vec(),
+                br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"not hex!"}]}]}]}"#.to_vec(),
             ),
             StatusCode::BAD_REQUEST,
             JSON,
@@ -271,8 +191,7 @@ async fn bad_input_is_refused_and_the_next_request_succeeds() {
             "invalid gzip",
             {
                 let mut r = post("/v1/traces", PROTOBUF, false, b"plainly not gzip".to_vec());
-                r.headers_mut()
-                    .insert(header::CONTENT_ENCODING, "gzip".parse().expect("value"));
+                r.headers_mut().insert(header::CONTENT_ENCODING, "gzip".parse().expect("value"));
                 r
             },
             StatusCode::BAD_REQUEST,
@@ -288,9 +207,7 @@ async fn bad_input_is_refused_and_the_next_request_succeeds() {
         ),
         (
             "missing content type",
-            Request::post("/v1/traces")
-                .body(Body::from("x"))
-                .expect("request"),
+            Request::post("/v1/traces").body(Body::from("x")).expect("request"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             JSON,
             "missing Content-Type",
@@ -299,8 +216,7 @@ async fn bad_input_is_refused_and_the_next_request_succeeds() {
             "unknown encoding",
             {
                 let mut r = post("/v1/traces", JSON, false, b"{}".to_vec());
-                r.headers_mut()
-                    .insert(header::CONTENT_ENCODING, "br".parse().expect("value"));
+                r.headers_mut().insert(header::CONTENT_ENCODING, "br".parse().expect("value"));
                 r
             },
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -342,42 +258,25 @@ async fn bad_input_is_refused_and_the_next_request_succeeds() {
         assert_eq!(r.content_type(), content_type, "{what}");
         let (code, msg) = if content_type == JSON {
             let v = r.json();
-            (
-                v["code"].as_i64().expect("code"),
-                v["message"].as_str().expect("message").to_owned(),
-            )
+            (v["code"].as_i64().expect("code"), v["message"].as_str().expect("message").to_owned())
         } else {
             let s = RpcStatus::decode(r.body.clone()).expect("google.rpc.Status");
             (i64::from(s.code), s.message)
         };
-        let expected_code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            8
-        } else {
-            3
-        };
+        let expected_code = if status == StatusCode::PAYLOAD_TOO_LARGE { 8 } else { 3 };
         assert_eq!(code, expected_code, "{what}: {msg}");
         assert!(msg.starts_with(message), "{what}: {msg}");
-        assert!(
-            r.headers.get(header::RETRY_AFTER).is_none(),
-            "{what}: not retryable"
-        );
+        assert!(r.headers.get(header::RETRY_AFTER).is_none(), "{what}: not retryable");
 
         let r = send(&router, good()).await;
         assert_eq!(r.status, StatusCode::OK, "good request after {what}");
     }
-    assert_eq!(
-        metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]),
-        0.0
-    );
+    assert_eq!(metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]), 0.0);
     assert_eq!(
         metric(
             &t.registry,
             "obsbox_ingest_requests_total",
-            &[
-                ("signal", "traces"),
-                ("transport", "http"),
-                ("outcome", "unsupported")
-            ]
+            &[("signal", "traces"), ("transport", "http"), ("outcome", "unsupported")]
         ),
         3.0
     );
@@ -386,36 +285,14 @@ async fn bad_input_is_refused_and_the_next_request_succeeds() {
 #[tokio::test]
 async fn too_many_items_refuses_the_whole_request() {
     let writer = Arc::new(RecordingWriter::default());
-    let t = collector(
-        writer.clone(),
-        Limits {
-            max_items_per_request: 5,
-            ..Limits::default()
-        },
-    );
+    let t = collector(writer.clone(), Limits { max_items_per_request: 5, ..Limits::default() });
     let router = http_router(t.collector.clone());
-    let r = send(
-        &router,
-        post(
-            "/v1/traces",
-            JSON,
-            false,
-            serde_json::to_vec(&traces(6, 0)).expect("ser"),
-        ),
-    )
-    .await;
+    let r = send(&router, post("/v1/traces", JSON, false, serde_json::to_vec(&traces(6, 0)).expect("ser"))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        r.json(),
-        serde_json::json!({"code": 3, "message": "request has 6 spans, more than the limit of 5"})
-    );
+    assert_eq!(r.json(), serde_json::json!({"code": 3, "message": "request has 6 spans, more than the limit of 5"}));
     assert_eq!(writer.batch_count(), 0);
     assert_eq!(
-        metric(
-            &t.registry,
-            "obsbox_ingest_rejected_items_total",
-            &[("signal", "traces"), ("reason", "limit")]
-        ),
+        metric(&t.registry, "obsbox_ingest_rejected_items_total", &[("signal", "traces"), ("reason", "limit")]),
         6.0
     );
 }
@@ -423,57 +300,26 @@ async fn too_many_items_refuses_the_whole_request() {
 #[tokio::test]
 async fn store_errors_map_to_http_statuses() {
     for (make, status, retry_after) in [
-        (
-            overloaded as fn() -> _,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some("2"),
-        ),
+        (overloaded as fn() -> _, StatusCode::TOO_MANY_REQUESTS, Some("2")),
         (unavailable, StatusCode::SERVICE_UNAVAILABLE, Some("1")),
         (internal, StatusCode::INTERNAL_SERVER_ERROR, None),
     ] {
         let t = collector(Arc::new(FailingWriter(make)), Limits::default());
         let router = http_router(t.collector.clone());
-        let r = send(
-            &router,
-            post(
-                "/v1/traces",
-                JSON,
-                false,
-                serde_json::to_vec(&traces(2, 0)).expect("ser"),
-            ),
-        )
-        .await;
+        let r = send(&router, post("/v1/traces", JSON, false, serde_json::to_vec(&traces(2, 0)).expect("ser"))).await;
         assert_eq!(r.status, status);
-        assert_eq!(
-            r.headers
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()),
-            retry_after
-        );
+        assert_eq!(r.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), retry_after);
         let v = r.json();
-        assert!(
-            !v["message"].as_str().unwrap_or("secret").contains("secret"),
-            "{v}"
-        );
-        assert!(
-            !v["message"]
-                .as_str()
-                .unwrap_or("disk full")
-                .contains("disk full"),
-            "{v}"
-        );
+        assert!(!v["message"].as_str().unwrap_or("secret").contains("secret"), "{v}");
+        assert!(!v["message"].as_str().unwrap_or("disk full").contains("disk full"), "{v}");
     }
 }
 
 #[tokio::test]
 async fn inflight_budget_refuses_with_429() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let limits = Limits {
-        max_body_bytes: 4096,
-        max_decompressed_bytes: 4096,
-        max_inflight_bytes: 8192,
-        ..Limits::default()
-    };
+    let limits =
+        Limits { max_body_bytes: 4096, max_decompressed_bytes: 4096, max_inflight_bytes: 8192, ..Limits::default() };
     let t = collector(Arc::new(GateWriter { gate: gate.clone() }), limits);
     let router = http_router(t.collector.clone());
     let body = || {
@@ -496,12 +342,7 @@ async fn inflight_budget_refuses_with_429() {
     }
     let r = send(&router, post("/v1/traces", PROTOBUF, false, body())).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        r.headers
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
+    assert_eq!(r.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
     let s = RpcStatus::decode(r.body).expect("status");
     assert_eq!(s.code, tonic::Code::ResourceExhausted as i32);
     assert!(s.message.contains("retry"), "{}", s.message);
@@ -512,10 +353,7 @@ async fn inflight_budget_refuses_with_429() {
     }
     let r = send(&router, post("/v1/traces", PROTOBUF, false, body())).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(
-        metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]),
-        0.0
-    );
+    assert_eq!(metric(&t.registry, "obsbox_ingest_inflight_bytes", &[]), 0.0);
 }
 
 #[tokio::test]
@@ -523,13 +361,7 @@ async fn methods_paths_and_cors() {
     let t = collector(Arc::new(RecordingWriter::default()), Limits::default());
     let router = http_router(t.collector.clone());
 
-    let r = send(
-        &router,
-        Request::get("/v1/traces")
-            .body(Body::empty())
-            .expect("request"),
-    )
-    .await;
+    let r = send(&router, Request::get("/v1/traces").body(Body::empty()).expect("request")).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     let r = send(&router, post("/v1/spans", JSON, false, b"{}".to_vec())).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -539,49 +371,22 @@ async fn methods_paths_and_cors() {
         .uri("/v1/traces")
         .header(header::ORIGIN, "https://app.example")
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(
-            header::ACCESS_CONTROL_REQUEST_HEADERS,
-            "content-type,traceparent",
-        )
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type,traceparent")
         .body(Body::empty())
         .expect("request");
     let r = send(&router, preflight).await;
     assert!(r.status.is_success(), "{:?}", r.status);
-    assert_eq!(
-        r.headers
-            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-            .and_then(|v| v.to_str().ok()),
-        Some("*")
-    );
-    let methods = r
-        .headers
-        .get(header::ACCESS_CONTROL_ALLOW_METHODS)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    assert_eq!(r.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).and_then(|v| v.to_str().ok()), Some("*"));
+    let methods = r.headers.get(header::ACCESS_CONTROL_ALLOW_METHODS).and_then(|v| v.to_str().ok()).unwrap_or("");
     assert!(methods.contains("POST"), "{methods}");
-    let allowed = r
-        .headers
-        .get(header::ACCESS_CONTROL_ALLOW_HEADERS)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    assert!(
-        allowed.contains("content-type") && allowed.contains("traceparent"),
-        "{allowed}"
-    );
+    let allowed = r.headers.get(header::ACCESS_CONTROL_ALLOW_HEADERS).and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(allowed.contains("content-type") && allowed.contains("traceparent"), "{allowed}");
 
     let mut req = post("/v1/traces", JSON, false, b"{}".to_vec());
-    req.headers_mut().insert(
-        header::ORIGIN,
-        "https://app.example".parse().expect("value"),
-    );
+    req.headers_mut().insert(header::ORIGIN, "https://app.example".parse().expect("value"));
     let r = send(&router, req).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(
-        r.headers
-            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-            .and_then(|v| v.to_str().ok()),
-        Some("*")
-    );
+    assert_eq!(r.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).and_then(|v| v.to_str().ok()), Some("*"));
 }
 
 #[tokio::test]
@@ -601,14 +406,8 @@ async fn real_server_over_http1_and_graceful_shutdown() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        r.headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        Some(PROTOBUF)
-    );
-    let resp =
-        ExportTraceServiceResponse::decode(r.bytes().await.expect("body")).expect("response");
+    assert_eq!(r.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some(PROTOBUF));
+    let resp = ExportTraceServiceResponse::decode(r.bytes().await.expect("body")).expect("response");
     assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
 
     let r = client
@@ -632,13 +431,5 @@ async fn real_server_over_http1_and_graceful_shutdown() {
 
     assert_eq!(writer.items(), 2 + 3);
     server.stop().await;
-    assert!(
-        client
-            .post(format!("{base}/v1/logs"))
-            .body("{}")
-            .send()
-            .await
-            .is_err(),
-        "stopped"
-    );
+    assert!(client.post(format!("{base}/v1/logs")).body("{}").send().await.is_err(), "stopped");
 }

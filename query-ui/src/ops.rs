@@ -108,15 +108,11 @@ mod tests {
 
     use super::*;
 
-    fn app(ready: bool) -> Router {
+    async fn app(ready: bool) -> Router {
         let store = Arc::new(MemStore::new());
-        let _ = futures_lite_block(store.write(Batch::Logs(Default::default())));
+        store.write(Batch::Logs(Default::default())).await.unwrap();
         let state = AppState::new(store, prometheus::Registry::new(), Arc::new(AtomicBool::new(ready))).unwrap();
         crate::router(state)
-    }
-
-    fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
     async fn get(app: Router, path: &str) -> (StatusCode, String) {
@@ -128,14 +124,14 @@ mod tests {
 
     #[tokio::test]
     async fn health_and_readiness() {
-        assert_eq!(get(app(false), "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get(app(false), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(get(app(true), "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get(app(false).await, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(app(false).await, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(app(true).await, "/readyz").await.0, StatusCode::OK);
     }
 
     #[tokio::test]
     async fn metrics_include_store_gauges() {
-        let (status, body) = get(app(true), "/metrics").await;
+        let (status, body) = get(app(true).await, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("obsbox_store_queue_items{signal=\"traces\"} 0"), "{body}");
         assert!(body.contains("obsbox_store_wal_bytes"), "{body}");

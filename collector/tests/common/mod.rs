@@ -36,12 +36,7 @@ pub struct RecordingWriter {
 
 impl RecordingWriter {
     pub fn items(&self) -> usize {
-        self.batches
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(Batch::item_count)
-            .sum()
+        self.batches.lock().expect("lock").iter().map(Batch::item_count).sum()
     }
 
     pub fn batch_count(&self) -> usize {
@@ -77,10 +72,7 @@ impl Writer for GateWriter {
     fn write(&self, _batch: Batch) -> WriteFuture {
         let gate = Arc::clone(&self.gate);
         Box::pin(async move {
-            let permit = gate
-                .acquire()
-                .await
-                .map_err(|_| StoreError::Unavailable("gate closed".into()))?;
+            let permit = gate.acquire().await.map_err(|_| StoreError::Unavailable("gate closed".into()))?;
             permit.forget();
             Ok(WriteReceipt { seq: 1 })
         })
@@ -88,9 +80,7 @@ impl Writer for GateWriter {
 }
 
 pub fn overloaded() -> StoreError {
-    StoreError::Overloaded {
-        retry_after: std::time::Duration::from_secs(2),
-    }
+    StoreError::Overloaded { retry_after: std::time::Duration::from_secs(2) }
 }
 
 pub fn unavailable() -> StoreError {
@@ -111,10 +101,7 @@ pub struct TestCollector {
 pub fn collector(writer: Arc<dyn Writer>, limits: Limits) -> TestCollector {
     let registry = prometheus::Registry::new();
     let collector = Collector::new(writer, limits, &registry).expect("collector");
-    TestCollector {
-        collector,
-        registry,
-    }
+    TestCollector { collector, registry }
 }
 
 /// A server on 127.0.0.1:0; `stop` shuts it down and waits for it to finish.
@@ -130,76 +117,43 @@ impl Server {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await
-                .expect("server task")
-                .expect("server ends cleanly");
+            task.await.expect("server task").expect("server ends cleanly");
         }
     }
 }
 
 pub async fn start_grpc(collector: Collector) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(obsbox_collector::serve_grpc(
-        listener,
-        collector,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    Server {
-        addr,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    let task = tokio::spawn(obsbox_collector::serve_grpc(listener, collector, async move {
+        let _ = rx.await;
+    }));
+    Server { addr, stop: Some(tx), task: Some(task) }
 }
 
 pub async fn start_http(collector: Collector) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(obsbox_collector::serve_http(
-        listener,
-        collector,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    Server {
-        addr,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    let task = tokio::spawn(obsbox_collector::serve_http(listener, collector, async move {
+        let _ = rx.await;
+    }));
+    Server { addr, stop: Some(tx), task: Some(task) }
 }
 
 // ---- sample requests ----
 
 fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }
 
 fn resource() -> Option<Resource> {
-    Some(Resource {
-        attributes: vec![kv("service.name", Value::StringValue("test".into()))],
-        ..Default::default()
-    })
+    Some(Resource { attributes: vec![kv("service.name", Value::StringValue("test".into()))], ..Default::default() })
 }
 
 fn scope() -> Option<InstrumentationScope> {
-    Some(InstrumentationScope {
-        name: "tests".into(),
-        version: "1".into(),
-        ..Default::default()
-    })
+    Some(InstrumentationScope { name: "tests".into(), version: "1".into(), ..Default::default() })
 }
 
 /// `valid` good spans and `invalid` spans with a 15-byte trace id.
@@ -211,24 +165,14 @@ pub fn traces(valid: usize, invalid: usize) -> ExportTraceServiceRequest {
         kind: 2,
         start_time_unix_nano: 1_700_000_000_000_000_000,
         end_time_unix_nano: 1_700_000_000_500_000_000,
-        attributes: vec![
-            kv("http.route", Value::StringValue("/cart".into())),
-            kv("n", Value::IntValue(i as i64)),
-        ],
+        attributes: vec![kv("http.route", Value::StringValue("/cart".into())), kv("n", Value::IntValue(i as i64))],
         ..Default::default()
     };
-    let spans = (0..valid)
-        .map(|i| span(i, 16))
-        .chain((0..invalid).map(|i| span(valid + i, 15)))
-        .collect();
+    let spans = (0..valid).map(|i| span(i, 16)).chain((0..invalid).map(|i| span(valid + i, 15))).collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: resource(),
-            scope_spans: vec![ScopeSpans {
-                scope: scope(),
-                spans,
-                ..Default::default()
-            }],
+            scope_spans: vec![ScopeSpans { scope: scope(), spans, ..Default::default() }],
             ..Default::default()
         }],
     }
@@ -240,25 +184,16 @@ pub fn logs(valid: usize, invalid: usize) -> ExportLogsServiceRequest {
         time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
         severity_number: 9,
         severity_text: "INFO".into(),
-        body: Some(AnyValue {
-            value: Some(Value::StringValue(format!("hello {i}"))),
-        }),
+        body: Some(AnyValue { value: Some(Value::StringValue(format!("hello {i}"))) }),
         trace_id: vec![0xcd; 16],
         span_id: vec![0x01; span_len],
         ..Default::default()
     };
-    let log_records = (0..valid)
-        .map(|i| record(i, 8))
-        .chain((0..invalid).map(|i| record(valid + i, 3)))
-        .collect();
+    let log_records = (0..valid).map(|i| record(i, 8)).chain((0..invalid).map(|i| record(valid + i, 3))).collect();
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: resource(),
-            scope_logs: vec![ScopeLogs {
-                scope: scope(),
-                log_records,
-                ..Default::default()
-            }],
+            scope_logs: vec![ScopeLogs { scope: scope(), log_records, ..Default::default() }],
             ..Default::default()
         }],
     }
@@ -269,17 +204,10 @@ pub fn metrics(valid: usize, invalid: usize) -> ExportMetricsServiceRequest {
     let point = |i: usize, big: bool| NumberDataPoint {
         time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
         value: Some(number_data_point::Value::AsInt(i as i64)),
-        attributes: if big {
-            vec![kv("blob", Value::StringValue("x".repeat(70 * 1024)))]
-        } else {
-            vec![]
-        },
+        attributes: if big { vec![kv("blob", Value::StringValue("x".repeat(70 * 1024)))] } else { vec![] },
         ..Default::default()
     };
-    let data_points = (0..valid)
-        .map(|i| point(i, false))
-        .chain((0..invalid).map(|i| point(valid + i, true)))
-        .collect();
+    let data_points = (0..valid).map(|i| point(i, false)).chain((0..invalid).map(|i| point(valid + i, true))).collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: resource(),
@@ -326,16 +254,10 @@ pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str
         .filter(|m| {
             let pairs = m.get_label();
             pairs.len() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| pairs.iter().any(|p| p.name() == *k && p.value() == *v))
+                && labels.iter().all(|(k, v)| pairs.iter().any(|p| p.name() == *k && p.value() == *v))
         })
         // Only one of these is set for a given metric; the others are zero.
-        .map(|m| {
-            m.get_counter().get_value()
-                + m.get_gauge().get_value()
-                + m.get_histogram().get_sample_count() as f64
-        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value() + m.get_histogram().get_sample_count() as f64)
         .sum()
 }
 
@@ -363,11 +285,7 @@ impl tonic::codec::Encoder for RawCodec {
     type Item = Bytes;
     type Error = tonic::Status;
 
-    fn encode(
-        &mut self,
-        item: Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
         dst.put(item);
         Ok(())
     }
@@ -377,10 +295,7 @@ impl tonic::codec::Decoder for RawCodec {
     type Item = Bytes;
     type Error = tonic::Status;
 
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Bytes>, tonic::Status> {
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
         let n = src.remaining();
         Ok(Some(src.copy_to_bytes(n)))
     }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The project's checks, as CI runs them (.ci/run): formatting, clippy, and every test, including
+# the end-to-end tests that drive the Python OpenTelemetry SDK (from .venv, created here from
+# tests/python/requirements.txt). Runnable from any directory.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+# Debian packages, only when missing (apt-get update at most once).
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+
+# The Python environment of tests/e2e_python_sdk.rs, rebuilt when the requirements change.
+venv="$root/.venv"
+requirements="$root/tests/python/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    echo "creating $venv from tests/python/requirements.txt"
+    python3 -m venv --clear "$venv"
+    "$venv/bin/python" -m pip install --disable-pip-version-check --quiet -r "$requirements"
+    echo "$want" >"$stamp"
+fi
+export OBSBOX_TEST_PYTHON="$venv/bin/python"
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --no-fail-fast

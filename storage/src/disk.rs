@@ -100,7 +100,7 @@ impl DiskStore {
     /// Opens (creating) the store in `config.data_dir`, replays the write-ahead logs and starts
     /// the background threads.
     pub fn open(config: StoreConfig) -> Result<DiskStore, StoreError> {
-        config.validate().map_err(StoreError::InvalidQuery)?;
+        config.validate().map_err(StoreError::InvalidConfig)?;
         let root: PathBuf = config.data_dir.clone();
         std::fs::create_dir_all(&root)?;
         let seg_opts = SegmentOptions {

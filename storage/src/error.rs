@@ -14,6 +14,9 @@ pub enum StoreError {
     /// The store cannot accept writes now (disk full, shutting down); retryable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A configuration value is out of range; the message names the key.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The query is malformed; the message says where.
     #[error("invalid query: {0}")]
     InvalidQuery(String),

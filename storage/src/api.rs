@@ -341,6 +341,26 @@ pub struct MetricQuery {
     pub time: TimeRange,
 }
 
+/// A span operation: the name of spans of one kind in one service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Operation {
+    /// `service.name` of the resource.
+    pub service: String,
+    /// Span name.
+    pub name: String,
+    /// Span kind (OTLP enum number).
+    pub kind: i32,
+}
+
+/// A log record field with few distinct values, for label lists and facets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogField {
+    /// `service.name` of the resource.
+    Service,
+    /// The severity text.
+    SeverityText,
+}
+
 /// Sizes and counts a store reports about itself.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StoreStats {
@@ -384,4 +404,39 @@ pub trait Reader: Send + Sync + 'static {
 
     /// Sizes and counts, cheap to call.
     fn stats(&self) -> StoreStats;
+
+    /// Distinct trace ids of the spans matching the query, by their newest matching span start,
+    /// newest first, at most `query.limit`.
+    fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Distinct operations (service, span name, kind) of spans that may start in `time`, sorted.
+    /// Coarse in time: whole segments overlapping the range are listed.
+    fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError>;
+
+    /// Distinct values of a log field in `time`, sorted (coarse in time, as `operations`).
+    fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError>;
+
+    /// Attribute keys of spans ([`Signal::Traces`]) or log records ([`Signal::Logs`]) in `time`,
+    /// sorted (coarse in time). Map entries appear as `key.subkey`.
+    fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError>;
+
+    /// The most frequent values of one attribute with their item counts, most frequent first, at
+    /// most `limit` (coarse in time; byte values are left out).
+    fn attribute_values(
+        &self,
+        signal: Signal,
+        scope: AttrScope,
+        key: &str,
+        time: TimeRange,
+        limit: usize,
+    ) -> Result<Vec<(AttrValue, u64)>, StoreError>;
+
+    /// Number of log records matching `predicate` per time bucket: (bucket start, count) for the
+    /// non-empty buckets in `time`, oldest first; bucket starts are multiples of `bucket_ns`.
+    fn log_histogram(
+        &self,
+        predicate: &LogPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError>;
 }

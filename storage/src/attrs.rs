@@ -108,6 +108,20 @@ fn value_terms(key: &str, v: &AnyValue, depth: usize, buf: &mut String, emit: &m
     emit(Emit::Term, buf);
 }
 
+/// Parses the value part of an indexed term (`<tag>value`); bytes values give `None`.
+pub(crate) fn parse_term_value(tagged: &str) -> Option<AttrValue> {
+    let mut chars = tagged.chars();
+    let tag = chars.next()?;
+    let v = chars.as_str();
+    match tag {
+        's' => Some(AttrValue::Str(v.to_string())),
+        'i' => v.parse().ok().map(AttrValue::Int),
+        'f' => v.parse().ok().map(AttrValue::Float),
+        'b' => v.parse().ok().map(AttrValue::Bool),
+        _ => None,
+    }
+}
+
 /// Whether the attributes satisfy `key = value` the way the index does.
 pub(crate) fn attrs_match(attrs: &[KeyValue], key: &str, value: &AttrValue) -> bool {
     let want = predicate_term(key, value);

@@ -447,7 +447,107 @@ fn housekeeping(inner: &Inner) -> Result<(), StoreError> {
     }
 }
 
+const MAX_TERMS: usize = 100_000;
+
+fn terms_to_strings(terms: std::collections::BTreeMap<Vec<u8>, u64>) -> Vec<String> {
+    terms.into_keys().filter_map(|k| String::from_utf8(k).ok()).collect()
+}
+
+impl DiskStore {
+    fn attr_fields(
+        &self,
+        signal: Signal,
+        scope: AttrScope,
+    ) -> Result<(&SegmentedIndex, tantivy::schema::Field, tantivy::schema::Field), StoreError> {
+        let i = &self.inner;
+        Ok(match (signal, scope) {
+            (Signal::Traces, AttrScope::Item) => (&i.spans, i.span_fields.attr, i.span_fields.attr_key),
+            (Signal::Traces, AttrScope::Resource) => (&i.spans, i.span_fields.res, i.span_fields.res_key),
+            (Signal::Logs, AttrScope::Item) => (&i.logs, i.log_fields.attr, i.log_fields.attr_key),
+            (Signal::Logs, AttrScope::Resource) => (&i.logs, i.log_fields.res, i.log_fields.res_key),
+            (Signal::Metrics, _) => {
+                return Err(StoreError::InvalidQuery("metric attributes are labels: use find_metrics".into()));
+            }
+        })
+    }
+}
+
 impl Reader for DiskStore {
+    fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+        let q = spans::query(&self.inner.span_fields, &query.predicate);
+        // Spans of one trace cluster in time: fetch a few spans per wanted trace, more if needed.
+        let mut fetch = query.limit.saturating_mul(4).max(16);
+        loop {
+            let hits = self.inner.spans.newest_bytes(&*q, query.time, fetch, spans::TRACE_ID_FIELD)?;
+            let exhausted = hits.len() < fetch;
+            let mut seen = std::collections::HashSet::new();
+            let ids: Vec<Vec<u8>> = hits
+                .into_iter()
+                .filter(|(_, id)| seen.insert(id.clone()))
+                .map(|(_, id)| id)
+                .take(query.limit)
+                .collect();
+            if ids.len() >= query.limit || exhausted || fetch >= 1 << 20 {
+                return Ok(ids);
+            }
+            fetch = fetch.saturating_mul(4);
+        }
+    }
+
+    fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
+        let terms = self.inner.spans.terms(self.inner.span_fields.op, b"", time, MAX_TERMS)?;
+        Ok(terms.keys().filter_map(|k| spans::parse_op_term(k)).collect())
+    }
+
+    fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {
+        let f = match field {
+            LogField::Service => self.inner.log_fields.service,
+            LogField::SeverityText => self.inner.log_fields.severity_text,
+        };
+        Ok(terms_to_strings(self.inner.logs.terms(f, b"", time, MAX_TERMS)?))
+    }
+
+    fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
+        let (index, _, keys) = self.attr_fields(signal, scope)?;
+        Ok(terms_to_strings(index.terms(keys, b"", time, MAX_TERMS)?))
+    }
+
+    fn attribute_values(
+        &self,
+        signal: Signal,
+        scope: AttrScope,
+        key: &str,
+        time: TimeRange,
+        limit: usize,
+    ) -> Result<Vec<(AttrValue, u64)>, StoreError> {
+        let (index, field, _) = self.attr_fields(signal, scope)?;
+        let prefix = format!("{key}\0");
+        let terms = index.terms(field, prefix.as_bytes(), time, MAX_TERMS)?;
+        let mut values: Vec<(AttrValue, u64)> = terms
+            .into_iter()
+            .filter_map(|(k, n)| {
+                let s = String::from_utf8(k).ok()?;
+                Some((crate::attrs::parse_term_value(&s[prefix.len()..])?, n))
+            })
+            .collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.1));
+        values.truncate(limit);
+        Ok(values)
+    }
+
+    fn log_histogram(
+        &self,
+        predicate: &LogPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        if bucket_ns == 0 {
+            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
+        }
+        let q = logs::query(self.inner.logs.schema(), &self.inner.log_fields, predicate)?;
+        Ok(self.inner.logs.histogram(q, time, bucket_ns)?.into_iter().collect())
+    }
+
     fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
         let q = spans::query(&self.inner.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()));
         spans::decode(self.inner.spans.search_all(q, spans::ORD_FIELD)?)

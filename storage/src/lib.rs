@@ -32,8 +32,9 @@ pub mod testsuite;
 mod wal;
 
 pub use api::{
-    AttrScope, AttrValue, Batch, LabelMatcher, LogEntry, LogPredicate, LogQuery, MatchOp, MetricQuery, Reader, Signal,
-    SpanPredicate, SpanQuery, SpanRecord, StoreStats, TimeRange, WriteFuture, WriteReceipt, Writer,
+    AttrScope, AttrValue, Batch, LabelMatcher, LogEntry, LogField, LogPredicate, LogQuery, MatchOp, MetricQuery,
+    Operation, Reader, Signal, SpanPredicate, SpanQuery, SpanRecord, StoreStats, TimeRange, WriteFuture, WriteReceipt,
+    Writer,
 };
 pub use config::{FsyncPolicy, StoreConfig};
 pub use disk::DiskStore;

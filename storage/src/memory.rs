@@ -114,8 +114,136 @@ impl Reader for MemStore {
         }
     }
 
+    fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut q = query.clone();
+        q.limit = usize::MAX;
+        let mut seen = std::collections::HashSet::new();
+        Ok(self
+            .find_spans(&q)?
+            .into_iter()
+            .filter(|s| seen.insert(s.span.trace_id.clone()))
+            .map(|s| s.span.trace_id)
+            .take(query.limit)
+            .collect())
+    }
+
+    fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
+        let set: std::collections::BTreeSet<Operation> = self
+            .spans
+            .read()
+            .iter()
+            .filter(|s| time.contains(s.span.start_time_unix_nano))
+            .map(|s| Operation {
+                service: attrs::service_name(Some(&s.resource)).to_string(),
+                name: s.span.name.clone(),
+                kind: s.span.kind,
+            })
+            .collect();
+        Ok(set.into_iter().collect())
+    }
+
+    fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {
+        let set: std::collections::BTreeSet<String> = self
+            .logs
+            .read()
+            .iter()
+            .filter(|l| time.contains(log_time(&l.record)))
+            .map(|l| match field {
+                LogField::Service => attrs::service_name(Some(&l.resource)).to_string(),
+                LogField::SeverityText => l.record.severity_text.clone(),
+            })
+            .collect();
+        Ok(set.into_iter().collect())
+    }
+
+    fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
+        let mut set = std::collections::BTreeSet::new();
+        self.each_attrs(signal, scope, time, &mut |a| {
+            attrs::for_each_term(a, &mut |e, k| {
+                if e == attrs::Emit::Key {
+                    set.insert(k.to_string());
+                }
+            })
+        })?;
+        Ok(set.into_iter().collect())
+    }
+
+    fn attribute_values(
+        &self,
+        signal: Signal,
+        scope: AttrScope,
+        key: &str,
+        time: TimeRange,
+        limit: usize,
+    ) -> Result<Vec<(AttrValue, u64)>, StoreError> {
+        let prefix = format!("{key}\0");
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        self.each_attrs(signal, scope, time, &mut |a| {
+            let mut terms = std::collections::BTreeSet::new();
+            attrs::for_each_term(a, &mut |e, t| {
+                if e == attrs::Emit::Term && t.starts_with(&prefix) {
+                    terms.insert(t[prefix.len()..].to_string());
+                }
+            });
+            for t in terms {
+                *counts.entry(t).or_insert(0) += 1;
+            }
+        })?;
+        let mut values: Vec<(AttrValue, u64)> =
+            counts.into_iter().filter_map(|(t, n)| Some((attrs::parse_term_value(&t)?, n))).collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.1));
+        values.truncate(limit);
+        Ok(values)
+    }
+
+    fn log_histogram(
+        &self,
+        predicate: &LogPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        if bucket_ns == 0 {
+            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
+        }
+        let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
+        for l in self.logs.read().iter() {
+            let t = log_time(&l.record);
+            if time.contains(t) && log_matches(predicate, l)? {
+                *counts.entry(t / bucket_ns * bucket_ns).or_insert(0) += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     fn stats(&self) -> StoreStats {
         StoreStats { pending_items: Signal::ALL.iter().map(|s| (*s, 0)).collect(), ..StoreStats::default() }
+    }
+}
+
+impl MemStore {
+    fn each_attrs(
+        &self,
+        signal: Signal,
+        scope: AttrScope,
+        time: TimeRange,
+        f: &mut dyn FnMut(&[opentelemetry_proto::tonic::common::v1::KeyValue]),
+    ) -> Result<(), StoreError> {
+        match signal {
+            Signal::Traces => {
+                for s in self.spans.read().iter().filter(|s| time.contains(s.span.start_time_unix_nano)) {
+                    f(if scope == AttrScope::Item { &s.span.attributes } else { &s.resource.attributes });
+                }
+            }
+            Signal::Logs => {
+                for l in self.logs.read().iter().filter(|l| time.contains(log_time(&l.record))) {
+                    f(if scope == AttrScope::Item { &l.record.attributes } else { &l.resource.attributes });
+                }
+            }
+            Signal::Metrics => {
+                return Err(StoreError::InvalidQuery("metric attributes are labels: use find_metrics".into()));
+            }
+        }
+        Ok(())
     }
 }
 

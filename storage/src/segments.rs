@@ -466,6 +466,152 @@ impl SegmentedIndex {
     }
 }
 
+/// Counts matching documents per time bucket (the time fast field divided by `bucket_ns`).
+struct Histogram {
+    field: String,
+    bucket_ns: u64,
+}
+
+struct HistogramSegment {
+    column: tantivy::columnar::Column<u64>,
+    bucket_ns: u64,
+    counts: std::collections::HashMap<u64, u64>,
+}
+
+impl tantivy::collector::Collector for Histogram {
+    type Fruit = std::collections::HashMap<u64, u64>;
+    type Child = HistogramSegment;
+
+    fn for_segment(
+        &self,
+        _: tantivy::SegmentOrdinal,
+        segment: &tantivy::SegmentReader,
+    ) -> tantivy::Result<HistogramSegment> {
+        Ok(HistogramSegment {
+            column: segment.fast_fields().u64(&self.field)?,
+            bucket_ns: self.bucket_ns,
+            counts: Default::default(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
+        let mut all = std::collections::HashMap::new();
+        for f in fruits {
+            for (k, v) in f {
+                *all.entry(k).or_insert(0) += v;
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl tantivy::collector::SegmentCollector for HistogramSegment {
+    type Fruit = std::collections::HashMap<u64, u64>;
+
+    fn collect(&mut self, doc: tantivy::DocId, _: tantivy::Score) {
+        if let Some(t) = self.column.first(doc) {
+            *self.counts.entry(t / self.bucket_ns * self.bucket_ns).or_insert(0) += 1;
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.counts
+    }
+}
+
+impl SegmentedIndex {
+    /// Terms of `field` starting with `prefix`, with their document counts summed over the
+    /// segments overlapping `time` (a segment counts whole: the figure is an upper bound).
+    pub fn terms(
+        &self,
+        field: Field,
+        prefix: &[u8],
+        time: TimeRange,
+        max_terms: usize,
+    ) -> Result<std::collections::BTreeMap<Vec<u8>, u64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for searcher in self.searchers(time) {
+            for seg in searcher.segment_readers() {
+                let inverted = seg.inverted_index(field)?;
+                let dict = inverted.terms();
+                let mut builder = dict.range().ge(prefix);
+                if let Some(end) = prefix_end(prefix) {
+                    builder = builder.lt(end);
+                }
+                let mut stream = builder.into_stream()?;
+                while stream.advance() {
+                    if out.len() >= max_terms && !out.contains_key(stream.key()) {
+                        break;
+                    }
+                    *out.entry(stream.key().to_vec()).or_insert(0) += stream.value().doc_freq as u64;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of matching documents per bucket of `bucket_ns` (bucket start -> count).
+    pub fn histogram(
+        &self,
+        query: Box<dyn Query>,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<std::collections::BTreeMap<u64, u64>, StoreError> {
+        let query = self.with_time(query, time)?;
+        let collector = Histogram { field: self.time_field.clone(), bucket_ns: bucket_ns.max(1) };
+        let mut out = std::collections::BTreeMap::new();
+        for s in self.searchers(time) {
+            for (k, v) in s.search(&*query, &collector)? {
+                *out.entry(k).or_insert(0) += v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes fast field `field` of the `limit` newest matching documents, newest first.
+    pub fn newest_bytes(
+        &self,
+        query: &dyn Query,
+        time: TimeRange,
+        limit: usize,
+        field: &str,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let query = self.with_time(query.box_clone(), time)?;
+        let mut hits: Vec<(u64, Vec<u8>)> = Vec::new();
+        for s in self.searchers(time) {
+            let top =
+                s.search(&*query, &TopDocs::with_limit(limit).order_by_u64_field(&self.time_field, Order::Desc))?;
+            for (t, addr) in top {
+                let Some(col) = s.segment_reader(addr.segment_ord).fast_fields().bytes(field)? else { continue };
+                let mut buf = Vec::new();
+                if let Some(ord) = col.ords().first(addr.doc_id) {
+                    col.ord_to_bytes(ord, &mut buf)?;
+                }
+                hits.push((t.unwrap_or(0), buf));
+            }
+        }
+        hits.sort_by_key(|h| std::cmp::Reverse(h.0));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn write_metastore(dir: &Path, meta: &Metastore) -> Result<(), StoreError> {
     let mut buf = Vec::new();
     format::write_header(&mut buf, META_MAGIC, META_VERSION)?;

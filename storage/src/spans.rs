@@ -37,11 +37,14 @@ pub(crate) struct SpanFields {
     pub res: Field,
     pub res_key: Field,
     pub ord: Field,
+    pub op: Field,
     pub data: Field,
 }
 
 /// Name of the time field (span start, Unix ns).
 pub(crate) const TIME_FIELD: &str = "start";
+/// Name of the trace id field.
+pub(crate) const TRACE_ID_FIELD: &str = "trace_id";
 /// Name of the write-order field.
 pub(crate) const ORD_FIELD: &str = "ord";
 
@@ -49,7 +52,7 @@ pub(crate) const ORD_FIELD: &str = "ord";
 pub(crate) fn schema() -> (Schema, SpanFields) {
     let mut b = Schema::builder();
     let fields = SpanFields {
-        trace_id: b.add_bytes_field("trace_id", INDEXED),
+        trace_id: b.add_bytes_field(TRACE_ID_FIELD, INDEXED | FAST),
         span_id: b.add_bytes_field("span_id", INDEXED),
         parent_id: b.add_bytes_field("parent_id", INDEXED),
         root: b.add_bool_field("root", INDEXED),
@@ -64,6 +67,7 @@ pub(crate) fn schema() -> (Schema, SpanFields) {
         res: b.add_text_field("res", STRING),
         res_key: b.add_text_field("res_key", STRING),
         ord: b.add_u64_field(ORD_FIELD, FAST),
+        op: b.add_text_field("op", STRING),
         data: b.add_bytes_field("data", STORED),
     };
     (b.build(), fields)
@@ -99,6 +103,7 @@ pub(crate) fn documents(
                 }
                 doc.add_text(f.service, &service);
                 doc.add_text(f.name, &span.name);
+                doc.add_text(f.op, op_term(&service, span.kind, &span.name));
                 doc.add_u64(f.kind, span.kind as u64);
                 doc.add_u64(f.status, span.status.as_ref().map(|s| s.code as u64).unwrap_or(0));
                 doc.add_u64(f.start, span.start_time_unix_nano);
@@ -132,6 +137,21 @@ pub(crate) fn documents(
             }
         }
     }
+}
+
+/// The `op` term of an operation: `service \0 kind \0 name`.
+pub(crate) fn op_term(service: &str, kind: i32, name: &str) -> String {
+    format!("{service}\0{kind}\0{name}")
+}
+
+/// Parses an `op` term.
+pub(crate) fn parse_op_term(term: &[u8]) -> Option<crate::api::Operation> {
+    let s = std::str::from_utf8(term).ok()?;
+    let mut parts = s.splitn(3, '\0');
+    let service = parts.next()?.to_string();
+    let kind = parts.next()?.parse().ok()?;
+    let name = parts.next()?.to_string();
+    Some(crate::api::Operation { service, name, kind })
 }
 
 /// Decodes stored documents, sharing equal resources and scopes.

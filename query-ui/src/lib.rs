@@ -9,7 +9,10 @@
 //! are built.
 #![warn(missing_docs)]
 
+mod jaeger;
+mod loki;
 mod ops;
+mod query;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -18,6 +21,7 @@ use axum::Router;
 use obsbox_storage::Reader;
 
 pub use ops::StoreMetrics;
+pub use query::{Dependency, QueryError, QueryService, SpanWarning, Trace, TraceSearch, TraceSummary};
 
 /// State shared by the handlers.
 #[derive(Clone)]
@@ -30,6 +34,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Gauges refreshed from the store at each scrape.
     pub store_metrics: Arc<StoreMetrics>,
+    /// The query service every API goes through.
+    pub query: QueryService,
 }
 
 impl AppState {
@@ -40,13 +46,14 @@ impl AppState {
         ready: Arc<AtomicBool>,
     ) -> Result<Self, prometheus::Error> {
         let store_metrics = Arc::new(StoreMetrics::register(&registry)?);
-        Ok(AppState { reader, registry, ready, store_metrics })
+        let query = QueryService::new(reader.clone());
+        Ok(AppState { reader, registry, ready, store_metrics, query })
     }
 }
 
 /// Everything served on the UI port.
 pub fn router(state: AppState) -> Router {
-    ops::routes().with_state(state)
+    ops::routes().merge(jaeger::routes()).merge(loki::routes()).with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.

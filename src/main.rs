@@ -82,6 +82,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> anyhow::Result<()> {
+    // glibc gives every thread that allocates its own arena; with tantivy's and tokio's threads
+    // that multiplies resident memory under load (measured: 743 -> 468 MiB). Two arenas suffice.
+    // SAFETY: mallopt only tunes the allocator, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -57,7 +57,7 @@ impl Default for StoreConfig {
             commit_interval: Duration::from_secs(1),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_disk_bytes: 0,
-            max_pending_bytes: 64 << 20,
+            max_pending_bytes: 16 << 20,
             index_memory_bytes: 48 << 20,
             segment_max_age: Duration::from_secs(3600),
             segment_max_docs: 10_000_000,

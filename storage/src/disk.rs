@@ -36,6 +36,9 @@ use crate::{StoreConfig, StoreError};
 const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// ... or when the head holds this many bytes.
 const METRICS_FLUSH_BYTES: usize = 32 << 20;
+/// Writes are refused while the oldest batch waiting for its indexer has waited this long, so
+/// that acknowledged data stays searchable within the 2 s bound (wait + commit interval + commit).
+const MAX_INDEX_LAG: Duration = Duration::from_millis(400);
 /// Time between retention passes.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -58,6 +61,8 @@ struct Inner {
     wal_bytes: [Box<dyn Fn() -> u64 + Send + Sync>; 3],
     pending_bytes: AtomicU64,
     pending_items: [AtomicU64; 3],
+    /// Times at which the batches waiting for each indexer were acknowledged, oldest first.
+    queued_since: [Mutex<std::collections::VecDeque<Instant>>; 3],
     closed: AtomicBool,
 }
 
@@ -194,6 +199,7 @@ impl DiskStore {
             senders: Mutex::new(None),
             pending_bytes: AtomicU64::new(0),
             pending_items: Default::default(),
+            queued_since: Default::default(),
             closed: AtomicBool::new(false),
         });
         let store = DiskStore { inner, threads: Mutex::new(Vec::new()), stop: Arc::new(AtomicBool::new(false)) };
@@ -278,6 +284,13 @@ impl Writer for DiskStore {
             Batch::Metrics(r) => r.encoded_len(),
         } as u64;
         let items = batch.item_count() as u64;
+        if signal != Signal::Metrics
+            && inner.queued_since[idx(signal)].lock().front().is_some_and(|t| t.elapsed() > MAX_INDEX_LAG)
+        {
+            return Box::pin(futures::future::ready(Err(StoreError::Overloaded {
+                retry_after: Duration::from_secs(1),
+            })));
+        }
         let max = inner.config.max_pending_bytes;
         let prev = inner.pending_bytes.fetch_add(bytes, Ordering::SeqCst);
         // One batch larger than the whole budget is still taken when nothing else is pending.
@@ -311,8 +324,10 @@ impl Writer for DiskStore {
             Box::new(move |result| {
                 match &result {
                     Ok(seq) => {
+                        inner2.queued_since[idx(signal)].lock().push_back(Instant::now());
                         if let Err(mpsc::SendError(job)) = sender.send(Job { seq: *seq, batch, bytes, items }) {
                             // Indexer gone (closing): the record is in the WAL and replays at open.
+                            inner2.queued_since[idx(signal)].lock().pop_back();
                             release(&inner2, signal, job.bytes, job.items);
                         }
                     }
@@ -344,6 +359,7 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
         let msg = rx.recv_timeout(timeout);
         let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
         if let Ok(job) = msg {
+            inner.queued_since[idx(signal)].lock().pop_front();
             let (seq, bytes, items) = (job.seq, job.bytes, job.items);
             if let Err(e) = index_job(inner, signal, job, &mut docs) {
                 tracing::error!(signal = signal.as_str(), seq, error = %e, "indexing failed; the record stays in the write-ahead log");
@@ -615,7 +631,10 @@ mod tests {
     #[test]
     fn acknowledged_data_survives_reopen_and_sealing() {
         let dir = tempfile::tempdir().unwrap();
-        let span = crate::testsuite::full_span(1, 1, None);
+        // Recent times: a 2023 span would be dropped by the retention pass that runs at open.
+        let mut span = crate::testsuite::full_span(1, 1, None);
+        span.start_time_unix_nano = now_ns();
+        span.end_time_unix_nano = span.start_time_unix_nano + 1000;
         let req = |n: u8| {
             let mut s = span.clone();
             s.span_id[7] = n;
@@ -645,7 +664,12 @@ mod tests {
         }
         let store = DiskStore::open(config(crashed.path())).unwrap();
         assert_eq!(store.trace(&span.trace_id).unwrap().len(), 20);
-        assert_eq!(store.stats().segments[0].1, 2, "one sealed + one active segment");
+        assert_eq!(
+            store.stats().segments[0].1,
+            2,
+            "one sealed + one active segment; metastore: {}",
+            String::from_utf8_lossy(&std::fs::read(crashed.path().join("traces/metastore")).unwrap())
+        );
     }
 
     fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

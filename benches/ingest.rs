@@ -1,0 +1,1428 @@
+//! Ingest benchmark: obsbox in-process, driven over real OTLP/gRPC by concurrent clients.
+//!
+//! ```text
+//! cargo bench --bench ingest                      # spans then logs, 20 s each, 4 clients
+//! cargo bench --bench ingest -- 30 4 spans        # [seconds] [clients] [spans|logs|all]
+//! BENCH_SECS=30 BENCH_CLIENTS=4 BENCH_SIGNAL=logs cargo bench --bench ingest
+//! ```
+//!
+//! Per signal:
+//! 1. Pre-generates a pool of distinct, deterministic (seeded xorshift) OTLP export requests of
+//!    512 items each: ~500 B spans (traces of 5-50 spans over 6 services, ~10 semantic-convention
+//!    attributes per span) or ~200 B log records (body text, severity, 2-3 attributes, trace
+//!    context). Each request is sent with its trace ids XOR-ed with a per-(client, round) key, so
+//!    every trace id sent in a run is unique while the pool stays small.
+//! 2. Baseline: prost decode of the same encoded requests on one thread ("the limit").
+//! 3. Starts obsbox (`Obsbox::start`, data dir in a tempdir, default store config: group-commit
+//!    fsync) on its own runtime and drives it with N clients, each a tonic client on its own
+//!    connection sending pre-encoded bytes, the next request as soon as the previous one is
+//!    acknowledged. RESOURCE_EXHAUSTED / UNAVAILABLE are counted as refusals (not ingested) and
+//!    retried after 50 ms.
+//! 4. Measures ack latency, RSS and CPU of the whole process (the clients are in it too),
+//!    per-thread CPU, time from ack to searchable (under load and after it), time until the
+//!    index has caught up, bytes on disk per item and the store's stats.
+//! 5. Prints a result table. Bounded in time: duration + setup + bounded waits.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use obsbox::storage::{LogPredicate, LogQuery, Reader, Signal, SpanPredicate, SpanQuery, StoreStats, TimeRange};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status as SpanStatus};
+use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+
+const ITEMS_PER_BATCH: usize = 512;
+/// Distinct requests generated per signal (~16 MiB of spans, ~13 MiB of logs).
+const SPAN_POOL: usize = 64;
+const LOG_POOL: usize = 128;
+const REFUSAL_BACKOFF: Duration = Duration::from_millis(50);
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+// Targets from the brief (2-core machine).
+const TARGET_SPANS_PER_S: f64 = 100_000.0;
+const TARGET_LOGS_PER_S: f64 = 250_000.0;
+const TARGET_SEARCHABLE_S: f64 = 2.0;
+const TARGET_P99_MS: f64 = 50.0;
+const TARGET_RSS_MIB: f64 = 256.0;
+const TARGET_BYTES_PER_SPAN: f64 = 60.0;
+const TARGET_LOG_RATIO: f64 = 0.35;
+
+// --- arguments -----------------------------------------------------------------------------
+
+struct Args {
+    secs: u64,
+    clients: usize,
+    signals: Vec<Signal>,
+}
+
+/// `None` when started neither by `cargo bench` nor with arguments: `cargo test --benches`
+/// (or `--all-targets`) runs this binary without `--bench`, and must not run a benchmark.
+fn parse_args() -> anyhow::Result<Option<Args>> {
+    // `cargo bench` appends `--bench`; flags are ignored, positionals are [secs] [clients] [signal].
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let positional: Vec<String> = all.iter().filter(|a| !a.starts_with("--")).cloned().collect();
+    let by_env = ["BENCH_SECS", "BENCH_CLIENTS", "BENCH_SIGNAL"].iter().any(|v| std::env::var_os(v).is_some());
+    if !all.iter().any(|a| a == "--bench") && positional.is_empty() && !by_env {
+        return Ok(None);
+    }
+    let get = |i: usize, env: &str| positional.get(i).cloned().or_else(|| std::env::var(env).ok());
+    let secs = get(0, "BENCH_SECS").map_or(Ok(20), |s| s.parse()).context("duration (seconds)")?;
+    let clients = get(1, "BENCH_CLIENTS").map_or(Ok(4), |s| s.parse()).context("clients")?;
+    let signals = match get(2, "BENCH_SIGNAL").as_deref().unwrap_or("all") {
+        "spans" | "traces" => vec![Signal::Traces],
+        "logs" => vec![Signal::Logs],
+        "all" => vec![Signal::Traces, Signal::Logs],
+        other => anyhow::bail!("signal must be spans, logs or all, not {other:?}"),
+    };
+    anyhow::ensure!(secs > 0 && clients > 0, "duration and clients must be positive");
+    Ok(Some(Args { secs, clients, signals }))
+}
+
+// --- deterministic generation --------------------------------------------------------------
+
+/// xorshift64* seeded through splitmix64.
+struct Rng(u64);
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(splitmix(seed) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+    fn id(&mut self, len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len);
+        while v.len() < len {
+            v.extend_from_slice(&(self.next() | 1).to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+    fn hex(&mut self, len: usize) -> String {
+        (0..len).map(|_| char::from(b"0123456789abcdef"[self.below(16) as usize])).collect()
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+fn s(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.into()))
+}
+fn i(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
+}
+
+/// (service.name, SDK language, service.version).
+const SERVICES: [(&str, &str, &str); 6] = [
+    ("frontend", "nodejs", "2.4.1"),
+    ("checkout", "go", "1.9.0"),
+    ("cart", "dotnet", "3.2.5"),
+    ("payment", "java", "5.0.2"),
+    ("inventory", "rust", "0.14.3"),
+    ("recommendation", "python", "1.1.7"),
+];
+
+fn resource(svc: usize) -> Resource {
+    let (name, lang, version) = SERVICES[svc];
+    let mut rng = Rng::new(1000 + svc as u64);
+    Resource {
+        attributes: vec![
+            s("service.name", name),
+            s("service.namespace", "shop"),
+            s("service.version", version),
+            s("service.instance.id", format!("{}-{}", name, rng.hex(12))),
+            s("host.name", format!("node-{}", rng.range(1, 9))),
+            s("k8s.pod.name", format!("{}-{}-{}", name, rng.hex(10), rng.hex(5))),
+            s("deployment.environment.name", "production"),
+            s("telemetry.sdk.name", "opentelemetry"),
+            s("telemetry.sdk.language", lang),
+            s("telemetry.sdk.version", "1.38.0"),
+        ],
+        ..Default::default()
+    }
+}
+
+fn scope(svc: usize) -> InstrumentationScope {
+    InstrumentationScope {
+        name: format!("io.opentelemetry.{}", SERVICES[svc].1),
+        version: "1.38.0".into(),
+        ..Default::default()
+    }
+}
+
+const ROUTES: [(&str, &str); 7] = [
+    ("GET", "/api/products/{id}"),
+    ("GET", "/api/cart"),
+    ("POST", "/api/cart/items"),
+    ("POST", "/api/checkout"),
+    ("GET", "/api/recommendations"),
+    ("POST", "/api/payment/charge"),
+    ("GET", "/api/inventory/{sku}"),
+];
+const TABLES: [&str; 5] = ["orders", "products", "carts", "payments", "stock_levels"];
+const FUNCTIONS: [&str; 8] = [
+    "CartService.AddItem",
+    "CartService.GetCart",
+    "CheckoutService.PlaceOrder",
+    "PaymentService.Charge",
+    "InventoryService.Reserve",
+    "RecommendationService.ListRecommendations",
+    "ProductCatalog.GetProduct",
+    "CurrencyConverter.Convert",
+];
+
+fn concrete_path(rng: &mut Rng, route: &str) -> String {
+    route.replace("{id}", &rng.range(1000, 99_999).to_string()).replace("{sku}", &format!("SKU-{}", rng.hex(8)))
+}
+
+fn status_code(rng: &mut Rng) -> i64 {
+    match rng.below(100) {
+        0..=1 => 500,
+        2..=4 => 404,
+        5 => 503,
+        _ => 200,
+    }
+}
+
+fn http_server_attrs(rng: &mut Rng, svc: usize, method: &str, route: &str, status: i64) -> Vec<KeyValue> {
+    vec![
+        s("http.request.method", method),
+        s("url.path", concrete_path(rng, route)),
+        s("url.scheme", "http"),
+        s("http.route", route),
+        i("http.response.status_code", status),
+        s("server.address", format!("{}.shop.svc", SERVICES[svc].0)),
+        i("server.port", 8080),
+        s("client.address", format!("10.42.{}.{}", rng.below(8), rng.range(2, 250))),
+        s(
+            "user_agent.original",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+        ),
+        s("network.protocol.version", "1.1"),
+    ]
+}
+
+fn http_client_attrs(rng: &mut Rng, target: usize, method: &str, route: &str, status: i64) -> Vec<KeyValue> {
+    let host = format!("{}.shop.svc", SERVICES[target].0);
+    vec![
+        s("http.request.method", method),
+        s("url.full", format!("http://{host}:8080{}?currency=USD&session={}", concrete_path(rng, route), rng.hex(12))),
+        s("url.scheme", "http"),
+        s("server.address", host),
+        i("server.port", 8080),
+        i("http.response.status_code", status),
+        s("network.protocol.version", "1.1"),
+        s("network.peer.address", format!("10.43.{}.{}", rng.below(4), rng.range(2, 250))),
+        i("http.request.resend_count", 0),
+        s("peer.service", SERVICES[target].0),
+    ]
+}
+
+fn db_attrs(rng: &mut Rng, table: &str, redis: bool) -> Vec<KeyValue> {
+    if redis {
+        return vec![
+            s("db.system", "redis"),
+            s("db.namespace", "0"),
+            s("db.operation.name", "GET"),
+            s("db.query.text", format!("GET cart:{}", rng.hex(16))),
+            s("server.address", "redis.shop.svc"),
+            i("server.port", 6379),
+            s("network.peer.address", format!("10.43.9.{}", rng.range(2, 20))),
+            i("network.peer.port", 6379),
+            s("network.transport", "tcp"),
+            i("db.response.returned_rows", 1),
+        ];
+    }
+    vec![
+        s("db.system", "postgresql"),
+        s("db.namespace", "shop"),
+        s("db.operation.name", "SELECT"),
+        s("db.collection.name", table),
+        s(
+            "db.query.text",
+            format!(
+                "SELECT t.id, t.status, t.total_cents, t.created_at FROM {table} t WHERE t.customer_id = $1 ORDER BY t.created_at DESC LIMIT 20"
+            ),
+        ),
+        s("server.address", "postgres.shop.svc"),
+        i("server.port", 5432),
+        s("network.peer.address", format!("10.43.8.{}", rng.range(2, 20))),
+        i("network.peer.port", 5432),
+        i("db.response.returned_rows", rng.below(20) as i64),
+    ]
+}
+
+fn internal_attrs(rng: &mut Rng, function: &str) -> Vec<KeyValue> {
+    let (ns, f) = function.split_once('.').unwrap_or(("app", function));
+    vec![
+        s("code.function.name", f),
+        s("code.namespace", format!("shop.{ns}")),
+        s("code.file.path", format!("/app/src/services/{}/{}_handler.rs", ns.to_lowercase(), f.to_lowercase())),
+        i("code.line.number", rng.range(20, 900) as i64),
+        i("thread.id", rng.range(1, 64) as i64),
+        s("thread.name", format!("tokio-runtime-worker-{}", rng.below(16))),
+        s("app.user.id", format!("u-{}", rng.range(10_000, 999_999))),
+        s("app.session.id", rng.hex(32)),
+        i("app.cart.items", rng.below(12) as i64),
+        s("app.request.id", format!("{}-{}-{}", rng.hex(8), rng.hex(4), rng.hex(12))),
+    ]
+}
+
+/// One span plus the service it belongs to.
+struct Gen {
+    span: Span,
+    svc: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_span(
+    trace_id: &[u8],
+    span_id: Vec<u8>,
+    parent: &[u8],
+    name: String,
+    kind: SpanKind,
+    start: u64,
+    dur: u64,
+    attributes: Vec<KeyValue>,
+    status: i64,
+) -> Span {
+    let error = status >= 500;
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id,
+        parent_span_id: parent.to_vec(),
+        flags: 0x101,
+        name,
+        kind: kind as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + dur,
+        attributes,
+        status: Some(SpanStatus {
+            code: if error { StatusCode::Error } else { StatusCode::Unset } as i32,
+            message: if error { format!("HTTP {status}") } else { String::new() },
+        }),
+        events: if error {
+            vec![Event {
+                time_unix_nano: start + dur / 2,
+                name: "exception".into(),
+                attributes: vec![
+                    s("exception.type", "UpstreamError"),
+                    s("exception.message", format!("upstream returned {status}")),
+                ],
+                dropped_attributes_count: 0,
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
+/// One trace of `n` spans rooted at the frontend, spread over the services.
+fn gen_trace(rng: &mut Rng, n: usize, t0: u64, out: &mut Vec<Gen>) {
+    let trace_id = rng.id(16);
+    let (method, route) = *rng.pick(&ROUTES);
+    let status = status_code(rng);
+    let root_dur = rng.range(5_000_000, 800_000_000);
+    let first = out.len();
+    out.push(Gen {
+        span: make_span(
+            &trace_id,
+            rng.id(8),
+            &[],
+            format!("{method} {route}"),
+            SpanKind::Server,
+            t0,
+            root_dur,
+            http_server_attrs(rng, 0, method, route, status),
+            status,
+        ),
+        svc: 0,
+    });
+    while out.len() - first < n {
+        let p = first + rng.below((out.len() - first) as u64) as usize;
+        let (p_id, p_start, p_dur, p_svc) = {
+            let ps = &out[p].span;
+            (ps.span_id.clone(), ps.start_time_unix_nano, ps.end_time_unix_nano - ps.start_time_unix_nano, out[p].svc)
+        };
+        let start = p_start + rng.below(p_dur / 2 + 1);
+        let dur = 1 + rng.below(p_start + p_dur - start);
+        let roll = rng.below(100);
+        if roll < 30 && out.len() - first + 2 <= n {
+            // An RPC: a client span here and a server span in another service.
+            let target = 1 + rng.below(SERVICES.len() as u64 - 1) as usize;
+            let (m, r) = *rng.pick(&ROUTES);
+            let st = status_code(rng);
+            let client_id = rng.id(8);
+            out.push(Gen {
+                span: make_span(
+                    &trace_id,
+                    client_id.clone(),
+                    &p_id,
+                    m.to_string(),
+                    SpanKind::Client,
+                    start,
+                    dur,
+                    http_client_attrs(rng, target, m, r, st),
+                    st,
+                ),
+                svc: p_svc,
+            });
+            let lag = dur / 10;
+            out.push(Gen {
+                span: make_span(
+                    &trace_id,
+                    rng.id(8),
+                    &client_id,
+                    format!("{m} {r}"),
+                    SpanKind::Server,
+                    start + lag,
+                    dur - lag,
+                    http_server_attrs(rng, target, m, r, st),
+                    st,
+                ),
+                svc: target,
+            });
+        } else if roll < 60 {
+            let table = *rng.pick(&TABLES);
+            let redis = rng.percent(30);
+            let name = if redis { "GET".to_string() } else { format!("SELECT shop.{table}") };
+            out.push(Gen {
+                span: make_span(
+                    &trace_id,
+                    rng.id(8),
+                    &p_id,
+                    name,
+                    SpanKind::Client,
+                    start,
+                    dur,
+                    db_attrs(rng, table, redis),
+                    200,
+                ),
+                svc: p_svc,
+            });
+        } else {
+            let f = *rng.pick(&FUNCTIONS);
+            out.push(Gen {
+                span: make_span(
+                    &trace_id,
+                    rng.id(8),
+                    &p_id,
+                    f.to_string(),
+                    SpanKind::Internal,
+                    start,
+                    dur,
+                    internal_attrs(rng, f),
+                    200,
+                ),
+                svc: p_svc,
+            });
+        }
+    }
+}
+
+fn span_batch(seed: u64, now: u64) -> ExportTraceServiceRequest {
+    let mut rng = Rng::new(seed);
+    let mut spans = Vec::with_capacity(ITEMS_PER_BATCH);
+    while spans.len() < ITEMS_PER_BATCH {
+        let n = (rng.range(5, 50) as usize).min(ITEMS_PER_BATCH - spans.len());
+        let t0 = now - rng.range(1_000_000_000, 30_000_000_000);
+        gen_trace(&mut rng, n, t0, &mut spans);
+    }
+    let mut by_service: Vec<Vec<Span>> = (0..SERVICES.len()).map(|_| Vec::new()).collect();
+    for g in spans {
+        by_service[g.svc].push(g.span);
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(svc, spans)| ResourceSpans {
+                resource: Some(resource(svc)),
+                scope_spans: vec![ScopeSpans { scope: Some(scope(svc)), spans, schema_url: String::new() }],
+                schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+            })
+            .collect(),
+    }
+}
+
+fn log_body(rng: &mut Rng) -> String {
+    match rng.below(8) {
+        0 => {
+            let (m, r) = *rng.pick(&ROUTES);
+            format!(
+                "request completed {m} {} status={} duration_ms={}",
+                concrete_path(rng, r),
+                status_code(rng),
+                rng.range(1, 900)
+            )
+        }
+        1 => format!("user u-{} added item SKU-{} to cart {}", rng.range(10_000, 999_999), rng.hex(8), rng.hex(12)),
+        2 => format!(
+            "payment authorized for order ord-{} amount {}.{:02} USD",
+            rng.range(100_000, 999_999),
+            rng.range(1, 900),
+            rng.below(100)
+        ),
+        3 => format!("cache miss for key product:{}, loading from database", rng.range(1000, 99_999)),
+        4 => format!(
+            "retrying connection to {}.shop.svc:8080 after error: connection reset by peer (attempt {})",
+            rng.pick(&SERVICES).0,
+            rng.range(1, 5)
+        ),
+        5 => format!(
+            "slow query on {}: {} ms for customer {}",
+            rng.pick(&TABLES),
+            rng.range(200, 5000),
+            rng.range(10_000, 999_999)
+        ),
+        6 => {
+            format!("reserved {} units of SKU-{} in warehouse eu-west-{}", rng.range(1, 9), rng.hex(8), rng.range(1, 3))
+        }
+        _ => format!(
+            "recommendations computed for session {} in {} ms using model v{}",
+            rng.hex(16),
+            rng.range(2, 120),
+            rng.range(1, 4)
+        ),
+    }
+}
+
+fn log_batch(seed: u64, now: u64) -> ExportLogsServiceRequest {
+    let mut rng = Rng::new(seed);
+    let mut by_service: Vec<Vec<LogRecord>> = (0..SERVICES.len()).map(|_| Vec::new()).collect();
+    let mut context: (Vec<u8>, Vec<u8>, u64) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..ITEMS_PER_BATCH {
+        // Records come in runs belonging to one request (same trace), 75% with trace context.
+        if context.2 == 0 {
+            let traced = rng.percent(75);
+            context = (if traced { rng.id(16) } else { Vec::new() }, Vec::new(), rng.range(1, 8));
+        }
+        context.2 -= 1;
+        let span_id = if context.0.is_empty() { Vec::new() } else { rng.id(8) };
+        let svc = rng.below(SERVICES.len() as u64) as usize;
+        let (number, text) = match rng.below(100) {
+            0..=11 => (5, "DEBUG"),
+            12..=81 => (9, "INFO"),
+            82..=93 => (13, "WARN"),
+            _ => (17, "ERROR"),
+        };
+        let t = now - rng.range(1_000_000_000, 30_000_000_000);
+        let f = *rng.pick(&FUNCTIONS);
+        let mut attributes = vec![
+            s("code.function.name", f.split_once('.').map_or(f, |(_, name)| name)),
+            s("thread.name", format!("worker-{}", rng.below(16))),
+        ];
+        if rng.percent(25) {
+            attributes.push(s("http.route", rng.pick(&ROUTES).1));
+        }
+        by_service[svc].push(LogRecord {
+            time_unix_nano: t,
+            observed_time_unix_nano: t + rng.range(10_000, 5_000_000),
+            severity_number: number,
+            severity_text: text.into(),
+            body: Some(AnyValue { value: Some(any_value::Value::StringValue(log_body(&mut rng))) }),
+            attributes,
+            flags: if context.0.is_empty() { 0 } else { 1 },
+            trace_id: context.0.clone(),
+            span_id,
+            ..Default::default()
+        });
+    }
+    ExportLogsServiceRequest {
+        resource_logs: by_service
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(svc, log_records)| ResourceLogs {
+                resource: Some(resource(svc)),
+                scope_logs: vec![ScopeLogs { scope: Some(scope(svc)), log_records, schema_url: String::new() }],
+                schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+            })
+            .collect(),
+    }
+}
+
+// --- the pool of encoded requests ----------------------------------------------------------
+
+/// One encoded request and the offsets of the 16-byte trace ids in it.
+struct Encoded {
+    bytes: Vec<u8>,
+    trace_id_offsets: Vec<usize>,
+}
+
+impl Encoded {
+    /// The request with every trace id's first 8 bytes XOR-ed with `key` (all spans of a trace
+    /// keep sharing their trace id; parent/child links use span ids, which are untouched).
+    fn patched(&self, key: u64) -> Bytes {
+        let mut v = self.bytes.clone();
+        let k = key.to_le_bytes();
+        for &off in &self.trace_id_offsets {
+            for (b, x) in v[off..off + 8].iter_mut().zip(k) {
+                *b ^= x;
+            }
+        }
+        Bytes::from(v)
+    }
+}
+
+struct Pool {
+    signal: Signal,
+    batches: Vec<Encoded>,
+}
+
+impl Pool {
+    fn generate(signal: Signal, n: usize) -> Pool {
+        let now = now_ns();
+        let batches = (0..n)
+            .map(|b| {
+                let seed = 0xB0B5_0000 + b as u64 + if signal == Signal::Logs { 1 << 32 } else { 0 };
+                let (bytes, path): (Vec<u8>, &[u32]) = match signal {
+                    Signal::Logs => (log_batch(seed, now).encode_to_vec(), &[1, 2, 2, 9]),
+                    _ => (span_batch(seed, now).encode_to_vec(), &[1, 2, 2, 1]),
+                };
+                let mut trace_id_offsets = Vec::new();
+                field_offsets(&bytes, 0, path, &mut trace_id_offsets);
+                Encoded { bytes, trace_id_offsets }
+            })
+            .collect();
+        Pool { signal, batches }
+    }
+
+    fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.bytes.len()).sum()
+    }
+
+    fn items(&self) -> usize {
+        self.batches.len() * ITEMS_PER_BATCH
+    }
+}
+
+fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Offsets (from `base`) of the 16-byte length-delimited fields reached by following the
+/// field numbers in `path` through nested messages.
+fn field_offsets(b: &[u8], base: usize, path: &[u32], out: &mut Vec<usize>) {
+    let mut pos = 0;
+    while pos < b.len() {
+        let Some(key) = read_varint(b, &mut pos) else {
+            return;
+        };
+        match key & 7 {
+            0 => {
+                if read_varint(b, &mut pos).is_none() {
+                    return;
+                }
+            }
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => {
+                let Some(len) = read_varint(b, &mut pos) else {
+                    return;
+                };
+                let (start, end) = (pos, pos + len as usize);
+                if end > b.len() {
+                    return;
+                }
+                if key >> 3 == u64::from(path[0]) {
+                    if path.len() > 1 {
+                        field_offsets(&b[start..end], base + start, &path[1..], out);
+                    } else if len == 16 {
+                        out.push(base + start);
+                    }
+                }
+                pos = end;
+            }
+            _ => return,
+        }
+    }
+}
+
+fn patch_key(client: u64, round: u64) -> u64 {
+    splitmix(client << 40 ^ round ^ 0x5EED) | 1
+}
+
+/// Decode-only throughput of the pool on this thread: items per second.
+fn decode_baseline(pool: &Pool, budget: Duration) -> f64 {
+    let started = Instant::now();
+    let mut items = 0usize;
+    while started.elapsed() < budget {
+        for b in &pool.batches {
+            let n = match pool.signal {
+                Signal::Logs => ExportLogsServiceRequest::decode(&b.bytes[..])
+                    .map(|r| r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum())
+                    .unwrap_or(0),
+                _ => ExportTraceServiceRequest::decode(&b.bytes[..])
+                    .map(|r| r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum())
+                    .unwrap_or(0),
+            };
+            items += std::hint::black_box(n);
+        }
+    }
+    items as f64 / started.elapsed().as_secs_f64()
+}
+
+// --- the gRPC client -----------------------------------------------------------------------
+
+/// Sends pre-encoded message bytes and returns the response bytes, so the clients spend no CPU
+/// on encoding (they share the machine with the server).
+#[derive(Clone, Copy)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+fn export_path(signal: Signal) -> http::uri::PathAndQuery {
+    match signal {
+        Signal::Logs => {
+            http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+        }
+        _ => http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export"),
+    }
+}
+
+/// Exports one request; Ok(number of items the server rejected in partial success).
+async fn export(grpc: &mut tonic::client::Grpc<Channel>, signal: Signal, body: Bytes) -> Result<u64, tonic::Status> {
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+    let response = grpc.unary(tonic::Request::new(body), export_path(signal), RawCodec).await?.into_inner();
+    let rejected = match signal {
+        Signal::Logs => ExportLogsServiceResponse::decode(response)
+            .map_err(|e| tonic::Status::internal(format!("bad response: {e}")))?
+            .partial_success
+            .map_or(0, |p| p.rejected_log_records as u64),
+        _ => ExportTraceServiceResponse::decode(response)
+            .map_err(|e| tonic::Status::internal(format!("bad response: {e}")))?
+            .partial_success
+            .map_or(0, |p| p.rejected_spans as u64),
+    };
+    Ok(rejected)
+}
+
+async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<tonic::client::Grpc<Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting to the OTLP/gRPC listener")?;
+    Ok(tonic::client::Grpc::new(channel))
+}
+
+#[derive(Default)]
+struct ClientOutcome {
+    acked_items: u64,
+    rejected_items: u64,
+    requests: u64,
+    refused: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u32>,
+}
+
+async fn run_client(
+    c: usize,
+    clients: usize,
+    mut grpc: tonic::client::Grpc<Channel>,
+    pool: Arc<Pool>,
+    deadline: Instant,
+    acked: Arc<AtomicU64>,
+) -> ClientOutcome {
+    let mut out = ClientOutcome::default();
+    let n = pool.batches.len();
+    let mut next = c * n / clients;
+    while Instant::now() < deadline {
+        let body = pool.batches[next % n].patched(patch_key(c as u64, (next / n) as u64));
+        let started = Instant::now();
+        match export(&mut grpc, pool.signal, body).await {
+            Ok(rejected) => {
+                let ok = ITEMS_PER_BATCH as u64 - rejected.min(ITEMS_PER_BATCH as u64);
+                out.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                out.requests += 1;
+                out.acked_items += ok;
+                out.rejected_items += rejected;
+                acked.fetch_add(ok, Ordering::Relaxed);
+                next += 1;
+            }
+            Err(status) if matches!(status.code(), tonic::Code::ResourceExhausted | tonic::Code::Unavailable) => {
+                out.refused += 1;
+                tokio::time::sleep(REFUSAL_BACKOFF).await;
+            }
+            Err(status) => {
+                out.errors += 1;
+                out.first_error.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                tokio::time::sleep(REFUSAL_BACKOFF).await;
+                next += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Sends one uniquely keyed request and polls the store until its first trace id is found.
+/// Returns (ack latency, delay from ack to searchable), or an error text.
+async fn probe(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    pool: &Pool,
+    store: Arc<obsbox::storage::DiskStore>,
+    n: u64,
+) -> Result<(Duration, Duration), String> {
+    let batch = &pool.batches[n as usize % pool.batches.len()];
+    let body = batch.patched(patch_key(0xFFFF, n));
+    let off = *batch.trace_id_offsets.first().ok_or("no trace id in batch")?;
+    let trace_id = body[off..off + 16].to_vec();
+    let signal = pool.signal;
+    let sent = Instant::now();
+    loop {
+        match export(grpc, signal, body.clone()).await {
+            Ok(_) => break,
+            Err(s) if matches!(s.code(), tonic::Code::ResourceExhausted | tonic::Code::Unavailable) => {
+                if sent.elapsed() > PROBE_TIMEOUT {
+                    return Err("probe refused for too long".into());
+                }
+                tokio::time::sleep(REFUSAL_BACKOFF).await;
+            }
+            Err(s) => return Err(format!("probe export failed: {s}")),
+        }
+    }
+    let acked = Instant::now();
+    let ack_latency = acked - sent;
+    while acked.elapsed() < PROBE_TIMEOUT {
+        let store = store.clone();
+        let id = trace_id.clone();
+        let found = tokio::task::spawn_blocking(move || match signal {
+            Signal::Logs => store
+                .find_logs(&LogQuery { predicate: LogPredicate::TraceId(id), time: TimeRange::ALL, limit: 1 })
+                .map(|v| !v.is_empty()),
+            _ => store
+                .find_spans(&SpanQuery { predicate: SpanPredicate::TraceId(id), time: TimeRange::ALL, limit: 1 })
+                .map(|v| !v.is_empty()),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if found {
+            return Ok((ack_latency, acked.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!("not searchable {} s after ack", PROBE_TIMEOUT.as_secs()))
+}
+
+// --- process measurements ------------------------------------------------------------------
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// (comm, utime + stime in ticks) from a /proc stat file.
+fn stat_cpu(path: &Path) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// (busy, total) ticks of the whole machine, from the first line of /proc/stat.
+fn machine_cpu() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn process_cpu_ticks() -> u64 {
+    stat_cpu(Path::new("/proc/self/stat")).map_or(0, |(_, t)| t)
+}
+
+/// CPU ticks per thread id, with the thread's name.
+fn thread_cpu() -> BTreeMap<u64, (String, u64)> {
+    let mut out = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            if let (Some(tid), Some(stat)) =
+                (e.file_name().to_str().and_then(|t| t.parse::<u64>().ok()), stat_cpu(&e.path().join("stat")))
+            {
+                out.insert(tid, stat);
+            }
+        }
+    }
+    out
+}
+
+/// Groups thread names: the server runtime's threads are named `srv-N` in spawn order, and
+/// tokio spawns its worker threads first, so `srv-0`/`srv-1` are the workers and later
+/// numbers are blocking-pool threads (the collector's decode jobs run there).
+fn thread_group(name: &str, workers: usize) -> String {
+    if let Some(n) = name.strip_prefix("srv-").and_then(|n| n.parse::<usize>().ok()) {
+        return if n < workers { "server tokio workers".into() } else { "server blocking pool (decode)".into() };
+    }
+    if name.starts_with("bench-") {
+        return format!("{name} (benchmark)");
+    }
+    if name.starts_with("ingest-") {
+        return "main (benchmark)".into();
+    }
+    name.trim_end_matches(|c: char| c.is_ascii_digit()).to_string()
+}
+
+fn disk_usage(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut apparent = 0;
+    let mut allocated = 0;
+    if let Ok(dir) = std::fs::read_dir(path) {
+        for e in dir.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                let (a, b) = disk_usage(&e.path());
+                apparent += a;
+                allocated += b;
+            } else {
+                apparent += meta.len();
+                allocated += meta.blocks() * 512;
+            }
+        }
+    }
+    (apparent, allocated)
+}
+
+fn signal_value(v: &[(Signal, u64)], s: Signal) -> u64 {
+    v.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx]) / 1000.0
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+// --- one signal's run ----------------------------------------------------------------------
+
+struct Row {
+    what: String,
+    value: String,
+    baseline: String,
+    target: String,
+    ratio: String,
+}
+
+fn row(what: impl Into<String>, value: String, baseline: String, target: String, ratio: String) -> Row {
+    Row { what: what.into(), value, baseline, target, ratio }
+}
+
+fn run_signal(signal: Signal, args: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (noun, pool_size) = match signal {
+        Signal::Logs => ("log records", LOG_POOL),
+        _ => ("spans", SPAN_POOL),
+    };
+    println!("\n=== {} : {} clients, {} s ===", signal.as_str(), args.clients, args.secs);
+
+    let generated = Instant::now();
+    let pool = Arc::new(Pool::generate(signal, pool_size));
+    let raw_per_item = pool.bytes() as f64 / pool.items() as f64;
+    println!(
+        "pool: {} requests x {} {noun}, {:.0} B encoded per item ({:.1} MiB), generated in {:.1} s",
+        pool.batches.len(),
+        ITEMS_PER_BATCH,
+        raw_per_item,
+        mib(pool.bytes() as u64),
+        generated.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        pool.batches.iter().all(|b| !b.trace_id_offsets.is_empty()),
+        "trace id offsets not found in the encoded requests"
+    );
+
+    let decode_rate = decode_baseline(&pool, Duration::from_secs(3));
+    println!(
+        "baseline: prost decode only, one thread: {:.0} {noun}/s ({:.0} MB/s)",
+        decode_rate,
+        decode_rate * raw_per_item / 1e6
+    );
+
+    let rss_before = rss_bytes();
+    let dir = tempfile::Builder::new().prefix("obsbox-bench-").tempdir_in("/tmp")?;
+    let mut config = obsbox::Config::default();
+    config.storage.data_dir = dir.path().to_path_buf();
+    config.listen.otlp_grpc = "127.0.0.1:0".into();
+    config.listen.otlp_http = "127.0.0.1:0".into();
+    config.listen.http = "127.0.0.1:0".into();
+
+    // The server on its own runtime (default worker count, like the binary); the clients on
+    // another, so per-thread CPU tells them apart.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let counter = Arc::new(AtomicU64::new(0));
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name_fn({
+            let counter = counter.clone();
+            move || format!("srv-{}", counter.fetch_add(1, Ordering::Relaxed))
+        })
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+
+    let start = Instant::now();
+    let obsbox = server_rt.block_on(obsbox::Obsbox::start(config))?;
+    let start_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let addr = obsbox.otlp_grpc_addr();
+    let store = obsbox.store();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = rss_bytes();
+    println!(
+        "obsbox started in {start_ms:.0} ms; RSS before start {:.0} MiB (pool + runtimes), after start {:.0} MiB",
+        mib(rss_before),
+        mib(rss_idle)
+    );
+
+    // Load.
+    let secs = args.secs;
+    let clients = args.clients;
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop_sampler = Arc::new(AtomicBool::new(false));
+    let threads_before = thread_cpu();
+    let sampler = std::thread::Builder::new().name("bench-sampler".into()).spawn({
+        let acked = acked.clone();
+        let stop = stop_sampler.clone();
+        move || {
+            let mut rss = Vec::new();
+            let mut per_second = Vec::new();
+            let mut last = (Instant::now(), 0u64);
+            // Last CPU time seen per thread: tantivy replaces its indexing threads at
+            // every commit, so a snapshot at the end would miss their work.
+            let mut seen = BTreeMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                rss.push(rss_bytes());
+                seen.extend(thread_cpu());
+                if last.0.elapsed() >= Duration::from_secs(1) {
+                    let now = acked.load(Ordering::Relaxed);
+                    per_second.push((now - last.1) as f64 / last.0.elapsed().as_secs_f64());
+                    last = (Instant::now(), now);
+                }
+            }
+            (rss, per_second, seen)
+        }
+    })?;
+    let cpu_before = process_cpu_ticks();
+    let machine_before = machine_cpu();
+    let load_start = Instant::now();
+    let deadline = load_start + Duration::from_secs(secs);
+
+    let load = client_rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let grpc = connect(addr).await?;
+            tasks.push(tokio::spawn(run_client(c, clients, grpc, pool.clone(), deadline, acked.clone())));
+        }
+        let mut probe_grpc = connect(addr).await?;
+        let probe_task = tokio::spawn({
+            let pool = pool.clone();
+            let store = store.clone();
+            async move {
+                let mut results = Vec::new();
+                let mut n = 0;
+                tokio::time::sleep(PROBE_EVERY).await;
+                while Instant::now() + PROBE_EVERY < deadline {
+                    let t = Instant::now();
+                    results.push(probe(&mut probe_grpc, &pool, store.clone(), n).await);
+                    n += 1;
+                    tokio::time::sleep(PROBE_EVERY.saturating_sub(t.elapsed())).await;
+                }
+                (results, probe_grpc, n)
+            }
+        });
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await?);
+        }
+        // The load ends when the last client got its last answer; a probe still waiting for
+        // its data to become searchable is not part of it.
+        let end = (load_start.elapsed(), process_cpu_ticks() - cpu_before, machine_cpu(), thread_cpu());
+        stop_sampler.store(true, Ordering::Relaxed);
+        let probes = probe_task.await?;
+        anyhow::Ok((outcomes, probes, end))
+    })?;
+    let (outcomes, probes, (load_wall, cpu_ticks, machine_after, threads_now)) = load;
+    let (rss_samples, per_second, mut threads_after) =
+        sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    threads_after.extend(threads_now);
+    let (under_load, mut probe_grpc, mut probe_n) = probes;
+
+    // Until everything acknowledged is searchable.
+    let drain_start = Instant::now();
+    let mut pending_at_end = None;
+    let mut drained = false;
+    while drain_start.elapsed() < DRAIN_TIMEOUT {
+        let p = signal_value(&store.stats().pending_items, signal);
+        pending_at_end.get_or_insert(p);
+        if p == 0 {
+            drained = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drain = drain_start.elapsed();
+
+    // After the load: uniquely identifiable requests, ack to searchable.
+    let after_load: Vec<_> = client_rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(probe(&mut probe_grpc, &pool, store.clone(), probe_n).await);
+            probe_n += 1;
+        }
+        v
+    });
+    drop(probe_grpc);
+
+    // Sizes, after a final commit.
+    std::thread::sleep(Duration::from_secs(2));
+    let stats: StoreStats = store.stats();
+    let (du_open_apparent, du_open) = disk_usage(dir.path());
+    drop(store);
+    server_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), obsbox.shutdown()).await })
+        .context("obsbox shutdown timed out")??;
+    let (du_closed_apparent, du_closed) = disk_usage(dir.path());
+    let (_, du_closed_wal) = disk_usage(&dir.path().join("wal"));
+    drop(client_rt);
+    drop(server_rt);
+
+    // Results.
+    let acked_items: u64 = outcomes.iter().map(|o| o.acked_items).sum();
+    let rejected_items: u64 = outcomes.iter().map(|o| o.rejected_items).sum();
+    let requests: u64 = outcomes.iter().map(|o| o.requests).sum();
+    let refused: u64 = outcomes.iter().map(|o| o.refused).sum();
+    let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
+    let mut lat: Vec<u32> = outcomes.iter().flat_map(|o| o.latencies_us.iter().copied()).collect();
+    lat.sort_unstable();
+    let probe_ok = under_load.iter().chain(&after_load).filter(|r| r.is_ok()).count() as u64;
+    let stored_items = acked_items + probe_ok * ITEMS_PER_BATCH as u64;
+    let wall = load_wall.as_secs_f64();
+    let ack_rate = acked_items as f64 / wall;
+    let indexed_rate = acked_items as f64 / (wall + drain.as_secs_f64());
+    let cores = cpu_ticks as f64 / clock_ticks() / wall;
+    let rss_max = rss_samples.iter().copied().max().unwrap_or(0);
+    let rss_mean = rss_samples.iter().sum::<u64>() / rss_samples.len().max(1) as u64;
+    let (p50, p99, pmax) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
+    let secs_of = |r: &Vec<Result<(Duration, Duration), String>>| -> Vec<f64> {
+        r.iter().filter_map(|x| x.as_ref().ok().map(|(_, d)| d.as_secs_f64())).collect()
+    };
+    let under = secs_of(&under_load);
+    let after = secs_of(&after_load);
+    let worst = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+
+    println!(
+        "load: {requests} requests acked ({acked_items} {noun}) in {wall:.1} s; refused (RESOURCE_EXHAUSTED/UNAVAILABLE) {refused}; \
+         other errors {errors}{}; items rejected in partial success {rejected_items}",
+        outcomes.iter().find_map(|o| o.first_error.as_deref()).map(|e| format!(" (first: {e})")).unwrap_or_default()
+    );
+    let ps: Vec<String> = per_second.iter().map(|r| format!("{:.0}k", r / 1000.0)).collect();
+    println!("acked {noun}/s per second: {}", ps.join(" "));
+    println!(
+        "index caught up {:.2} s after the load ({} {noun} pending at the end){}",
+        drain.as_secs_f64(),
+        pending_at_end.unwrap_or(0),
+        if drained { "" } else { " -- NOT drained within the timeout" }
+    );
+    println!(
+        "ack latency ms: p50 {p50:.1}, p99 {p99:.1}, max {pmax:.1}; searchable after ack (s): under load {:?}, after load {:?}",
+        under.iter().map(|d| (d * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        after.iter().map(|d| (d * 100.0).round() / 100.0).collect::<Vec<_>>(),
+    );
+    for e in under_load.iter().chain(&after_load).filter_map(|r| r.as_ref().err()) {
+        println!("probe failed: {e}");
+    }
+    println!(
+        "process: {cores:.2} cores busy (of {workers}); RSS max {:.0} MiB, mean {:.0} MiB, before obsbox start {:.0} MiB",
+        mib(rss_max),
+        mib(rss_mean),
+        mib(rss_before)
+    );
+    let machine_busy = (machine_after.0 - machine_before.0) as f64 / clock_ticks() / wall;
+    println!(
+        "machine: {machine_busy:.2} of {workers} cores busy during the load, of which this process {cores:.2}, \
+         other processes {:.2}",
+        (machine_busy - cores).max(0.0)
+    );
+    // Per-thread CPU over the load, grouped.
+    let mut groups: BTreeMap<String, f64> = BTreeMap::new();
+    let mut accounted = 0.0;
+    for (tid, (name, after)) in &threads_after {
+        let before = threads_before.get(tid).filter(|(n, _)| n == name).map_or(0, |(_, t)| *t);
+        let secs = (after - before.min(*after)) as f64 / clock_ticks();
+        accounted += secs;
+        *groups.entry(thread_group(name, workers)).or_default() += secs;
+    }
+    let mut groups: Vec<_> = groups.into_iter().filter(|(_, s)| *s > 0.0).collect();
+    groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total = cpu_ticks as f64 / clock_ticks();
+    println!("CPU during the load, by thread group (share of the process' {total:.1} CPU-s; % of one core):");
+    for (g, secs) in &groups {
+        println!(
+            "  {:<36} {:>6.1} CPU-s  {:>5.1}%  {:>5.0}% of a core",
+            g,
+            secs,
+            100.0 * secs / total,
+            100.0 * secs / wall
+        );
+    }
+    if total - accounted > 0.05 {
+        println!("  {:<36} {:>6.1} CPU-s (threads that exited between samples)", "other", total - accounted);
+    }
+    let index_bytes = signal_value(&stats.index_bytes, signal);
+    println!(
+        "store stats 2 s after the probes: wal {:.1} MiB, index {:.1} MiB, segments {}, commits {} taking {:.1} s; \
+         data dir {:.1} MiB allocated ({:.1} MiB apparent); after close {:.1} MiB allocated ({:.1} MiB apparent)",
+        mib(stats.wal_bytes),
+        mib(index_bytes),
+        signal_value(&stats.segments, signal),
+        stats.commits,
+        stats.commit_seconds,
+        mib(du_open),
+        mib(du_open_apparent),
+        mib(du_closed),
+        mib(du_closed_apparent)
+    );
+
+    // Table rows.
+    let (target_rate, unit) = match signal {
+        Signal::Logs => (TARGET_LOGS_PER_S, "records/s"),
+        _ => (TARGET_SPANS_PER_S, "spans/s"),
+    };
+    let k = |x: f64| format!("{:.1}k {unit}", x / 1000.0);
+    rows.push(row(
+        format!("{} ingest, acked (durable)", signal.as_str()),
+        k(ack_rate),
+        k(decode_rate),
+        format!(">= {}", k(target_rate)),
+        format!("{:.2} / {:.2}", ack_rate / target_rate, ack_rate / decode_rate),
+    ));
+    rows.push(row(
+        format!("{} ingest, durable + indexed", signal.as_str()),
+        k(indexed_rate),
+        k(decode_rate),
+        format!(">= {}", k(target_rate)),
+        format!("{:.2} / {:.2}", indexed_rate / target_rate, indexed_rate / decode_rate),
+    ));
+    rows.push(row(
+        format!("{} ack latency p50 / p99 (full load)", signal.as_str()),
+        format!("{p50:.1} / {p99:.1} ms"),
+        "-".into(),
+        format!("p99 <= {TARGET_P99_MS} ms at half load"),
+        "not comparable".into(),
+    ));
+    let all: Vec<f64> = under.iter().chain(&after).copied().collect();
+    rows.push(row(
+        format!("{} searchable after ack (max; median under load)", signal.as_str()),
+        format!("{:.2} s; {:.2} s", worst(&all), median(&under)),
+        "-".into(),
+        format!("<= {TARGET_SEARCHABLE_S} s"),
+        format!("{:.2}", worst(&all) / TARGET_SEARCHABLE_S),
+    ));
+    rows.push(row(
+        format!("{} RSS max during load (incl. clients)", signal.as_str()),
+        format!("{:.0} MiB", mib(rss_max)),
+        format!("{:.0} MiB before start", mib(rss_before)),
+        format!("<= {TARGET_RSS_MIB} MiB"),
+        format!("{:.2}", mib(rss_max) / TARGET_RSS_MIB),
+    ));
+    let n = stored_items.max(1) as f64;
+    let per_item = du_closed as f64 / n;
+    let per_item_segments = du_closed.saturating_sub(du_closed_wal) as f64 / n;
+    println!(
+        "bytes per stored item ({stored_items} {noun} incl. probes), after close: data dir {per_item:.1} B \
+         ({:.1} B apparent) = segments/metastore {per_item_segments:.1} B + WAL {:.1} B; open store: index {:.1} B, \
+         WAL {:.1} B; raw OTLP {raw_per_item:.0} B",
+        du_closed_apparent as f64 / n,
+        du_closed_wal as f64 / n,
+        index_bytes as f64 / n,
+        stats.wal_bytes as f64 / n,
+    );
+    let (name, target) = match signal {
+        Signal::Logs => ("bytes per log record", format!("<= {TARGET_LOG_RATIO} x raw")),
+        _ => ("bytes per span", format!("<= {TARGET_BYTES_PER_SPAN} B")),
+    };
+    for (what, b) in [("excl. WAL", per_item_segments), ("incl. WAL", per_item)] {
+        let ratio = match signal {
+            Signal::Logs => b / raw_per_item / TARGET_LOG_RATIO,
+            _ => b / TARGET_BYTES_PER_SPAN,
+        };
+        rows.push(row(
+            format!("{name} on disk after close, {what}"),
+            format!("{b:.0} B ({:.2} x raw)", b / raw_per_item),
+            format!("{raw_per_item:.0} B raw OTLP"),
+            target.clone(),
+            format!("{ratio:.2}"),
+        ));
+    }
+    rows.push(row(
+        format!("{} CPU cores busy: process incl. clients (machine)", signal.as_str()),
+        format!("{cores:.2} (machine {machine_busy:.2})"),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ));
+    Ok(())
+}
+
+fn print_row(r: &Row) {
+    println!("{:<50} | {:<22} | {:<26} | {:<28} | {}", r.what, r.value, r.baseline, r.target, r.ratio);
+}
+
+fn main() -> anyhow::Result<()> {
+    // As the obsbox binary does (src/main.rs): two malloc arenas, so RSS compares.
+    // SAFETY: allocator tuning before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    let Some(args) = parse_args()? else {
+        println!("ingest benchmark: not run (start it with `cargo bench --bench ingest`)");
+        return Ok(());
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "obsbox ingest benchmark: {} s per signal, {} clients, {} CPUs; load average at start: {}",
+        args.secs,
+        args.clients,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let mut rows = Vec::new();
+    for &signal in &args.signals {
+        run_signal(signal, &args, &mut rows)?;
+    }
+    println!("\nratio = measured / target, and for throughput also measured / decode-only baseline");
+    let header = row("what", "measured".into(), "baseline".into(), "target".into(), "ratio".into());
+    print_row(&header);
+    println!("{}", "-".repeat(150));
+    for r in &rows {
+        print_row(r);
+    }
+    Ok(())
+}

@@ -233,6 +233,16 @@ pub enum SpanPredicate {
         /// Attribute key.
         key: String,
     },
+    /// A string attribute value (or array element) fully matches the regular expression
+    /// (`regex` crate syntax, anchored at both ends).
+    AttributeRegex {
+        /// Span or resource attributes.
+        scope: AttrScope,
+        /// Attribute key.
+        key: String,
+        /// The expression.
+        regex: String,
+    },
     /// All of these hold.
     And(Vec<SpanPredicate>),
     /// At least one of these holds.

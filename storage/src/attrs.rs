@@ -130,6 +130,27 @@ pub(crate) fn attrs_match(attrs: &[KeyValue], key: &str, value: &AttrValue) -> b
     found
 }
 
+/// Whether a string value (or array element) of `key` fully matches `re` (the index's view:
+/// values are seen through their indexed prefix).
+pub(crate) fn attrs_match_regex(attrs: &[KeyValue], key: &str, re: &regex::Regex) -> bool {
+    let prefix = format!("{key}\0s");
+    let mut found = false;
+    for_each_term(attrs, &mut |e, t| {
+        if e == Emit::Term && !found {
+            if let Some(v) = t.strip_prefix(&prefix) {
+                found = re.is_match(v);
+            }
+        }
+    });
+    found
+}
+
+/// The regular expression, compiled anchored, or an invalid-query error naming it.
+pub(crate) fn anchored_regex(re: &str) -> Result<regex::Regex, crate::StoreError> {
+    regex::Regex::new(&format!("^(?:{re})$"))
+        .map_err(|e| crate::StoreError::InvalidQuery(format!("bad regular expression {re:?}: {e}")))
+}
+
 /// Whether the attributes have `key` (map entries count as `key.subkey`).
 pub(crate) fn attrs_have_key(attrs: &[KeyValue], key: &str) -> bool {
     let mut found = false;

@@ -490,7 +490,7 @@ impl DiskStore {
 
 impl Reader for DiskStore {
     fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
-        let q = spans::query(&self.inner.span_fields, &query.predicate);
+        let q = spans::query(&self.inner.span_fields, &query.predicate)?;
         // Spans of one trace cluster in time: fetch a few spans per wanted trace, more if needed.
         let mut fetch = query.limit.saturating_mul(4).max(16);
         loop {
@@ -565,12 +565,12 @@ impl Reader for DiskStore {
     }
 
     fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
-        let q = spans::query(&self.inner.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()));
+        let q = spans::query(&self.inner.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()))?;
         spans::decode(self.inner.spans.search_all(q, spans::ORD_FIELD)?)
     }
 
     fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
-        let q = spans::query(&self.inner.span_fields, &query.predicate);
+        let q = spans::query(&self.inner.span_fields, &query.predicate)?;
         spans::decode(self.inner.spans.search_newest(q, query.time, query.limit)?)
     }
 

@@ -84,10 +84,12 @@ impl Reader for MemStore {
 
     fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
         let spans = self.spans.read();
-        let mut out: Vec<&SpanRecord> = spans
-            .iter()
-            .filter(|s| query.time.contains(s.span.start_time_unix_nano) && span_matches(&query.predicate, s))
-            .collect();
+        let mut out = Vec::new();
+        for s in spans.iter() {
+            if query.time.contains(s.span.start_time_unix_nano) && span_matches(&query.predicate, s)? {
+                out.push(s);
+            }
+        }
         out.sort_by_key(|s| std::cmp::Reverse(s.span.start_time_unix_nano));
         Ok(out.into_iter().take(query.limit).cloned().collect())
     }
@@ -252,9 +254,9 @@ pub(crate) fn log_time(r: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> u
     if r.time_unix_nano != 0 { r.time_unix_nano } else { r.observed_time_unix_nano }
 }
 
-fn span_matches(p: &SpanPredicate, s: &SpanRecord) -> bool {
+fn span_matches(p: &SpanPredicate, s: &SpanRecord) -> Result<bool, StoreError> {
     let span = &s.span;
-    match p {
+    Ok(match p {
         SpanPredicate::All => true,
         SpanPredicate::TraceId(id) => &span.trace_id == id,
         SpanPredicate::SpanId(id) => &span.span_id == id,
@@ -275,10 +277,31 @@ fn span_matches(p: &SpanPredicate, s: &SpanRecord) -> bool {
             AttrScope::Item => attrs::attrs_have_key(&span.attributes, key),
             AttrScope::Resource => attrs::attrs_have_key(&s.resource.attributes, key),
         },
-        SpanPredicate::And(ps) => ps.iter().all(|p| span_matches(p, s)),
-        SpanPredicate::Or(ps) => ps.iter().any(|p| span_matches(p, s)),
-        SpanPredicate::Not(p) => !span_matches(p, s),
-    }
+        SpanPredicate::AttributeRegex { scope, key, regex } => {
+            let re = attrs::anchored_regex(regex)?;
+            match scope {
+                AttrScope::Item => attrs::attrs_match_regex(&span.attributes, key, &re),
+                AttrScope::Resource => attrs::attrs_match_regex(&s.resource.attributes, key, &re),
+            }
+        }
+        SpanPredicate::And(ps) => {
+            for p in ps {
+                if !span_matches(p, s)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        SpanPredicate::Or(ps) => {
+            for p in ps {
+                if span_matches(p, s)? {
+                    return Ok(true);
+                }
+            }
+            false
+        }
+        SpanPredicate::Not(p) => !span_matches(p, s)?,
+    })
 }
 
 fn log_matches(p: &LogPredicate, l: &LogEntry) -> Result<bool, StoreError> {

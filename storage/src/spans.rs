@@ -12,7 +12,7 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, TracesData};
 use prost::Message;
-use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema};
 use tantivy::{TantivyDocument, Term};
 
@@ -187,8 +187,8 @@ fn term_query(term: Term) -> Box<dyn Query> {
 }
 
 /// Translates a predicate into a tantivy query.
-pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Box<dyn Query> {
-    match p {
+pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Result<Box<dyn Query>, StoreError> {
+    Ok(match p {
         SpanPredicate::All => Box::new(AllQuery),
         SpanPredicate::TraceId(id) => term_query(Term::from_field_bytes(f.trace_id, id)),
         SpanPredicate::SpanId(id) => term_query(Term::from_field_bytes(f.span_id, id)),
@@ -212,11 +212,25 @@ pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Box<dyn Query> {
         }
         SpanPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),
         SpanPredicate::Or(ps) if ps.is_empty() => Box::new(EmptyQuery),
-        SpanPredicate::And(ps) => Box::new(BooleanQuery::new(ps.iter().map(|p| (Occur::Must, query(f, p))).collect())),
-        SpanPredicate::Or(ps) => Box::new(BooleanQuery::new(ps.iter().map(|p| (Occur::Should, query(f, p))).collect())),
+        SpanPredicate::AttributeRegex { scope, key, regex } => {
+            // Validate with the regex crate first, for the same errors as the in-memory store.
+            crate::attrs::anchored_regex(regex)?;
+            let field = if *scope == AttrScope::Item { f.attr } else { f.res };
+            let pattern = format!("{}\\x00s(?:{regex})", regex::escape(key));
+            Box::new(
+                RegexQuery::from_pattern(&pattern, field)
+                    .map_err(|e| StoreError::InvalidQuery(format!("bad regular expression {regex:?}: {e}")))?,
+            )
+        }
+        SpanPredicate::And(ps) => Box::new(BooleanQuery::new(
+            ps.iter().map(|p| Ok((Occur::Must, query(f, p)?))).collect::<Result<_, StoreError>>()?,
+        )),
+        SpanPredicate::Or(ps) => Box::new(BooleanQuery::new(
+            ps.iter().map(|p| Ok((Occur::Should, query(f, p)?))).collect::<Result<_, StoreError>>()?,
+        )),
         SpanPredicate::Not(p) => Box::new(BooleanQuery::new(vec![
             (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
-            (Occur::MustNot, query(f, p)),
+            (Occur::MustNot, query(f, p)?),
         ])),
-    }
+    })
 }

@@ -216,6 +216,25 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
     );
     assert_eq!(find(SpanPredicate::Or(vec![SpanPredicate::SpanId(id8(1)), SpanPredicate::SpanId(id8(2))])), vec![2, 1]);
     assert_eq!(find(SpanPredicate::Not(Box::new(SpanPredicate::Service("svc-a".into())))).len(), 10);
+    let re = |r: &str| SpanPredicate::AttributeRegex { scope: AttrScope::Item, key: "str".into(), regex: r.into() };
+    assert_eq!(find(re("v1[0-2]")), vec![12, 11, 10], "anchored at both ends");
+    assert_eq!(find(re("v1")), vec![1]);
+    assert_eq!(find(re("v.*")).len(), 20);
+    assert_eq!(
+        find(SpanPredicate::AttributeRegex { scope: AttrScope::Item, key: "arr".into(), regex: "a|z".into() }).len(),
+        20
+    );
+    assert_eq!(
+        find(SpanPredicate::AttributeRegex {
+            scope: AttrScope::Resource,
+            key: "service.name".into(),
+            regex: "svc-b".into()
+        })
+        .len(),
+        10
+    );
+    let bad = store.find_spans(&SpanQuery { predicate: re("("), time: TimeRange::ALL, limit: 1 });
+    assert!(matches!(bad, Err(crate::StoreError::InvalidQuery(_))), "{bad:?}");
     assert_eq!(find(SpanPredicate::And(vec![])).len(), 20);
     assert_eq!(find(SpanPredicate::Or(vec![])).len(), 0);
     let time = TimeRange { start_ns: T0 + 2_000_000, end_ns: T0 + 5_000_000 };

@@ -9,8 +9,10 @@
 //! are built.
 #![warn(missing_docs)]
 
+mod filters;
 mod jaeger;
 mod loki;
+mod native;
 mod ops;
 mod query;
 
@@ -53,7 +55,7 @@ impl AppState {
 
 /// Everything served on the UI port.
 pub fn router(state: AppState) -> Router {
-    ops::routes().merge(jaeger::routes()).merge(loki::routes()).with_state(state)
+    ops::routes().merge(native::routes()).merge(jaeger::routes()).merge(loki::routes()).with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.

@@ -317,13 +317,8 @@ impl Trace {
                 );
                 let (ps, pe) = (p_start as i128, p_end as i128);
                 if service_name(child) != p_service && (start < ps || end > pe) {
-                    let extra = if end - start > pe - ps {
-                        ps - start
-                    } else if start < ps {
-                        ps - start
-                    } else {
-                        pe - end
-                    };
+                    // Too long to fit, or starting early: align the starts; else align the ends.
+                    let extra = if end - start > pe - ps || start < ps { ps - start } else { pe - end };
                     delta += extra;
                     self.warnings.push(SpanWarning {
                         span_id: child.span.span_id.clone(),

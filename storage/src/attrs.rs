@@ -136,10 +136,11 @@ pub(crate) fn attrs_match_regex(attrs: &[KeyValue], key: &str, re: &regex::Regex
     let prefix = format!("{key}\0s");
     let mut found = false;
     for_each_term(attrs, &mut |e, t| {
-        if e == Emit::Term && !found {
-            if let Some(v) = t.strip_prefix(&prefix) {
-                found = re.is_match(v);
-            }
+        if e == Emit::Term
+            && !found
+            && let Some(v) = t.strip_prefix(&prefix)
+        {
+            found = re.is_match(v);
         }
     });
     found

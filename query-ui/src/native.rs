@@ -439,7 +439,8 @@ fn trace_id_param(id: &str) -> Result<Vec<u8>, QueryError> {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct TraceFormat {
-    /// `native` (default) or `otlp` (OTLP/JSON `TracesData`).
+    /// `native` (default), `otlp` (OTLP/JSON `TracesData`) or `jaeger` (jaeger-ui's JSON, which
+    /// its "load JSON file" accepts).
     format: Option<String>,
     /// Offer the body as a file download.
     download: Option<bool>,
@@ -460,7 +461,8 @@ async fn get_trace(
     let (body, name) = match f.format.as_deref().unwrap_or("native") {
         "native" => (to_json(&trace_json(&t)), "trace"),
         "otlp" => (to_json(&trace_otlp(&t)), "trace.otlp"),
-        other => return Err(bad(format!("format: {other:?} is not one of native, otlp"))),
+        "jaeger" => (serde_json::json!({ "data": [crate::jaeger::trace_document(&t)] }), "trace.jaeger"),
+        other => return Err(bad(format!("format: {other:?} is not one of native, otlp, jaeger"))),
     };
     let mut resp = Json(body).into_response();
     if f.download.unwrap_or(false) {

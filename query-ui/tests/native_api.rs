@@ -266,6 +266,9 @@ async fn trace_by_id_in_every_format_and_its_logs() {
     let (_, otlp) = get(&f.app, &format!("/api/v1/traces/{id}?format=otlp")).await;
     assert_eq!(otlp["resourceSpans"].as_array().unwrap().len(), 2, "regrouped by resource");
     assert_eq!(otlp["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"], id);
+    let (_, jaeger) = get(&f.app, &format!("/api/v1/traces/{id}?format=jaeger")).await;
+    assert_eq!(jaeger["data"][0]["traceID"], id);
+    assert_eq!(jaeger["data"][0]["spans"].as_array().unwrap().len(), 2);
     let resp = f
         .app
         .clone()

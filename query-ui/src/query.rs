@@ -308,6 +308,7 @@ impl Trace {
             shift(&mut self.spans[i], inherited);
             let (p_start, p_end) = (self.spans[i].span.start_time_unix_nano, self.spans[i].span.end_time_unix_nano);
             let p_service = service_name(&self.spans[i]).to_string();
+            let p_producer = self.spans[i].span.kind == 4;
             for &c in children.get(&i).map(|v| v.as_slice()).unwrap_or(&[]) {
                 let mut delta = inherited;
                 let child = &self.spans[c];
@@ -316,7 +317,11 @@ impl Trace {
                     (child.span.end_time_unix_nano as i128 + inherited),
                 );
                 let (ps, pe) = (p_start as i128, p_end as i128);
-                if service_name(child) != p_service && (start < ps || end > pe) {
+                // A consumer may legitimately run after its producer has ended: only a start
+                // before the parent's is skew there.
+                let asynchronous = p_producer || child.span.kind == 5;
+                let outside = start < ps || (!asynchronous && end > pe);
+                if service_name(child) != p_service && outside {
                     // Too long to fit, or starting early: align the starts; else align the ends.
                     let extra = if end - start > pe - ps || start < ps { ps - start } else { pe - end };
                     delta += extra;
@@ -561,6 +566,17 @@ mod tests {
         assert_eq!(grandchild.span.start_time_unix_nano, 1050, "children move with their parent");
         assert_eq!(t.warnings.len(), 1);
         assert!(t.warnings[0].message.contains("clock skew"));
+    }
+
+    #[test]
+    fn a_consumer_may_outlive_its_producer() {
+        let mut producer = rec("a", 1, None, 1000, 1100);
+        producer.span.kind = 4;
+        let mut consumer = rec("b", 2, Some(1), 1200, 5000);
+        consumer.span.kind = 5;
+        let t = Trace::assemble(vec![1; 16], vec![producer, consumer]);
+        assert_eq!(t.spans[1].span.start_time_unix_nano, 1200);
+        assert!(t.warnings.is_empty());
     }
 
     #[test]

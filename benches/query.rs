@@ -1,0 +1,259 @@
+//! Query benchmark: a store filled with N million spans and N million log records (generated once
+//! from fixed seeds and kept under `target/bench-data/`, reused by later runs), then the query
+//! latencies of the brief's targets, through the same query service the APIs use.
+//!
+//! ```text
+//! cargo bench --bench query                 # 10M spans + 10M logs (fills once: ~10 min here)
+//! cargo bench --bench query -- 1 1          # 1M + 1M, for a quick look
+//! BENCH_DATA_DIR=/path cargo bench --bench query
+//! ```
+//!
+//! Measured (each repeated, p50 / p99): trace by id; trace search by service + operation +
+//! minimum duration; trace search by attribute; the newest 100 log lines matching a term; the
+//! log count histogram over the whole range (all 10M records).
+
+mod payload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use obsbox::storage::{
+    AttrScope, AttrValue, Batch, DiskStore, LogPredicate, LogQuery, Reader, SpanPredicate, StoreConfig, StoreError,
+    TimeRange, Writer,
+};
+use obsbox_query_ui::{QueryService, TraceSearch};
+use payload::{ITEMS_PER_BATCH, log_batch, now_ns, span_batch};
+
+/// Generated data spans this much time, ending at the fill time.
+const SPREAD_NS: u64 = 6 * 3600 * 1_000_000_000;
+const REPEAT: usize = 200;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    what: String,
+    p50: Duration,
+    p99: Duration,
+    target: &'static str,
+    note: String,
+}
+
+async fn measure<F, Fut>(what: &str, target: &'static str, n: usize, mut f: F) -> anyhow::Result<Row>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
+    // Warm-up: the first runs fault in the index files.
+    for i in 0..3 {
+        f(i).await?;
+    }
+    let mut times = Vec::with_capacity(n);
+    let mut results = 0;
+    for i in 0..n {
+        let t = Instant::now();
+        results += f(i + 3).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(Row {
+        what: what.into(),
+        p50: percentile(&times, 0.5),
+        p99: percentile(&times, 0.99),
+        target,
+        note: format!("{:.1} results per query", results as f64 / n as f64),
+    })
+}
+
+fn store_config(dir: PathBuf) -> StoreConfig {
+    StoreConfig {
+        data_dir: dir,
+        // The data is generated once and reused for weeks: keep it.
+        retention: Duration::from_secs(10 * 365 * 24 * 3600),
+        ..StoreConfig::default()
+    }
+}
+
+async fn write_retrying(store: &DiskStore, batch: Batch) -> anyhow::Result<()> {
+    loop {
+        match store.write(batch.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e @ (StoreError::Overloaded { .. } | StoreError::Unavailable(_))) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn fill(store: Arc<DiskStore>, millions: u64, end_ns: u64, logs: bool) -> anyhow::Result<()> {
+    let batches = millions * 1_000_000 / ITEMS_PER_BATCH as u64;
+    let started = Instant::now();
+    let mut in_flight = Vec::new();
+    for b in 0..batches {
+        let now = end_ns - SPREAD_NS + SPREAD_NS / batches * b;
+        let batch = if logs {
+            Batch::Logs(log_batch(0x10_0000 + b, now))
+        } else {
+            Batch::Traces(span_batch(0x20_0000 + b, now))
+        };
+        let s = store.clone();
+        in_flight.push(tokio::spawn(async move { write_retrying(&s, batch).await }));
+        if in_flight.len() >= 8 {
+            in_flight.remove(0).await??;
+        }
+        if b % 2000 == 0 && b > 0 {
+            let rate = (b * ITEMS_PER_BATCH as u64) as f64 / started.elapsed().as_secs_f64();
+            eprintln!("  {} {b}/{batches} batches, {rate:.0} items/s", if logs { "logs" } else { "spans" });
+        }
+    }
+    for h in in_flight {
+        h.await??;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("query benchmark: not run (start it with `cargo bench --bench query`)");
+        return Ok(());
+    }
+    let span_m: u64 = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10);
+    let log_m: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(span_m);
+    let dir = std::env::var_os("BENCH_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/query-{span_m}m-{log_m}m"))
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(dir, span_m, log_m))
+}
+
+async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
+    let marker = dir.join("bench-filled");
+    let store = {
+        let d = dir.clone();
+        Arc::new(tokio::task::spawn_blocking(move || DiskStore::open(store_config(d))).await??)
+    };
+    let end_ns: u64 = match std::fs::read_to_string(&marker) {
+        Ok(s) => s.trim().parse().context("bench-filled marker")?,
+        Err(_) => {
+            let end = now_ns();
+            println!("filling {} with {span_m}M spans and {log_m}M log records (once)", dir.display());
+            let t = Instant::now();
+            fill(store.clone(), span_m, end, false).await?;
+            println!("  spans written in {:.0} s", t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            fill(store.clone(), log_m, end, true).await?;
+            println!("  logs written in {:.0} s", t.elapsed().as_secs_f64());
+            while store.stats().pending_items.iter().any(|(_, n)| *n > 0) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            std::fs::write(&marker, end.to_string())?;
+            end
+        }
+    };
+    let stats = store.stats();
+    let range = TimeRange { start_ns: end_ns - SPREAD_NS - 60_000_000_000, end_ns: end_ns + 60_000_000_000 };
+    let query = QueryService::new(store.clone());
+
+    // Known trace ids and a real operation name, from the same generator.
+    let batches = span_m * 1_000_000 / ITEMS_PER_BATCH as u64;
+    let mut ids = Vec::new();
+    let mut op = None;
+    for i in 0..REPEAT as u64 + 3 {
+        let b = i * (batches / (REPEAT as u64 + 3)).max(1);
+        let req = span_batch(0x20_0000 + b, end_ns - SPREAD_NS + SPREAD_NS / batches * b);
+        let rs = &req.resource_spans[0];
+        ids.push(rs.scope_spans[0].spans[0].trace_id.clone());
+        for rs in &req.resource_spans {
+            let svc = rs.resource.as_ref().and_then(|r| r.attributes.first()).and_then(|kv| kv.value.clone());
+            let is_checkout = matches!(svc.and_then(|v| v.value), Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) if s == "checkout");
+            if is_checkout && op.is_none() {
+                op = rs.scope_spans[0].spans.iter().find(|s| s.kind == 2).map(|s| s.name.clone());
+            }
+        }
+    }
+    let op = op.context("no checkout server span in the generated data")?;
+
+    let mut rows = Vec::new();
+    rows.push(
+        measure("trace by id", "p50 <= 5 ms, p99 <= 20 ms", REPEAT, |i| {
+            let q = query.clone();
+            let id = ids[i % ids.len()].clone();
+            async move { Ok(q.trace(&id).await?.map(|t| t.spans.len()).unwrap_or(0)) }
+        })
+        .await?,
+    );
+    let search = |span: SpanPredicate| TraceSearch {
+        span,
+        time: range,
+        root_service: None,
+        root_operation: None,
+        min_trace_duration_ns: None,
+        max_trace_duration_ns: None,
+        limit: 20,
+    };
+    let by_op = search(SpanPredicate::And(vec![
+        SpanPredicate::Service("checkout".into()),
+        SpanPredicate::Name(op.clone()),
+        SpanPredicate::Duration { min: 50_000_000, max: u64::MAX },
+    ]));
+    rows.push(
+        measure("trace search: service + operation + duration >= 50ms, limit 20", "p50 <= 30 ms", REPEAT / 4, |_| {
+            let (q, s) = (query.clone(), by_op.clone());
+            async move { Ok(q.search_traces(&s).await?.len()) }
+        })
+        .await?,
+    );
+    let by_attr = search(SpanPredicate::Attribute {
+        scope: AttrScope::Item,
+        key: "http.response.status_code".into(),
+        value: AttrValue::Int(500),
+    });
+    rows.push(
+        measure("trace search: attribute http.response.status_code = 500, limit 20", "<= 50 ms", REPEAT / 4, |_| {
+            let (q, s) = (query.clone(), by_attr.clone());
+            async move { Ok(q.search_traces(&s).await?.len()) }
+        })
+        .await?,
+    );
+    rows.push(
+        measure("newest 100 log lines matching \"reset\"", "p50 <= 30 ms", REPEAT / 2, |_| {
+            let q = query.clone();
+            async move {
+                Ok(q.find_logs(LogQuery { predicate: LogPredicate::Text("reset".into()), time: range, limit: 100 }).await?.len())
+            }
+        })
+        .await?,
+    );
+    let bucket = (range.end_ns - range.start_ns) / 100;
+    rows.push(
+        measure("log count histogram, whole range (100 buckets, every record)", "<= 150 ms", 20, |_| {
+            let q = query.clone();
+            async move { Ok(q.log_histogram(LogPredicate::All, range, bucket).await?.iter().map(|b| b.1 as usize).sum()) }
+        })
+        .await?,
+    );
+
+    println!();
+    println!("store: {span_m}M spans, {log_m}M log records in {}", dir.display());
+    println!("stats: {stats:?}");
+    println!("| query | p50 | p99 | target | note |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} | {} |", r.what, ms(r.p50), ms(r.p99), r.target, r.note);
+    }
+    Ok(())
+}

@@ -455,10 +455,16 @@ impl SegmentedIndex {
         let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
         let searchers = self.searchers(TimeRange::ALL);
         for (i, s) in searchers.iter().enumerate() {
-            let docs = s.search(&*query, &DocSetCollector)?;
+            let mut docs: Vec<DocAddress> = s.search(&*query, &DocSetCollector)?.into_iter().collect();
+            docs.sort();
+            let mut column: Option<(u32, tantivy::columnar::Column<u64>)> = None;
             for addr in docs {
-                let col = s.segment_reader(addr.segment_ord).fast_fields().u64(order_field)?;
-                hits.push((col.first(addr.doc_id).unwrap_or(0), i, addr));
+                if column.as_ref().is_none_or(|(ord, _)| *ord != addr.segment_ord) {
+                    column =
+                        Some((addr.segment_ord, s.segment_reader(addr.segment_ord).fast_fields().u64(order_field)?));
+                }
+                let ord = column.as_ref().and_then(|(_, c)| c.first(addr.doc_id)).unwrap_or(0);
+                hits.push((ord, i, addr));
             }
         }
         hits.sort_by_key(|h| h.0);
@@ -466,20 +472,33 @@ impl SegmentedIndex {
     }
 }
 
-/// Counts matching documents per time bucket (the time fast field divided by `bucket_ns`).
+/// Counts matching documents per time bucket (the time fast field divided by `bucket_ns`), into
+/// a dense vector: bucket `i` starts at `(first + i) * bucket_ns`.
 struct Histogram {
     field: String,
     bucket_ns: u64,
+    first: u64,
+    buckets: usize,
 }
 
 struct HistogramSegment {
     column: tantivy::columnar::Column<u64>,
     bucket_ns: u64,
-    counts: std::collections::HashMap<u64, u64>,
+    first: u64,
+    counts: Vec<u64>,
+    buf: Vec<Option<u64>>,
+}
+
+impl HistogramSegment {
+    fn add(&mut self, t: u64) {
+        if let Some(c) = (t / self.bucket_ns).checked_sub(self.first).and_then(|i| self.counts.get_mut(i as usize)) {
+            *c += 1;
+        }
+    }
 }
 
 impl tantivy::collector::Collector for Histogram {
-    type Fruit = std::collections::HashMap<u64, u64>;
+    type Fruit = Vec<u64>;
     type Child = HistogramSegment;
 
     fn for_segment(
@@ -490,7 +509,9 @@ impl tantivy::collector::Collector for Histogram {
         Ok(HistogramSegment {
             column: segment.fast_fields().u64(&self.field)?,
             bucket_ns: self.bucket_ns,
-            counts: Default::default(),
+            first: self.first,
+            counts: vec![0; self.buckets],
+            buf: Vec::new(),
         })
     }
 
@@ -499,10 +520,10 @@ impl tantivy::collector::Collector for Histogram {
     }
 
     fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
-        let mut all = std::collections::HashMap::new();
+        let mut all = vec![0; self.buckets];
         for f in fruits {
-            for (k, v) in f {
-                *all.entry(k).or_insert(0) += v;
+            for (a, b) in all.iter_mut().zip(f) {
+                *a += b;
             }
         }
         Ok(all)
@@ -510,12 +531,24 @@ impl tantivy::collector::Collector for Histogram {
 }
 
 impl tantivy::collector::SegmentCollector for HistogramSegment {
-    type Fruit = std::collections::HashMap<u64, u64>;
+    type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: tantivy::DocId, _: tantivy::Score) {
         if let Some(t) = self.column.first(doc) {
-            *self.counts.entry(t / self.bucket_ns * self.bucket_ns).or_insert(0) += 1;
+            self.add(t);
         }
+    }
+
+    fn collect_block(&mut self, docs: &[tantivy::DocId]) {
+        // One columnar read per block instead of one per document.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(docs.len(), None);
+        self.column.first_vals(docs, &mut buf);
+        for t in buf.iter().flatten() {
+            self.add(*t);
+        }
+        self.buf = buf;
     }
 
     fn harvest(self) -> Self::Fruit {
@@ -554,19 +587,38 @@ impl SegmentedIndex {
         Ok(out)
     }
 
-    /// Number of matching documents per bucket of `bucket_ns` (bucket start -> count).
+    /// Number of matching documents per bucket of `bucket_ns` (bucket start -> count, non-empty
+    /// buckets only).
     pub fn histogram(
         &self,
         query: Box<dyn Query>,
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<std::collections::BTreeMap<u64, u64>, StoreError> {
+        let bucket_ns = bucket_ns.max(1);
+        // Clamp an open-ended range to the data actually held.
+        let view = self.view.read().clone();
+        let (lo, hi) = view
+            .iter()
+            .filter(|s| s.entry.docs > 0)
+            .fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.entry.min_time), hi.max(s.entry.max_time)));
+        let (start, end) = (time.start_ns.max(lo), time.end_ns.min(hi.saturating_add(1)));
+        if start >= end {
+            return Ok(Default::default());
+        }
+        let first = start / bucket_ns;
+        let buckets = ((end - 1) / bucket_ns - first + 1) as usize;
+        if buckets > 1_000_000 {
+            return Err(StoreError::InvalidQuery(format!("histogram of {buckets} buckets: use a larger bucket")));
+        }
         let query = self.with_time(query, time)?;
-        let collector = Histogram { field: self.time_field.clone(), bucket_ns: bucket_ns.max(1) };
+        let collector = Histogram { field: self.time_field.clone(), bucket_ns, first, buckets };
         let mut out = std::collections::BTreeMap::new();
         for s in self.searchers(time) {
-            for (k, v) in s.search(&*query, &collector)? {
-                *out.entry(k).or_insert(0) += v;
+            for (i, n) in s.search(&*query, &collector)?.into_iter().enumerate() {
+                if n > 0 {
+                    *out.entry((first + i as u64) * bucket_ns).or_insert(0) += n;
+                }
             }
         }
         Ok(out)

@@ -233,7 +233,9 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
         measure("newest 100 log lines matching \"reset\"", "p50 <= 30 ms", REPEAT / 2, |_| {
             let q = query.clone();
             async move {
-                Ok(q.find_logs(LogQuery { predicate: LogPredicate::Text("reset".into()), time: range, limit: 100 }).await?.len())
+                Ok(q.find_logs(LogQuery { predicate: LogPredicate::Text("reset".into()), time: range, limit: 100 })
+                    .await?
+                    .len())
             }
         })
         .await?,

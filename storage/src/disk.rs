@@ -39,6 +39,10 @@ const METRICS_FLUSH_BYTES: usize = 32 << 20;
 /// Writes are refused while the oldest batch waiting for its indexer has waited this long, so
 /// that acknowledged data stays searchable within the 2 s bound (wait + commit interval + commit).
 const MAX_INDEX_LAG: Duration = Duration::from_millis(400);
+/// Indexing work admitted ahead of the indexer, at its measured rate.
+const MAX_BACKLOG: Duration = Duration::from_millis(300);
+/// ... but never fewer items than this (before the rate is known, and for small stores).
+const MIN_BACKLOG_ITEMS: u64 = 8192;
 /// Time between retention passes.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -61,6 +65,8 @@ struct Inner {
     wal_bytes: [Box<dyn Fn() -> u64 + Send + Sync>; 3],
     pending_bytes: AtomicU64,
     pending_items: [AtomicU64; 3],
+    /// Measured indexing capacity per signal, items per busy second (0: not measured yet).
+    index_rate: [AtomicU64; 3],
     /// Times at which the batches waiting for each indexer were acknowledged, oldest first.
     queued_since: [Mutex<std::collections::VecDeque<Instant>>; 3],
     closed: AtomicBool,
@@ -200,6 +206,7 @@ impl DiskStore {
             pending_bytes: AtomicU64::new(0),
             pending_items: Default::default(),
             queued_since: Default::default(),
+            index_rate: Default::default(),
             closed: AtomicBool::new(false),
         });
         let store = DiskStore { inner, threads: Mutex::new(Vec::new()), stop: Arc::new(AtomicBool::new(false)) };
@@ -284,8 +291,14 @@ impl Writer for DiskStore {
             Batch::Metrics(r) => r.encoded_len(),
         } as u64;
         let items = batch.item_count() as u64;
+        // Admit at most about MAX_BACKLOG of indexing work, at the measured capacity, so bursts
+        // cannot queue more than the indexer clears within the searchable bound.
+        let pending = inner.pending_items[idx(signal)].load(Ordering::SeqCst);
+        let rate = inner.index_rate[idx(signal)].load(Ordering::Relaxed);
+        let backlog_cap = ((rate as f64 * MAX_BACKLOG.as_secs_f64()) as u64).max(MIN_BACKLOG_ITEMS);
         if signal != Signal::Metrics
-            && inner.queued_since[idx(signal)].lock().front().is_some_and(|t| t.elapsed() > MAX_INDEX_LAG)
+            && ((pending > 0 && pending + items > backlog_cap)
+                || inner.queued_since[idx(signal)].lock().front().is_some_and(|t| t.elapsed() > MAX_INDEX_LAG))
         {
             return Box::pin(futures::future::ready(Err(StoreError::Overloaded {
                 retry_after: Duration::from_secs(1),
@@ -354,10 +367,23 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
     };
     let mut deadline = Instant::now() + interval;
     let mut docs: Vec<(TantivyDocument, u64)> = Vec::new();
+    // Capacity estimate: items per second of busy time (indexing and committing), not per
+    // second of wall time, so an idle indexer does not look slow.
+    let (mut busy, mut done, mut window) = (Duration::ZERO, 0u64, Instant::now());
     loop {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let msg = rx.recv_timeout(timeout);
         let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
+        if window.elapsed() >= Duration::from_secs(1) {
+            if busy >= Duration::from_millis(100) {
+                let rate = done as f64 / busy.as_secs_f64();
+                let old = inner.index_rate[idx(signal)].load(Ordering::Relaxed) as f64;
+                let ewma = if old == 0.0 { rate } else { 0.7 * old + 0.3 * rate };
+                inner.index_rate[idx(signal)].store(ewma as u64, Ordering::Relaxed);
+            }
+            (busy, done, window) = (Duration::ZERO, 0, Instant::now());
+        }
+        let started = Instant::now();
         if let Ok(job) = msg {
             inner.queued_since[idx(signal)].lock().pop_front();
             let (seq, bytes, items) = (job.seq, job.bytes, job.items);
@@ -365,15 +391,21 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
                 tracing::error!(signal = signal.as_str(), seq, error = %e, "indexing failed; the record stays in the write-ahead log");
             }
             release(inner, signal, bytes, items);
+            done += items;
+            busy += started.elapsed();
             let head_full = signal == Signal::Metrics && inner.metrics.head_bytes() >= METRICS_FLUSH_BYTES;
             if !head_full && Instant::now() < deadline {
                 continue;
             }
         }
+        let commit_started = Instant::now();
         if let Err(e) = commit(inner, signal) {
             tracing::error!(signal = signal.as_str(), error = %e, "commit failed");
         }
-        deadline = Instant::now() + interval;
+        busy += started.elapsed();
+        // Commits start every `interval` however long they take, which bounds the time from
+        // ack to searchable by about interval + commit time + backlog.
+        deadline = commit_started + interval;
         if disconnected {
             return;
         }

@@ -176,7 +176,13 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             }
             let mut parser = QueryParser::new(schema.clone(), vec![f.body], TokenizerManager::default());
             parser.set_conjunction_by_default();
-            parser.parse_query(text)?
+            match parser.parse_query(text) {
+                // tantivy refuses a query of exclusions only (`-debug`): it means "all but".
+                Err(tantivy::query::QueryParserError::AllButQueryForbidden) => {
+                    parser.parse_query(&format!("* {text}"))?
+                }
+                other => other?,
+            }
         }
         LogPredicate::Service(s) => term_query(Term::from_field_text(f.service, s)),
         LogPredicate::MinSeverity(n) => Box::new(RangeQuery::new(

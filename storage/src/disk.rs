@@ -785,6 +785,44 @@ mod tests {
     }
 
     #[test]
+    fn searches_do_not_hold_up_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(config(dir.path())).unwrap());
+        for n in 0..20 {
+            write_indexed(&store, spans_at(n, now_ns()));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let searches = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, stop, searches) = (store.clone(), stop.clone(), searches.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let q = SpanQuery { predicate: SpanPredicate::All, time: TimeRange::ALL, limit: 5000 };
+                        assert!(!store.find_spans(&q).unwrap().is_empty());
+                        searches.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        // Every write is acknowledged and indexed while the readers keep searching.
+        for n in 20..60 {
+            write_indexed(&store, spans_at(n, now_ns()));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert!(searches.load(Ordering::Relaxed) > 0);
+        let q = SpanQuery { predicate: SpanPredicate::All, time: TimeRange::ALL, limit: 100_000 };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.find_spans(&q).unwrap().len() < 60 * 200 {
+            assert!(Instant::now() < deadline, "writes made during searches became visible");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
     fn overload_is_refused_with_a_retryable_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(StoreConfig { max_pending_bytes: 1 << 20, ..config(dir.path()) }).unwrap();

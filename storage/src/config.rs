@@ -37,7 +37,7 @@ pub struct StoreConfig {
     pub max_disk_bytes: u64,
     /// Bytes of acknowledged-but-not-yet-indexed data held in memory before writes are refused.
     pub max_pending_bytes: u64,
-    /// Memory budget of each tantivy index writer.
+    /// Memory budget of each tantivy index writer (shared by its two indexing threads).
     pub index_memory_bytes: u64,
     /// An active segment is sealed once it covers this much time.
     #[serde(with = "humantime_serde")]

@@ -209,7 +209,7 @@ impl SegmentedIndex {
         fs::create_dir_all(&path)?;
         let mmap = tantivy::directory::MmapDirectory::open(&path).map_err(|e| StoreError::Index(e.to_string()))?;
         let index = Index::builder().schema(schema.clone()).settings(settings()).open_or_create(mmap)?;
-        let writer = index.writer_with_num_threads(1, opts.memory_bytes)?;
+        let writer = index.writer_with_num_threads(2, opts.memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let committed = match index.load_metas()?.payload {
             Some(p) => serde_json::from_str::<CommitPayload>(&p)

@@ -80,7 +80,7 @@ async fn fixture() -> Fixture {
         DiskStore::open(StoreConfig {
             data_dir: dir.path().to_path_buf(),
             commit_interval: Duration::from_millis(100),
-            index_memory_bytes: 15 << 20,
+            index_memory_bytes: 32 << 20,
             ..StoreConfig::default()
         })
         .unwrap(),

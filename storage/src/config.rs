@@ -81,8 +81,10 @@ impl StoreConfig {
         if self.max_pending_bytes < 1 << 20 {
             return Err("storage.max_pending_bytes must be at least 1 MiB".into());
         }
-        if self.index_memory_bytes < 15 << 20 {
-            return Err("storage.index_memory_bytes must be at least 15 MiB (tantivy's minimum)".into());
+        if self.index_memory_bytes < 32 << 20 {
+            return Err(
+                "storage.index_memory_bytes must be at least 32 MiB (two indexing threads, 15 MB each at least)".into(),
+            );
         }
         if self.segment_max_docs == 0 || self.segment_max_age.is_zero() {
             return Err("storage.segment_max_docs and storage.segment_max_age must be positive".into());

@@ -644,7 +644,7 @@ mod tests {
         StoreConfig {
             data_dir: dir.to_path_buf(),
             commit_interval: Duration::from_millis(100),
-            index_memory_bytes: 15 << 20,
+            index_memory_bytes: 32 << 20,
             ..StoreConfig::default()
         }
     }

@@ -184,7 +184,7 @@ pub async fn disk_with(batch: ExportLogsServiceRequest, n: usize) -> Harness {
     let config = StoreConfig {
         data_dir: dir.path().to_path_buf(),
         commit_interval: Duration::from_millis(50),
-        index_memory_bytes: 15 << 20,
+        index_memory_bytes: 32 << 20,
         ..StoreConfig::default()
     };
     let store = Arc::new(DiskStore::open(config).expect("open store"));

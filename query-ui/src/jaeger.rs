@@ -700,16 +700,7 @@ fn process(resource: &Resource) -> JProcess {
     if resource.attributes.is_empty() {
         return JProcess { service_name: NO_SERVICE_NAME.into(), tags: Vec::new() };
     }
-    let service_name = resource
-        .attributes
-        .iter()
-        .find(|kv| kv.key == "service.name")
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(Value::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
+    let service_name = obsbox_storage::service_name(Some(resource)).to_string();
     let mut tags: Vec<JTag> = resource.attributes.iter().filter(|kv| kv.key != "service.name").map(tag).collect();
     sort_tags(&mut tags);
     JProcess { service_name, tags }

@@ -495,23 +495,13 @@ struct LogJson {
 }
 
 fn log_time(e: &LogEntry) -> u64 {
-    if e.record.time_unix_nano != 0 { e.record.time_unix_nano } else { e.record.observed_time_unix_nano }
+    obsbox_storage::log_time(&e.record)
 }
 
 fn log_json(e: &LogEntry) -> LogJson {
     let id = |b: &[u8]| (!b.is_empty()).then(|| hex::encode(b));
     LogJson {
-        service: e
-            .resource
-            .attributes
-            .iter()
-            .find(|kv| kv.key == "service.name")
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| match &v.value {
-                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            })
-            .unwrap_or_default(),
+        service: obsbox_storage::service_name(Some(&e.resource)).to_string(),
         time_unix_nano: log_time(e).to_string(),
         record: to_json(&e.record),
         resource: to_json(&*e.resource),

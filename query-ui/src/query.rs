@@ -164,16 +164,7 @@ pub struct Dependency {
 
 /// `service.name` of a span's resource, or `""`.
 pub fn service_name(s: &SpanRecord) -> &str {
-    s.resource
-        .attributes
-        .iter()
-        .find(|kv| kv.key == "service.name")
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.as_str()),
-            _ => None,
-        })
-        .unwrap_or("")
+    obsbox_storage::service_name(Some(&s.resource))
 }
 
 fn is_error(s: &SpanRecord) -> bool {

@@ -160,7 +160,7 @@ pub(crate) fn attrs_have_key(attrs: &[KeyValue], key: &str) -> bool {
 }
 
 /// The `service.name` resource attribute, or `""`.
-pub(crate) fn service_name(resource: Option<&Resource>) -> &str {
+pub fn service_name(resource: Option<&Resource>) -> &str {
     resource
         .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
         .and_then(|kv| kv.value.as_ref())
@@ -171,7 +171,15 @@ pub(crate) fn service_name(resource: Option<&Resource>) -> &str {
         .unwrap_or("")
 }
 
-/// A value as text: strings as they are, other values in a JSON-like rendering.
+/// A value as the log index reads it (a body's full text): strings as they are, other values in
+/// a JSON-like rendering (`{key: value, ...}`, `[a, b]`).
+pub fn any_value_text(v: &AnyValue) -> String {
+    let mut out = String::new();
+    value_text(v, &mut out);
+    out
+}
+
+/// Appends [`any_value_text`] of `v` to `out`.
 pub(crate) fn value_text(v: &AnyValue, out: &mut String) {
     use std::fmt::Write;
     match &v.value {

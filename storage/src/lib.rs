@@ -40,3 +40,6 @@ pub use config::{FsyncPolicy, StoreConfig};
 pub use disk::DiskStore;
 pub use error::StoreError;
 pub use memory::MemStore;
+
+pub use attrs::{any_value_text, service_name};
+pub use memory::log_time;

@@ -250,7 +250,7 @@ impl MemStore {
 }
 
 /// The time a log record is searched by: its timestamp, or the observed time when that is 0.
-pub(crate) fn log_time(r: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> u64 {
+pub fn log_time(r: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> u64 {
     if r.time_unix_nano != 0 { r.time_unix_nano } else { r.observed_time_unix_nano }
 }
 

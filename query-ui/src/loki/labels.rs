@@ -41,62 +41,13 @@ pub(crate) fn sanitize(key: &str) -> String {
 /// The record's time: its timestamp, or its observed time when the timestamp is 0 (as the store
 /// indexes it).
 pub(crate) fn log_time(r: &LogRecord) -> u64 {
-    if r.time_unix_nano != 0 { r.time_unix_nano } else { r.observed_time_unix_nano }
+    obsbox_storage::log_time(r)
 }
 
 /// The log line: a string body as it is; other bodies rendered as the store indexes them
 /// (`{key: value, ...}`, `[a, b]`), so full-text pushdown sees the same words.
 pub(crate) fn line(r: &LogRecord) -> String {
-    let mut out = String::new();
-    if let Some(b) = &r.body {
-        value_text(b, &mut out);
-    }
-    out
-}
-
-fn value_text(v: &AnyValue, out: &mut String) {
-    use std::fmt::Write;
-    match &v.value {
-        None => {}
-        Some(Value::StringValue(s)) => out.push_str(s),
-        Some(Value::IntValue(i)) => {
-            let _ = write!(out, "{i}");
-        }
-        Some(Value::DoubleValue(f)) => {
-            let _ = write!(out, "{f}");
-        }
-        Some(Value::BoolValue(b)) => {
-            let _ = write!(out, "{b}");
-        }
-        Some(Value::BytesValue(b)) => out.push_str(&hex::encode(b)),
-        Some(Value::StringValueStrindex(i)) => {
-            let _ = write!(out, "strindex:{i}");
-        }
-        Some(Value::ArrayValue(a)) => {
-            out.push('[');
-            for (i, e) in a.values.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                value_text(e, out);
-            }
-            out.push(']');
-        }
-        Some(Value::KvlistValue(l)) => {
-            out.push('{');
-            for (i, kv) in l.values.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&kv.key);
-                out.push_str(": ");
-                if let Some(v) = &kv.value {
-                    value_text(v, out);
-                }
-            }
-            out.push('}');
-        }
-    }
+    r.body.as_ref().map(obsbox_storage::any_value_text).unwrap_or_default()
 }
 
 fn string_value(kv: &KeyValue) -> Option<&str> {

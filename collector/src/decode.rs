@@ -199,7 +199,7 @@ mod tests {
         for signal in [Signal::Traces, Signal::Logs, Signal::Metrics] {
             let b = decode(signal, Format::Json, b"{}").expect("json {} decodes");
             assert_eq!(b.signal(), signal);
-            assert_eq!(crate::validate::item_count(&b), 0);
+            assert_eq!(b.item_count(), 0);
             decode(signal, Format::Protobuf, b"").expect("empty protobuf decodes");
         }
     }

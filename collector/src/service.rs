@@ -134,7 +134,7 @@ impl Collector {
         for (reason, n) in rejections.by_reason() {
             telemetry.items_rejected(signal, reason, n);
         }
-        let valid = validate::item_count(&batch);
+        let valid = batch.item_count();
         if valid > 0 {
             if let Err(e) = self.inner.writer.write(batch).await {
                 let reason = match e {
@@ -191,7 +191,7 @@ fn decode_and_validate(
             decode::decode(signal, format, &inflated)?
         }
     };
-    let items = validate::item_count(&batch);
+    let items = batch.item_count();
     if items > limits.max_items_per_request {
         inner.telemetry.items_rejected(signal, RejectReason::Limit, items);
         return Err(IngestError::invalid(format!(

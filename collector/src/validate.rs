@@ -8,7 +8,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -150,32 +149,6 @@ pub(crate) fn item_noun(signal: Signal, n: usize) -> &'static str {
     }
 }
 
-/// Number of items (spans, log records, data points) in the batch.
-pub(crate) fn item_count(batch: &Batch) -> usize {
-    match batch {
-        Batch::Traces(r) => r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum(),
-        Batch::Logs(r) => r.resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum(),
-        Batch::Metrics(r) => r
-            .resource_metrics
-            .iter()
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
-            .map(metric_point_count)
-            .sum(),
-    }
-}
-
-fn metric_point_count(metric: &Metric) -> usize {
-    match &metric.data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
-    }
-}
-
 /// Removes invalid items (and groups left empty) from the batch and counts them.
 pub(crate) fn validate(batch: &mut Batch, limits: &Limits) -> Rejections {
     let mut rejections = Rejections::default();
@@ -227,7 +200,7 @@ fn metrics(req: &mut ExportMetricsServiceRequest, limits: &Limits, rej: &mut Rej
                     Some(Data::Summary(s)) => s.data_points.retain(|p| check(&p.attributes)),
                     None => {}
                 }
-                metric_point_count(metric) > 0
+                obsbox_storage::metric_point_count(metric) > 0
             });
             !sm.metrics.is_empty()
         });
@@ -370,10 +343,10 @@ mod tests {
             vec![good_span(), span(vec![1; 15], vec![2; 8])],
             vec![span(vec![1; 16], vec![0; 8]), zero_trace, bad_parent, span(vec![1; 16], vec![])],
         ]);
-        assert_eq!(item_count(&batch), 6);
+        assert_eq!(batch.item_count(), 6);
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 5);
-        assert_eq!(item_count(&batch), 1);
+        assert_eq!(batch.item_count(), 1);
         let Batch::Traces(req) = &batch else { unreachable!() };
         assert_eq!(req.resource_spans.len(), 1, "the group left empty is removed");
         let msg = rej.message(Signal::Traces, &limits());
@@ -421,7 +394,7 @@ mod tests {
             traces_batch(vec![vec![too_many, long_nested, long_bytes, exactly_at_limits, event_attrs_do_not_count]]);
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 3);
-        assert_eq!(item_count(&batch), 2);
+        assert_eq!(batch.item_count(), 2);
         assert_eq!(rej.by_reason().map(|(_, n)| n).sum::<usize>(), 3);
         assert!(rej.by_reason().all(|(r, _)| r == RejectReason::Limit));
     }
@@ -457,7 +430,7 @@ mod tests {
         });
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 2);
-        assert_eq!(item_count(&batch), 2);
+        assert_eq!(batch.item_count(), 2);
         let msg = rej.message(Signal::Logs, &limits());
         assert!(msg.starts_with("2 log records rejected: trace_id must be empty or 16 bytes (1); "), "{msg}");
     }
@@ -465,7 +438,7 @@ mod tests {
     #[test]
     fn metric_points_are_validated_and_resource_limits_reject_the_group() {
         let point = |attrs: Vec<KeyValue>| NumberDataPoint { attributes: attrs, ..Default::default() };
-        let gauge = |points| Metric {
+        let gauge = |points| opentelemetry_proto::tonic::metrics::v1::Metric {
             name: "m".into(),
             data: Some(Data::Gauge(Gauge { data_points: points })),
             ..Default::default()
@@ -490,10 +463,10 @@ mod tests {
                 },
             ],
         });
-        assert_eq!(item_count(&batch), 5);
+        assert_eq!(batch.item_count(), 5);
         let rej = validate(&mut batch, &limits());
         assert_eq!(rej.total(), 4);
-        assert_eq!(item_count(&batch), 1);
+        assert_eq!(batch.item_count(), 1);
         let Batch::Metrics(req) = &batch else { unreachable!() };
         assert_eq!(req.resource_metrics.len(), 1);
         assert_eq!(req.resource_metrics[0].scope_metrics[0].metrics.len(), 1, "emptied metric removed");

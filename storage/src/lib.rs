@@ -43,3 +43,4 @@ pub use memory::MemStore;
 
 pub use attrs::{any_value_text, service_name};
 pub use memory::log_time;
+pub use metrics::point_count as metric_point_count;

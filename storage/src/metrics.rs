@@ -88,7 +88,7 @@ const BLOCK_PREFIX_LEN: u64 = format::HEADER_LEN as u64 + 8;
 /// Number of data points in a metric (any of gauge/sum/histogram/exponential histogram/summary).
 ///
 /// A metric without data has none.
-pub(crate) fn point_count(m: &Metric) -> usize {
+pub fn point_count(m: &Metric) -> usize {
     match &m.data {
         Some(Data::Gauge(g)) => g.data_points.len(),
         Some(Data::Sum(s)) => s.data_points.len(),

@@ -29,7 +29,7 @@ use crate::logs::{self, LogFields};
 use crate::metrics::MetricsStore;
 use crate::segments::{SegmentOptions, SegmentedIndex};
 use crate::spans::{self, SpanFields};
-use crate::wal::{Wal, WalOptions, WalRecord};
+use crate::wal::{Wal, WalOptions, WalRecord, WalSize};
 use crate::{StoreConfig, StoreError};
 
 /// Flush the metrics head to a block at least this often, so the metrics WAL stays short.
@@ -62,7 +62,7 @@ struct Inner {
     metrics: MetricsStore,
     wals: [Mutex<Option<Wal>>; 3],
     senders: Mutex<Option<[mpsc::Sender<Job>; 3]>>,
-    wal_bytes: [Box<dyn Fn() -> u64 + Send + Sync>; 3],
+    wal_sizes: [WalSize; 3],
     pending_bytes: AtomicU64,
     pending_items: [AtomicU64; 3],
     /// Measured indexing capacity per signal, items per busy second (0: not measured yet).
@@ -189,12 +189,8 @@ impl DiskStore {
             );
         }
 
-        let sizes = |w: &Wal| {
-            let w = w.clone();
-            Box::new(move || w.disk_bytes()) as Box<dyn Fn() -> u64 + Send + Sync>
-        };
         let inner = Arc::new(Inner {
-            wal_bytes: [sizes(&span_wal), sizes(&log_wal), sizes(&metric_wal)],
+            wal_sizes: [span_wal.size(), log_wal.size(), metric_wal.size()],
             wals: [Mutex::new(Some(span_wal)), Mutex::new(Some(log_wal)), Mutex::new(Some(metric_wal))],
             config,
             spans: spans_idx,
@@ -618,7 +614,7 @@ impl Reader for DiskStore {
     fn stats(&self) -> StoreStats {
         let i = &self.inner;
         StoreStats {
-            wal_bytes: i.wal_bytes.iter().map(|f| f()).sum(),
+            wal_bytes: i.wal_sizes.iter().map(WalSize::bytes).sum(),
             index_bytes: vec![
                 (Signal::Traces, i.spans.disk_bytes()),
                 (Signal::Logs, i.logs.disk_bytes()),

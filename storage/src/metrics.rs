@@ -493,43 +493,10 @@ trait DataPoint: Message + Default + Clone + Sized {
     fn vec_mut(points: &mut Points) -> Option<&mut Vec<Self>>;
 }
 
-impl DataPoint for NumberDataPoint {
-    const HAS_VALUE: bool = true;
-    fn time(&self) -> u64 {
-        self.time_unix_nano
-    }
-    fn set_time(&mut self, t: u64) {
-        self.time_unix_nano = t;
-    }
-    fn start(&self) -> u64 {
-        self.start_time_unix_nano
-    }
-    fn set_start(&mut self, t: u64) {
-        self.start_time_unix_nano = t;
-    }
-    fn attributes(&self) -> &[KeyValue] {
-        &self.attributes
-    }
-    fn attributes_mut(&mut self) -> &mut Vec<KeyValue> {
-        &mut self.attributes
-    }
-    fn take_value(&mut self) -> Option<number_data_point::Value> {
-        self.value.take()
-    }
-    fn set_value(&mut self, v: Option<number_data_point::Value>) {
-        self.value = v;
-    }
-    fn vec_mut(points: &mut Points) -> Option<&mut Vec<Self>> {
-        match points {
-            Points::Number(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
 macro_rules! impl_data_point {
-    ($t:ty, $variant:ident) => {
+    ($t:ty, $variant:ident $(, $extra:item)*) => {
         impl DataPoint for $t {
+            $($extra)*
             fn time(&self) -> u64 {
                 self.time_unix_nano
             }
@@ -558,6 +525,17 @@ macro_rules! impl_data_point {
     };
 }
 
+impl_data_point!(
+    NumberDataPoint,
+    Number,
+    const HAS_VALUE: bool = true;,
+    fn take_value(&mut self) -> Option<number_data_point::Value> {
+        self.value.take()
+    },
+    fn set_value(&mut self, v: Option<number_data_point::Value>) {
+        self.value = v;
+    }
+);
 impl_data_point!(HistogramDataPoint, Histogram);
 impl_data_point!(ExponentialHistogramDataPoint, ExponentialHistogram);
 impl_data_point!(SummaryDataPoint, Summary);

@@ -76,6 +76,16 @@ pub(crate) struct Wal {
     shared: Arc<Shared>,
 }
 
+/// Reads the size of a log; outlives the [`Wal`] handles without holding the log open.
+pub(crate) struct WalSize(Arc<Shared>);
+
+impl WalSize {
+    /// Bytes of log on disk.
+    pub fn bytes(&self) -> u64 {
+        self.0.files.lock().iter().map(|f| f.bytes).sum()
+    }
+}
+
 /// Settings of one log.
 #[derive(Clone, Debug)]
 pub(crate) struct WalOptions {
@@ -169,15 +179,9 @@ impl Wal {
         Ok(())
     }
 
-    /// Bytes of log on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.shared.files.lock().iter().map(|f| f.bytes).sum()
-    }
-
-    /// The log directory.
-    #[allow(dead_code)]
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
+    /// A handle that reads the log's size without keeping the writer thread alive.
+    pub fn size(&self) -> WalSize {
+        WalSize(self.shared.clone())
     }
 }
 

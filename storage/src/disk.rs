@@ -124,6 +124,7 @@ impl DiskStore {
             &root.join("traces"),
             Signal::Traces,
             span_schema,
+            spans::SCHEMA_VERSION,
             spans::TIME_FIELD,
             span_fields.data,
             seg_opts.clone(),
@@ -133,6 +134,7 @@ impl DiskStore {
             &root.join("logs"),
             Signal::Logs,
             log_schema,
+            logs::SCHEMA_VERSION,
             logs::TIME_FIELD,
             log_fields.data,
             seg_opts,
@@ -736,6 +738,25 @@ mod tests {
                 ..Default::default()
             }],
         })
+    }
+
+    #[test]
+    fn a_span_index_of_an_older_schema_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        drop(store);
+        // A metastore as the previous schema wrote it: no `schema_version` key.
+        let path = dir.path().join("traces/metastore");
+        let raw = std::fs::read(&path).unwrap();
+        let (header, json) = raw.split_at(crate::format::HEADER_LEN);
+        let mut meta: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(meta["schema_version"], spans::SCHEMA_VERSION);
+        meta.as_object_mut().unwrap().remove("schema_version");
+        std::fs::write(&path, [header, &serde_json::to_vec(&meta).unwrap()].concat()).unwrap();
+        let err = DiskStore::open(config(dir.path())).err().expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("schema version 1") && msg.contains("reads version 2"), "{msg}");
     }
 
     #[test]

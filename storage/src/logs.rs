@@ -1,9 +1,10 @@
 //! The log index: tantivy schema, documents and queries.
 //!
-//! Each log record is one document. Indexed: time (timestamp, or observed time when 0),
-//! observed time, severity number and text, service name, the body as full text (tantivy's
-//! default tokenizer, with positions for phrase queries), trace id, span id, and record/resource
-//! attributes as typed terms (see [`crate::attrs`]). Stored: the record with its resource and
+//! Each log record is one document. Indexed: severity number and text, service name, the body as
+//! full text (tantivy's default tokenizer, with positions for phrase queries), trace id, span id,
+//! and record/resource attributes as typed terms (see [`crate::attrs`]). Time (timestamp, or
+//! observed time when 0) and observed time are fast fields only (range queries read the column).
+//! Stored: the record with its resource and
 //! scope as an OTLP `LogsData` message.
 
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub(crate) struct LogFields {
 
 /// Name of the time field (Unix ns).
 pub(crate) const TIME_FIELD: &str = "time";
+/// Version of [`schema`]; bumped when a change makes older segments unreadable.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 /// Longest query text accepted.
 const MAX_QUERY_LEN: usize = 4096;
 
@@ -55,8 +58,8 @@ pub(crate) fn schema() -> (Schema, LogFields) {
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let fields = LogFields {
-        time: b.add_u64_field(TIME_FIELD, INDEXED | FAST),
-        observed: b.add_u64_field("observed", INDEXED | FAST),
+        time: b.add_u64_field(TIME_FIELD, FAST),
+        observed: b.add_u64_field("observed", FAST),
         severity: b.add_u64_field("severity", INDEXED | FAST),
         severity_text: b.add_text_field("severity_text", STRING | FAST),
         service: b.add_text_field("service", STRING | FAST),

@@ -57,6 +57,10 @@ struct SegmentEntry {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Metastore {
     signal: Option<Signal>,
+    /// Version of the signal's tantivy schema the segments were written with (1 when absent:
+    /// metastores from before the field existed).
+    #[serde(default = "schema_v1")]
+    schema_version: u32,
     next_id: u64,
     segments: Vec<SegmentEntry>,
 }
@@ -124,11 +128,14 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 impl SegmentedIndex {
     /// Opens or creates the index in `dir`. `data_field` is the stored bytes field readers get
-    /// back; `time_field` a u64 fast + indexed field holding each document's time.
+    /// back; `time_field` a u64 fast field holding each document's time. `schema_version`
+    /// identifies `schema`: a directory written with another version is refused, not misread.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: &Path,
         signal: Signal,
         schema: Schema,
+        schema_version: u32,
         time_field: &str,
         data_field: Field,
         opts: SegmentOptions,
@@ -138,10 +145,22 @@ impl SegmentedIndex {
         let mut meta = if meta_path.exists() {
             let raw = fs::read(&meta_path)?;
             format::check_header(&raw, &meta_path, META_MAGIC, META_VERSION)?;
-            serde_json::from_slice::<Metastore>(&raw[format::HEADER_LEN..])
-                .map_err(|e| StoreError::corrupt(&meta_path, e.to_string()))?
+            let meta = serde_json::from_slice::<Metastore>(&raw[format::HEADER_LEN..])
+                .map_err(|e| StoreError::corrupt(&meta_path, e.to_string()))?;
+            if meta.schema_version != schema_version {
+                return Err(StoreError::corrupt(
+                    &meta_path,
+                    format!(
+                        "{} index written with schema version {}, this obsbox reads version {schema_version}; \
+                         move the data directory aside to start a new store",
+                        signal.as_str(),
+                        meta.schema_version
+                    ),
+                ));
+            }
+            meta
         } else {
-            Metastore { signal: Some(signal), next_id: 1, segments: Vec::new() }
+            Metastore { signal: Some(signal), schema_version, next_id: 1, segments: Vec::new() }
         };
         // Segment directories the metastore does not list were being created during a crash.
         let listed: Vec<PathBuf> = meta.segments.iter().map(|s| seg_dir(dir, s.id)).collect();
@@ -650,6 +669,10 @@ impl SegmentedIndex {
         hits.truncate(limit);
         Ok(hits)
     }
+}
+
+fn schema_v1() -> u32 {
+    1
 }
 
 /// The smallest byte string greater than every string starting with `prefix`.

@@ -1,8 +1,11 @@
 //! The span index: tantivy schema, documents and queries.
 //!
-//! Each span is one document. Indexed: trace id, span id, parent id (and a root flag), service
-//! name, span name, kind, status code, start time, duration, and span/resource attributes as
-//! typed `key\0value` terms (see [`crate::attrs`]) with their keys for existence. Stored: the span
+//! Each span is one document. Indexed: trace id, a root flag, service name, span name, kind,
+//! status code, and span/resource attributes as typed `key\0value` terms (see [`crate::attrs`])
+//! with their keys for existence. Span id, parent span id, start time and duration are fast
+//! fields only: tantivy answers range (and equality) queries on them from the column, while
+//! indexing them would add nearly unique terms per span, the costliest part of building the
+//! term dictionary at each commit and merge. Stored: the span
 //! with its resource and scope as an OTLP `TracesData` message, so a read returns exactly what
 //! was written.
 
@@ -41,6 +44,9 @@ pub(crate) struct SpanFields {
     pub data: Field,
 }
 
+/// Version of [`schema`]; bumped when a change makes older segments unreadable.
+/// 2: span and parent ids became u64 fast fields instead of indexed bytes.
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 /// Name of the time field (span start, Unix ns).
 pub(crate) const TIME_FIELD: &str = "start";
 /// Name of the trace id field.
@@ -53,15 +59,15 @@ pub(crate) fn schema() -> (Schema, SpanFields) {
     let mut b = Schema::builder();
     let fields = SpanFields {
         trace_id: b.add_bytes_field(TRACE_ID_FIELD, INDEXED | FAST),
-        span_id: b.add_bytes_field("span_id", INDEXED),
-        parent_id: b.add_bytes_field("parent_id", INDEXED),
+        span_id: b.add_u64_field("span_id", FAST),
+        parent_id: b.add_u64_field("parent_id", FAST),
         root: b.add_bool_field("root", INDEXED),
         service: b.add_text_field("service", STRING | FAST),
         name: b.add_text_field("name", STRING | FAST),
         kind: b.add_u64_field("kind", INDEXED | FAST),
         status: b.add_u64_field("status", INDEXED | FAST),
-        start: b.add_u64_field(TIME_FIELD, INDEXED | FAST),
-        duration: b.add_u64_field("duration", INDEXED | FAST),
+        start: b.add_u64_field(TIME_FIELD, FAST),
+        duration: b.add_u64_field("duration", FAST),
         attr: b.add_text_field("attr", STRING),
         attr_key: b.add_text_field("attr_key", STRING),
         res: b.add_text_field("res", STRING),
@@ -95,11 +101,13 @@ pub(crate) fn documents(
             for span in ss.spans {
                 let mut doc = TantivyDocument::new();
                 doc.add_bytes(f.trace_id, &span.trace_id);
-                doc.add_bytes(f.span_id, &span.span_id);
+                if let Some(id) = id_u64(&span.span_id) {
+                    doc.add_u64(f.span_id, id);
+                }
                 if span.parent_span_id.is_empty() {
                     doc.add_bool(f.root, true);
-                } else {
-                    doc.add_bytes(f.parent_id, &span.parent_span_id);
+                } else if let Some(id) = id_u64(&span.parent_span_id) {
+                    doc.add_u64(f.parent_id, id);
                 }
                 doc.add_text(f.service, &service);
                 doc.add_text(f.name, &span.name);
@@ -136,6 +144,23 @@ pub(crate) fn documents(
                 out.push((doc, start));
             }
         }
+    }
+}
+
+/// A span id as the u64 its fast field holds; `None` unless it has the 8 bytes OTLP requires.
+fn id_u64(id: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
+/// Documents whose u64 fast field equals `id` (read from the column: span ids are nearly unique,
+/// and a term per span would cost more to index than these rare lookups cost to scan).
+fn id_query(field: Field, id: &[u8]) -> Box<dyn Query> {
+    match id_u64(id) {
+        Some(v) => Box::new(RangeQuery::new(
+            std::ops::Bound::Included(Term::from_field_u64(field, v)),
+            std::ops::Bound::Included(Term::from_field_u64(field, v)),
+        )),
+        None => Box::new(EmptyQuery),
     }
 }
 
@@ -191,9 +216,9 @@ pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Result<Box<dyn Query>,
     Ok(match p {
         SpanPredicate::All => Box::new(AllQuery),
         SpanPredicate::TraceId(id) => term_query(Term::from_field_bytes(f.trace_id, id)),
-        SpanPredicate::SpanId(id) => term_query(Term::from_field_bytes(f.span_id, id)),
+        SpanPredicate::SpanId(id) => id_query(f.span_id, id),
         SpanPredicate::ParentSpanId(id) if id.is_empty() => term_query(Term::from_field_bool(f.root, true)),
-        SpanPredicate::ParentSpanId(id) => term_query(Term::from_field_bytes(f.parent_id, id)),
+        SpanPredicate::ParentSpanId(id) => id_query(f.parent_id, id),
         SpanPredicate::Service(s) => term_query(Term::from_field_text(f.service, s)),
         SpanPredicate::Name(s) => term_query(Term::from_field_text(f.name, s)),
         SpanPredicate::Kind(k) => term_query(Term::from_field_u64(f.kind, (*k).max(0) as u64)),

@@ -187,6 +187,7 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
     assert_eq!(find(SpanPredicate::TraceId(id16(1))), vec![9, 8, 7, 6, 5]);
     assert_eq!(find(SpanPredicate::SpanId(id8(7))), vec![7]);
     assert_eq!(find(SpanPredicate::ParentSpanId(id8(7))), vec![8]);
+    assert!(find(SpanPredicate::SpanId(vec![0, 7])).is_empty(), "an id of the wrong length matches nothing");
     assert_eq!(find(SpanPredicate::ParentSpanId(vec![])), vec![15, 10, 5, 0], "roots");
     assert_eq!(find(SpanPredicate::Name("op-1".into())), vec![19, 16, 13, 10, 7, 4, 1]);
     assert_eq!(find(SpanPredicate::Kind(2)), vec![16, 11, 6, 1]);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's checks, as CI runs them (.ci/run): formatting, clippy, and every test, including
 # the end-to-end tests that drive the Python OpenTelemetry SDK (from .venv, created here from
-# tests/python/requirements.txt). Runnable from any directory.
+# tests/python/requirements.txt), headless Chromium, Prometheus and RabbitMQ (Debian packages,
+# installed here when missing). Runnable from any directory.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +23,18 @@ fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
+# Real peers of the end-to-end tests: headless Chromium + ChromeDriver (web UI), Prometheus and
+# promtool (scrape, remote write, PromQL differential), RabbitMQ (the demo's broker). The tests
+# start them on loopback themselves and stop them after.
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
+[ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install the Rust toolchain (rustup) first" >&2
     exit 1

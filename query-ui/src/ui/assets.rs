@@ -45,6 +45,8 @@ const JS: &str = "text/javascript; charset=utf-8";
 static ASSETS: &[Asset] = &[
     Asset::new("style.css", CSS, include_bytes!("../../assets/style.css")),
     Asset::new("common.js", JS, include_bytes!("../../assets/common.js")),
+    Asset::new("search.js", JS, include_bytes!("../../assets/search.js")),
+    Asset::new("logs.js", JS, include_bytes!("../../assets/logs.js")),
 ];
 
 fn find(name: &str) -> Option<&'static Asset> {

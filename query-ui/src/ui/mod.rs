@@ -16,11 +16,15 @@
 //!   from classes ([`svc_class`] for services), sizes from SVG attributes or CSSOM in scripts.
 
 mod assets;
+pub(crate) mod fmt;
+mod logs;
+mod map;
 pub(crate) mod range;
+mod red;
+mod search;
 mod services;
+pub(crate) mod svg;
 mod trace;
-
-use std::fmt;
 
 use askama::Template;
 use axum::Router;
@@ -31,6 +35,7 @@ use serde::Serialize;
 
 use crate::AppState;
 use crate::query::QueryError;
+use obsbox_storage::StoreError;
 
 pub(crate) use assets::url as asset_url;
 
@@ -44,6 +49,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", get(|| async { Redirect::to("/services") }))
         .route("/static/{name}", get(assets::serve))
         .merge(services::routes())
+        .merge(search::routes())
+        .merge(logs::routes())
+        .merge(map::routes())
         .merge(trace::routes())
         .layer(axum::middleware::map_response(security_headers))
 }
@@ -59,7 +67,6 @@ async fn security_headers(mut resp: Response) -> Response {
 
 /// The entries of the top navigation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // until the logs and map pages land
 pub(crate) enum Nav {
     Services,
     Traces,
@@ -165,6 +172,19 @@ impl IntoResponse for UiError {
     }
 }
 
+/// Runs a store read on the blocking pool (store reads must not block the runtime's threads).
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, UiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| UiError::from(QueryError::from(e))),
+        Err(e) => {
+            tracing::error!(error = %e, "store read task failed");
+            Err(UiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: "internal error".into() })
+        }
+    }
+}
+
 /// Number of service colour classes (`sc0`..`sc19` in `style.css`).
 const SERVICE_COLOURS: u32 = 20;
 
@@ -184,7 +204,6 @@ pub(crate) fn svc_class(name: &str) -> String {
 /// askama leaves it unescaped (it is [`askama::filters::HtmlSafe`]).
 pub(crate) struct ScriptJson(String);
 
-#[allow(dead_code)] // until the logs page lands
 impl ScriptJson {
     /// `value` serialised and escaped.
     pub(crate) fn new(value: &impl Serialize) -> ScriptJson {
@@ -204,8 +223,8 @@ impl ScriptJson {
     }
 }
 
-impl fmt::Display for ScriptJson {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Display for ScriptJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }

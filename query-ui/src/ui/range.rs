@@ -98,7 +98,6 @@ pub(crate) fn display_time(t_ns: u64) -> String {
     s.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
-#[allow(dead_code)] // until the logs page lands
 impl UiRange {
     /// The URL query pairs that select this range again.
     pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
@@ -109,12 +108,12 @@ impl UiRange {
     }
 
     /// Value of the `from` input (the absolute start, also shown in relative mode).
-    pub(crate) fn from_value(&self) -> String {
+    pub(crate) fn start_value(&self) -> String {
         input_value(self.time.start_ns)
     }
 
     /// Value of the `to` input.
-    pub(crate) fn to_value(&self) -> String {
+    pub(crate) fn end_value(&self) -> String {
         input_value(self.time.end_ns)
     }
 
@@ -166,7 +165,7 @@ mod tests {
         let r = params(Some("1h"), Some("2024-05-01T10:00"), Some("2024-05-01T10:30:15Z")).parse("1h").unwrap();
         assert_eq!(r.relative, None);
         assert_eq!(r.len_ns(), (30 * 60 + 15) * 1_000_000_000);
-        assert_eq!(r.from_value(), "2024-05-01T10:00:00");
+        assert_eq!(r.start_value(), "2024-05-01T10:00:00");
         // the round trip through the URL gives the same range
         let pairs = r.pairs();
         let again = params(None, Some(&pairs[0].1), Some(&pairs[1].1)).parse("1h").unwrap();

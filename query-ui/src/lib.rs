@@ -41,6 +41,8 @@ pub struct AppState {
     pub store_metrics: Arc<StoreMetrics>,
     /// The query service every API goes through.
     pub query: QueryService,
+    /// Traces the trace view laid out recently.
+    pub(crate) trace_cache: Arc<ui::trace::TraceCache>,
 }
 
 impl AppState {
@@ -52,7 +54,7 @@ impl AppState {
     ) -> Result<Self, prometheus::Error> {
         let store_metrics = Arc::new(StoreMetrics::register(&registry)?);
         let query = QueryService::new(reader.clone());
-        Ok(AppState { reader, registry, ready, store_metrics, query })
+        Ok(AppState { reader, registry, ready, store_metrics, query, trace_cache: Default::default() })
     }
 }
 

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
@@ -153,6 +154,14 @@ pub struct UiTest {
     // Declared last: removed after the processes using them are gone.
     profile: tempfile::TempDir,
     data: tempfile::TempDir,
+    _one_at_a_time: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Browser tests run one at a time: several Chromiums at once on a small machine make the
+/// timings they assert meaningless.
+fn browser_lock() -> Arc<tokio::sync::Mutex<()>> {
+    static LOCK: OnceLock<Arc<tokio::sync::Mutex<()>>> = OnceLock::new();
+    LOCK.get_or_init(|| Arc::new(tokio::sync::Mutex::new(()))).clone()
 }
 
 impl UiTest {
@@ -172,6 +181,7 @@ impl UiTest {
                 );
             }
         }
+        let one_at_a_time = browser_lock().lock_owned().await;
         let data = tempfile::tempdir().expect("temp data dir");
         let obsbox = common::start_obsbox(data.path()).await;
         let base_url = format!("http://{}", obsbox.http_addr());
@@ -204,7 +214,16 @@ impl UiTest {
                 panic!("cannot start a Chromium session through chromedriver: {e}; chromedriver log tail:\n{tail}");
             }
         };
-        Some(UiTest { client, obsbox: Some(obsbox), base_url, driver, grpc, profile, data })
+        Some(UiTest {
+            client,
+            obsbox: Some(obsbox),
+            base_url,
+            driver,
+            grpc,
+            profile,
+            data,
+            _one_at_a_time: one_at_a_time,
+        })
     }
 
     /// The WebDriver client, for what the helpers below do not cover.
@@ -213,7 +232,7 @@ impl UiTest {
     }
 
     /// The store of the running obsbox.
-    pub fn store(&self) -> std::sync::Arc<obsbox::storage::DiskStore> {
+    pub fn store(&self) -> Arc<obsbox::storage::DiskStore> {
         self.obsbox.as_ref().expect("obsbox running").store()
     }
 
@@ -321,6 +340,8 @@ impl UiTest {
             .unwrap_or_default()
             .iter()
             .filter(|e| e["level"] == "SEVERE")
+            // Chromium asks for /favicon.ico on its own; the UI does not link one.
+            .filter(|e| !e["message"].as_str().unwrap_or_default().contains("/favicon.ico"))
             .map(|e| e["message"].as_str().unwrap_or_default().to_string())
             .collect()
     }
@@ -351,10 +372,24 @@ impl UiTest {
         }
     }
 
-    /// Sends one OTLP trace request; panics when it is not accepted.
+    /// Sends one OTLP trace request, retrying while the store says it is overloaded (as SDKs
+    /// do); panics when it is not accepted.
     pub async fn export_traces(&self, request: ExportTraceServiceRequest) {
         let mut client = self.grpc.traces.clone();
-        let response = client.export(request).await.expect("trace export accepted");
+        let mut backoff = Duration::from_millis(50);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let response = loop {
+            match client.export(request.clone()).await {
+                Err(status)
+                    if matches!(status.code(), tonic::Code::ResourceExhausted | tonic::Code::Unavailable)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => break other.expect("trace export accepted"),
+            }
+        };
         let partial = response.into_inner().partial_success;
         assert!(partial.as_ref().is_none_or(|p| p.rejected_spans == 0), "spans rejected: {partial:?}");
     }
@@ -605,9 +640,9 @@ pub fn big_trace(trace_id: &[u8], n: usize, start_ns: u64) -> Vec<(String, Span)
         let service = SERVICES[(next() % SERVICES.len() as u64) as usize];
         let op = OPS[(next() % OPS.len() as u64) as usize];
         let kind = if parent.is_none() { SpanKind::Server } else { SpanKind::Internal };
-        let mut span = span_of(trace_id, id, parent, &format!("{op} #{id}"), kind, start, end);
+        let mut span = span_of(trace_id, id, parent, op, kind, start, end);
         span.attributes = vec![common::int_kv("index", id as i64), common::str_kv("component", op)];
-        if id % 97 == 0 {
+        if id.is_multiple_of(97) {
             span.status = Some(Status { code: 2, message: format!("failure {id}") });
         }
         out.push((service.to_string(), span));

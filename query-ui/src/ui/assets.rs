@@ -47,6 +47,8 @@ static ASSETS: &[Asset] = &[
     Asset::new("common.js", JS, include_bytes!("../../assets/common.js")),
     Asset::new("search.js", JS, include_bytes!("../../assets/search.js")),
     Asset::new("logs.js", JS, include_bytes!("../../assets/logs.js")),
+    Asset::new("trace.css", CSS, include_bytes!("../../assets/trace.css")),
+    Asset::new("trace.js", JS, include_bytes!("../../assets/trace.js")),
 ];
 
 fn find(name: &str) -> Option<&'static Asset> {

@@ -24,7 +24,7 @@ mod red;
 mod search;
 mod services;
 pub(crate) mod svg;
-mod trace;
+pub(crate) mod trace;
 
 use askama::Template;
 use axum::Router;

@@ -62,9 +62,11 @@ fn parse_trace_id(id: &str) -> Result<Vec<u8>, UiError> {
     }
 }
 
-async fn load(state: &AppState, id: &str) -> Result<Arc<Loaded>, UiError> {
+/// The trace laid out: read afresh when `fresh` (a page load, so that a reload shows spans that
+/// arrived since), else from [`TraceCache`] when there.
+async fn load(state: &AppState, id: &str, fresh: bool) -> Result<Arc<Loaded>, UiError> {
     let trace_id = parse_trace_id(id)?;
-    if let Some(loaded) = state.trace_cache.get(&trace_id) {
+    if !fresh && let Some(loaded) = state.trace_cache.get(&trace_id) {
         return Ok(loaded);
     }
     let Some(trace) = state.query.trace(&trace_id).await? else {
@@ -101,8 +103,9 @@ impl Loaded {
 }
 
 /// Traces laid out in the last [`CACHE_TTL`], so that the page and the data request its script
-/// makes right after read and lay the trace out once; the page also starts making the JSON, so
-/// that it is ready (or nearly) when asked for. Holds at most [`CACHE_SPANS`] spans.
+/// makes right after read and lay the trace out once (the page always reads afresh and replaces
+/// the entry); the page also starts making the JSON, so that it is ready (or nearly) when asked
+/// for. Holds at most [`CACHE_SPANS`] spans.
 #[derive(Default)]
 pub(crate) struct TraceCache {
     entries: Mutex<Vec<CacheEntry>>,
@@ -142,18 +145,9 @@ fn internal(e: impl std::fmt::Display) -> UiError {
     UiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: "internal error".to_string() }
 }
 
-/// Formats nanoseconds as `1.23s`, `45.6ms`, `789µs` (as `obsbox.fmtDuration` does).
-pub(crate) fn fmt_duration(ns: u64) -> String {
-    let f = ns as f64;
-    if ns >= 1_000_000_000 {
-        format!("{:.*}s", if ns >= 10_000_000_000 { 1 } else { 2 }, f / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.*}ms", if ns >= 10_000_000 { 1 } else { 2 }, f / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.*}µs", if ns >= 10_000 { 1 } else { 2 }, f / 1e3)
-    } else {
-        format!("{ns}ns")
-    }
+/// Nanoseconds as `1.23s`, `45.6ms`, `789µs` (as `obsbox.fmtDuration` in the scripts).
+fn fmt_duration(ns: u64) -> String {
+    super::fmt::duration_ns(ns as f64)
 }
 
 fn kind_label(kind: i32) -> &'static str {
@@ -276,7 +270,7 @@ async fn page(
         v @ ("waterfall" | "flame" | "stats") => v.to_string(),
         other => return Err(UiError::bad_request(format!("view {other:?} is not one of waterfall, flame, stats"))),
     };
-    let loaded = load(&state, &id).await?;
+    let loaded = load(&state, &id, true).await?;
     // The script asks for the JSON as soon as the page arrives: start making it now.
     tokio::spawn({
         let loaded = loaded.clone();
@@ -396,7 +390,7 @@ fn stats_view(s: OpStats) -> StatsView {
 
 /// `GET /trace/{id}/data`: the compact JSON of the waterfall (errors as `{"error": ...}`).
 async fn data(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let loaded = match load(&state, &id).await {
+    let loaded = match load(&state, &id, false).await {
         Ok(loaded) => loaded,
         Err(e) => return json_error(e.status, e.message),
     };
@@ -476,7 +470,7 @@ fn side(t: &TraceTree) -> Side {
 async fn compare(State(state): State<AppState>, Path((a, b)): Path<(String, String)>) -> Result<Response, UiError> {
     parse_trace_id(&a)?;
     parse_trace_id(&b)?;
-    let (la, lb) = tokio::try_join!(load(&state, &a), load(&state, &b))?;
+    let (la, lb) = tokio::try_join!(load(&state, &a, false), load(&state, &b, false))?;
     let (ta, tb) = (la.tree.clone(), lb.tree.clone());
     let (ta, tb, rows): (Arc<TraceTree>, Arc<TraceTree>, Vec<DiffRow>) = tokio::task::spawn_blocking(move || {
         let rows = diff::diff(&ta, &tb);
@@ -577,6 +571,10 @@ mod tests {
     }
 
     async fn app() -> axum::Router {
+        app_and_store().await.0
+    }
+
+    async fn app_and_store() -> (axum::Router, Arc<MemStore>) {
         let store = Arc::new(MemStore::new());
         let mut root = span(A, 1, None, "GET /checkout", 0, 100);
         root.attributes = vec![kv("http.route", "/checkout")];
@@ -605,8 +603,9 @@ mod tests {
         let mut big = vec![span(BIG, 1, None, "root", 0, 10_000)];
         big.extend((2..=1200).map(|i| span(BIG, i, Some(1), "child", i, i + 1)));
         store.write(request("web", big)).await.unwrap();
-        let state = crate::AppState::new(store, prometheus::Registry::new(), Arc::new(AtomicBool::new(true))).unwrap();
-        crate::router(state)
+        let state =
+            crate::AppState::new(store.clone(), prometheus::Registry::new(), Arc::new(AtomicBool::new(true))).unwrap();
+        (crate::router(state), store)
     }
 
     /// What askama makes of `<` and `>`.
@@ -721,11 +720,21 @@ mod tests {
         assert_eq!(get(&app, &format!("/trace/{A}/compare/{missing}")).await.0, StatusCode::NOT_FOUND);
     }
 
-    #[test]
-    fn durations_format_like_the_script() {
-        assert_eq!(fmt_duration(999), "999ns");
-        assert_eq!(fmt_duration(1_500), "1.50µs");
-        assert_eq!(fmt_duration(25_000_000), "25.0ms");
-        assert_eq!(fmt_duration(2_000_000_000), "2.00s");
+    #[tokio::test]
+    async fn the_page_reads_afresh_and_its_data_request_reuses_the_layout() {
+        let (app, store) = app_and_store().await;
+        let (_, _, html) = get(&app, &format!("/trace/{A}")).await;
+        assert!(html.contains("<b>3</b> spans"), "{html}");
+        store.write(request("db", vec![span(A, 9, Some(1), "late span", 50, 60)])).await.unwrap();
+        // The data request right after the page gets the page's layout...
+        let (_, _, body) = get(&app, &format!("/trace/{A}/data")).await;
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["spans"].as_array().unwrap().len(), 3);
+        // ...a reload sees the span that arrived since, and so does its data request.
+        let (_, _, html) = get(&app, &format!("/trace/{A}")).await;
+        assert!(html.contains("<b>4</b> spans") && html.contains("late span"));
+        let (_, _, body) = get(&app, &format!("/trace/{A}/data")).await;
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["spans"].as_array().unwrap().len(), 4);
     }
 }

@@ -42,6 +42,16 @@
   let haystacks = null;
   let posById = null;
 
+  // Position of a span id, -1 when not in the trace; the index is built on first use.
+  function posOf(id) {
+    if (!posById) {
+      posById = new Map();
+      for (let i = 0; i < n; i++) posById.set(spans[i][F_ID], i);
+    }
+    const p = posById.get(id);
+    return p === undefined ? -1 : p;
+  }
+
   function clamp01(x) { return isFinite(x) ? Math.min(1, Math.max(0, x)) : 0; }
   function str(i) { return strings[i] || ""; }
   function serviceOf(s) { return str(data.resources[s[F_RES]].service); }
@@ -121,12 +131,10 @@
     resClass = d.resources.map((r) => svcClass(str(r.service)));
     collapsed = new Uint8Array(n);
     rowOf = new Int32Array(n);
-    posById = new Map();
-    for (let i = 0; i < n; i++) posById.set(spans[i][F_ID], i);
     const c = params.get("collapsed");
-    if (c) for (const id of c.split(",")) { const p = posById.get(id); if (p !== undefined && spans[p][F_SIZE] > 1) collapsed[p] = 1; }
+    if (c) for (const id of c.split(",")) { const p = posOf(id); if (p >= 0 && spans[p][F_SIZE] > 1) collapsed[p] = 1; }
     const sel = params.get("span");
-    if (sel && posById.has(sel)) state.selected = posById.get(sel);
+    if (sel && posOf(sel) >= 0) state.selected = posOf(sel);
 
     buildSkeleton();
     wire();
@@ -138,16 +146,17 @@
       scrollToPos(state.selected, true);
       showDetail(state.selected);
     }
-    drawMinimap();
     requestAnimationFrame(() => {
       performance.mark("trace-ready");
-      window.obsboxTrace = { ready: performance.now(), spans: n };
+      window.obsboxTrace = Object.assign(window.obsboxTrace || {}, { ready: performance.now(), spans: n });
+      // The minimap is not needed for the first rows: draw it right after them.
+      setTimeout(drawMinimap, 0);
     });
   }
 
   function wire() {
     ui.body.addEventListener("scroll", () => scheduleRender(), { passive: true });
-    window.addEventListener("resize", () => { drawMinimap(); renderAll(); });
+    window.addEventListener("resize", () => { drawMinimap(); renderAll(); if (state.view === "flame") renderFlame(); });
     ui.body.addEventListener("click", onRowClick);
     let timer = 0;
     ui.search.addEventListener("input", () => {
@@ -624,9 +633,9 @@
     const spanId = rec.spanId || "";
     const meta = el("div", { class: "meta" }, el("span", {}, (off < 0 ? "−" : "+") + fmtDuration(Math.abs(off))),
       el("span", { class: "badge sev-" + sevClass(rec.severityNumber || 0) }, sev), el("span", {}, l.service));
-    if (spanId && posById.has(spanId)) {
+    if (spanId && posOf(spanId) >= 0) {
       const a = el("a", { href: "?span=" + spanId, class: "log-span" }, "span " + spanId);
-      a.addEventListener("click", (e) => { e.preventDefault(); const p = posById.get(spanId); revealPos(p); if (state.view !== "flame") setView("waterfall"); scrollToPos(p, true); renderAll(); select(p); });
+      a.addEventListener("click", (e) => { e.preventDefault(); const p = posOf(spanId); revealPos(p); if (state.view !== "flame") setView("waterfall"); scrollToPos(p, true); renderAll(); select(p); });
       meta.append(a);
     }
     meta.append(el("a", { href: logsHref(spanId), class: "to-logs" }, "in Logs"));

@@ -56,7 +56,9 @@ struct Fixture {
     span_id: String,
 }
 
-fn span(trace: u8, id: u8, parent: Option<u8>, name: &str, kind: i32, start: u64, ms: u64, error: bool) -> Span {
+/// A span of trace `trace`; the spans of trace 2 have status error.
+fn span(trace: u8, id: u8, parent: Option<u8>, name: &str, kind: i32, start: u64, ms: u64) -> Span {
+    let error = trace == 2;
     Span {
         trace_id: vec![0xab, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, trace],
         span_id: vec![0xcd, 0, 0, 0, 0, 0, trace, id],
@@ -195,13 +197,10 @@ async fn fixture() -> Fixture {
         resource_spans: vec![
             resource_spans(
                 "frontend",
-                vec![
-                    span(1, 1, None, "GET /", 2, t0, 120, false),
-                    span(1, 2, Some(1), "call api", 3, t0 + S / 100, 80, false),
-                ],
+                vec![span(1, 1, None, "GET /", 2, t0, 120), span(1, 2, Some(1), "call api", 3, t0 + S / 100, 80)],
             ),
-            resource_spans("api", vec![span(1, 3, Some(2), "GET /cart", 2, t0 + S / 50, 60, false)]),
-            resource_spans(EVIL, vec![span(2, 1, None, EVIL, 2, t0 + 10 * S, 30, true)]),
+            resource_spans("api", vec![span(1, 3, Some(2), "GET /cart", 2, t0 + S / 50, 60)]),
+            resource_spans(EVIL, vec![span(2, 1, None, EVIL, 2, t0 + 10 * S, 30)]),
         ],
     };
     store.write(Batch::Traces(traces)).await.unwrap();

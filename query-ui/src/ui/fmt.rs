@@ -13,6 +13,17 @@ pub(crate) fn duration_ns(ns: f64) -> String {
     }
 }
 
+/// A bucket width as `30s`, `5m`, `1h`, `1d` (whole units), else as [`duration_ns`].
+pub(crate) fn step(ns: u64) -> String {
+    const S: u64 = 1_000_000_000;
+    for (unit, suffix) in [(86_400 * S, "d"), (3_600 * S, "h"), (60 * S, "m"), (S, "s")] {
+        if ns >= unit && ns.is_multiple_of(unit) {
+            return format!("{}{suffix}", ns / unit);
+        }
+    }
+    duration_ns(ns as f64)
+}
+
 /// Events per second as `12.3/s`, or per minute when below one a second.
 pub(crate) fn rate(per_s: f64) -> String {
     if per_s >= 100.0 {
@@ -68,5 +79,8 @@ mod tests {
         assert_eq!(percent(0.25), "25%");
         assert_eq!(count(1234567), "1,234,567");
         assert_eq!(count(12), "12");
+        assert_eq!(step(30_000_000_000), "30s");
+        assert_eq!(step(300_000_000_000), "5m");
+        assert_eq!(step(7 * 86_400_000_000_000), "7d");
     }
 }

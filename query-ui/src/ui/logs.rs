@@ -117,6 +117,18 @@ struct Bar {
 struct Tick {
     pos: String,
     label: String,
+    anchor: &'static str,
+}
+
+/// Text anchor of the `i`th of `n` axis labels: the first and last stay inside the chart.
+pub(crate) fn anchor(i: usize, n: usize) -> &'static str {
+    if i == 0 {
+        "start"
+    } else if i + 1 == n {
+        "end"
+    } else {
+        "middle"
+    }
 }
 
 struct Histogram {
@@ -343,19 +355,28 @@ fn histogram(counts: &[(u64, u64)], time: TimeRange, bucket: u64, query: &str) -
     let x_ticks = (0..=5)
         .map(|i| {
             let t = time.start_ns + (time.end_ns - time.start_ns) / 5 * i;
-            Tick { pos: format!("{:.1}", x(t)), label: label(t) }
+            Tick { pos: format!("{:.1}", x(t)), label: label(t), anchor: anchor(i as usize, 6) }
         })
         .collect();
-    let y_ticks = [0.5, 1.0]
+    // the maximum, and its half when that is a whole number of records
+    let halves: &[f64] = if max >= 2.0 { &[0.5, 1.0] } else { &[1.0] };
+    let y_ticks = halves
         .iter()
-        .map(|f| Tick { pos: format!("{:.1}", Y1 - (Y1 - Y0) * f), label: fmt::count((max * f).round() as u64) })
+        .map(|f| Tick {
+            pos: format!("{:.1}", Y1 - (Y1 - Y0) * f),
+            label: fmt::count((max * f).round() as u64),
+            anchor: "end",
+        })
         .collect();
     Histogram {
         bars,
         x_ticks,
         y_ticks,
-        total_text: fmt::count(counts.iter().map(|&(_, n)| n).sum()),
-        bucket: fmt::duration_ns(bucket as f64),
+        total_text: {
+            let total: u64 = counts.iter().map(|&(_, n)| n).sum();
+            format!("{} record{}", fmt::count(total), if total == 1 { "" } else { "s" })
+        },
+        bucket: fmt::step(bucket),
         t0: time.start_ns.to_string(),
         t1: time.end_ns.to_string(),
     }
@@ -509,7 +530,7 @@ mod tests {
         let s = 1_000_000_000u64;
         let time = TimeRange { start_ns: 1_714_557_600 * s, end_ns: 1_714_557_600 * s + 600 * s };
         let h = histogram(&[(time.start_ns + 60 * s, 5), (time.start_ns + 120 * s, 10)], time, 60 * s, "error");
-        assert_eq!(h.total_text, "15");
+        assert_eq!(h.total_text, "15 records");
         assert_eq!(h.bars.len(), 2);
         assert_eq!(h.bars[0].href, "/logs?query=error&from=2024-05-01T10%3A01%3A00&to=2024-05-01T10%3A02%3A00");
         assert!(h.bars[0].title.starts_with("5 records"));

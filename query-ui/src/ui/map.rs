@@ -249,7 +249,9 @@ fn layout_graph(edges: &[Edge], range: &UiRange) -> (Vec<NodeView>, Vec<EdgeView
             let outgoing: f64 = edges.iter().filter(|e| &e.client == n).map(|e| e.calls).sum();
             let database = edges.iter().any(|e| &e.server == n && e.connection_type == "database")
                 && !edges.iter().any(|e| &e.client == n);
-            let figures = if incoming > 0.0 {
+            let figures = if database {
+                format!("database · {} in", fmt::rate(incoming / range_s))
+            } else if incoming > 0.0 {
                 format!("{} in · {} err", fmt::rate(incoming / range_s), fmt::percent(failed / incoming))
             } else {
                 format!("{} out", fmt::rate(outgoing / range_s))

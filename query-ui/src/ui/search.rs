@@ -165,6 +165,7 @@ struct Dot {
 struct Tick {
     pos: String,
     label: String,
+    anchor: &'static str,
 }
 
 /// The scatter plot: start time (x) against duration (y).
@@ -216,15 +217,19 @@ fn scatter(results: &[TraceSummary], range: &UiRange) -> Scatter {
         .map(|i| {
             let t = t0 + (t1 - t0) / 4 * i;
             let label = display_time(t);
-            // the date only when the span of the axis crosses days
-            let label = if t1 - t0 < 86_400_000_000_000 { label[11..19].to_string() } else { label[5..16].to_string() };
-            Tick { pos: format!("{:.1}", x(t)), label }
+            // milliseconds on a short axis, the date on one longer than a day
+            let label = match t1 - t0 {
+                d if d < 60_000_000_000 => label[11..].to_string(),
+                d if d < 86_400_000_000_000 => label[11..19].to_string(),
+                _ => label[5..16].to_string(),
+            };
+            Tick { pos: format!("{:.1}", x(t)), label, anchor: super::logs::anchor(i as usize, 5) }
         })
         .collect();
     let y_ticks = (0..=3)
         .map(|i| {
             let d = max_d / 1.1 * i as f64 / 3.0;
-            Tick { pos: format!("{:.1}", y(d)), label: fmt::duration_ns(d) }
+            Tick { pos: format!("{:.1}", y(d)), label: fmt::duration_ns(d), anchor: "end" }
         })
         .collect();
     Scatter { dots, x_ticks, y_ticks }

@@ -200,7 +200,11 @@ impl Row {
         let (spark, error_spark) = if has_metrics {
             (
                 sparkline(&red.rate_steps, &format!("requests: peak {}", fmt::rate(peak(&red.rate_steps))), false),
-                sparkline(&red.error_steps, &format!("errors: peak {}", fmt::rate(peak(&red.error_steps))), true),
+                sparkline(
+                    &red.error_steps,
+                    &format!("errors: peak {}", fmt::rate(peak(&red.error_steps))),
+                    peak(&red.error_steps) > 0.0,
+                ),
             )
         } else {
             (Svg::default(), Svg::default())
@@ -391,7 +395,7 @@ async fn page(State(state): State<AppState>, Query(params): Query<Params>) -> Re
             SortLink {
                 label: match key {
                     SortKey::Name => "Service / operation",
-                    SortKey::Rate => "Requests",
+                    SortKey::Rate => "Rate",
                     SortKey::Errors => "Errors",
                     SortKey::P50 => "p50",
                     SortKey::P95 => "p95",

@@ -309,7 +309,9 @@
     if (collapsed[pos]) name.append(el("span", { class: "kids" }, "+" + (s[F_SIZE] - 1)));
     const tl = el("div", { class: "tl-cell" });
     const a = x(s[F_START]), b = x(s[F_START] + s[F_DUR]);
-    if (b >= 0 && a <= 1) {
+    // Outside the zoomed range (a span that only touches its edge too, unless zero-length).
+    const outside = b < 0 || a > 1 || (b > a && (b <= 0 || a >= 1));
+    if (!outside) {
       const bar = el("div", { class: "bar" });
       const left = Math.max(0, a), right = Math.min(1, b);
       bar.style.left = pct(left);
@@ -571,7 +573,7 @@
   function logsHref(spanId) {
     const q = "trace_id:" + traceId + (spanId ? " span_id:" + spanId : "");
     const start = BigInt(data.startNs), end = start + BigInt(total);
-    const pad = 3600000000000n; // logs may be written a little before or after their span
+    const pad = 60000000000n; // logs may be written a little before or after their span
     return "/logs?" + new URLSearchParams({ query: q, from: String(start - pad), to: String(end + pad) }).toString();
   }
 

@@ -500,3 +500,35 @@ async fn assets_are_embedded_and_cached_by_content_hash() {
     assert_eq!(api.status, StatusCode::OK);
     assert!(api.body.starts_with('{'));
 }
+
+#[tokio::test]
+async fn log_facets_count_at_most_fifty_values() {
+    let store = Arc::new(obsbox_storage::MemStore::new());
+    let now = now_ns();
+    let resource_logs = (0..55)
+        .map(|i| ResourceLogs {
+            resource: Some(resource(&format!("svc-{i:02}"))),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: now - S,
+                    body: Some(AnyValue { value: Some(Value::StringValue("hello".into())) }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    store.write(Batch::Logs(ExportLogsServiceRequest { resource_logs })).await.unwrap();
+    let state = AppState::new(store, prometheus::Registry::new(), Arc::new(AtomicBool::new(true))).unwrap();
+    let app = router(state);
+    let p = get(&app, "/logs?range=15m").await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains(">55 records<"));
+    assert_eq!(p.body.matches("title=\"add service:").count(), 12, "12 values shown");
+    assert!(p.body.contains("5 more services not counted"), "{}", p.body);
+    // a value named in the query is counted even past the cap
+    let p = get(&app, "/logs?range=15m&query=service%3Asvc-54").await;
+    assert!(p.body.contains("title=\"remove service:svc-54\""), "{}", p.body);
+    assert!(p.body.contains(">1 record<"));
+}

@@ -31,6 +31,8 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// Values shown per facet.
 const FACET_VALUES: usize = 12;
+/// Most values counted per facet (one count query each); the others are listed as not counted.
+const MAX_FACET_COUNTS: usize = 50;
 /// About this many histogram bars.
 const TARGET_BARS: u64 = 60;
 
@@ -185,7 +187,9 @@ struct LogsPage {
     problem: Option<String>,
     histogram: Option<Histogram>,
     services: Vec<Facet>,
+    services_uncounted: usize,
     severities: Vec<Facet>,
+    severities_uncounted: usize,
     records: Vec<Record>,
     more_href: Option<String>,
     newest_href: Option<String>,
@@ -286,13 +290,20 @@ async fn facet(
     time: TimeRange,
     query: &str,
     range: &[(&'static str, String)],
-) -> Result<Vec<Facet>, UiError> {
+) -> Result<(Vec<Facet>, usize), UiError> {
     let mut values = state.query.log_field_values(field, time).await?;
     values.retain(|v| !v.is_empty());
     let (name, mk): (&str, fn(String) -> LogPredicate) = match field {
         LogField::Service => ("service", LogPredicate::Service),
         LogField::SeverityText => ("severity", LogPredicate::SeverityText),
     };
+    // Past the cap, the values named in the query are counted first.
+    let mut uncounted = 0;
+    if values.len() > MAX_FACET_COUNTS {
+        values.sort_by_key(|v| !toggle_clause(query, name, v).1);
+        uncounted = values.len() - MAX_FACET_COUNTS;
+        values.truncate(MAX_FACET_COUNTS);
+    }
     let len = time.end_ns - time.start_ns;
     let counts = join_all(values.iter().map(|v| {
         let p = LogPredicate::And(vec![predicate.clone(), mk(v.clone())]);
@@ -311,7 +322,7 @@ async fn facet(
         out.push((n, Facet { href: logs_url(&q, range, &[]), class, count: fmt::count(n), active, value: v }));
     }
     out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.value.cmp(&b.1.value)));
-    Ok(out.into_iter().take(FACET_VALUES).map(|(_, f)| f).collect())
+    Ok((out.into_iter().take(FACET_VALUES).map(|(_, f)| f).collect(), uncounted))
 }
 
 fn histogram(counts: &[(u64, u64)], time: TimeRange, bucket: u64, query: &str) -> Histogram {
@@ -422,6 +433,7 @@ async fn page(State(state): State<AppState>, Query(params): Query<Params>) -> Re
     let mut histogram_view = None;
     let mut services = Vec::new();
     let mut severities = Vec::new();
+    let (mut services_uncounted, mut severities_uncounted) = (0, 0);
     let mut more_href = None;
     let mut newest_ns = 0u64;
     if let (None, Some(pred)) = (&problem, &predicate) {
@@ -462,10 +474,14 @@ async fn page(State(state): State<AppState>, Query(params): Query<Params>) -> Re
             records = shown.into_iter().map(record).collect();
 
             let bucket = bucket_width(range.len_ns());
-            let counts = state.query.log_histogram(pred.clone(), time, bucket).await?;
+            let (counts, svc, sev) = tokio::try_join!(
+                async { state.query.log_histogram(pred.clone(), time, bucket).await.map_err(UiError::from) },
+                facet(&state, pred, LogField::Service, time, &query, &range_pairs),
+                facet(&state, pred, LogField::SeverityText, time, &query, &range_pairs),
+            )?;
             histogram_view = Some(histogram(&counts, time, bucket, &query));
-            services = facet(&state, pred, LogField::Service, time, &query, &range_pairs).await?;
-            severities = facet(&state, pred, LogField::SeverityText, time, &query, &range_pairs).await?;
+            (services, services_uncounted) = svc;
+            (severities, severities_uncounted) = sev;
         }
     }
     let at_head = cursor.is_none();
@@ -487,7 +503,9 @@ async fn page(State(state): State<AppState>, Query(params): Query<Params>) -> Re
             problem,
             histogram: histogram_view,
             services,
+            services_uncounted,
             severities,
+            severities_uncounted,
             records,
             more_href,
             newest_href,

@@ -9,11 +9,18 @@ mod common;
 use std::time::{Duration, Instant};
 
 use browser::{ShopTrace, UiTest, span_hex};
-use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
+use fantoccini::actions::{InputSource, KeyAction, KeyActions, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
 use serde_json::Value as Json;
 
 /// The budget for a 10k-span trace: navigation start to a row's detail open.
 const INTERACTIVE_BUDGET_MS: f64 = 1000.0;
+
+/// Presses and releases one key (WebDriver key code for special keys).
+async fn press(ui: &UiTest, key: char) {
+    let keys =
+        KeyActions::new("keyboard".into()).then(KeyAction::Down { value: key }).then(KeyAction::Up { value: key });
+    ui.client().perform_actions(keys).await.expect("key press");
+}
 
 fn row(id: u64) -> String {
     format!(".row[data-span=\"{}\"]", span_hex(id))
@@ -103,6 +110,13 @@ async fn waterfall_detail_logs_and_search() {
     ui.wait_js("location.pathname.startsWith('/trace/')", "back on the trace").await;
     let detail = text(&ui, ".detail:not([hidden])").await;
     assert!(detail.contains("POST /pay"), "the selected span is open again: {detail}");
+
+    // Keyboard: ↓ selects the next row, Esc closes the detail.
+    press(&ui, '\u{E015}').await;
+    ui.wait_js(&format!("location.search.includes('span={}')", span_hex(ShopTrace::FRAUD)), "↓ to the next span").await;
+    assert!(text(&ui, ".detail:not([hidden]) h3").await.contains("fraud check"));
+    press(&ui, '\u{E00C}').await;
+    ui.wait_for(".detail[hidden]").await;
 
     // Search within the trace: matches highlighted, the rest dimmed.
     let search = ui.wait_for("input.search").await;

@@ -179,6 +179,36 @@
     dragZoom(ui.minimap, ui.miniDrag, (a, b) => setZoom(a, b), false);
     dragZoom(ui.axis, null, (a, b) => setZoom(state.from + a * (state.to - state.from), state.from + b * (state.to - state.from)), true);
     applyCrit();
+    document.addEventListener("keydown", onKey);
+  }
+
+  // Keys: ↓/j and ↑/k move the selection, ←/→ collapse/expand it, Esc closes the detail,
+  // / focuses the search.
+  function onKey(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const t = e.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) {
+      if (e.key === "Escape") t.blur();
+      return;
+    }
+    if (e.key === "/") { e.preventDefault(); ui.search.focus(); return; }
+    if (e.key === "Escape") { if (state.selected >= 0) select(-1); return; }
+    if (state.view !== "waterfall") return;
+    const k = state.selected >= 0 ? rowOf[state.selected] : -1;
+    let next = -1;
+    if (e.key === "ArrowDown" || e.key === "j") next = Math.min(visible.length - 1, k + 1);
+    else if (e.key === "ArrowUp" || e.key === "k") next = Math.max(0, k - 1);
+    else if ((e.key === "ArrowLeft" || e.key === "ArrowRight") && state.selected >= 0 && spans[state.selected][F_SIZE] > 1) {
+      if ((e.key === "ArrowLeft") !== !!collapsed[state.selected]) toggle(state.selected);
+      e.preventDefault();
+      return;
+    } else return;
+    e.preventDefault();
+    if (next < 0 || next >= visible.length) return;
+    const pos = visible[next];
+    scrollToPos(pos, false);
+    renderRows(false);
+    select(pos);
   }
 
   function applyCrit() { app.classList.toggle("show-crit", state.crit); }

@@ -131,6 +131,20 @@ async fn log_histogram_bars_and_drag_narrow_the_range() {
     assert!(first.contains("payment timeout"), "{first}");
     ui.screenshot("pages-logs-dragged").await;
 
+    // Load more appends the next page in place.
+    ui.goto("/logs?query=timeout&range=30m&limit=15").await;
+    ui.wait_for("#load-more").await.click().await.expect("load more");
+    ui.wait_js("document.querySelectorAll('details.log').length === 30", "30 records after one load more").await;
+    assert_eq!(path_and_query(&ui).await, "/logs?query=timeout&range=30m&limit=15", "the page stays");
+    ui.wait_for("#load-more").await.click().await.expect("load more again");
+    ui.wait_js("document.querySelectorAll('details.log').length === 40", "all 40 records").await;
+    ui.wait_gone("#load-more").await;
+    let bodies =
+        ui.js("return [...document.querySelectorAll('details.log .log-body')].map(b => b.textContent)", vec![]).await;
+    let bodies: Vec<&str> = bodies.as_array().unwrap().iter().map(|b| b.as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..40).rev().map(|i| format!("order {i} payment timeout")).collect();
+    assert_eq!(bodies, expected, "newest first, no record twice");
+
     // A facet adds its clause to the query.
     ui.wait_for("#facet-services a[title='add service:payment']").await.click().await.unwrap();
     let url = wait_url(&ui, "service%3Apayment").await;

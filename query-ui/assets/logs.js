@@ -63,6 +63,31 @@
     });
   }
 
+  // ---- load more: append the next page in place (the link alone opens that page) ----
+  const more = document.getElementById("load-more");
+  if (more) {
+    more.addEventListener("click", async (e) => {
+      e.preventDefault();
+      more.textContent = "Loading…";
+      try {
+        const r = await fetch(more.href, { headers: { Accept: "text/html" } });
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+        const target = document.getElementById("log-list");
+        for (const d of doc.querySelectorAll("#log-list details.log")) target.append(document.adoptNode(d));
+        const next = doc.getElementById("load-more");
+        if (next) {
+          more.href = next.getAttribute("href");
+          more.textContent = "Load more";
+        } else {
+          more.remove();
+        }
+      } catch (err) {
+        more.textContent = "Load more (failed: " + err.message + ")";
+      }
+    });
+  }
+
   // ---- live tail ----
   const button = document.getElementById("live");
   const status = document.getElementById("live-status");

@@ -1,7 +1,8 @@
 //! The Logs page at `/logs`: the native log query language (parsed by the same code as
 //! `GET /api/v1/logs`), a time range picker, service and severity facets with counts for the
 //! current query, a count histogram whose bars narrow the range, results newest first that
-//! expand to every field, "load more" through a cursor in the URL, and live tail (`logs.js`
+//! expand to every field, "load more" through a cursor in the URL (`logs.js` appends that page
+//! in place), and live tail (`logs.js`
 //! polls `GET /api/v1/logs` every second for newer records).
 //!
 //! URL state: `query`, the range (`range` or `from`/`to`), `cursor` (`<time>.<skip>`: the page

@@ -2,8 +2,7 @@
 //! `GET /api/v1/logs`), a time range picker, service and severity facets with counts for the
 //! current query, a count histogram whose bars narrow the range, results newest first that
 //! expand to every field, "load more" through a cursor in the URL (`logs.js` appends that page
-//! in place), and live tail (`logs.js`
-//! polls `GET /api/v1/logs` every second for newer records).
+//! in place), and live tail (`logs.js` polls `GET /api/v1/logs` every second for newer records).
 //!
 //! URL state: `query`, the range (`range` or `from`/`to`), `cursor` (`<time>.<skip>`: the page
 //! continues below `time`, skipping the `skip` records at exactly `time` already shown, as the

@@ -394,6 +394,8 @@
     if (!row) return;
     const pos = Number(row.dataset.pos);
     if (e.target.closest(".tog")) { e.stopPropagation(); toggle(pos); return; }
+    // When the first click arrived (event time, same clock as performance.now()).
+    if (window.obsboxTrace && !window.obsboxTrace.clickAt) window.obsboxTrace.clickAt = e.timeStamp;
     select(pos === state.selected ? -1 : pos);
   }
 

@@ -102,6 +102,9 @@ impl Form {
     }
 }
 
+/// Most entries of a server-rendered `<datalist>`.
+const MAX_SUGGESTIONS: usize = 1000;
+
 const SORTS: &[(&str, &str)] =
     &[("recent", "Most recent"), ("longest", "Longest first"), ("shortest", "Shortest first"), ("spans", "Most spans")];
 const KINDS: &[&str] = &["server", "client", "producer", "consumer", "internal"];
@@ -305,6 +308,10 @@ async fn page(
     let mut attribute_keys = state.query.attribute_keys(Signal::Traces, AttrScope::Item, time).await?;
     let resource_keys = state.query.attribute_keys(Signal::Traces, AttrScope::Resource, time).await?;
     attribute_keys.extend(resource_keys.into_iter().map(|k| format!("resource.{k}")));
+    // Suggestion lists stay small enough for a light page; search.js asks the API as one types.
+    attribute_keys.truncate(MAX_SUGGESTIONS);
+    let mut operations = operations;
+    operations.truncate(MAX_SUGGESTIONS);
 
     let max_d = results.iter().map(|r| r.duration_ns).max().unwrap_or(1).max(1) as f64;
     let scatter = scatter(&results, &range);

@@ -324,3 +324,31 @@ async fn hundred_thousand_spans_load_and_scroll() {
     ui.assert_no_console_errors("100k-span trace").await;
     ui.finish().await;
 }
+
+/// With JavaScript off the page still reads: the indented span table, each span's details in a
+/// `<details>`, the statistics; `?span=` opens that span's details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_javascript_the_span_table_reads() {
+    let Some(ui) = UiTest::start_without_javascript().await else { return };
+    let shop = ShopTrace::new(common::trace_id(4, 4), common::now_ns() - 60_000_000_000, false);
+    shop.send(&ui).await;
+    ui.goto(&format!("/trace/{}", shop.hex())).await;
+    let rows = ui.find_all("table.spans > tbody > tr").await;
+    assert_eq!(rows.len(), shop.spans.len());
+    assert!(ui.find_all(".row").await.is_empty(), "no script ran");
+    let pay = format!("#span-{} summary", span_hex(ShopTrace::PAY));
+    ui.wait_for(&pay).await.click().await.unwrap();
+    let details = text(&ui, &format!("#span-{} details[open]", span_hex(ShopTrace::PAY))).await;
+    for needle in ["payment.method", "card declined by issuer", "Self time"] {
+        assert!(details.contains(needle), "{needle:?} in {details}");
+    }
+    let xss = text(&ui, &format!("#span-{} summary", span_hex(ShopTrace::XSS))).await;
+    assert_eq!(xss, ShopTrace::XSS_NAME);
+    assert!(text(&ui, "#trace-stats").await.contains("fraud check"));
+    ui.screenshot("trace-nojs").await;
+
+    ui.goto(&format!("/trace/{}?span={}", shop.hex(), span_hex(ShopTrace::CART))).await;
+    let open = text(&ui, &format!("#span-{} details[open]", span_hex(ShopTrace::CART))).await;
+    assert!(open.contains("cart.items"), "{open}");
+    ui.finish().await;
+}

@@ -5,7 +5,8 @@
 //! `tests/common`).
 //!
 //! # Where things are
-//! - [`UiTest`]: obsbox + chromedriver + a Chromium session; [`UiTest::start`] fails with a clear
+//! - [`UiTest`]: obsbox + chromedriver + a Chromium session ([`UiTest::start_without_javascript`]
+//!   for one with scripts off); [`UiTest::start`] fails with a clear
 //!   message when `/usr/bin/chromium` or `/usr/bin/chromedriver` is missing (unless
 //!   `OBSBOX_SKIP_EXTERNAL=1`, then it returns `None` and the test returns early).
 //! - Page helpers: [`UiTest::goto`], [`UiTest::wait_for`], [`UiTest::wait_gone`],
@@ -168,6 +169,15 @@ impl UiTest {
     /// Starts an empty obsbox and a headless Chromium. Panics with a clear message when
     /// Chromium or chromedriver is missing, unless `OBSBOX_SKIP_EXTERNAL=1` (then `None`).
     pub async fn start() -> Option<UiTest> {
+        Self::start_with(true).await
+    }
+
+    /// [`UiTest::start`] with JavaScript switched off in the browser (pages must still read).
+    pub async fn start_without_javascript() -> Option<UiTest> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(javascript: bool) -> Option<UiTest> {
         for program in [CHROMIUM, CHROMEDRIVER] {
             if !Path::new(program).exists() {
                 if skip_external() {
@@ -197,7 +207,12 @@ impl UiTest {
         args.push(format!("--user-data-dir={}", profile.path().join("chromium").display()));
         let capabilities = json!({
             "browserName": "chrome",
-            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": args,
+                // 2 = block: the content setting behind chrome://settings/content/javascript.
+                "prefs": { "profile.managed_default_content_settings.javascript": if javascript { 1 } else { 2 } },
+            },
             "goog:loggingPrefs": { "browser": "ALL" },
         });
         let Json::Object(capabilities) = capabilities else { unreachable!("an object literal") };

@@ -321,6 +321,18 @@ async fn hundred_thousand_spans_load_and_scroll() {
     let rows = ui.find_all(".row").await.len();
     assert!(rows > 10 && rows < 200, "rows drawn while scrolling: {rows}");
     ui.screenshot("trace-100k").await;
+
+    // Search over all 100k spans (status messages included), then the flame graph, which
+    // leaves out what is too narrow to see.
+    ui.wait_for("input.search").await.send_keys("failure 99910\u{E007}").await.unwrap();
+    ui.wait_js("document.querySelector('.toolbar .count').textContent === '1 match'", "one span found").await;
+    ui.wait_for(&format!(".row.selected[data-span=\"{}\"]", span_hex(99910))).await;
+    ui.wait_for(".toolbar button[data-view=\"flame\"]").await.click().await.unwrap();
+    ui.wait_for(".flame .fnode").await;
+    let nodes = ui.find_all(".flame .fnode").await.len();
+    assert!(nodes > 10 && nodes <= 6000, "flame graph nodes: {nodes}");
+    println!("100k spans: flame graph draws {nodes} nodes");
+    ui.screenshot("trace-100k-flame").await;
     ui.assert_no_console_errors("100k-span trace").await;
     ui.finish().await;
 }

@@ -558,34 +558,53 @@
   function renderFlame() {
     if (!spans) return;
     const w = ui.flame.clientWidth || 1000;
-    const nodes = [];
-    let maxDepth = 0, skipped = 0;
-    const span = state.to - state.from;
+    // Candidates: spans at least a pixel wide in the zoomed range. Children lie inside their
+    // parent, so a subtree too narrow to see is skipped whole.
+    const cand = [];
+    let skipped = 0;
     for (let i = 0; i < n;) {
       const s = spans[i];
       const a = x(s[F_START]), b = x(s[F_START] + s[F_DUR]);
       const px = (Math.min(1, b) - Math.max(0, a)) * w;
-      if (b < 0 || a > 1 || px < 1 || nodes.length >= FLAME_MAX_NODES) {
-        // Children lie inside their parent: a subtree too narrow to see is skipped whole.
-        skipped += s[F_SIZE];
-        i += s[F_SIZE];
-        continue;
-      }
+      if (b < 0 || a > 1 || px < 1) { skipped += s[F_SIZE]; i += s[F_SIZE]; continue; }
+      cand.push(i);
+      i++;
+    }
+    // Too many to draw: the widest first (whole levels before their thinnest details).
+    let shown = cand;
+    if (cand.length > FLAME_MAX_NODES) {
+      const width = (i) => Math.min(1, x(spans[i][F_START] + spans[i][F_DUR])) - Math.max(0, x(spans[i][F_START]));
+      shown = cand.slice().sort((p, q) => width(q) - width(p)).slice(0, FLAME_MAX_NODES);
+      skipped += cand.length - FLAME_MAX_NODES;
+    }
+    const nodes = [];
+    let maxDepth = 0;
+    // By level, then left to right: a label is written only where the previous one on its
+    // level has ended (concurrent siblings overlap).
+    shown = shown.slice().sort((p, q) => spans[p][F_DEPTH] - spans[q][F_DEPTH] || spans[p][F_START] - spans[q][F_START]);
+    const labelEnd = [];
+    for (const i of shown) {
+      const s = spans[i];
+      const a = x(s[F_START]), b = x(s[F_START] + s[F_DUR]);
+      const px = (Math.min(1, b) - Math.max(0, a)) * w;
       const service = serviceOf(s);
       const cls = ["fnode", classOf(s)];
       if (s[F_STATUS] === 2) cls.push("err");
       if (i === state.selected) cls.push("selected");
       if (matches && !matches[i]) cls.push("dim");
       const label = service + ": " + str(s[F_NAME]) + " (" + fmtDuration(s[F_DUR]) + ")";
-      const node = el("div", { class: cls.join(" "), "data-pos": i, title: label }, px > 24 ? label : "");
-      node.style.left = Math.max(0, a) * w + "px";
+      const left = Math.max(0, a) * w, d = s[F_DEPTH];
+      const labelled = px > 60 && left >= (labelEnd[d] || 0);
+      if (labelled) labelEnd[d] = left + px;
+      const node = el("div", { class: cls.join(" "), "data-pos": i, title: label }, labelled ? label : "");
+      node.style.left = left + "px";
       node.style.width = Math.max(1, px) + "px";
       node.style.top = 18 + s[F_DEPTH] * FLAME_H + "px";
       maxDepth = Math.max(maxDepth, s[F_DEPTH]);
       nodes.push(node);
-      i++;
     }
-    const note = el("div", { class: "note" }, nodes.length + " spans drawn" + (skipped ? ", " + skipped + " too narrow at this zoom (drag on the minimap to zoom in)" : "") + (span < 1 ? " · zoomed" : ""));
+    const zoomed = state.to - state.from < 1;
+    const note = el("div", { class: "note" }, nodes.length + " spans drawn" + (skipped ? ", " + skipped + " too narrow at this zoom (drag on the minimap to zoom in)" : "") + (zoomed ? " · zoomed" : ""));
     const filler = el("div");
     filler.style.height = 18 + (maxDepth + 1) * FLAME_H + "px";
     ui.flame.replaceChildren(note, filler, ...nodes);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's checks, as CI runs them (.ci/run): formatting, clippy, and every test, including
 # the end-to-end tests that drive the Python OpenTelemetry SDK (from .venv, created here from
-# tests/python/requirements.txt). Runnable from any directory.
+# tests/python/requirements.txt) and headless Chromium (Debian's chromium and chromium-driver,
+# installed here when missing). Runnable from any directory.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +22,10 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
+fi
+# Headless Chromium and its WebDriver for the browser tests (tests/ui_browser_*.rs).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    apt_install chromium chromium-driver
 fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install the Rust toolchain (rustup) first" >&2

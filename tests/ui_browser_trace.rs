@@ -22,6 +22,17 @@ async fn press(ui: &UiTest, key: char) {
     ui.client().perform_actions(keys).await.expect("key press");
 }
 
+/// Clicks the toolbar button labelled `label`.
+async fn click_button(ui: &UiTest, label: &str) {
+    for b in ui.find_all(".toolbar button").await {
+        if b.text().await.unwrap_or_default() == label {
+            b.click().await.unwrap();
+            return;
+        }
+    }
+    panic!("no {label:?} button");
+}
+
 fn row(id: u64) -> String {
     format!(".row[data-span=\"{}\"]", span_hex(id))
 }
@@ -146,6 +157,15 @@ async fn waterfall_detail_logs_and_search() {
     ui.wait_js("location.search.includes('from=') && location.search.includes('to=0.5')", "zoom in the URL").await;
     ui.wait_for(".minimap .window:not([hidden])").await;
     ui.screenshot("trace-zoomed").await;
+    // The zoom comes back from the URL on reload.
+    ui.client().refresh().await.unwrap();
+    ui.wait_for(".minimap .window:not([hidden])").await;
+
+    // Collapse all leaves the root's children; expand all brings every row back.
+    click_button(&ui, "Collapse all").await;
+    ui.wait_js("document.querySelectorAll('.row').length === 3", "the root and its two children").await;
+    click_button(&ui, "Expand all").await;
+    ui.wait_js(&format!("document.querySelectorAll('.row').length === {}", shop.spans.len()), "every row").await;
 
     // All logs of the trace.
     ui.wait_for(".toolbar .trace-logs-btn").await.click().await.unwrap();

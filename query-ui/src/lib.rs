@@ -4,6 +4,8 @@
 //! - [`router`]: the axum router of everything served on the UI port.
 //! - `ops`: operational endpoints: `GET /healthz`, `GET /readyz`, `GET /metrics` (obsbox's own
 //!   metrics in the Prometheus text format, the store's sizes and queue depths included).
+//! - `ui`: the web UI pages (`/services`, `/search`, `/trace/{id}`, `/logs`, `/map`) and their
+//!   embedded assets under `/static/`.
 //!
 //! The query APIs (native, Jaeger, Loki, Prometheus) and the web UI join this router as they
 //! are built.
@@ -15,6 +17,7 @@ mod loki;
 mod native;
 mod ops;
 mod query;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -38,6 +41,8 @@ pub struct AppState {
     pub store_metrics: Arc<StoreMetrics>,
     /// The query service every API goes through.
     pub query: QueryService,
+    /// Traces the trace view laid out recently.
+    pub(crate) trace_cache: Arc<ui::trace::TraceCache>,
 }
 
 impl AppState {
@@ -49,13 +54,18 @@ impl AppState {
     ) -> Result<Self, prometheus::Error> {
         let store_metrics = Arc::new(StoreMetrics::register(&registry)?);
         let query = QueryService::new(reader.clone());
-        Ok(AppState { reader, registry, ready, store_metrics, query })
+        Ok(AppState { reader, registry, ready, store_metrics, query, trace_cache: Default::default() })
     }
 }
 
 /// Everything served on the UI port.
 pub fn router(state: AppState) -> Router {
-    ops::routes().merge(native::routes()).merge(jaeger::routes()).merge(loki::routes()).with_state(state)
+    ops::routes()
+        .merge(native::routes())
+        .merge(jaeger::routes())
+        .merge(loki::routes())
+        .merge(ui::routes())
+        .with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.

@@ -190,33 +190,34 @@ async fn operations(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
-struct TraceParams {
-    service: Option<String>,
+pub(crate) struct TraceParams {
+    pub(crate) service: Option<String>,
     /// Span name.
-    operation: Option<String>,
+    pub(crate) operation: Option<String>,
     /// Span kind: server, client, producer, consumer, internal.
-    kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// `error`, `ok` or `unset`.
-    status: Option<String>,
+    pub(crate) status: Option<String>,
     /// Attribute filter expression, e.g. `http.route = "/cart" AND (code = 500 OR exists(error))`;
     /// `resource.` prefixes resource attributes; operators `=`, `!=`, `=~`, `!~`.
-    filter: Option<String>,
+    pub(crate) filter: Option<String>,
     /// Span duration at least (`250ms`, `1.5s`).
-    min_duration: Option<String>,
-    max_duration: Option<String>,
-    root_service: Option<String>,
-    root_operation: Option<String>,
-    min_trace_duration: Option<String>,
-    max_trace_duration: Option<String>,
+    pub(crate) min_duration: Option<String>,
+    pub(crate) max_duration: Option<String>,
+    pub(crate) root_service: Option<String>,
+    pub(crate) root_operation: Option<String>,
+    pub(crate) min_trace_duration: Option<String>,
+    pub(crate) max_trace_duration: Option<String>,
     /// Most traces (default 20, at most 1000).
-    limit: Option<usize>,
-    start: Option<String>,
-    end: Option<String>,
-    lookback: Option<String>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) start: Option<String>,
+    pub(crate) end: Option<String>,
+    pub(crate) lookback: Option<String>,
 }
 
 impl TraceParams {
-    fn search(&self) -> Result<TraceSearch, QueryError> {
+    /// The search these parameters describe (the UI's trace search parses them too).
+    pub(crate) fn search(&self) -> Result<TraceSearch, QueryError> {
         let mut parts = Vec::new();
         if let Some(s) = self.service.as_ref().filter(|s| !s.is_empty()) {
             parts.push(SpanPredicate::Service(s.clone()));

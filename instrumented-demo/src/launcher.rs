@@ -1,0 +1,1 @@
+//! `obsbox demo`: every service as a child process.

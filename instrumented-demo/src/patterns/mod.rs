@@ -1,0 +1,1 @@
+//! Microservice patterns: circuit breaker, retry, bulkhead, timeout, saga, outbox, inbox.

@@ -413,3 +413,42 @@ fn message_of(delivery: &lapin::message::Delivery) -> Message {
         headers,
     }
 }
+
+/// Subscribes `handler` to `topics`. With an AMQP URL in `ctx`: consumes the durable queue `queue` in the
+/// background until `shutdown` resolves, reconnecting after failures, and returns no routes. Without: returns the
+/// HTTP fallback's `POST /events` route (messages of other topics are acknowledged and ignored).
+pub fn subscribe(
+    ctx: &ServiceContext,
+    queue: &str,
+    topics: &[&str],
+    handler: Handler,
+    shutdown: impl Future<Output = ()> + Send + Clone + 'static,
+) -> axum::Router {
+    let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    let Some(url) = ctx.cfg.amqp_url.clone() else {
+        let filtered: Handler =
+            Arc::new(
+                move |message: Message| {
+                    if topics.contains(&message.topic) { handler(message) } else { Box::pin(async { Ok(()) }) }
+                },
+            );
+        return http_consumer_routes(filtered);
+    };
+    let queue = queue.to_owned();
+    tokio::spawn(async move {
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let stop = shutdown.clone();
+        tokio::pin!(stop);
+        loop {
+            match consume_amqp(&url, &queue, &topics, handler.clone(), shutdown.clone()).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(queue = %queue, error = %e, "amqp consumer failed, reconnecting"),
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    axum::Router::new()
+}

@@ -159,7 +159,7 @@ pub struct LoadArgs {
     #[arg(long, env = "OBSBOX_DEMO_THINK", default_value = "300ms", value_parser = humantime::parse_duration)]
     pub think: Duration,
     /// Stop after this long (default: run until stopped).
-    #[arg(long, env = "OBSBOX_DEMO_LOAD_DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long = "load-duration", id = "load_duration", env = "OBSBOX_DEMO_LOAD_DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 }
 

@@ -236,6 +236,32 @@ pub fn admin_routes(faults: Faults) -> axum::Router {
     axum::Router::new().route("/admin/faults", axum::routing::get(get_faults).post(set_faults)).with_state(faults)
 }
 
+/// Reads (`settings` none) or replaces the faults of every live instance of `service`, found
+/// through the registry at `registry_url`; returns each instance with its settings afterwards.
+pub async fn remote(
+    registry_url: &str,
+    service: &str,
+    settings: Option<&FaultSettings>,
+) -> crate::Result<Vec<(crate::registry::Instance, FaultSettings)>> {
+    let http = crate::http::HttpClient::default();
+    let registry = crate::registry::RegistryClient::new(registry_url, http.clone());
+    let instances = registry.resolve(service).await?;
+    if instances.is_empty() {
+        return Err(crate::Error::NoInstance(service.to_owned()));
+    }
+    let mut out = Vec::new();
+    for instance in instances {
+        let url = format!("{}/admin/faults", instance.url);
+        let req = match settings {
+            Some(s) => http.raw().post(url).json(s),
+            None => http.raw().get(url),
+        };
+        let resp = crate::registry::check(req.send().await?, service).await?;
+        out.push((instance, resp.json().await?));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -271,3 +271,160 @@ pub async fn run(ctx: ServiceContext) -> Result<()> {
     cleaner.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServiceName;
+    use crate::config::ServiceConfig;
+    use tower::ServiceExt;
+
+    fn gateway(rate_limit: u32) -> Arc<Gateway> {
+        let mut cfg = ServiceConfig::for_test(std::env::temp_dir());
+        cfg.rate_limit = rate_limit;
+        Arc::new(Gateway::new(ServiceContext::new(ServiceName::Gateway, cfg).unwrap()).unwrap())
+    }
+
+    /// A backend answering every request with its name, the path and the forwarded user.
+    async fn backend(name: &'static str) -> String {
+        let app = axum::Router::new().fallback(move |req: Request| async move {
+            let user = req.headers().get("x-user-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            format!("{name} {} {user}", req.uri())
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    async fn call(
+        app: &axum::Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Response) {
+        let mut req = http::Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app.clone().oneshot(req.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
+        (resp.status(), resp)
+    }
+
+    async fn text(resp: Response) -> String {
+        String::from_utf8_lossy(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).into_owned()
+    }
+
+    async fn login(app: &axum::Router, user: &str) -> String {
+        let (status, resp) =
+            call(app, "POST", "/login", None, &format!(r#"{{"user":"{user}","password":"demo"}}"#)).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&text(resp).await).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn valid_tokens_pass_and_others_are_refused() {
+        let gw = gateway(100);
+        gw.ctx.set_peer("catalog", &backend("catalog").await);
+        let app = routes(gw.clone());
+        let token = login(&app, "ann").await;
+        let (status, resp) = call(&app, "GET", "/api/products/3?x=1", Some(&token), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text(resp).await, "catalog /products/3?x=1 ann");
+        let (_, resp) = call(&app, "POST", "/api/cart/items", Some(&token), "{}").await;
+        assert_eq!(text(resp).await, "catalog /carts/ann/items ann");
+
+        assert_eq!(call(&app, "GET", "/api/products", None, "").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "GET", "/api/products", Some("not.a.jwt"), "").await.0, StatusCode::UNAUTHORIZED);
+        // Signed with another secret.
+        let other = Gateway::new(
+            ServiceContext::new(ServiceName::Gateway, {
+                let mut c = ServiceConfig::for_test(std::env::temp_dir());
+                c.jwt_secret = "another".into();
+                c
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let forged = other.issue("ann").unwrap();
+        assert_eq!(call(&app, "GET", "/api/products", Some(&forged), "").await.0, StatusCode::UNAUTHORIZED);
+        // Expired an hour ago.
+        let old = now_secs() - 7200;
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims { sub: "ann".into(), iat: old, exp: old + 60 },
+            &gw.encoding,
+        )
+        .unwrap();
+        let (status, resp) = call(&app, "GET", "/api/products", Some(&expired), "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text(resp).await.contains("ExpiredSignature"));
+
+        let (status, _) = call(&app, "POST", "/login", None, r#"{"user":"ann","password":"guess"}"#).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/login", None, "{").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            call(&app, "POST", "/login", None, r#"{"user":"a b","password":"demo"}"#).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(call(&app, "GET", "/api/nothing", Some(&token), "").await.0, StatusCode::NOT_FOUND);
+        // No instance of orders: 503, not 500.
+        assert_eq!(call(&app, "GET", "/api/orders", Some(&token), "").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn clients_over_their_rate_get_429_with_retry_after() {
+        let gw = gateway(2); // 2/s, burst 4
+        gw.ctx.set_peer("catalog", &backend("catalog").await);
+        let app = routes(gw);
+        let ann = login(&app, "ann").await;
+        let bob = login(&app, "bob").await;
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(call(&app, "GET", "/api/products", Some(&ann), "").await.0);
+        }
+        assert_eq!(&statuses[..4], [StatusCode::OK; 4]);
+        let (status, resp) = call(&app, "GET", "/api/products", Some(&ann), "").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = resp.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "{retry}");
+        // Limits are per client.
+        assert_eq!(call(&app, "GET", "/api/products", Some(&bob), "").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn requests_round_robin_over_registered_instances() {
+        let registry = Arc::new(crate::registry::Registry::new(crate::registry::DEFAULT_TTL));
+        let now = std::time::Instant::now();
+        for (id, name) in [("catalog-1", "one"), ("catalog-2", "two")] {
+            let url = backend(name).await;
+            registry.register(
+                crate::registry::Registration { service: "catalog".into(), instance_id: id.into(), url },
+                now,
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let reg_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, crate::registry::routes(registry)).await });
+        let mut cfg = ServiceConfig::for_test(std::env::temp_dir());
+        cfg.registry_url = Some(reg_url);
+        let gw = Arc::new(Gateway::new(ServiceContext::new(ServiceName::Gateway, cfg).unwrap()).unwrap());
+        let app = routes(gw);
+        let token = login(&app, "ann").await;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let (_, resp) = call(&app, "GET", "/api/products", Some(&token), "").await;
+            seen.push(text(resp).await.split(' ').next().unwrap().to_owned());
+        }
+        assert_eq!(seen, ["one", "two", "one", "two"]);
+    }
+
+    #[test]
+    fn span_names_hide_ids() {
+        assert_eq!(template_of("/products/17"), "/products/{id}");
+        assert_eq!(template_of("/carts/ann/items"), "/carts/{id}/items");
+        assert_eq!(template_of("/products/search"), "/products/search");
+    }
+}

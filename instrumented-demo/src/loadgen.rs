@@ -5,7 +5,8 @@
 //! `--think` between steps:
 //! - browse (50%): list products, search, view two products;
 //! - buy (35%): list, view a product, add one to three products to the cart, view the cart,
-//!   check out (`POST /api/orders`), empty the cart, view the order history;
+//!   check out (`POST /api/orders` `{"user", "items": [{"sku", "quantity", "price_cents"}]}`), empty
+//!   the cart, view the order history;
 //! - history (15%): view the order history.
 //!
 //! A user logs in (`POST /login`) before its first step and again when its token is refused. Every
@@ -238,18 +239,13 @@ impl Shop {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|i| {
-                json!({
-                    "product_id": i["product_id"], "sku": i["sku"],
-                    "quantity": i["quantity"], "price_cents": i["price_cents"],
-                })
-            })
+            .map(|i| json!({ "sku": i["sku"], "quantity": i["quantity"], "price_cents": i["price_cents"] }))
             .collect();
         if items.is_empty() {
             return Err(Abandon);
         }
         self.think().await;
-        let order = json!({ "items": items, "total_cents": cart["total_cents"] });
+        let order = json!({ "user": user, "items": items });
         self.step("checkout", user, http::Method::POST, "/api/orders", "/api/orders", Some(order)).await?;
         self.step("clear_cart", user, http::Method::DELETE, "/api/cart", "/api/cart", None).await?;
         self.think().await;

@@ -33,6 +33,7 @@ struct Rabbit {
     url: String,
     pgid: i32,
     dir: std::path::PathBuf,
+    children: Mutex<Vec<std::process::Child>>,
 }
 
 static RABBIT: OnceLock<Option<Rabbit>> = OnceLock::new();
@@ -45,6 +46,11 @@ extern "C" fn stop_rabbit() {
     if let Some(Some(r)) = RABBIT.get() {
         // SAFETY: signalling the process group this binary started (epmd and the broker).
         unsafe { libc::kill(-r.pgid, libc::SIGKILL) };
+        if let Ok(mut children) = r.children.lock() {
+            for child in children.iter_mut() {
+                let _ = child.wait();
+            }
+        }
         let _ = std::fs::remove_dir_all(&r.dir);
     }
 }
@@ -99,8 +105,12 @@ fn rabbit() -> Option<&'static str> {
                 .process_group(pgid)
                 .spawn()
                 .expect("start rabbitmq-server");
-            drop(child);
-            let rabbit = Rabbit { url: format!("amqp://guest:guest@127.0.0.1:{node}/%2f"), pgid, dir: dir.clone() };
+            let rabbit = Rabbit {
+                url: format!("amqp://guest:guest@127.0.0.1:{node}/%2f"),
+                pgid,
+                dir: dir.clone(),
+                children: Mutex::new(vec![epmd_child, child]),
+            };
             // SAFETY: registering a plain extern "C" function.
             unsafe { libc::atexit(stop_rabbit) };
             let deadline = Instant::now() + Duration::from_secs(60);

@@ -252,3 +252,80 @@ impl HttpClient {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    fn attr(span: &SpanData, key: &str) -> Option<String> {
+        span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+    }
+
+    /// Serves a router with the server-span layer and calls it through [`HttpClient`] inside a
+    /// parent span; returns the finished spans and the parent's trace id.
+    #[tokio::test]
+    async fn server_and_client_spans_follow_the_conventions_and_share_the_trace() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+
+        let app = axum::Router::new()
+            .route("/items/{id}", get(|| async { current_request_id().unwrap_or_default() }))
+            .route("/boom", get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }))
+            .route_layer(axum::middleware::from_fn(server_span));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let client = HttpClient::default();
+        let parent = tracing::info_span!("parent");
+        let trace_id = parent.context().span().span_context().trace_id();
+        let (echoed, header, boom) = async {
+            let req = client.raw().get(format!("http://{addr}/items/42")).header(REQUEST_ID, "req-1");
+            let resp = client.send(req, Some("/items/{id}")).await.unwrap();
+            let header = resp.headers().get(REQUEST_ID).map(|v| v.to_str().unwrap().to_owned());
+            let echoed = resp.text().await.unwrap();
+            let boom = client.send(client.raw().get(format!("http://{addr}/boom")), None).await.unwrap().status();
+            (echoed, header, boom)
+        }
+        .instrument(parent.clone())
+        .await;
+        drop(parent);
+        assert_eq!(echoed, "req-1", "the handler sees the caller's request id");
+        assert_eq!(header.as_deref(), Some("req-1"));
+        assert_eq!(boom, 500);
+
+        let spans = exporter.get_finished_spans().unwrap();
+        let find = |name: &str, kind: SpanKind| {
+            spans.iter().find(|s| s.name == name && s.span_kind == kind).unwrap_or_else(|| {
+                panic!("no {kind:?} span {name}: {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>())
+            })
+        };
+        let server = find("GET /items/{id}", SpanKind::Server);
+        let client_span = find("GET /items/{id}", SpanKind::Client);
+        assert_eq!(server.span_context.trace_id(), trace_id, "server span joins the caller's trace");
+        assert_eq!(server.parent_span_id, client_span.span_context.span_id(), "server span is the client span's child");
+        assert_eq!(attr(server, "http.request.method").as_deref(), Some("GET"));
+        assert_eq!(attr(server, "http.route").as_deref(), Some("/items/{id}"));
+        assert_eq!(attr(server, "url.path").as_deref(), Some("/items/42"));
+        assert_eq!(attr(server, "server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(attr(server, "http.response.status_code").as_deref(), Some("200"));
+        assert_eq!(attr(client_span, "url.full"), Some(format!("http://{addr}/items/42")));
+        assert_eq!(attr(client_span, "server.port"), Some(addr.port().to_string()));
+        assert_eq!(server.status, Status::Unset);
+
+        let boom_server = find("GET /boom", SpanKind::Server);
+        assert!(matches!(boom_server.status, Status::Error { .. }), "{:?}", boom_server.status);
+        assert_eq!(attr(boom_server, "http.response.status_code").as_deref(), Some("500"));
+        let boom_client = find("GET", SpanKind::Client);
+        assert!(matches!(boom_client.status, Status::Error { .. }));
+        assert_eq!(attr(boom_client, "error.type").as_deref(), Some("500"));
+    }
+}

@@ -109,7 +109,8 @@ pub fn init(service_name: &str, instance: &str, environment: &str) -> Result<Gua
     };
     let tracer = tracer_provider.tracer(SCOPE);
     tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter("info")))
+        // Thread names and ids on every span only add bytes; code locations stay (they help).
+        .with(tracing_opentelemetry::layer().with_tracer(tracer).with_threads(false).with_filter(filter("info")))
         .with(OpenTelemetryTracingBridge::new(&logger_provider).with_filter(filter("info")))
         .with(
             tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(filter("info")),

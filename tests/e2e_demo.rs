@@ -137,6 +137,47 @@ fn demo_checkout_trace_spans_services_with_logs_and_metrics_and_sigint_stops_eve
         assert_eq!(l["traceId"].as_str(), Some(trace_id.as_str()), "{l}");
     }
 
+    // Faults at run time through the CLI: every catalog instance fails, the gateway passes the 503 on.
+    let registry_log = std::fs::read_to_string(data.join("demo/logs/registry.log")).expect("registry log");
+    let registry = registry_log
+        .lines()
+        .find_map(|l| l.strip_prefix("listening "))
+        .expect("the registry's address in its log")
+        .to_owned();
+    let faults = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_obsbox"))
+            .args(["demo", "faults"])
+            .args(args)
+            .args(["--registry", &registry])
+            .output()
+            .expect("run obsbox demo faults");
+        assert!(out.status.success(), "faults {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let set = faults(&["set", "catalog", "--fault-endpoint", "/products/{id}", "--error-rate", "1"]);
+    assert_eq!(set.lines().count(), 2, "both catalog instances answer: {set}");
+    assert!(set.lines().all(|l| l.contains(r#""error_rate":1.0"#)), "{set}");
+    assert!(faults(&["get", "catalog"]).contains("/products/{id}"));
+    let gateway = format!("http://{}", {
+        let log = std::fs::read_to_string(data.join("demo/logs/api-gateway.log")).expect("gateway log");
+        log.lines().find_map(|l| l.strip_prefix("listening http://")).expect("gateway address").to_owned()
+    });
+    let token: Value = client
+        .post(format!("{gateway}/login"))
+        .json(&serde_json::json!({"user": "tester", "password": "demo"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = token["token"].as_str().expect("token").to_owned();
+    let status = |path: &str| client.get(format!("{gateway}{path}")).bearer_auth(&token).send().unwrap().status();
+    for _ in 0..4 {
+        assert_eq!(status("/api/products/1"), 503, "an injected fault on both instances");
+        assert_eq!(status("/api/products"), 200, "other endpoints are untouched");
+    }
+    assert!(!faults(&["clear", "catalog"]).contains("/products/{id}"));
+    assert_eq!(status("/api/products/1"), 200);
+
     // SIGINT (Ctrl-C) stops every child, then obsbox itself.
     signal(&obsbox, libc::SIGINT);
     assert!(wait_until(Duration::from_secs(60), || !obsbox.is_running()), "obsbox did not stop after SIGINT");

@@ -260,7 +260,10 @@ impl Demo {
                 )));
             }
         };
+        let announced = format!("listening {url}\n");
         tokio::spawn(async move {
+            // The announcement stays in the log: tools find a service's address there.
+            let _ = log.write_all(announced.as_bytes()).await;
             while let Ok(Some(line)) = lines.next_line().await {
                 let _ = log.write_all(format!("{line}\n").as_bytes()).await;
             }

@@ -144,6 +144,14 @@ async fn the_saga_compensates_when_payment_fails() {
         assert!(in_trace.contains(&name), "no span {name} in the saga's trace: {in_trace:?}");
     }
     assert!(!in_trace.contains(&"saga step schedule_shipping"), "shipping must not run after a failed payment");
+    // The gRPC metadata carried the context: the inventory's server span is in the same trace.
+    let grpc_server = spans.iter().find(|s| {
+        s.span_context.trace_id() == trace_id
+            && s.name == "obsbox.demo.inventory.v1.Inventory/Release"
+            && s.span_kind == opentelemetry::trace::SpanKind::Server
+    });
+    let grpc_server = grpc_server.expect("inventory's RPC server span in the saga's trace");
+    assert_eq!(support::attr(grpc_server, "rpc.system").as_deref(), Some("grpc"));
     let charges = spans
         .iter()
         .filter(|s| s.span_context.trace_id() == trace_id && s.name == "POST /v1/charges")

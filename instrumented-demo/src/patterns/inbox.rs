@@ -53,3 +53,36 @@ where
     }
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redelivered_message_has_no_second_effect_and_a_failed_effect_leaves_no_trace() {
+        let db = Db::in_memory("inbox").unwrap();
+        db.migrate(SCHEMA).unwrap();
+        db.migrate("CREATE TABLE effects (n INTEGER NOT NULL)").unwrap();
+        let message = Message {
+            id: "m1".into(),
+            topic: "order.placed".into(),
+            payload: serde_json::json!({}),
+            headers: Default::default(),
+        };
+        let effect = |tx: &rusqlite::Transaction<'_>, _: &Message| tx.execute("INSERT INTO effects VALUES (1)", []);
+        assert_eq!(process_once(&db, &message, effect).await.unwrap(), Outcome::Processed(1));
+        assert_eq!(process_once(&db, &message, effect).await.unwrap(), Outcome::Duplicate);
+
+        // An effect that fails rolls the inbox row back with it: the message is processed on redelivery.
+        let other = Message { id: "m2".into(), ..message.clone() };
+        let failing = |tx: &rusqlite::Transaction<'_>, _: &Message| tx.execute("INSERT INTO missing VALUES (1)", []);
+        assert!(process_once(&db, &other, failing).await.is_err());
+        assert_eq!(process_once(&db, &other, effect).await.unwrap(), Outcome::Processed(1));
+
+        let count: i64 = db
+            .call("SELECT", "effects", "", |c| c.query_row("SELECT COUNT(*) FROM effects", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(count, 2);
+    }
+}

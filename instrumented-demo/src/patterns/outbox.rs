@@ -151,3 +151,43 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_event_commits_or_rolls_back_with_its_transaction() {
+        let db = Db::in_memory("outbox").unwrap();
+        db.migrate(SCHEMA).unwrap();
+        db.migrate("CREATE TABLE orders (id TEXT PRIMARY KEY)").unwrap();
+        let headers: BTreeMap<String, String> = [("traceparent".to_owned(), "00-1-2-01".to_owned())].into();
+        let h = headers.clone();
+        db.call("INSERT", "orders", "", move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute("INSERT INTO orders VALUES ('o1')", [])?;
+            enqueue(&tx, "order.placed", &serde_json::json!({ "order_id": "o1" }), &h)?;
+            tx.commit()
+        })
+        .await
+        .unwrap();
+        // The order insert fails (duplicate id): its event goes with it.
+        let failed = db
+            .call("INSERT", "orders", "", move |conn| {
+                let tx = conn.transaction()?;
+                enqueue(&tx, "order.placed", &serde_json::json!({ "order_id": "o1" }), &BTreeMap::new())?;
+                tx.execute("INSERT INTO orders VALUES ('o1')", [])?;
+                tx.commit()
+            })
+            .await;
+        assert!(failed.is_err());
+        let events = pending(&db, 10).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].topic.as_str(), &events[0].payload),
+            ("order.placed", &serde_json::json!({ "order_id": "o1" }))
+        );
+        assert_eq!(events[0].headers, headers, "the trace context is kept for the relay");
+        assert_eq!(counts(&db).await.unwrap(), (1, 0));
+    }
+}

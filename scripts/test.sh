@@ -22,6 +22,10 @@ fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
+# The demo's broker tests start their own rabbitmq-server (and epmd) on free loopback ports.
+if [ ! -x /usr/sbin/rabbitmq-server ] || [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    apt_install rabbitmq-server
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install the Rust toolchain (rustup) first" >&2
     exit 1

@@ -429,3 +429,93 @@ impl<D: SagaDefinition> Saga<D> {
         Ok(ids.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Steps `a`, `b`, `c`; records every action and compensation; fails (or hangs) where told.
+    #[derive(Default)]
+    struct Recorder {
+        log: Mutex<Vec<String>>,
+        fail_at: Option<usize>,
+        hang_at: Option<usize>,
+    }
+
+    impl SagaDefinition for Recorder {
+        const KIND: &'static str = "test";
+        const STEPS: &'static [&'static str] = &["a", "b", "c"];
+
+        async fn execute(&self, _: &str, step: usize, _: &Value, outputs: &[Value]) -> Result<Value, StepError> {
+            self.log.lock().unwrap().push(format!("do {} after {}", Self::STEPS[step], outputs.len()));
+            if self.hang_at == Some(step) {
+                std::future::pending::<()>().await;
+            }
+            if self.fail_at == Some(step) {
+                return Err(StepError("boom".into()));
+            }
+            Ok(serde_json::json!(step))
+        }
+
+        async fn compensate(&self, _: &str, step: usize, _: &Value, output: Option<&Value>) -> Result<(), StepError> {
+            self.log.lock().unwrap().push(format!("undo {} {}", Self::STEPS[step], output.is_some()));
+            Ok(())
+        }
+
+        fn finish(&self, tx: &rusqlite::Transaction<'_>, id: &str, _: &Value, o: &SagaOutcome) -> rusqlite::Result<()> {
+            let status = if *o == SagaOutcome::Completed { "ok" } else { "undone" };
+            tx.execute("INSERT INTO ends VALUES (?1, ?2)", [id, status]).map(drop)
+        }
+    }
+
+    fn db() -> Db {
+        let db = Db::in_memory("saga").unwrap();
+        db.migrate(SCHEMA).unwrap();
+        db.migrate("CREATE TABLE ends (id TEXT, status TEXT)").unwrap();
+        db
+    }
+
+    async fn start(db: &Db, id: &'static str) {
+        db.call("INSERT", "sagas", "", move |c| {
+            let tx = c.transaction()?;
+            begin(&tx, Recorder::KIND, id, &serde_json::json!({}), &BTreeMap::new())?;
+            tx.commit()
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_compensates_it_and_the_steps_before_in_reverse() {
+        let db = db();
+        start(&db, "s1").await;
+        let def = Arc::new(Recorder { fail_at: Some(1), ..Recorder::default() });
+        let outcome = Saga::new(db.clone(), def.clone()).run("s1").await.unwrap();
+        assert_eq!(outcome, SagaOutcome::Compensated { failed_step: "b".into(), error: "boom".into() });
+        assert_eq!(*def.log.lock().unwrap(), ["do a after 0", "do b after 1", "undo b false", "undo a true"]);
+        let end: String =
+            db.call("SELECT", "ends", "", |c| c.query_row("SELECT status FROM ends", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(end, "undone");
+    }
+
+    #[tokio::test]
+    async fn a_saga_interrupted_mid_step_resumes_where_its_log_ends() {
+        let db = db();
+        start(&db, "s2").await;
+        // The process "dies" while step b runs: a and its output are in the log, b is not.
+        let first = Arc::new(Recorder { hang_at: Some(1), ..Recorder::default() });
+        let saga = Saga::new(db.clone(), first.clone());
+        let interrupted = tokio::time::timeout(Duration::from_millis(200), saga.run("s2")).await;
+        assert!(interrupted.is_err());
+
+        let second = Arc::new(Recorder::default());
+        let resumed = Saga::new(db.clone(), second.clone()).resume_pending().await.unwrap();
+        assert_eq!(resumed, 1);
+        assert_eq!(*second.log.lock().unwrap(), ["do b after 1", "do c after 2"], "a is not run again");
+        let end: String =
+            db.call("SELECT", "ends", "", |c| c.query_row("SELECT status FROM ends", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(end, "ok");
+        assert_eq!(Saga::new(db, second).resume_pending().await.unwrap(), 0, "nothing left pending");
+    }
+}

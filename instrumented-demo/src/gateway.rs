@@ -251,6 +251,12 @@ fn template_of(path: &str) -> String {
     segs.join("/")
 }
 
+/// The gateway's routes for `ctx` (its services resolved through `ctx`).
+#[cfg(test)]
+pub(crate) fn app(ctx: ServiceContext) -> Result<axum::Router> {
+    Ok(routes(Arc::new(Gateway::new(ctx)?)))
+}
+
 fn routes(gw: Arc<Gateway>) -> axum::Router {
     axum::Router::new().route("/login", post(login)).route("/api/{*path}", any(proxy)).with_state(gw)
 }

@@ -365,3 +365,68 @@ pub async fn run(ctx: ServiceContext) -> Result<()> {
     println!("{summary}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServiceName;
+    use crate::config::ServiceConfig;
+    use crate::services::orders::NewOrder;
+
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// Journeys through the real gateway and catalog; orders is replaced by a recorder that only
+    /// accepts the orders service's own request type, so the checkout body must match it.
+    #[tokio::test]
+    async fn journeys_run_through_the_gateway_and_checkouts_match_the_orders_api() {
+        let db = crate::db::Db::in_memory("catalog").unwrap();
+        crate::catalog::prepare(&db).unwrap();
+        let catalog = serve(crate::catalog::routes(db)).await;
+        let placed: Arc<Mutex<Vec<NewOrder>>> = Arc::default();
+        let orders = serve(
+            axum::Router::new()
+                .route(
+                    "/orders",
+                    axum::routing::post({
+                        let placed = placed.clone();
+                        move |axum::Json(order): axum::Json<NewOrder>| async move {
+                            placed.lock().push(order);
+                            (http::StatusCode::CREATED, axum::Json(json!({ "status": "confirmed" })))
+                        }
+                    }),
+                )
+                .route("/orders/history", axum::routing::get(|| async { axum::Json(json!([])) })),
+        )
+        .await;
+        let gw_ctx = ServiceContext::new(ServiceName::Gateway, ServiceConfig::for_test(std::env::temp_dir())).unwrap();
+        gw_ctx.set_peer("catalog", &catalog);
+        gw_ctx.set_peer("orders", &orders);
+        let gateway = serve(crate::gateway::app(gw_ctx).unwrap()).await;
+
+        let mut cfg = ServiceConfig::for_test(std::env::temp_dir());
+        cfg.load = crate::config::LoadArgs {
+            target: Some(gateway),
+            rate: 40.0,
+            users: 4,
+            think: Duration::ZERO,
+            duration: Some(Duration::from_secs(3)),
+        };
+        let stats = generate(ServiceContext::new(ServiceName::Loadgen, cfg).unwrap()).await.unwrap();
+        let summary = stats.summary();
+        assert!(stats.count("checkout", Outcome::Ok) > 0, "{summary}");
+        assert!(stats.count("search", Outcome::Ok) > 0, "{summary}");
+        assert!(stats.count("order_history", Outcome::Ok) > 0, "{summary}");
+        assert!(!summary.contains("client_error") && !summary.contains("server_error"), "{summary}");
+        let placed = placed.lock();
+        assert_eq!(placed.len() as u64, stats.count("checkout", Outcome::Ok));
+        for order in placed.iter() {
+            assert!(order.user.starts_with("user-"), "{order:?}");
+            assert!(!order.items.is_empty() && order.items.iter().all(|i| i.sku.starts_with("SKU-")), "{order:?}");
+        }
+    }
+}

@@ -105,7 +105,8 @@ pub fn parse_fault_spec(spec: &str) -> Result<(ServiceName, FaultArgs), String> 
 
 impl Demo {
     /// Starts every service and, when asked, the load generator; returns once every service serves.
-    /// On failure the children started so far are stopped.
+    /// On failure the children started so far are stopped. Call it from a thread that outlives the
+    /// children (the main thread): they get SIGTERM when that thread ends.
     pub async fn start(opts: DemoOptions) -> Result<Demo> {
         let log_dir = opts.data_dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
@@ -210,6 +211,9 @@ impl Demo {
             }
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log.try_clone()?).kill_on_drop(true);
+        // PR_SET_PDEATHSIG fires when the thread that forked exits, not only the process: call
+        // `Demo::start` from a thread that outlives the children (`obsbox demo` polls it on the main
+        // thread, through `Runtime::block_on`).
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
         unsafe {

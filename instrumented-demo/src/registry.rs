@@ -367,6 +367,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_forgotten_instance_registers_again_on_its_next_heartbeat() {
+        let registry = Arc::new(Registry::new(DEFAULT_TTL));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn({
+            let registry = registry.clone();
+            async move { axum::serve(listener, routes(registry)).await }
+        });
+        let client = RegistryClient::new(&format!("http://{addr}"), HttpClient::default());
+        let task = client.keep_registered(reg("a"));
+        let listed = |r: &Registry| r.instances("catalog", Instant::now()).len();
+        let wait_for = |want: usize| {
+            let registry = registry.clone();
+            async move {
+                for _ in 0..100 {
+                    if listed(&registry) == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                false
+            }
+        };
+        assert!(wait_for(1).await, "registered on start");
+        // The registry forgets it (as after a restart): the next heartbeat gets 404 and re-registers.
+        assert!(registry.deregister("catalog", "a"));
+        assert_eq!(listed(&registry), 0);
+        assert!(wait_for(1).await, "registered again within a heartbeat");
+        task.abort();
+        client.deregister("catalog", "a").await;
+        assert_eq!(listed(&registry), 0);
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn client_registers_resolves_and_round_robins_over_http() {
         let registry = Arc::new(Registry::new(DEFAULT_TTL));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -54,14 +54,16 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 }
 
 /// Services of a checkout trace, when it has a messaging hop (a PRODUCER or CONSUMER span with
-/// `messaging.system`) and every span of its gateway and services has its conventions.
+/// `messaging.system`) and the order was confirmed.
 fn checkout_services(trace: &Value) -> Option<BTreeSet<String>> {
     let spans = trace["spans"].as_array()?;
     let messaging = spans.iter().any(|s| {
         let kind = s["span"]["kind"].as_i64().unwrap_or(0);
         (kind == 4 || kind == 5) && attr(&s["span"], "messaging.system").is_some()
     });
-    if !messaging {
+    // A confirmed order (its `order.confirmed` event): then `demo.orders.placed` has counted it.
+    let confirmed = spans.iter().any(|s| s["span"]["name"].as_str().is_some_and(|n| n.contains("order.confirmed")));
+    if !messaging || !confirmed {
         return None;
     }
     Some(spans.iter().filter_map(|s| s["service"].as_str().map(str::to_owned)).collect())

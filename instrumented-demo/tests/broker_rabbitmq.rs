@@ -283,6 +283,9 @@ async fn the_outbox_delivers_exactly_once_through_rabbitmq_across_a_consumer_cra
     let committed_tx = Arc::new(Mutex::new(Some(committed_tx)));
     let real = shipping::handler(shipping_db.clone());
     let crashing: Handler = Arc::new(move |message: Message| {
+        if message.payload["order_id"] != "ord_amqp" {
+            return real(message);
+        }
         let (real, signal) = (real.clone(), committed_tx.lock().unwrap().take());
         Box::pin(async move {
             real(message).await?;
@@ -312,8 +315,11 @@ async fn the_outbox_delivers_exactly_once_through_rabbitmq_across_a_consumer_cra
     // The broker redelivers the unacknowledged message to the next consumer; the inbox ignores it.
     let deliveries = Arc::new(AtomicUsize::new(0));
     let (real, seen) = (shipping::handler(shipping_db.clone()), deliveries.clone());
+    // Other tests of this binary publish `order.confirmed` too: count only this test's order.
     let counting: Handler = Arc::new(move |message: Message| {
-        seen.fetch_add(1, Ordering::SeqCst);
+        if message.payload["order_id"] == "ord_amqp" {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
         real(message)
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -336,4 +342,47 @@ async fn the_outbox_delivers_exactly_once_through_rabbitmq_across_a_consumer_cra
     assert_eq!(deliveries.load(Ordering::SeqCst), 1, "no further deliveries");
     stop_tx.send(()).unwrap();
     second.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_configured_with_an_amqp_url_exchange_events_through_rabbitmq() {
+    let Some(url) = broker_url().await else { return };
+    support::capture_spans();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = bind(&url, "unused.probe", "unused.probe").await;
+
+    // Shipping subscribes through the broker (its durable queue `shipping`), serving no /events route.
+    let shipping_ctx = support::context_with_broker(ServiceName::Shipping, dir.path(), Some(&url));
+    let shipping_db = shipping_ctx.db().unwrap();
+    let never = futures::FutureExt::shared(Box::pin(std::future::pending::<()>()));
+    let _routes = shipping::start(&shipping_ctx, shipping_db.clone(), never).unwrap();
+    let declared = support::eventually(Duration::from_secs(10), async || {
+        let channel = admin.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        channel.queue_declare("shipping".into(), passive, FieldTable::default()).await.is_ok()
+    })
+    .await;
+    assert!(declared, "the shipping consumer declared its queue");
+
+    let orders_ctx = support::context_with_broker(ServiceName::Orders, dir.path(), Some(&url));
+    let orders_db = orders_ctx.db().unwrap();
+    orders_db.migrate(outbox::SCHEMA).unwrap();
+    let publisher = Publisher::for_service(&orders_ctx, &obsbox_demo::services::orders::SUBSCRIBERS);
+    assert!(matches!(publisher, Publisher::Amqp(_)));
+    let relay = Relay::new(orders_db.clone(), publisher, Duration::from_secs(3600));
+    let payload = json!({ "order_id": "ord_svc", "user": "ada" });
+    orders_db
+        .call("INSERT", "outbox", "INSERT INTO outbox", move |conn| {
+            let tx = conn.transaction()?;
+            outbox::enqueue(&tx, "order.confirmed", &payload, &BTreeMap::new())?;
+            tx.commit()
+        })
+        .await
+        .unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    let dispatched = support::eventually(Duration::from_secs(10), async || {
+        shipping::dispatch_count(&shipping_db, "ord_svc").await.unwrap() == 1
+    })
+    .await;
+    assert!(dispatched, "shipping consumed order.confirmed from RabbitMQ");
 }

@@ -47,8 +47,14 @@ pub fn attr(span: &SpanData, key: &str) -> Option<String> {
 
 /// A service context for tests: loopback, data under `dir`, no registry.
 pub fn context(name: ServiceName, dir: &std::path::Path) -> ServiceContext {
+    context_with_broker(name, dir, None)
+}
+
+/// A service context for tests whose events go through the RabbitMQ at `amqp_url` (HTTP when `None`).
+pub fn context_with_broker(name: ServiceName, dir: &std::path::Path, amqp_url: Option<&str>) -> ServiceContext {
     let mut cfg = ServiceConfig::for_test(dir.join(name.as_str()));
     cfg.instance = Some(name.as_str().to_owned());
+    cfg.amqp_url = amqp_url.map(str::to_owned);
     ServiceContext::new(name, cfg).expect("test context")
 }
 

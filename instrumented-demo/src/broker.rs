@@ -406,8 +406,19 @@ fn message_of(delivery: &lapin::message::Delivery) -> Message {
             }
         }
     }
+    // A message from another publisher may lack an id; one derived from its content keeps redeliveries of it
+    // recognisable to the inbox.
+    let id = match delivery.properties.message_id() {
+        Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
+        _ => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (delivery.routing_key.as_str(), &delivery.data).hash(&mut h);
+            format!("content-{:016x}", h.finish())
+        }
+    };
     Message {
-        id: delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned()).unwrap_or_default(),
+        id,
         topic: delivery.routing_key.as_str().to_owned(),
         payload: serde_json::from_slice(&delivery.data).unwrap_or(serde_json::Value::Null),
         headers,

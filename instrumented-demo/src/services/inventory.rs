@@ -470,3 +470,47 @@ pub async fn run(ctx: ServiceContext) -> Result<()> {
     grpc_task.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(sku: &str, quantity: u32) -> proto::Item {
+        proto::Item { sku: sku.into(), quantity }
+    }
+
+    async fn available(db: &Db, sku: &str) -> i64 {
+        stock_of(db, sku.into()).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn reserve_is_all_or_nothing_idempotent_and_release_gives_it_back_once() {
+        let db = Db::in_memory("inventory").unwrap();
+        migrate(&db).unwrap();
+        let req = |order: &str, items| proto::ReserveRequest { order_id: order.into(), items };
+
+        // The second line cannot be served: the first is rolled back.
+        let short =
+            reserve(&db, req("o1", vec![item("SKU-0001", 2), item("SKU-0002", INITIAL_STOCK as u32 + 1)])).await;
+        assert_eq!(short.unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(available(&db, "SKU-0001").await, INITIAL_STOCK);
+
+        let ok = reserve(&db, req("o2", vec![item("SKU-0001", 2), item("SKU-0002", 3)])).await.unwrap();
+        assert_eq!(ok.reserved, 5);
+        let again = reserve(&db, req("o2", vec![item("SKU-0001", 2), item("SKU-0002", 3)])).await.unwrap();
+        assert_eq!(again.reserved, 5, "a repeated reservation of the same order changes nothing");
+        assert_eq!(available(&db, "SKU-0001").await, INITIAL_STOCK - 2);
+
+        let released = release(&db, proto::ReleaseRequest { order_id: "o2".into() }).await.unwrap();
+        assert_eq!(released.released, 5);
+        let twice = release(&db, proto::ReleaseRequest { order_id: "o2".into() }).await.unwrap();
+        assert_eq!(twice.released, 0, "a repeated release gives nothing back");
+        let never = release(&db, proto::ReleaseRequest { order_id: "unknown".into() }).await.unwrap();
+        assert_eq!(never.released, 0);
+        assert_eq!(available(&db, "SKU-0001").await, INITIAL_STOCK);
+        assert_eq!(available(&db, "SKU-0002").await, INITIAL_STOCK);
+
+        let bad = reserve(&db, req("o3", vec![item("SKU-0001", 0)])).await;
+        assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+    }
+}

@@ -11,10 +11,59 @@ use obsbox_demo::patterns::breaker::{BreakerConfig, BreakerState};
 use obsbox_demo::patterns::retry::RetryConfig;
 use obsbox_demo::services::payments::{ProviderClient, ResilienceConfig};
 use obsbox_demo::services::{ServiceContext, payments, provider};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use serde_json::json;
+use std::sync::OnceLock;
+
+struct Metrics {
+    exporter: InMemoryMetricExporter,
+    provider: SdkMeterProvider,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// A global meter provider exporting to memory, set before any instrument is made.
+fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| {
+        let exporter = InMemoryMetricExporter::default();
+        let provider =
+            SdkMeterProvider::builder().with_reader(PeriodicReader::builder(exporter.clone()).build()).build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        Metrics { exporter, provider }
+    })
+}
+
+/// The points of metric `name` from the last collection: (attributes as `k=v` strings, value).
+fn points(name: &str) -> Vec<(Vec<String>, i128)> {
+    let m = metrics();
+    m.exporter.reset();
+    m.provider.force_flush().unwrap();
+    let mut out = Vec::new();
+    for rm in m.exporter.get_finished_metrics().unwrap() {
+        for sm in rm.scope_metrics() {
+            for metric in sm.metrics().filter(|x| x.name() == name) {
+                let attrs = |it: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+                    it.map(|kv| format!("{}={}", kv.key, kv.value)).collect::<Vec<_>>()
+                };
+                match metric.data() {
+                    AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                        out.extend(sum.data_points().map(|p| (attrs(&mut p.attributes()), i128::from(p.value()))))
+                    }
+                    AggregatedMetrics::I64(MetricData::Gauge(g)) => {
+                        out.extend(g.data_points().map(|p| (attrs(&mut p.attributes()), i128::from(p.value()))))
+                    }
+                    other => panic!("unexpected data for {name}: {other:?}"),
+                }
+            }
+        }
+    }
+    out
+}
 
 async fn setup(config: ResilienceConfig) -> (String, ServiceContext, ProviderClient, tempfile::TempDir) {
     support::capture_spans();
+    metrics();
     let dir = tempfile::tempdir().unwrap();
     let provider_ctx = support::context(ServiceName::Provider, dir.path());
     let routes = provider::routes(provider_ctx.db().unwrap(), provider_ctx.faults.clone()).unwrap();
@@ -90,6 +139,15 @@ async fn the_breaker_opens_on_provider_errors_fails_fast_and_recovers() {
     assert_eq!(client.breaker().state(), BreakerState::HalfOpen);
     assert_eq!(pay(&url, "o4").await.0, 201, "the probe goes through");
     assert_eq!(client.breaker().state(), BreakerState::Closed);
+
+    // Each transition was counted; the state gauge reads closed again.
+    let transitions = points("demo.payments.breaker.transitions");
+    for to in ["to=open", "to=half_open", "to=closed"] {
+        let n: i128 = transitions.iter().filter(|(a, _)| a.iter().any(|x| x == to)).map(|(_, v)| v).sum();
+        assert_eq!(n, 1, "{to} in {transitions:?}");
+    }
+    let state = points("demo.payments.breaker.state");
+    assert!(!state.is_empty() && state.iter().all(|(_, v)| *v == 0), "gauge {state:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

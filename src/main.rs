@@ -4,8 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use obsbox::{Config, Obsbox};
+use obsbox_demo::config::LoadArgs;
+use obsbox_demo::faults::{FaultArgs, FaultSettings};
+use obsbox_demo::launcher::{Demo, DemoOptions};
+use obsbox_demo::{ServiceConfig, ServiceName};
 
 /// Flags override the config file; each has an `OBSBOX_*` environment variable.
 #[derive(Debug, Parser)]
@@ -35,6 +39,89 @@ struct Cli {
     /// WAL fsync policy: group (fsync before ack) or interval.
     #[arg(long, env = "OBSBOX_FSYNC", value_parser = ["group", "interval"])]
     fsync: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs obsbox with the demo shop: every demo service as a child process, and a load generator.
+    Demo(Box<DemoArgs>),
+    /// Runs one demo service (what `obsbox demo` starts; also one per container).
+    #[command(hide = true)]
+    DemoService {
+        #[arg(value_enum)]
+        service: ServiceName,
+        #[command(flatten)]
+        config: Box<ServiceConfig>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct DemoArgs {
+    #[command(subcommand)]
+    action: Option<DemoAction>,
+    /// Port of the gateway; the other services take the next ones (0: free ports).
+    #[arg(long, default_value_t = 8080)]
+    base_port: u16,
+    /// Instances of the catalog service (the gateway balances over them).
+    #[arg(long, default_value_t = 2)]
+    catalog_instances: u32,
+    /// RabbitMQ URL for the order events; without it they are delivered over HTTP.
+    #[arg(long, env = "OBSBOX_DEMO_AMQP_URL")]
+    amqp_url: Option<String>,
+    /// Stop everything after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Start no load generator.
+    #[arg(long)]
+    no_load: bool,
+    /// Fault a service starts with: SERVICE:KEY=VALUE[,KEY=VALUE] with keys latency, error-rate,
+    /// endpoint, provider-outage, broker-down (e.g. payments:error-rate=0.3,latency=200ms).
+    #[arg(long = "fault", value_parser = obsbox_demo::launcher::parse_fault_spec)]
+    faults: Vec<(ServiceName, FaultArgs)>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoAction {
+    /// Shows or changes the faults of a running demo's service (every instance of it).
+    Faults {
+        #[command(subcommand)]
+        action: FaultsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FaultsAction {
+    /// Replaces the service's faults with the ones given.
+    Set {
+        #[arg(value_enum)]
+        service: ServiceName,
+        #[command(flatten)]
+        faults: FaultArgs,
+        /// The demo's registry.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        registry: String,
+    },
+    /// Shows the service's faults.
+    Get {
+        #[arg(value_enum)]
+        service: ServiceName,
+        /// The demo's registry.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        registry: String,
+    },
+    /// Removes every fault of the service.
+    Clear {
+        #[arg(value_enum)]
+        service: ServiceName,
+        /// The demo's registry.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        registry: String,
+    },
 }
 
 impl Cli {
@@ -88,7 +175,15 @@ fn real_main() -> anyhow::Result<()> {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::DemoService { .. }) = &cli.command
+        && let Some(Command::DemoService { service, config }) = cli.command.take()
+    {
+        // A demo service sets up its own tracing subscriber (OpenTelemetry plus stderr).
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+        return runtime.block_on(obsbox_demo::services::run(service, *config)).map_err(Into::into);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OBSBOX_LOG").unwrap_or_else(|_| "info,tantivy=warn".into()),
@@ -98,7 +193,114 @@ fn real_main() -> anyhow::Result<()> {
         .init();
     let config = cli.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(run(config))
+    match cli.command {
+        None => runtime.block_on(run(config)),
+        Some(Command::Demo(mut args)) => match args.action.take() {
+            Some(DemoAction::Faults { action }) => runtime.block_on(faults(action)),
+            None => runtime.block_on(demo(config, *args)),
+        },
+        Some(Command::DemoService { .. }) => unreachable!("handled before the subscriber is set up"),
+    }
+}
+
+/// `obsbox demo faults ...`: talks to every instance of the service, found through the registry.
+async fn faults(action: FaultsAction) -> anyhow::Result<()> {
+    let (service, registry, settings) = match action {
+        FaultsAction::Set { service, faults, registry } => {
+            (service, registry, Some(faults.settings().map_err(anyhow::Error::msg)?))
+        }
+        FaultsAction::Get { service, registry } => (service, registry, None),
+        FaultsAction::Clear { service, registry } => (service, registry, Some(FaultSettings::default())),
+    };
+    let answers = obsbox_demo::faults::remote(&registry, service.as_str(), settings.as_ref())
+        .await
+        .with_context(|| format!("cannot reach {service} through the registry at {registry}"))?;
+    for (instance, settings) in answers {
+        println!("{} {}", instance.instance_id, serde_json::to_string(&settings)?);
+    }
+    Ok(())
+}
+
+/// `obsbox demo`: obsbox in this process, the demo services as children exporting to it.
+async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    let mut obsbox = Obsbox::start(config.clone()).await?;
+    let grpc = obsbox.otlp_grpc_addr();
+    let host = if grpc.ip().is_unspecified() { "127.0.0.1".to_owned() } else { grpc.ip().to_string() };
+    let ui_addr = obsbox.http_addr();
+    let ui_host = if ui_addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { ui_addr.ip().to_string() };
+    let options = DemoOptions {
+        exe: std::env::current_exe().context("cannot find this binary to start the demo services")?,
+        base_port: args.base_port,
+        data_dir: config.storage.data_dir.join("demo"),
+        otlp_endpoint: format!("http://{host}:{}", grpc.port()),
+        catalog_instances: args.catalog_instances,
+        amqp_url: args.amqp_url,
+        load: (!args.no_load).then_some(args.load),
+        faults: args.faults,
+    };
+    let mut demo = match Demo::start(options).await {
+        Ok(d) => d,
+        Err(e) => {
+            obsbox.shutdown().await?;
+            return Err(anyhow::Error::new(e).context("starting the demo services"));
+        }
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "listening otlp_grpc={} otlp_http={} http={}",
+            obsbox.otlp_grpc_addr(),
+            obsbox.otlp_http_addr(),
+            obsbox.http_addr()
+        )?;
+        writeln!(out, "demo gateway={} registry={}", demo.gateway_url, demo.registry_url)?;
+        writeln!(out)?;
+        writeln!(out, "obsbox demo is running:")?;
+        writeln!(out, "  UI (traces, logs)   http://{ui_host}:{}/", ui_addr.port())?;
+        writeln!(
+            out,
+            "  shop gateway        {}  (POST /login {{\"user\":\"ann\",\"password\":\"demo\"}}, then /api/products with the token)",
+            demo.gateway_url
+        )?;
+        writeln!(out, "  service registry    {}/v1/services", demo.registry_url)?;
+        writeln!(out, "  service logs        {}", demo.log_dir.display())?;
+        writeln!(
+            out,
+            "  inject a fault      obsbox demo faults set payments --error-rate 0.5 --registry {}",
+            demo.registry_url
+        )?;
+        writeln!(out, "Ctrl-C stops everything.")?;
+        out.flush()?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let deadline = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let result = loop {
+        tokio::select! {
+            r = obsbox.wait() => break r,
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping the demo"); break Ok(()) }
+            _ = term.recv() => { tracing::info!("terminated, stopping the demo"); break Ok(()) }
+            _ = &mut deadline => { tracing::info!("demo duration over, stopping"); break Ok(()) }
+            exited = demo.exited() => {
+                if exited.service == ServiceName::Loadgen && exited.status.success() {
+                    tracing::info!("load generator finished");
+                } else {
+                    tracing::error!(instance = %exited.instance, status = %exited.status, logs = %demo.log_dir.display(), "demo service exited");
+                }
+            }
+        }
+    };
+    // Children first: they flush their telemetry to the collector on the way out.
+    demo.stop().await;
+    obsbox.shutdown().await?;
+    tracing::info!("stopped");
+    result
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -128,4 +330,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     obsbox.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

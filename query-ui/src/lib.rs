@@ -4,6 +4,8 @@
 //! - [`router`]: the axum router of everything served on the UI port.
 //! - `ops`: operational endpoints: `GET /healthz`, `GET /readyz`, `GET /metrics` (obsbox's own
 //!   metrics in the Prometheus text format, the store's sizes and queue depths included).
+//! - `prometheus`: the Prometheus-compatible API under `/prometheus/api/v1` (PromQL subset in
+//!   `docs/promql.md`).
 //!
 //! The query APIs (native, Jaeger, Loki, Prometheus) and the web UI join this router as they
 //! are built.
@@ -14,6 +16,7 @@ mod jaeger;
 mod loki;
 mod native;
 mod ops;
+mod prometheus;
 mod query;
 
 use std::sync::Arc;
@@ -31,7 +34,7 @@ pub struct AppState {
     /// The store's read side.
     pub reader: Arc<dyn Reader>,
     /// Registry whose metrics `GET /metrics` exposes.
-    pub registry: prometheus::Registry,
+    pub registry: ::prometheus::Registry,
     /// Set once every listener accepts connections and the store is open.
     pub ready: Arc<AtomicBool>,
     /// Gauges refreshed from the store at each scrape.
@@ -44,9 +47,9 @@ impl AppState {
     /// State over `reader`, registering the store gauges in `registry`.
     pub fn new(
         reader: Arc<dyn Reader>,
-        registry: prometheus::Registry,
+        registry: ::prometheus::Registry,
         ready: Arc<AtomicBool>,
-    ) -> Result<Self, prometheus::Error> {
+    ) -> Result<Self, ::prometheus::Error> {
         let store_metrics = Arc::new(StoreMetrics::register(&registry)?);
         let query = QueryService::new(reader.clone());
         Ok(AppState { reader, registry, ready, store_metrics, query })
@@ -55,7 +58,12 @@ impl AppState {
 
 /// Everything served on the UI port.
 pub fn router(state: AppState) -> Router {
-    ops::routes().merge(native::routes()).merge(jaeger::routes()).merge(loki::routes()).with_state(state)
+    ops::routes()
+        .merge(native::routes())
+        .merge(jaeger::routes())
+        .merge(loki::routes())
+        .merge(prometheus::routes())
+        .with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.

@@ -22,6 +22,10 @@ fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
+# The real Prometheus the PromQL differential and exposition/remote-write tests compare against.
+if [ ! -x /usr/bin/prometheus ]; then
+    apt_install prometheus
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install the Rust toolchain (rustup) first" >&2
     exit 1

@@ -15,6 +15,7 @@
 //! (`obsbox_storage::prometheus`), shared with the exposition endpoint and remote write.
 
 mod eval;
+mod exposition;
 mod hist;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -59,6 +60,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/prometheus/api/v1/label/{name}/values", get(label_values))
         .route("/prometheus/api/v1/metadata", get(metadata))
         .route("/prometheus/api/v1/status/buildinfo", get(buildinfo))
+        .merge(exposition::routes())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ use obsbox_storage::{Batch, MemStore, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Metric, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, Sum, exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+    AggregationTemporality, Exemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Metric,
+    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, exponential_histogram_data_point::Buckets,
+    metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::Value as Json;
@@ -53,7 +54,17 @@ async fn app(now: i64) -> Router {
     for i in 0..40i64 {
         let t = now - 600_000 + i * 15_000;
         counter.push(num(t, i as f64 * 3.0, vec![kv("http.route", "/cart")]));
-        counter.push(num(t, i as f64, vec![kv("http.route", "/pay")]));
+        let mut pay = num(t, i as f64, vec![kv("http.route", "/pay")]);
+        if i == 30 {
+            pay.exemplars.push(Exemplar {
+                time_unix_nano: t as u64 * 1_000_000,
+                value: Some(exemplar::Value::AsDouble(0.25)),
+                trace_id: vec![0xab; 16],
+                span_id: vec![0xcd; 8],
+                ..Default::default()
+            });
+        }
+        counter.push(pay);
         gauge.push(num(t, 1e6 + i as f64, vec![]));
         exp.push(ExponentialHistogramDataPoint {
             time_unix_nano: t as u64 * 1_000_000,
@@ -227,6 +238,23 @@ async fn grafana_datasource_requests_answer() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
     assert_eq!(v["data"][0]["job"], "shop");
+
+    // Exemplars, as Grafana asks for them next to a panel's query.
+    let (s, v) = post(
+        &app,
+        "/prometheus/api/v1/query_exemplars",
+        &[("query", "rate(http_server_requests_total[5m])"), ("start", &start), ("end", &t)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let series = v["data"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{v}");
+    assert_eq!(series[0]["seriesLabels"]["http_route"], "/pay");
+    let e = &series[0]["exemplars"][0];
+    assert_eq!(e["labels"]["trace_id"], "abababababababababababababababab");
+    assert_eq!(e["labels"]["span_id"], "cdcdcdcdcdcdcdcd");
+    assert_eq!(e["value"], "0.25");
+    assert!(e["timestamp"].is_number());
 }
 
 #[tokio::test]

@@ -219,6 +219,29 @@ fn selector_matchers(vs: &VectorSelector) -> Vec<Matcher> {
     out
 }
 
+/// The matchers of every selector in `expr`, in order.
+pub(crate) fn all_selectors(expr: &Expr, out: &mut Vec<Vec<Matcher>>) {
+    match expr {
+        Expr::VectorSelector(vs) => out.push(selector_matchers(vs)),
+        Expr::MatrixSelector(ms) => out.push(selector_matchers(&ms.vs)),
+        Expr::Paren(p) => all_selectors(&p.expr, out),
+        Expr::Unary(u) => all_selectors(&u.expr, out),
+        Expr::Subquery(q) => all_selectors(&q.expr, out),
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                all_selectors(p, out);
+            }
+            all_selectors(&a.expr, out);
+        }
+        Expr::Binary(b) => {
+            all_selectors(&b.lhs, out);
+            all_selectors(&b.rhs, out);
+        }
+        Expr::Call(c) => c.args.args.iter().for_each(|a| all_selectors(a, out)),
+        _ => {}
+    }
+}
+
 /// Labels the view synthesizes, which the store cannot match on.
 fn synthesized(label: &str) -> bool {
     matches!(label, "job" | "instance" | "le" | "quantile") || label.contains('_')
@@ -252,7 +275,7 @@ fn label_of<'a>(labels: &'a Labels, name: &str) -> &'a str {
     labels.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
 }
 
-fn matches_all(labels: &Labels, matchers: &[Matcher]) -> bool {
+pub(crate) fn matches_all(labels: &Labels, matchers: &[Matcher]) -> bool {
     matchers.iter().all(|m| m.is_match(label_of(labels, &m.name)))
 }
 

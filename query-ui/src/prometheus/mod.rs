@@ -15,7 +15,6 @@
 //! (`obsbox_storage::prometheus`), shared with the exposition endpoint and remote write.
 
 mod eval;
-mod exposition;
 mod hist;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,7 +59,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/prometheus/api/v1/label/{name}/values", get(label_values))
         .route("/prometheus/api/v1/metadata", get(metadata))
         .route("/prometheus/api/v1/status/buildinfo", get(buildinfo))
-        .merge(exposition::routes())
+        .route("/prometheus/api/v1/query_exemplars", get(query_exemplars).post(query_exemplars))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -676,6 +675,65 @@ async fn metadata(State(st): State<AppState>, p: Params) -> Result<Response, Pro
         let _ = write!(out, "{}:[{}]", json_str(name), list.join(","));
     }
     out.push('}');
+    Ok(success(None, &out))
+}
+
+/// Exemplars (trace and span ids) of the series the query's selectors select, in `[start, end]`.
+async fn query_exemplars(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
+    let expr = p.expr()?;
+    let end = p.time("end")?.unwrap_or_else(now_ms);
+    let start = p.time("start")?.unwrap_or(end - 3600 * 1000);
+    if end < start {
+        return Err(PromError::bad("end timestamp must not be before start time"));
+    }
+    let mut selectors = Vec::new();
+    eval::all_selectors(&expr, &mut selectors);
+    let found = blocking(&st, move |r| {
+        let time = TimeRange {
+            start_ns: u64::try_from(start.max(0)).unwrap_or(0).saturating_mul(1_000_000),
+            end_ns: u64::try_from(end.saturating_add(1).max(0)).unwrap_or(0).saturating_mul(1_000_000),
+        };
+        let mut out: BTreeMap<eval::Labels, Vec<obsbox_storage::prometheus::Exemplar>> = BTreeMap::new();
+        for ms in &selectors {
+            let data = r.find_metrics(&MetricQuery { matchers: eval::pushdown(ms), time })?;
+            let view = prometheus_view(&data, &ViewOptions { native_histograms: true, target_info: false });
+            for fam in view.families {
+                let series = fam
+                    .series
+                    .into_iter()
+                    .map(|s| (s.labels, s.exemplars))
+                    .chain(fam.native.into_iter().map(|s| (s.labels, s.exemplars)));
+                for (labels, exemplars) in series {
+                    let exemplars: Vec<_> =
+                        exemplars.into_iter().filter(|e| e.t_ms >= start && e.t_ms <= end).collect();
+                    if !exemplars.is_empty() && eval::matches_all(&labels, ms) {
+                        out.insert(labels, exemplars);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    let mut out = String::from("[");
+    for (i, (labels, exemplars)) in found.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"seriesLabels\":");
+        write_metric(&mut out, &Arc::new(labels.clone()));
+        out.push_str(",\"exemplars\":[");
+        for (j, e) in exemplars.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"labels\":");
+            write_metric(&mut out, &Arc::new(e.labels.clone()));
+            let _ = write!(out, ",\"value\":{},\"timestamp\":{}}}", json_str(&format_float(e.value)), ts_json(e.t_ms));
+        }
+        out.push_str("]}");
+    }
+    out.push(']');
     Ok(success(None, &out))
 }
 

@@ -359,6 +359,58 @@ mod tests {
         }
     }
 
+    /// Takes spans and data points into the store (`ok`) or refuses them, remembering metrics.
+    struct Store {
+        ok: bool,
+        metrics: std::sync::Mutex<Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>>,
+    }
+
+    impl Writer for Store {
+        fn write(&self, batch: Batch) -> obsbox_storage::WriteFuture {
+            if let Batch::Metrics(m) = &batch {
+                self.metrics.lock().unwrap().push(m.clone());
+            }
+            let result = if self.ok {
+                Ok(obsbox_storage::WriteReceipt { seq: 0 })
+            } else {
+                Err(StoreError::Overloaded { retry_after: std::time::Duration::from_secs(1) })
+            };
+            Box::pin(async move { result })
+        }
+    }
+
+    fn one_span() -> Bytes {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "op".into(), ..Default::default() };
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        Bytes::from(req.encode_to_vec())
+    }
+
+    #[tokio::test]
+    async fn only_acknowledged_spans_are_derived_from() {
+        for ok in [true, false] {
+            let registry = prometheus::Registry::new();
+            let store = Arc::new(Store { ok, metrics: Default::default() });
+            let deriver = Deriver::start(&crate::DeriveConfig::default(), store.clone(), &registry, None).unwrap();
+            let taps = Taps { deriver: Some(deriver.clone()), remote_write: None };
+            let c = Collector::with_taps(store.clone(), Limits::default(), &registry, taps).unwrap();
+            let body = one_span();
+            let permit = c.reserve(body.len()).unwrap();
+            let result =
+                c.export(Signal::Traces, Transport::Grpc, Format::Protobuf, Compression::Identity, body, permit).await;
+            assert_eq!(result.is_ok(), ok);
+            tokio::task::spawn_blocking(move || deriver.stop()).await.unwrap();
+            // Stopping writes the last points: derived ones exist only for the acknowledged span.
+            assert_eq!(store.metrics.lock().unwrap().len(), usize::from(ok), "ok = {ok}");
+        }
+    }
+
     #[test]
     fn inflight_budget_is_taken_and_given_back() {
         let registry = prometheus::Registry::new();

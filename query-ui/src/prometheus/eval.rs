@@ -59,6 +59,8 @@ impl Default for Limits {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Series {
     pub metric: Metric,
+    /// `metric` without `__name__`, computed once for the functions that drop it.
+    pub unnamed: Metric,
     /// Float samples; stale markers included.
     pub floats: Vec<(i64, f64)>,
     /// Native histogram samples.
@@ -320,7 +322,8 @@ pub(crate) fn read_series(
                 continue;
             }
             take(floats.len())?;
-            out.push(Series { metric: Arc::new(s.labels), floats, hists: Vec::new() });
+            let metric = Arc::new(s.labels);
+            out.push(Series { unnamed: drop_name(&metric), metric, floats, hists: Vec::new() });
         }
         for s in fam.native {
             if !matches_all(&s.labels, matchers) {
@@ -336,7 +339,8 @@ pub(crate) fn read_series(
                 continue;
             }
             take(hists.len() * 8)?;
-            out.push(Series { metric: Arc::new(s.labels), floats: Vec::new(), hists });
+            let metric = Arc::new(s.labels);
+            out.push(Series { unnamed: drop_name(&metric), metric, floats: Vec::new(), hists });
         }
     }
     out.sort_by(|a, b| a.metric.cmp(&b.metric));
@@ -454,6 +458,7 @@ impl Evaluator {
                         .into_iter()
                         .map(|w| Series {
                             metric: w.metric.clone(),
+                            unnamed: w.unnamed.clone(),
                             floats: w.floats.into_owned(),
                             hists: w.hists.to_vec(),
                         })
@@ -528,6 +533,7 @@ impl Evaluator {
             }
             out.push(Window {
                 metric: &s.metric,
+                unnamed: &s.unnamed,
                 floats,
                 hists,
                 range_start: mint,
@@ -828,6 +834,7 @@ pub(crate) fn drop_name(m: &Metric) -> Metric {
 /// The samples of one series inside a range selector's window.
 pub(crate) struct Window<'a> {
     pub metric: &'a Metric,
+    pub unnamed: &'a Metric,
     pub floats: Cow<'a, [(i64, f64)]>,
     pub hists: &'a [(i64, Arc<FloatHist>)],
     pub range_start: i64,
@@ -916,7 +923,7 @@ fn instant_delta(w: &Window<'_>, is_rate: bool) -> Option<f64> {
 }
 
 fn range_function(name: &str, param: Option<f64>, w: &Window<'_>) -> Option<Sample> {
-    let dropped = || drop_name(w.metric);
+    let dropped = || w.unnamed.clone();
     if matches!(name, "rate" | "increase" | "delta") {
         let (v, h) = extrapolated_rate(w, name != "delta", name == "rate")?;
         return Some(Sample { metric: dropped(), f: v, h: h.map(Arc::new) });
@@ -1357,8 +1364,15 @@ mod tests {
 
     fn rate_of(floats: &[(i64, f64)], start: i64, end: i64, counter: bool, rate: bool) -> Option<f64> {
         let (m, f, s, e) = window(floats, start, end);
-        let w =
-            Window { metric: &m, floats: Cow::Borrowed(&f), hists: &[], range_start: s, range_end: e, range: e - s };
+        let w = Window {
+            metric: &m,
+            unnamed: &m,
+            floats: Cow::Borrowed(&f),
+            hists: &[],
+            range_start: s,
+            range_end: e,
+            range: e - s,
+        };
         extrapolated_rate(&w, counter, rate).map(|r| r.0)
     }
 
@@ -1402,6 +1416,7 @@ mod tests {
         let f = [(0, 1.0), (10_000, 5.0), (15_000, 2.0)];
         let w = Window {
             metric: &m,
+            unnamed: &m,
             floats: Cow::Borrowed(&f),
             hists: &[],
             range_start: 0,

@@ -468,7 +468,12 @@ pub(crate) fn range_query(
         }
         for s in samples {
             let i = *index.entry(s.metric.clone()).or_insert_with(|| {
-                out.push(Series { metric: s.metric.clone(), floats: Vec::new(), hists: Vec::new() });
+                out.push(Series {
+                    metric: s.metric.clone(),
+                    unnamed: s.metric.clone(),
+                    floats: Vec::new(),
+                    hists: Vec::new(),
+                });
                 out.len() - 1
             });
             let series = &mut out[i];

@@ -81,3 +81,56 @@ async fn push_metrics_sends_one_batch() {
     let err = obsbox::collector::push_metrics("http://127.0.0.1:9/api/v1/write", &data, false).await.unwrap_err();
     assert!(err.to_string().contains("remote write failed"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exponential_histograms_arrive_as_native_histograms() {
+    use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Metric, ResourceMetrics,
+        ScopeMetrics, metric,
+    };
+    let Some(prom) = blocking(|| Prometheus::start(&[], &["--enable-feature=native-histograms"])).await else {
+        return;
+    };
+    let t = now_ns();
+    let point = ExponentialHistogramDataPoint {
+        start_time_unix_nano: t - 60_000_000_000,
+        time_unix_nano: t,
+        count: 4,
+        sum: Some(9.5),
+        scale: 0,
+        zero_count: 1,
+        // Scale 0, offset 0: (1, 2] holds 1, (2, 4] holds 2.
+        positive: Some(Buckets { offset: 0, bucket_counts: vec![1, 2] }),
+        ..Default::default()
+    };
+    let data = MetricsData {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource("shop")),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics: vec![Metric {
+                    name: "shop.wait".into(),
+                    unit: "s".into(),
+                    data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+                        data_points: vec![point],
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    })),
+                    ..Default::default()
+                }],
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    obsbox::collector::push_metrics(&prom.remote_write_url(), &data, true).await.expect("push");
+    blocking(move || {
+        let wait = Duration::from_secs(10);
+        prom.wait_for(r#"histogram_count(shop_wait_seconds{job="shop"})"#, wait, |r| value(r) == Some(4.0));
+        prom.wait_for(r#"histogram_sum(shop_wait_seconds{job="shop"})"#, wait, |r| value(r) == Some(9.5));
+        // Half of the 4 observations lie at or below 2: the zero bucket and (1, 2].
+        let r = prom.query(r#"histogram_fraction(0, 2, shop_wait_seconds{job="shop"})"#);
+        assert_eq!(value(&r), Some(0.5), "{r:?}");
+    })
+    .await;
+}

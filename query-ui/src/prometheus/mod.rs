@@ -15,6 +15,7 @@
 //! (`obsbox_storage::prometheus`), shared with the exposition endpoint and remote write.
 
 mod eval;
+mod exposition;
 mod hist;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,6 +61,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/prometheus/api/v1/metadata", get(metadata))
         .route("/prometheus/api/v1/status/buildinfo", get(buildinfo))
         .route("/prometheus/api/v1/query_exemplars", get(query_exemplars).post(query_exemplars))
+        .merge(exposition::routes())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -460,6 +460,16 @@ const QUERIES: &[&str] = &[
     "histogram_quantile(0.9, sum by (le) (rate(http_server_duration_seconds_bucket[5m])))",
     "histogram_quantile(0.5, rate(http_server_duration_seconds_bucket[10m]))",
     "rate(http_server_duration_seconds_sum[5m]) / rate(http_server_duration_seconds_count[5m])",
+    "timestamp(queue_depth)",
+    "sort_desc(queue_depth)",
+    "group by (job) (queue_depth)",
+    "stdvar_over_time(queue_depth[10m])",
+    "idelta(queue_depth[2m])",
+    "present_over_time(queue_depth[1m])",
+    "sgn(queue_depth)",
+    "queue_depth @ end()",
+    "rate(http_server_requests_total[5m] @ start())",
+    "quantile(0.3, queue_depth)",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,6 +520,6 @@ async fn promql_results_match_prometheus() {
         failures.join("\n")
     );
     eprintln!("{compared} points compared over {} queries", QUERIES.len());
-    // 48 queries, 31 steps, most with several series: a broken comparison would see far fewer.
+    // 58 queries, 31 steps, most with several series: a broken comparison would see far fewer.
     assert!(compared > 5_000, "only {compared} points compared");
 }

@@ -130,7 +130,8 @@ impl Obsbox {
     }
 
     /// Stops accepting connections, finishes requests in flight, writes the last derived
-    /// points, then closes the store (committing everything acknowledged).
+    /// points, sends what remote write has queued (for at most 5 s), then closes the store
+    /// (committing everything acknowledged).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
@@ -140,7 +141,7 @@ impl Obsbox {
             tokio::task::spawn_blocking(move || deriver.stop()).await.context("derive stop task failed")?;
         }
         if let Some(rw) = self.remote_write.take() {
-            rw.close();
+            rw.close(std::time::Duration::from_secs(5)).await;
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await.context("store close task failed")?;

@@ -480,6 +480,8 @@ struct Inner {
     queue: Mutex<Queue>,
     notify: Notify,
     telemetry: Telemetry,
+    /// Set (`true`) when the sender task has ended.
+    finished: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -505,6 +507,7 @@ impl RemoteWrite {
                 queue: Mutex::new(Queue::default()),
                 notify: Notify::new(),
                 telemetry,
+                finished: tokio::sync::watch::channel(false).0,
             }),
         };
         let client = reqwest::Client::builder()
@@ -557,10 +560,15 @@ impl RemoteWrite {
         self.enqueue(self.prepare(&data));
     }
 
-    /// Stops taking batches; the sender task sends what is queued (one attempt each) and ends.
-    pub fn close(&self) {
+    /// Stops taking batches; the sender task sends what is queued (one attempt per request, no
+    /// retries) and ends. Resolves when it has, or after `timeout`.
+    pub async fn close(&self, timeout: Duration) {
         self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.inner.notify.notify_one();
+        let mut finished = self.inner.finished.subscribe();
+        if tokio::time::timeout(timeout, finished.wait_for(|f| *f)).await.is_err() {
+            tracing::warn!("remote write: queued samples not sent before shutdown");
+        }
     }
 }
 
@@ -583,6 +591,11 @@ fn take_batch(inner: &Inner) -> (Vec<TimeSeries>, usize, bool) {
 }
 
 async fn sender(inner: Arc<Inner>, client: reqwest::Client) {
+    send_loop(&inner, &client).await;
+    inner.finished.send_replace(true);
+}
+
+async fn send_loop(inner: &Inner, client: &reqwest::Client) {
     let config = &inner.config;
     let t = &inner.telemetry;
     loop {
@@ -602,7 +615,7 @@ async fn sender(inner: Arc<Inner>, client: reqwest::Client) {
                 tokio::time::sleep(config.flush_interval / 4).await;
             }
         }
-        let (batch, n, closed) = take_batch(&inner);
+        let (batch, n, closed) = take_batch(inner);
         if batch.is_empty() {
             if closed {
                 return;
@@ -613,7 +626,7 @@ async fn sender(inner: Arc<Inner>, client: reqwest::Client) {
         let mut backoff = config.min_backoff;
         let mut attempt = 0;
         loop {
-            match send(&client, config, body.clone()).await {
+            match send(client, config, body.clone()).await {
                 Ok(()) => {
                     t.requests.with_label_values(&["ok"]).inc();
                     t.samples.with_label_values(&["sent"]).inc_by(n as u64);

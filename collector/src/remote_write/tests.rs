@@ -222,3 +222,16 @@ async fn a_full_queue_drops_the_oldest_samples() {
     assert_eq!(q.samples, 3);
     assert_eq!(q.series.front().map(|ts| ts.samples[0].timestamp), Some(1), "the second oldest stays");
 }
+
+#[tokio::test]
+async fn close_sends_what_is_queued_and_waits_for_it() {
+    let (url, _seen, calls) = receiver(vec![]).await;
+    let registry = Registry::new();
+    let config = RemoteWriteConfig { flush_interval: Duration::from_secs(600), ..fast(url) };
+    let rw = RemoteWrite::start(&config, &registry).unwrap();
+    rw.enqueue(rw.prepare(&data(vec![gauge("g", vec![point(1.0, 1000, vec![])])])));
+    rw.close(Duration::from_secs(10)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(rw.inner.telemetry.samples.with_label_values(&["sent"]).get(), 1);
+    assert!(*rw.inner.finished.borrow());
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use obsbox_collector::Limits;
+use obsbox_collector::{DeriveConfig, Limits, RemoteWriteConfig};
 use obsbox_storage::StoreConfig;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,10 @@ pub struct Config {
     pub storage: StoreConfig,
     /// Limits on OTLP input.
     pub limits: Limits,
+    /// Span metrics and service graph derived at ingest.
+    pub derive: DeriveConfig,
+    /// Prometheus remote-write export of every metric point (received and derived).
+    pub remote_write: RemoteWriteConfig,
 }
 
 /// Where obsbox listens.
@@ -67,6 +71,8 @@ impl Config {
         }
         self.storage.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.limits.validate().map_err(|e| anyhow::anyhow!("limits.{e}"))?;
+        self.derive.validate().map_err(|e| anyhow::anyhow!("derive: {e}"))?;
+        self.remote_write.validate().map_err(|e| anyhow::anyhow!("remote_write: {e}"))?;
         Ok(())
     }
 }
@@ -99,6 +105,12 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("listen.http"));
         c = Config::from_toml("[limits]\nmax_body_bytes = 0\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("max_body_bytes"));
+        c = Config::from_toml("[derive]\ninterval = \"100ms\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("derive: invalid setting `interval`"));
+        let err = Config::from_toml("[derive]\nintervall = \"15s\"\n").unwrap_err().to_string();
+        assert!(err.contains("intervall"), "{err}");
+        c = Config::from_toml("[remote_write]\nurl = \"prometheus:9090\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("remote_write: invalid setting `url`"));
     }
 
     #[test]
@@ -107,5 +119,7 @@ mod tests {
         let c = Config::from_toml(text).unwrap();
         c.validate().unwrap();
         assert_eq!(c.storage.retention, std::time::Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.derive, DeriveConfig::default());
+        assert_eq!(c.remote_write, RemoteWriteConfig::default());
     }
 }

@@ -30,6 +30,8 @@ pub struct Obsbox {
     otlp_http_addr: SocketAddr,
     http_addr: SocketAddr,
     store: Arc<DiskStore>,
+    deriver: Option<obsbox_collector::Deriver>,
+    remote_write: Option<obsbox_collector::RemoteWrite>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -56,7 +58,22 @@ impl Obsbox {
         let ui = bind(&config.listen.http, "listen.http").await?;
         let (otlp_grpc_addr, otlp_http_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?, ui.local_addr()?);
 
-        let collector = obsbox_collector::Collector::new(store.clone(), config.limits.clone(), &registry)
+        let remote_write = match config.remote_write.enabled() {
+            true => Some(
+                obsbox_collector::RemoteWrite::start(&config.remote_write, &registry)
+                    .context("cannot start remote write")?,
+            ),
+            false => None,
+        };
+        let deriver = match config.derive.enabled {
+            true => Some(
+                obsbox_collector::Deriver::start(&config.derive, store.clone(), &registry, remote_write.clone())
+                    .context("cannot start metric derivation")?,
+            ),
+            false => None,
+        };
+        let taps = obsbox_collector::Taps { deriver: deriver.clone(), remote_write: remote_write.clone() };
+        let collector = obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
             .context("invalid limits")?;
         let ready = Arc::new(AtomicBool::new(false));
         let state = obsbox_query_ui::AppState::new(store.clone(), registry, ready.clone())
@@ -82,7 +99,7 @@ impl Obsbox {
             }),
         ];
         ready.store(true, Ordering::SeqCst);
-        Ok(Obsbox { otlp_grpc_addr, otlp_http_addr, http_addr, store, stop, tasks })
+        Ok(Obsbox { otlp_grpc_addr, otlp_http_addr, http_addr, store, deriver, remote_write, stop, tasks })
     }
 
     /// Address of the OTLP/gRPC listener.
@@ -112,12 +129,19 @@ impl Obsbox {
         result
     }
 
-    /// Stops accepting connections, finishes requests in flight, then closes the store
+    /// Stops accepting connections, finishes requests in flight, writes the last derived
+    /// points, sends what remote write has queued (for at most 5 s), then closes the store
     /// (committing everything acknowledged).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             t.await.context("server task panicked")??;
+        }
+        if let Some(deriver) = self.deriver.take() {
+            tokio::task::spawn_blocking(move || deriver.stop()).await.context("derive stop task failed")?;
+        }
+        if let Some(rw) = self.remote_write.take() {
+            rw.close(std::time::Duration::from_secs(5)).await;
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await.context("store close task failed")?;

@@ -18,6 +18,17 @@ pub enum CollectorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A configuration value (derived metrics, remote write) is out of range.
+    #[error("invalid setting `{key}`: {reason}")]
+    InvalidConfig {
+        /// The configuration key, relative to its section.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A remote-write request failed.
+    #[error("remote write failed: {0}")]
+    RemoteWrite(String),
     /// The self-telemetry metrics could not be registered (e.g. registered twice).
     #[error("cannot register collector metrics: {0}")]
     Metrics(#[from] prometheus::Error),

@@ -22,19 +22,27 @@
 //! - `error`: [`CollectorError`], and the internal request error whose code maps to both an
 //!   HTTP status and a gRPC code in one function (`ErrorCode::statuses`).
 //! - `telemetry`: the `obsbox_ingest_*` Prometheus metrics.
+//! - `derive`: [`Deriver`], span metrics and the service graph derived from acknowledged spans
+//!   on a thread of their own, written back as metrics (`docs/derived-metrics.md`).
+//! - `remote_write`: [`RemoteWrite`], Prometheus remote-write export of acknowledged metric
+//!   batches (received and derived); [`push_metrics`] sends one `MetricsData` at once.
 #![warn(missing_docs)]
 
 mod decode;
+mod derive;
 mod error;
 mod grpc;
 mod http;
 mod limits;
+mod remote_write;
 mod service;
 mod telemetry;
 mod validate;
 
+pub use derive::{DeriveConfig, Deriver};
 pub use error::CollectorError;
 pub use grpc::serve_grpc;
 pub use http::{http_router, serve_http};
 pub use limits::Limits;
-pub use service::Collector;
+pub use remote_write::{RemoteWrite, RemoteWriteConfig, push_metrics};
+pub use service::{Collector, Taps};

@@ -11,12 +11,15 @@ use obsbox_storage::{Batch, Signal, StoreError, Writer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::metrics::v1::MetricsData;
 use prometheus::IntGauge;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::decode::{self, Compression, Format};
+use crate::derive::{self, Deriver, SpanFacts};
 use crate::error::{BUSY_RETRY_AFTER, IngestError};
+use crate::remote_write::{Prepared, RemoteWrite};
 use crate::telemetry::{RejectReason, Telemetry, Transport};
 use crate::validate::{self, Rejections};
 use crate::{CollectorError, Limits};
@@ -37,6 +40,16 @@ struct Inner {
     /// One permit per decode thread.
     decode_slots: Arc<Semaphore>,
     telemetry: Telemetry,
+    taps: Taps,
+}
+
+/// Where acknowledged batches also go, besides the store.
+#[derive(Clone, Debug, Default)]
+pub struct Taps {
+    /// Span batches: span metrics and service graph.
+    pub deriver: Option<Deriver>,
+    /// Metric batches: Prometheus remote write.
+    pub remote_write: Option<RemoteWrite>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -65,6 +78,16 @@ impl Collector {
         limits: Limits,
         registry: &prometheus::Registry,
     ) -> Result<Self, CollectorError> {
+        Self::with_taps(writer, limits, registry, Taps::default())
+    }
+
+    /// As [`Collector::new`], and every acknowledged batch also goes to its tap in `taps`.
+    pub fn with_taps(
+        writer: Arc<dyn Writer>,
+        limits: Limits,
+        registry: &prometheus::Registry,
+        taps: Taps,
+    ) -> Result<Self, CollectorError> {
         limits.validate()?;
         let telemetry = Telemetry::register(registry)?;
         Ok(Collector {
@@ -74,6 +97,7 @@ impl Collector {
                 decode_slots: Arc::new(Semaphore::new(limits.decode_threads)),
                 limits,
                 telemetry,
+                taps,
             }),
         })
     }
@@ -129,7 +153,7 @@ impl Collector {
             tracing::error!(error = %e, "decode job failed");
             IngestError::internal()
         })?;
-        let (batch, rejections) = decoded?;
+        let Decoded { batch, rejections, facts, prepared } = decoded?;
 
         for (reason, n) in rejections.by_reason() {
             telemetry.items_rejected(signal, reason, n);
@@ -146,6 +170,12 @@ impl Collector {
                 return Err(IngestError::from_store(e));
             }
             telemetry.items_accepted(signal, valid);
+            if let (Some(deriver), Some(facts)) = (&self.inner.taps.deriver, facts) {
+                deriver.submit(facts);
+            }
+            if let (Some(rw), Some(prepared)) = (&self.inner.taps.remote_write, prepared) {
+                rw.enqueue(prepared);
+            }
         }
         let rejected = rejections.total();
         let message = (rejected > 0).then(|| rejections.message(signal, &self.inner.limits));
@@ -170,6 +200,16 @@ fn busy() -> IngestError {
     IngestError::overloaded("the collector is busy (in-flight byte budget exhausted), retry later", BUSY_RETRY_AFTER)
 }
 
+/// A decoded, validated batch, and what the derived signals take from it.
+struct Decoded {
+    batch: Batch,
+    rejections: Rejections,
+    /// With a deriver, the facts of the batch's spans.
+    facts: Option<Vec<SpanFacts>>,
+    /// With remote write, the batch's metrics converted.
+    prepared: Option<Prepared>,
+}
+
 /// Runs on the decode pool.
 fn decode_and_validate(
     inner: &Inner,
@@ -178,7 +218,7 @@ fn decode_and_validate(
     compression: Compression,
     body: Bytes,
     permit: &mut InflightPermit,
-) -> Result<(Batch, Rejections), IngestError> {
+) -> Result<Decoded, IngestError> {
     let limits = &inner.limits;
     let mut batch = match compression {
         Compression::Identity => decode::decode(signal, format, &body)?,
@@ -201,7 +241,18 @@ fn decode_and_validate(
         )));
     }
     let rejections = validate::validate(&mut batch, limits);
-    Ok((batch, rejections))
+    let (mut facts, mut prepared) = (None, None);
+    match (&mut batch, &inner.taps) {
+        (Batch::Traces(req), Taps { deriver: Some(_), .. }) => facts = Some(derive::extract(req)),
+        (Batch::Metrics(req), Taps { remote_write: Some(rw), .. }) => {
+            // The view reads `MetricsData`, the same message: lend it the points without a copy.
+            let data = MetricsData { resource_metrics: std::mem::take(&mut req.resource_metrics) };
+            prepared = Some(rw.prepare(&data));
+            req.resource_metrics = data.resource_metrics;
+        }
+        _ => {}
+    }
+    Ok(Decoded { batch, rejections, facts, prepared })
 }
 
 /// Encodes the `Export*ServiceResponse`; `partial_success` is set only when items were rejected.
@@ -305,6 +356,58 @@ mod tests {
     impl Writer for NullWriter {
         fn write(&self, _batch: Batch) -> obsbox_storage::WriteFuture {
             Box::pin(async { Ok(obsbox_storage::WriteReceipt { seq: 0 }) })
+        }
+    }
+
+    /// Takes spans and data points into the store (`ok`) or refuses them, remembering metrics.
+    struct Store {
+        ok: bool,
+        metrics: std::sync::Mutex<Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>>,
+    }
+
+    impl Writer for Store {
+        fn write(&self, batch: Batch) -> obsbox_storage::WriteFuture {
+            if let Batch::Metrics(m) = &batch {
+                self.metrics.lock().unwrap().push(m.clone());
+            }
+            let result = if self.ok {
+                Ok(obsbox_storage::WriteReceipt { seq: 0 })
+            } else {
+                Err(StoreError::Overloaded { retry_after: std::time::Duration::from_secs(1) })
+            };
+            Box::pin(async move { result })
+        }
+    }
+
+    fn one_span() -> Bytes {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "op".into(), ..Default::default() };
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        Bytes::from(req.encode_to_vec())
+    }
+
+    #[tokio::test]
+    async fn only_acknowledged_spans_are_derived_from() {
+        for ok in [true, false] {
+            let registry = prometheus::Registry::new();
+            let store = Arc::new(Store { ok, metrics: Default::default() });
+            let deriver = Deriver::start(&crate::DeriveConfig::default(), store.clone(), &registry, None).unwrap();
+            let taps = Taps { deriver: Some(deriver.clone()), remote_write: None };
+            let c = Collector::with_taps(store.clone(), Limits::default(), &registry, taps).unwrap();
+            let body = one_span();
+            let permit = c.reserve(body.len()).unwrap();
+            let result =
+                c.export(Signal::Traces, Transport::Grpc, Format::Protobuf, Compression::Identity, body, permit).await;
+            assert_eq!(result.is_ok(), ok);
+            tokio::task::spawn_blocking(move || deriver.stop()).await.unwrap();
+            // Stopping writes the last points: derived ones exist only for the acknowledged span.
+            assert_eq!(store.metrics.lock().unwrap().len(), usize::from(ok), "ok = {ok}");
         }
     }
 

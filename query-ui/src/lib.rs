@@ -6,6 +6,8 @@
 //!   metrics in the Prometheus text format, the store's sizes and queue depths included).
 //! - `ui`: the web UI pages (`/services`, `/search`, `/trace/{id}`, `/logs`, `/map`) and their
 //!   embedded assets under `/static/`.
+//! - `prometheus`: the Prometheus-compatible API under `/prometheus/api/v1` (PromQL subset in
+//!   `docs/promql.md`).
 //!
 //! The query APIs (native, Jaeger, Loki, Prometheus) and the web UI join this router as they
 //! are built.
@@ -16,6 +18,7 @@ mod jaeger;
 mod loki;
 mod native;
 mod ops;
+mod prometheus;
 mod query;
 mod ui;
 
@@ -34,7 +37,7 @@ pub struct AppState {
     /// The store's read side.
     pub reader: Arc<dyn Reader>,
     /// Registry whose metrics `GET /metrics` exposes.
-    pub registry: prometheus::Registry,
+    pub registry: ::prometheus::Registry,
     /// Set once every listener accepts connections and the store is open.
     pub ready: Arc<AtomicBool>,
     /// Gauges refreshed from the store at each scrape.
@@ -49,9 +52,9 @@ impl AppState {
     /// State over `reader`, registering the store gauges in `registry`.
     pub fn new(
         reader: Arc<dyn Reader>,
-        registry: prometheus::Registry,
+        registry: ::prometheus::Registry,
         ready: Arc<AtomicBool>,
-    ) -> Result<Self, prometheus::Error> {
+    ) -> Result<Self, ::prometheus::Error> {
         let store_metrics = Arc::new(StoreMetrics::register(&registry)?);
         let query = QueryService::new(reader.clone());
         Ok(AppState { reader, registry, ready, store_metrics, query, trace_cache: Default::default() })
@@ -65,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jaeger::routes())
         .merge(loki::routes())
         .merge(ui::routes())
+        .merge(prometheus::routes())
         .with_state(state)
 }
 

@@ -358,7 +358,7 @@ impl QueryService {
     }
 
     /// Runs a store read on the blocking pool, at most [`READ_CONCURRENCY`] at once.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, QueryError> {

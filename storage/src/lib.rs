@@ -11,6 +11,8 @@
 //!   immutable) recorded in a small metastore, with retention by age and size.
 //! - `spans` / `logs`: the tantivy schemas and queries of spans and log records.
 //! - `metrics`: the compressed time-series store for metric points.
+//! - [`prometheus`]: the Prometheus view of OTLP metrics (names, units, labels, histograms) and
+//!   the name index that maps a Prometheus metric name back to OTLP names.
 //! - `disk`: [`DiskStore`], which composes the above and runs the background threads.
 //! - `memory`: [`MemStore`], the in-memory reference implementation.
 //! - [`testsuite`]: the contract tests every implementation runs.
@@ -26,6 +28,7 @@ mod format;
 mod logs;
 mod memory;
 pub(crate) mod metrics;
+pub mod prometheus;
 mod segments;
 mod spans;
 pub mod testsuite;

@@ -547,7 +547,7 @@ impl_data_point!(SummaryDataPoint, Summary);
 /// The label string of an attribute value: strings as is, integers in decimal, doubles with
 /// Rust's `{}` formatting, booleans as `true`/`false`, anything else as compact JSON (bytes as
 /// base64, like OTLP/JSON). A missing value is `""`.
-fn label_string(v: Option<&AnyValue>) -> Cow<'_, str> {
+pub(crate) fn label_string(v: Option<&AnyValue>) -> Cow<'_, str> {
     use any_value::Value;
     match v.and_then(|v| v.value.as_ref()) {
         None => Cow::Borrowed(""),

@@ -9,7 +9,10 @@
 //!   [`gauge_request`] and the clients [`grpc_clients`], [`post`], [`grpc_raw`].
 //! - Reading back: [`spans_of_service`], [`logs_of_service`], [`metric_points`] and
 //!   [`assert_points_match`].
+//! - A real Prometheus (scrapes, remote-write receiver, PromQL): [`prometheus::Prometheus`].
 #![allow(dead_code)]
+
+pub mod prometheus;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

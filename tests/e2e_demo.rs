@@ -69,6 +69,9 @@ fn checkout_services(trace: &Value) -> Option<BTreeSet<String>> {
     Some(spans.iter().filter_map(|s| s["service"].as_str().map(str::to_owned)).collect())
 }
 
+/// Services every checkout trace crosses.
+const REQUIRED: [&str; 5] = ["loadgen", "api-gateway", "orders", "payments", "inventory"];
+
 #[test]
 fn demo_checkout_trace_spans_services_with_logs_and_metrics_and_sigint_stops_every_child() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -97,7 +100,9 @@ fn demo_checkout_trace_spans_services_with_logs_and_metrics_and_sigint_stops_eve
             }
             let id = t["traceId"].as_str().expect("traceId").to_owned();
             let trace = get_json(&client, &format!("{base}/api/v1/traces/{id}"), &[]);
-            if let Some(services) = checkout_services(&trace).filter(|s| s.len() >= 5) {
+            // Each service exports on its own schedule: wait until every one has sent its part.
+            let complete = |s: &BTreeSet<String>| s.len() >= 5 && REQUIRED.iter().all(|r| s.contains(*r));
+            if let Some(services) = checkout_services(&trace).filter(complete) {
                 found = Some((id, services, trace));
                 break;
             }
@@ -105,13 +110,11 @@ fn demo_checkout_trace_spans_services_with_logs_and_metrics_and_sigint_stops_eve
     }
     let Some((trace_id, services, trace)) = found else {
         panic!(
-            "no checkout trace across 5 services with a messaging hop within 90 s; stderr:\n{}",
+            "no checkout trace across {REQUIRED:?} with a messaging hop within 90 s; stderr:\n{}",
             obsbox.stderr_tail()
         );
     };
-    for s in ["loadgen", "api-gateway", "orders", "payments", "inventory"] {
-        assert!(services.contains(s), "{s} missing from checkout trace {trace_id}: {services:?}");
-    }
+    assert!(services.len() >= 5, "checkout trace {trace_id}: {services:?}");
     let spans = trace["spans"].as_array().unwrap();
     // The gateway's server span and the orders service's, with the HTTP conventions.
     let server = spans

@@ -751,3 +751,98 @@ async fn buildinfo() -> Response {
     );
     success(None, &data)
 }
+
+// ---------------------------------------------------------------------------------------------
+// In-process entry points of the UI's metrics explorer (`ui::explore`)
+// ---------------------------------------------------------------------------------------------
+
+/// A metric family as the explorer's picker lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct FamilySummary {
+    /// The Prometheus family name (`http_server_duration_milliseconds`).
+    pub name: String,
+    /// `counter`, `gauge`, `histogram`, `summary` or `unknown`.
+    pub kind: &'static str,
+    /// The unit from the metadata (may be empty).
+    pub unit: String,
+    /// The help text (may be empty).
+    pub help: String,
+    /// A histogram stored as native (exponential) histograms: no `_bucket` series.
+    pub native: bool,
+}
+
+/// Label names and their values of one family's series (`__name__` and `le` left out).
+pub(crate) type LabelValues = BTreeMap<String, BTreeSet<String>>;
+
+/// The families with samples in `[start_ms, end_ms]`, and the labels of `metric`'s series.
+pub(crate) async fn explore_catalog(
+    st: &AppState,
+    start_ms: i64,
+    end_ms: i64,
+    metric: Option<String>,
+) -> Result<(Vec<FamilySummary>, LabelValues), (StatusCode, String)> {
+    let found = blocking(st, move |r| series_in(r, &[], start_ms, end_ms)).await.map_err(|e| (e.status, e.message))?;
+    let mut fams: BTreeMap<String, FamilySummary> = BTreeMap::new();
+    let mut labels = LabelValues::new();
+    for (series, (name, kind, help, unit)) in found {
+        let series_name = series.iter().find(|(k, _)| k == "__name__").map_or("", |(_, v)| v.as_str());
+        let classic = series_name.ends_with("_bucket");
+        let fam = fams.entry(name.clone()).or_insert_with(|| FamilySummary {
+            name: name.clone(),
+            kind,
+            unit: unit.clone(),
+            help: help.clone(),
+            native: kind == "histogram",
+        });
+        if classic {
+            fam.native = false;
+        }
+        if metric.as_deref() == Some(name.as_str()) {
+            for (k, v) in series {
+                if k != "__name__" && k != "le" {
+                    labels.entry(k).or_default().insert(v);
+                }
+            }
+        }
+    }
+    Ok((fams.into_values().collect(), labels))
+}
+
+/// One series of a range query, float samples only (native histogram samples are not drawn).
+#[derive(Clone, Debug)]
+pub(crate) struct ChartSeries {
+    /// The series' labels.
+    pub labels: eval::Labels,
+    /// `(t_ms, value)` pairs in time order.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// Parses and evaluates `query` as a range query. Errors are the engine's messages with a
+/// 4xx status for bad or unevaluable queries.
+pub(crate) async fn explore_range(
+    st: &AppState,
+    query: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+) -> Result<Vec<ChartSeries>, (StatusCode, String)> {
+    if query.len() > MAX_QUERY_BYTES {
+        return Err((StatusCode::BAD_REQUEST, format!("the expression is longer than {MAX_QUERY_BYTES} bytes")));
+    }
+    let expr = parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    eval::check_supported(&expr).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let step = step_ms.max(1);
+    let res =
+        blocking(st, move |r| range_query(r, &expr, start_ms, end_ms, step, DEFAULT_LOOKBACK_MS, &Limits::default()))
+            .await;
+    match res {
+        Ok(series) => Ok(series
+            .into_iter()
+            .map(|s| ChartSeries { labels: (*s.metric).clone(), points: s.floats })
+            .filter(|s| !s.points.is_empty())
+            .collect()),
+        Err(e) if e.status.is_server_error() => Err((e.status, e.message)),
+        // an execution error (422 in the API) is still the expression's fault
+        Err(e) => Err((StatusCode::BAD_REQUEST, e.message)),
+    }
+}

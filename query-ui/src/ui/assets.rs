@@ -48,6 +48,8 @@ static ASSETS: &[Asset] = &[
     Asset::new("search.js", JS, include_bytes!("../../assets/search.js")),
     Asset::new("logs.js", JS, include_bytes!("../../assets/logs.js")),
     Asset::new("trace.css", CSS, include_bytes!("../../assets/trace.css")),
+    Asset::new("explore.css", CSS, include_bytes!("../../assets/explore.css")),
+    Asset::new("explore.js", JS, include_bytes!("../../assets/explore.js")),
     Asset::new("trace.js", JS, include_bytes!("../../assets/trace.js")),
 ];
 

@@ -4,6 +4,7 @@
 //! - [`routes`]: every UI route, wrapped in [`security_headers`].
 //! - `assets`: the embedded files under `query-ui/assets/`, served at `/static/{name}?v=HASH`.
 //! - `trace`: the trace view at `/trace/{id}`.
+//! - `explore`: the metrics explorer at `/explore`.
 //! - Templates are in `query-ui/templates/`; every page extends `base.html` and carries a
 //!   [`Layout`] (title, highlighted nav entry, scripts).
 //!
@@ -16,6 +17,7 @@
 //!   from classes ([`svc_class`] for services), sizes from SVG attributes or CSSOM in scripts.
 
 mod assets;
+mod explore;
 pub(crate) mod fmt;
 mod logs;
 mod map;
@@ -53,6 +55,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(logs::routes())
         .merge(map::routes())
         .merge(trace::routes())
+        .merge(explore::routes())
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -72,6 +75,7 @@ pub(crate) enum Nav {
     Traces,
     Logs,
     Map,
+    Metrics,
 }
 
 /// What `base.html` needs from every page.
@@ -102,13 +106,14 @@ impl Layout {
         Layout { title: title.into(), nav, styles, scripts }
     }
 
-    /// Whether `entry` (`services`, `traces`, `logs`, `map`) is the current page.
+    /// Whether `entry` (`services`, `traces`, `logs`, `map`, `metrics`) is the current page.
     pub(crate) fn is(&self, entry: &str) -> bool {
         let current = match self.nav {
             Nav::Services => "services",
             Nav::Traces => "traces",
             Nav::Logs => "logs",
             Nav::Map => "map",
+            Nav::Metrics => "metrics",
         };
         current == entry
     }

@@ -1,8 +1,8 @@
 //! Ingest benchmark: obsbox in-process, driven over real OTLP/gRPC by concurrent clients.
 //!
 //! ```text
-//! cargo bench --bench ingest                      # spans then logs, 20 s each, 4 clients
-//! cargo bench --bench ingest -- 30 4 spans        # [seconds] [clients] [spans|logs|all]
+//! cargo bench --bench ingest                      # spans, logs, metrics, 20 s each, 4 clients
+//! cargo bench --bench ingest -- 30 4 spans        # [seconds] [clients] [spans|logs|metrics|all]
 //! BENCH_SECS=30 BENCH_CLIENTS=4 BENCH_SIGNAL=logs cargo bench --bench ingest
 //! ```
 //!
@@ -12,6 +12,11 @@
 //!    attributes per span) or ~200 B log records (body text, severity, 2-3 attributes, trace
 //!    context). Each request is sent with its trace ids XOR-ed with a per-(client, round) key, so
 //!    every trace id sent in a run is unique while the pool stays small.
+//!    Metrics: 128 consecutive 10 s export intervals of an 18-instance fleet (~525 points of every
+//!    type per request, cumulative, see `payload`). Each client is its own fleet (the tag at the
+//!    end of every `service.instance.id` is rewritten in the encoded bytes), and each pass over
+//!    the pool moves every timestamp (start times included) one pool length later, so a series'
+//!    points keep increasing in time; counters restart at each pass, as after a process restart.
 //! 2. Baseline: prost decode of the same encoded requests on one thread ("the limit").
 //! 3. Starts obsbox (`Obsbox::start`, data dir in a tempdir, default store config: group-commit
 //!    fsync) on its own runtime and drives it with N clients, each a tonic client on its own
@@ -20,7 +25,9 @@
 //!    retried after 50 ms.
 //! 4. Measures ack latency, RSS and CPU of the whole process (the clients are in it too),
 //!    per-thread CPU, time from ack to searchable (under load and after it), time until the
-//!    index has caught up, bytes on disk per item and the store's stats.
+//!    index has caught up, bytes on disk per item and the store's stats. For metrics
+//!    "searchable" means returned by `Reader::find_metrics`: a probe's request (its own fleet tag
+//!    and time window) counts once every one of its points is returned.
 //! 5. Prints a result table. Bounded in time: duration + setup + bounded waits.
 
 use std::collections::BTreeMap;
@@ -30,8 +37,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use obsbox::storage::{LogPredicate, LogQuery, Reader, Signal, SpanPredicate, SpanQuery, StoreStats, TimeRange};
+use obsbox::storage::{
+    LabelMatcher, LogPredicate, LogQuery, MatchOp, MetricQuery, Reader, Signal, SpanPredicate, SpanQuery, StoreStats,
+    TimeRange,
+};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes};
@@ -41,11 +52,17 @@ use tonic::transport::{Channel, Endpoint};
 /// Distinct requests generated per signal (~16 MiB of spans, ~13 MiB of logs).
 const SPAN_POOL: usize = 64;
 const LOG_POOL: usize = 128;
+/// Consecutive export intervals generated for metrics (~9 MiB).
+const METRIC_POOL: usize = 128;
+/// Where the metric pool's first interval lies before the start of the run.
+const METRIC_BASE_AGO_NS: u64 = 2 * 24 * 3600 * 1_000_000_000;
 const REFUSAL_BACKOFF: Duration = Duration::from_millis(50);
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fleet tags of metric probes start here (clients use 0, 1, ...).
+const PROBE_FLEET: u32 = 0x80_0000;
 
 // Targets from the brief (2-core machine).
 const TARGET_SPANS_PER_S: f64 = 100_000.0;
@@ -80,8 +97,9 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     let signals = match get(2, "BENCH_SIGNAL").as_deref().unwrap_or("all") {
         "spans" | "traces" => vec![Signal::Traces],
         "logs" => vec![Signal::Logs],
-        "all" => vec![Signal::Traces, Signal::Logs],
-        other => anyhow::bail!("signal must be spans, logs or all, not {other:?}"),
+        "metrics" => vec![Signal::Metrics],
+        "all" => vec![Signal::Traces, Signal::Logs, Signal::Metrics],
+        other => anyhow::bail!("signal must be spans, logs, metrics or all, not {other:?}"),
     };
     anyhow::ensure!(secs > 0 && clients > 0, "duration and clients must be positive");
     Ok(Some(Args { secs, clients, signals }))
@@ -93,13 +111,34 @@ use payload::*;
 
 // --- the pool of encoded requests ----------------------------------------------------------
 
-/// One encoded request and the offsets of the 16-byte trace ids in it.
+/// One encoded request and the offsets of the fields a client rewrites: the 16-byte trace ids
+/// (spans, logs) or the fleet tags and 8-byte timestamps (metrics).
 struct Encoded {
     bytes: Vec<u8>,
+    /// Spans, log records or data points.
+    items: usize,
     trace_id_offsets: Vec<usize>,
+    fleet_tag_offsets: Vec<usize>,
+    time_offsets: Vec<usize>,
+    /// Smallest and largest point time.
+    time_span: (u64, u64),
 }
 
 impl Encoded {
+    /// The metrics request as fleet `fleet` sends it, every timestamp moved by `shift_ns`.
+    fn patched_metrics(&self, fleet: u32, shift_ns: i64) -> Bytes {
+        let mut v = self.bytes.clone();
+        let tag = format!("{fleet:0w$x}", w = FLEET_TAG_LEN);
+        for &off in &self.fleet_tag_offsets {
+            v[off..off + FLEET_TAG_LEN].copy_from_slice(tag.as_bytes());
+        }
+        for &off in &self.time_offsets {
+            let t = u64::from_le_bytes(v[off..off + 8].try_into().expect("8 bytes"));
+            v[off..off + 8].copy_from_slice(&t.wrapping_add_signed(shift_ns).to_le_bytes());
+        }
+        Bytes::from(v)
+    }
+
     /// The request with every trace id's first 8 bytes XOR-ed with `key` (all spans of a trace
     /// keep sharing their trace id; parent/child links use span ids, which are untouched).
     fn patched(&self, key: u64) -> Bytes {
@@ -122,6 +161,39 @@ struct Pool {
 impl Pool {
     fn generate(signal: Signal, n: usize) -> Pool {
         let now = now_ns();
+        if signal == Signal::Metrics {
+            let mut fleet = MetricFleet::new(0xB0B5_0000 + (2 << 32), now - METRIC_BASE_AGO_NS);
+            let ids = fleet.instance_ids();
+            let base = now - METRIC_BASE_AGO_NS;
+            let batches = (0..n as u64)
+                .map(|k| {
+                    // Every point of an export carries the export's time.
+                    let t = base + k * METRIC_INTERVAL_NS;
+                    let req = fleet.next_request();
+                    let items = req
+                        .resource_metrics
+                        .iter()
+                        .flat_map(|r| &r.scope_metrics)
+                        .flat_map(|s| &s.metrics)
+                        .map(obsbox::storage::metric_point_count)
+                        .sum();
+                    let bytes = req.encode_to_vec();
+                    let mut fleet_tag_offsets = Vec::new();
+                    for id in &ids {
+                        let mut from = 0;
+                        while let Some(p) = find(&bytes[from..], id.as_bytes()) {
+                            fleet_tag_offsets.push(from + p + id.len() - FLEET_TAG_LEN);
+                            from += p + id.len();
+                        }
+                    }
+                    let mut time_offsets = Vec::new();
+                    metric_time_offsets(&bytes, &mut time_offsets);
+                    let time_span = (t, t);
+                    Encoded { bytes, items, trace_id_offsets: Vec::new(), fleet_tag_offsets, time_offsets, time_span }
+                })
+                .collect();
+            return Pool { signal, batches };
+        }
         let batches = (0..n)
             .map(|b| {
                 let seed = 0xB0B5_0000 + b as u64 + if signal == Signal::Logs { 1 << 32 } else { 0 };
@@ -131,7 +203,15 @@ impl Pool {
                 };
                 let mut trace_id_offsets = Vec::new();
                 field_offsets(&bytes, 0, path, &mut trace_id_offsets);
-                Encoded { bytes, trace_id_offsets }
+                let (fleet_tag_offsets, time_offsets) = (Vec::new(), Vec::new());
+                Encoded {
+                    bytes,
+                    items: ITEMS_PER_BATCH,
+                    trace_id_offsets,
+                    fleet_tag_offsets,
+                    time_offsets,
+                    time_span: (0, 0),
+                }
             })
             .collect();
         Pool { signal, batches }
@@ -142,8 +222,105 @@ impl Pool {
     }
 
     fn items(&self) -> usize {
-        self.batches.len() * ITEMS_PER_BATCH
+        self.batches.iter().map(|b| b.items).sum()
     }
+
+    /// Time covered by one pass over the pool (metrics).
+    fn window_ns(&self) -> i64 {
+        (self.batches.len() as u64 * METRIC_INTERVAL_NS) as i64
+    }
+
+    /// The request client `client` sends as its `n`th: for spans and logs with unique trace ids,
+    /// for metrics as the client's own fleet, `n / pool size` pool windows later.
+    fn body(&self, client: u64, n: usize) -> Bytes {
+        let len = self.batches.len();
+        let batch = &self.batches[n % len];
+        match self.signal {
+            Signal::Metrics => batch.patched_metrics(client as u32, (n / len) as i64 * self.window_ns()),
+            _ => batch.patched(patch_key(client, (n / len) as u64)),
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Calls `f(field number, wire type, start, end)` for every field of one protobuf message, with
+/// the byte range of the field's value; stops at malformed input.
+fn for_each_field(b: &[u8], mut f: impl FnMut(u64, u64, usize, usize)) {
+    let mut pos = 0;
+    while pos < b.len() {
+        let Some(key) = read_varint(b, &mut pos) else {
+            return;
+        };
+        let start = pos;
+        let end = match key & 7 {
+            0 => {
+                if read_varint(b, &mut pos).is_none() {
+                    return;
+                }
+                pos
+            }
+            1 => pos + 8,
+            5 => pos + 4,
+            2 => {
+                let Some(len) = read_varint(b, &mut pos) else {
+                    return;
+                };
+                if pos + len as usize > b.len() {
+                    return;
+                }
+                f(key >> 3, 2, pos, pos + len as usize);
+                pos += len as usize;
+                continue;
+            }
+            _ => return,
+        };
+        if end > b.len() {
+            return;
+        }
+        f(key >> 3, key & 7, start, end);
+        pos = end;
+    }
+}
+
+/// Offsets of every data point's start time and time and every exemplar's time (all fixed64)
+/// in an encoded `ExportMetricsServiceRequest`.
+fn metric_time_offsets(req: &[u8], out: &mut Vec<usize>) {
+    /// Calls `f(value, offset)` for every length-delimited field `want` of the message `b`.
+    fn nested(b: &[u8], base: usize, want: u64, f: &mut dyn FnMut(&[u8], usize)) {
+        for_each_field(b, |n, w, s, e| {
+            if n == want && w == 2 {
+                f(&b[s..e], base + s);
+            }
+        });
+    }
+    nested(req, 0, 1, &mut |rm, at| {
+        nested(rm, at, 2, &mut |sm, at| {
+            nested(sm, at, 2, &mut |metric, at| {
+                // gauge 5, sum 7, histogram 9, exponential histogram 10, summary 11; the field
+                // holding a point's exemplars differs by point type (summaries have none).
+                for (kind, exemplars) in [(5, 5), (7, 5), (9, 8), (10, 11), (11, 0)] {
+                    nested(metric, at, kind, &mut |data, at| {
+                        nested(data, at, 1, &mut |point, point_at| {
+                            for_each_field(point, |n, w, s, e| {
+                                if (n == 2 || n == 3) && w == 1 {
+                                    out.push(point_at + s);
+                                } else if n == exemplars && w == 2 {
+                                    for_each_field(&point[s..e], |n, w, es, _| {
+                                        if n == 2 && w == 1 {
+                                            out.push(point_at + s + es);
+                                        }
+                                    });
+                                }
+                            });
+                        });
+                    });
+                }
+            });
+        });
+    });
 }
 
 fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
@@ -208,6 +385,16 @@ fn decode_baseline(pool: &Pool, budget: Duration) -> f64 {
     while started.elapsed() < budget {
         for b in &pool.batches {
             let n = match pool.signal {
+                Signal::Metrics => ExportMetricsServiceRequest::decode(&b.bytes[..])
+                    .map(|r| {
+                        r.resource_metrics
+                            .iter()
+                            .flat_map(|r| &r.scope_metrics)
+                            .flat_map(|s| &s.metrics)
+                            .map(obsbox::storage::metric_point_count)
+                            .sum()
+                    })
+                    .unwrap_or(0),
                 Signal::Logs => ExportLogsServiceRequest::decode(&b.bytes[..])
                     .map(|r| r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum())
                     .unwrap_or(0),
@@ -265,6 +452,9 @@ fn export_path(signal: Signal) -> http::uri::PathAndQuery {
         Signal::Logs => {
             http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
         }
+        Signal::Metrics => {
+            http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+        }
         _ => http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export"),
     }
 }
@@ -278,6 +468,10 @@ async fn export(grpc: &mut tonic::client::Grpc<Channel>, signal: Signal, body: B
             .map_err(|e| tonic::Status::internal(format!("bad response: {e}")))?
             .partial_success
             .map_or(0, |p| p.rejected_log_records as u64),
+        Signal::Metrics => ExportMetricsServiceResponse::decode(response)
+            .map_err(|e| tonic::Status::internal(format!("bad response: {e}")))?
+            .partial_success
+            .map_or(0, |p| p.rejected_data_points as u64),
         _ => ExportTraceServiceResponse::decode(response)
             .map_err(|e| tonic::Status::internal(format!("bad response: {e}")))?
             .partial_success
@@ -320,11 +514,12 @@ async fn run_client(
     let n = pool.batches.len();
     let mut next = c * n / clients;
     while Instant::now() < deadline {
-        let body = pool.batches[next % n].patched(patch_key(c as u64, (next / n) as u64));
+        let body = pool.body(c as u64, next);
+        let items = pool.batches[next % n].items as u64;
         let started = Instant::now();
         match export(&mut grpc, pool.signal, body).await {
             Ok(rejected) => {
-                let ok = ITEMS_PER_BATCH as u64 - rejected.min(ITEMS_PER_BATCH as u64);
+                let ok = items - rejected.min(items);
                 out.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 out.requests += 1;
                 out.acked_items += ok;
@@ -356,10 +551,30 @@ async fn probe(
     n: u64,
 ) -> Result<(Duration, Duration), String> {
     let batch = &pool.batches[n as usize % pool.batches.len()];
-    let body = batch.patched(patch_key(0xFFFF, n));
-    let off = *batch.trace_id_offsets.first().ok_or("no trace id in batch")?;
-    let trace_id = body[off..off + 16].to_vec();
     let signal = pool.signal;
+    // Metrics: the probe's own fleet in its own time window (before the clients' data, so
+    // the read touches no block of theirs), found when every point comes back.
+    let (fleet, shift) = (PROBE_FLEET + n as u32, -(n as i64 + 1) * 2 * pool.window_ns());
+    let (body, trace_id) = if signal == Signal::Metrics {
+        (batch.patched_metrics(fleet, shift), Vec::new())
+    } else {
+        let body = batch.patched(patch_key(0xFFFF, n));
+        let off = *batch.trace_id_offsets.first().ok_or("no trace id in batch")?;
+        let trace_id = body[off..off + 16].to_vec();
+        (body, trace_id)
+    };
+    let metric_query = MetricQuery {
+        matchers: vec![LabelMatcher {
+            name: "service.instance.id".into(),
+            op: MatchOp::Re,
+            value: format!(".*-{fleet:0w$x}", w = FLEET_TAG_LEN),
+        }],
+        time: TimeRange {
+            start_ns: batch.time_span.0.wrapping_add_signed(shift),
+            end_ns: batch.time_span.1.wrapping_add_signed(shift) + 1,
+        },
+    };
+    let items = batch.items;
     let sent = Instant::now();
     loop {
         match export(grpc, signal, body.clone()).await {
@@ -378,7 +593,18 @@ async fn probe(
     while acked.elapsed() < PROBE_TIMEOUT {
         let store = store.clone();
         let id = trace_id.clone();
+        let metric_query = metric_query.clone();
         let found = tokio::task::spawn_blocking(move || match signal {
+            Signal::Metrics => store.find_metrics(&metric_query).map(|d| {
+                let points: usize = d
+                    .resource_metrics
+                    .iter()
+                    .flat_map(|r| &r.scope_metrics)
+                    .flat_map(|s| &s.metrics)
+                    .map(obsbox::storage::metric_point_count)
+                    .sum();
+                points >= items
+            }),
             Signal::Logs => store
                 .find_logs(&LogQuery { predicate: LogPredicate::TraceId(id), time: TimeRange::ALL, limit: 1 })
                 .map(|v| !v.is_empty()),
@@ -533,6 +759,7 @@ fn row(what: impl Into<String>, value: String, baseline: String, target: String,
 fn run_signal(signal: Signal, args: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let (noun, pool_size) = match signal {
         Signal::Logs => ("log records", LOG_POOL),
+        Signal::Metrics => ("points", METRIC_POOL),
         _ => ("spans", SPAN_POOL),
     };
     println!("\n=== {} : {} clients, {} s ===", signal.as_str(), args.clients, args.secs);
@@ -541,17 +768,25 @@ fn run_signal(signal: Signal, args: &Args, rows: &mut Vec<Row>) -> anyhow::Resul
     let pool = Arc::new(Pool::generate(signal, pool_size));
     let raw_per_item = pool.bytes() as f64 / pool.items() as f64;
     println!(
-        "pool: {} requests x {} {noun}, {:.0} B encoded per item ({:.1} MiB), generated in {:.1} s",
+        "pool: {} requests x {:.0} {noun}, {:.0} B encoded per item ({:.1} MiB), generated in {:.1} s",
         pool.batches.len(),
-        ITEMS_PER_BATCH,
+        pool.items() as f64 / pool.batches.len() as f64,
         raw_per_item,
         mib(pool.bytes() as u64),
         generated.elapsed().as_secs_f64()
     );
-    anyhow::ensure!(
-        pool.batches.iter().all(|b| !b.trace_id_offsets.is_empty()),
-        "trace id offsets not found in the encoded requests"
-    );
+    if signal == Signal::Metrics {
+        // 18 resources, and two times per point at least.
+        anyhow::ensure!(
+            pool.batches.iter().all(|b| b.fleet_tag_offsets.len() == 18 && b.time_offsets.len() >= 2 * b.items),
+            "fleet tags or timestamps not found in the encoded requests"
+        );
+    } else {
+        anyhow::ensure!(
+            pool.batches.iter().all(|b| !b.trace_id_offsets.is_empty()),
+            "trace id offsets not found in the encoded requests"
+        );
+    }
 
     let decode_rate = decode_baseline(&pool, Duration::from_secs(3));
     println!(
@@ -720,8 +955,15 @@ fn run_signal(signal: Signal, args: &Args, rows: &mut Vec<Row>) -> anyhow::Resul
     let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
     let mut lat: Vec<u32> = outcomes.iter().flat_map(|o| o.latencies_us.iter().copied()).collect();
     lat.sort_unstable();
-    let probe_ok = under_load.iter().chain(&after_load).filter(|r| r.is_ok()).count() as u64;
-    let stored_items = acked_items + probe_ok * ITEMS_PER_BATCH as u64;
+    // Probes send batch n of the pool.
+    let probe_items: u64 = under_load
+        .iter()
+        .chain(&after_load)
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(n, _)| pool.batches[n % pool.batches.len()].items as u64)
+        .sum();
+    let stored_items = acked_items + probe_items;
     let wall = load_wall.as_secs_f64();
     let ack_rate = acked_items as f64 / wall;
     let indexed_rate = acked_items as f64 / (wall + drain.as_secs_f64());
@@ -815,24 +1057,35 @@ fn run_signal(signal: Signal, args: &Args, rows: &mut Vec<Row>) -> anyhow::Resul
     );
 
     // Table rows.
+    // The brief sets no target for metric points.
     let (target_rate, unit) = match signal {
-        Signal::Logs => (TARGET_LOGS_PER_S, "records/s"),
-        _ => (TARGET_SPANS_PER_S, "spans/s"),
+        Signal::Logs => (Some(TARGET_LOGS_PER_S), "records/s"),
+        Signal::Metrics => (None, "points/s"),
+        _ => (Some(TARGET_SPANS_PER_S), "spans/s"),
     };
     let k = |x: f64| format!("{:.1}k {unit}", x / 1000.0);
+    let rate_target = || target_rate.map_or("- (none in the brief)".into(), |t| format!(">= {}", k(t)));
+    let rate_ratio = |x: f64| match target_rate {
+        Some(t) => format!("{:.2} / {:.2}", x / t, x / decode_rate),
+        None => format!("- / {:.2}", x / decode_rate),
+    };
     rows.push(row(
         format!("{} ingest, acked (durable)", signal.as_str()),
         k(ack_rate),
         k(decode_rate),
-        format!(">= {}", k(target_rate)),
-        format!("{:.2} / {:.2}", ack_rate / target_rate, ack_rate / decode_rate),
+        rate_target(),
+        rate_ratio(ack_rate),
     ));
     rows.push(row(
-        format!("{} ingest, durable + indexed", signal.as_str()),
+        format!(
+            "{} ingest, durable + {}",
+            signal.as_str(),
+            if signal == Signal::Metrics { "readable" } else { "indexed" }
+        ),
         k(indexed_rate),
         k(decode_rate),
-        format!(">= {}", k(target_rate)),
-        format!("{:.2} / {:.2}", indexed_rate / target_rate, indexed_rate / decode_rate),
+        rate_target(),
+        rate_ratio(indexed_rate),
     ));
     rows.push(row(
         format!("{} ack latency p50 / p99 (full load)", signal.as_str()),
@@ -870,19 +1123,21 @@ fn run_signal(signal: Signal, args: &Args, rows: &mut Vec<Row>) -> anyhow::Resul
     );
     let (name, target) = match signal {
         Signal::Logs => ("bytes per log record", format!("<= {TARGET_LOG_RATIO} x raw")),
+        Signal::Metrics => ("bytes per metric point", "- (none in the brief)".to_string()),
         _ => ("bytes per span", format!("<= {TARGET_BYTES_PER_SPAN} B")),
     };
     for (what, b) in [("excl. WAL", per_item_segments), ("incl. WAL", per_item)] {
         let ratio = match signal {
-            Signal::Logs => b / raw_per_item / TARGET_LOG_RATIO,
-            _ => b / TARGET_BYTES_PER_SPAN,
+            Signal::Logs => format!("{:.2}", b / raw_per_item / TARGET_LOG_RATIO),
+            Signal::Metrics => "-".into(),
+            _ => format!("{:.2}", b / TARGET_BYTES_PER_SPAN),
         };
         rows.push(row(
             format!("{name} on disk after close, {what}"),
             format!("{b:.0} B ({:.2} x raw)", b / raw_per_item),
             format!("{raw_per_item:.0} B raw OTLP"),
             target.clone(),
-            format!("{ratio:.2}"),
+            ratio,
         ));
     }
     rows.push(row(

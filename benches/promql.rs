@@ -136,7 +136,7 @@ fn main() -> anyhow::Result<()> {
         "topk(5, sum by (pod) (increase(http_server_requests_total[10m])))",
     ] {
         let mut times = Vec::with_capacity(REPEAT);
-        let mut points = 0usize;
+        let (mut series_out, mut points) = (0usize, 0usize);
         for _ in 0..REPEAT {
             let t = Instant::now();
             let resp = client
@@ -149,11 +149,14 @@ fn main() -> anyhow::Result<()> {
             let body = resp.text()?;
             anyhow::ensure!(status.is_success(), "{query}: {status} {body}");
             times.push(t.elapsed());
-            points = body.matches("],[").count() + 1;
+            let json: serde_json::Value = serde_json::from_str(&body).context("query_range response")?;
+            let result = json["data"]["result"].as_array().map(Vec::as_slice).unwrap_or_default();
+            series_out = result.len();
+            points = result.iter().map(|r| r["values"].as_array().map_or(0, Vec::len)).sum();
         }
         times.sort();
         println!(
-            "{query}: p50 {:.1} ms, p99 {:.1} ms (~{points} points returned)",
+            "{query}: p50 {:.1} ms, p99 {:.1} ms ({series_out} series, {points} points returned)",
             percentile(&times, 0.5).as_secs_f64() * 1000.0,
             percentile(&times, 0.99).as_secs_f64() * 1000.0
         );

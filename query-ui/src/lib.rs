@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod filters;
+mod form;
 mod jaeger;
 mod loki;
 mod native;

@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use obsbox_storage::TimeRange;
@@ -44,8 +44,6 @@ const MAX_POINTS: u64 = 11_000;
 const DEFAULT_QUERY_SINCE_NS: u64 = 3600 * 1_000_000_000;
 /// Look-back of the metadata endpoints without `start`.
 const DEFAULT_META_SINCE_NS: u64 = 6 * 3600 * 1_000_000_000;
-/// Largest form body accepted on POST.
-const MAX_FORM_BYTES: usize = 256 * 1024;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -125,20 +123,7 @@ impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = LokiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Params, LokiError> {
-        let mut out: Vec<(String, String)> =
-            req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-        let form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if req.method() == Method::POST && form {
-            let body = axum::body::to_bytes(req.into_body(), MAX_FORM_BYTES)
-                .await
-                .map_err(|_| LokiError::bad(format!("request body larger than {MAX_FORM_BYTES} bytes")))?;
-            out.extend(form_urlencoded::parse(&body).into_owned());
-        }
-        Ok(Params(out))
+        crate::form::query_and_form(req).await.map(Params).map_err(LokiError::bad)
     }
 }
 

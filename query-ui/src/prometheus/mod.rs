@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use obsbox_storage::prometheus::{ViewOptions, format_float, prometheus_view};
@@ -41,8 +41,6 @@ use crate::{AppState, QueryError};
 const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// Most steps of a range query (Prometheus' limit).
 const MAX_STEPS: i64 = 11_000;
-/// Largest form body accepted on POST.
-const MAX_FORM_BYTES: usize = 256 * 1024;
 /// Longest query text accepted.
 const MAX_QUERY_BYTES: usize = 64 * 1024;
 /// Look-back of the metadata endpoints without `start`.
@@ -127,20 +125,7 @@ impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = PromError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Params, PromError> {
-        let mut out: Vec<(String, String)> =
-            req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-        let form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if req.method() == Method::POST && form {
-            let body = axum::body::to_bytes(req.into_body(), MAX_FORM_BYTES)
-                .await
-                .map_err(|_| PromError::bad(format!("request body larger than {MAX_FORM_BYTES} bytes")))?;
-            out.extend(form_urlencoded::parse(&body).into_owned());
-        }
-        Ok(Params(out))
+        crate::form::query_and_form(req).await.map(Params).map_err(PromError::bad)
     }
 }
 

@@ -441,6 +441,16 @@ pub trait Reader: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(AttrValue, u64)>, StoreError>;
 
+    /// Number of spans matching `predicate` per bucket of their start time: (bucket start, count)
+    /// for the non-empty buckets in `time`, oldest first; bucket starts are multiples of
+    /// `bucket_ns`. Counts only, so it stays cheap over millions of spans (SLO event counts).
+    fn span_histogram(
+        &self,
+        predicate: &SpanPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError>;
+
     /// Number of log records matching `predicate` per time bucket: (bucket start, count) for the
     /// non-empty buckets in `time`, oldest first; bucket starts are multiples of `bucket_ns`.
     fn log_histogram(

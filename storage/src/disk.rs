@@ -594,6 +594,19 @@ impl Reader for DiskStore {
         Ok(self.inner.logs.histogram(q, time, bucket_ns)?.into_iter().collect())
     }
 
+    fn span_histogram(
+        &self,
+        predicate: &SpanPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        if bucket_ns == 0 {
+            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
+        }
+        let q = spans::query(&self.inner.span_fields, predicate)?;
+        Ok(self.inner.spans.histogram(q, time, bucket_ns)?.into_iter().collect())
+    }
+
     fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
         let q = spans::query(&self.inner.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()))?;
         spans::decode(self.inner.spans.search_all(q, spans::ORD_FIELD)?)

@@ -198,6 +198,25 @@ impl Reader for MemStore {
         Ok(values)
     }
 
+    fn span_histogram(
+        &self,
+        predicate: &SpanPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        if bucket_ns == 0 {
+            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
+        }
+        let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
+        for s in self.spans.read().iter() {
+            let t = s.span.start_time_unix_nano;
+            if time.contains(t) && span_matches(predicate, s)? {
+                *counts.entry(t / bucket_ns * bucket_ns).or_insert(0) += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     fn log_histogram(
         &self,
         predicate: &LogPredicate,

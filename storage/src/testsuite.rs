@@ -249,6 +249,22 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
     let limited =
         store.find_spans(&SpanQuery { predicate: SpanPredicate::All, time: TimeRange::ALL, limit: 3 }).expect("limit");
     assert_eq!(limited.iter().map(|r| r.span.span_id[7]).collect::<Vec<_>>(), vec![19, 18, 17]);
+
+    // Spans start 1 ms apart from T0; errors are every fourth (0, 4, 8, 12, 16).
+    let hist = |p: &SpanPredicate, time: TimeRange| store.span_histogram(p, time, 5_000_000).expect("histogram");
+    let b = |i: u64| T0 + i * 5_000_000;
+    assert_eq!(hist(&SpanPredicate::All, TimeRange::ALL), vec![(b(0), 5), (b(1), 5), (b(2), 5), (b(3), 5)]);
+    assert_eq!(hist(&SpanPredicate::StatusCode(2), TimeRange::ALL), vec![(b(0), 2), (b(1), 1), (b(2), 1), (b(3), 1)]);
+    assert_eq!(
+        hist(&SpanPredicate::Service("svc-b".into()), TimeRange { start_ns: T0 + 12_000_000, end_ns: T0 + 17_000_000 }),
+        vec![(b(2), 3), (b(3), 2)],
+        "start in [start, end), buckets aligned to multiples of the bucket"
+    );
+    assert!(hist(&SpanPredicate::Service("none".into()), TimeRange::ALL).is_empty());
+    assert!(matches!(
+        store.span_histogram(&SpanPredicate::All, TimeRange::ALL, 0),
+        Err(crate::StoreError::InvalidQuery(_))
+    ));
 }
 
 fn log(n: u8, body: &str) -> LogRecord {

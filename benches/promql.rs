@@ -1,6 +1,7 @@
 //! PromQL range-query benchmark: 10,000 counter series (one point every 15 s for an hour, so
-//! 2.4 M points) in a `DiskStore`, then range queries through the HTTP API as Grafana sends
-//! them, each repeated; prints p50 / p99 latency.
+//! 2.4 M points) plus a latency histogram on every tenth of them (1,000 histograms of 11 buckets)
+//! in a `DiskStore`, then range queries through the HTTP API as Grafana sends them, each
+//! repeated; prints p50 / p99 latency.
 //!
 //! ```text
 //! cargo bench --bench promql              # 10k series
@@ -17,8 +18,8 @@ use obsbox_query_ui::AppState;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
-    number_data_point,
+    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -26,6 +27,9 @@ const POINTS: u64 = 240;
 const INTERVAL_MS: u64 = 15_000;
 const REPEAT: usize = 20;
 const SERIES_PER_BATCH: usize = 250;
+/// Every `HISTOGRAM_EVERY`-th series also has a duration histogram.
+const HISTOGRAM_EVERY: usize = 10;
+const BOUNDS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 fn kv(k: &str, v: String) -> KeyValue {
     KeyValue {
@@ -35,11 +39,30 @@ fn kv(k: &str, v: String) -> KeyValue {
     }
 }
 
-/// Series `first..first+n` of `http.server.requests`: 20 services × 50 routes × 10 pods.
+/// Series `first..first+n` of `http.server.requests` (20 services × 50 routes × 10 pods), and
+/// `http.server.request.duration` histograms for every tenth of them.
 fn batch(first: usize, n: usize, t0_ms: u64) -> ExportMetricsServiceRequest {
     let mut points = Vec::with_capacity(n * POINTS as usize);
+    let mut hist = Vec::new();
     for s in first..first + n {
         let attrs = vec![kv("http.route", format!("/r{}", s % 50)), kv("pod", format!("pod-{}", s / 1000))];
+        if s % HISTOGRAM_EVERY == 0 {
+            for i in 0..POINTS {
+                // Cumulative counts growing by a fixed spread per interval, shifted per series.
+                let per_step: Vec<u64> = (0..=BOUNDS.len() as u64).map(|b| 1 + (b + s as u64) % 5).collect();
+                let bucket_counts: Vec<u64> = per_step.iter().map(|c| c * (i + 1)).collect();
+                hist.push(HistogramDataPoint {
+                    attributes: attrs.clone(),
+                    start_time_unix_nano: t0_ms * 1_000_000,
+                    time_unix_nano: (t0_ms + i * INTERVAL_MS + (s as u64 % 15) * 1000) * 1_000_000,
+                    count: bucket_counts.iter().sum(),
+                    sum: Some(0.1 * bucket_counts.iter().sum::<u64>() as f64),
+                    explicit_bounds: BOUNDS.to_vec(),
+                    bucket_counts,
+                    ..Default::default()
+                });
+            }
+        }
         for i in 0..POINTS {
             points.push(NumberDataPoint {
                 attributes: attrs.clone(),
@@ -57,16 +80,27 @@ fn batch(first: usize, n: usize, t0_ms: u64) -> ExportMetricsServiceRequest {
                 ..Default::default()
             }),
             scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "http.server.requests".into(),
-                    unit: "{request}".into(),
-                    data: Some(Data::Sum(Sum {
-                        data_points: points,
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        is_monotonic: true,
-                    })),
-                    ..Default::default()
-                }],
+                metrics: vec![
+                    Metric {
+                        name: "http.server.requests".into(),
+                        unit: "{request}".into(),
+                        data: Some(Data::Sum(Sum {
+                            data_points: points,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            is_monotonic: true,
+                        })),
+                        ..Default::default()
+                    },
+                    Metric {
+                        name: "http.server.request.duration".into(),
+                        unit: "s".into(),
+                        data: Some(Data::Histogram(Histogram {
+                            data_points: hist,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        })),
+                        ..Default::default()
+                    },
+                ],
                 ..Default::default()
             }],
             schema_url: String::new(),
@@ -105,7 +139,7 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    let expected = series * POINTS as usize;
+    let expected = (series + series.div_ceil(HISTOGRAM_EVERY)) * POINTS as usize;
     loop {
         let data = store.find_metrics(&MetricQuery { matchers: Vec::new(), time: TimeRange::ALL })?;
         let n: usize = data
@@ -132,7 +166,7 @@ fn main() -> anyhow::Result<()> {
     for query in [
         "sum by (job) (rate(http_server_requests_total[5m]))",
         "rate(http_server_requests_total{http_route=\"/r7\"}[5m])",
-        "histogram_quantile(0.9, sum by (le) (rate(http_server_requests_total[5m])))",
+        "histogram_quantile(0.9, sum by (le) (rate(http_server_request_duration_seconds_bucket[5m])))",
         "topk(5, sum by (pod) (increase(http_server_requests_total[10m])))",
     ] {
         let mut times = Vec::with_capacity(REPEAT);

@@ -31,4 +31,4 @@ mod status;
 pub use config::{NotifyConfig, SloConfig};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
-pub use status::{Alert, AlertState, Health, TierBurn, Transition};
+pub use status::{Alert, AlertState, Health, Point, SloDetail, SloStatus, SloSummary, TierBurn, Transition};

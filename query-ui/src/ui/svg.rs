@@ -94,7 +94,7 @@ pub(crate) fn line_chart(
             hi = hi.max(v);
         }
     }
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         hi = lo + 1.0;
     }
     let (t0, t1) = match (points.first(), points.last()) {
@@ -104,10 +104,7 @@ pub(crate) fn line_chart(
     };
     let x = |t: i64| LEFT + (t - t0) as f64 / (t1 - t0) as f64 * (CW - LEFT - RIGHT);
     let y = |v: f64| TOP + (hi - v.clamp(lo, hi)) / (hi - lo) * (CH - TOP - BOTTOM);
-    let mut s = format!(
-        "<svg class=\"chart\" viewBox=\"0 0 {CW} {CH}\" role=\"img\"><title>{}</title>",
-        esc(title)
-    );
+    let mut s = format!("<svg class=\"chart\" viewBox=\"0 0 {CW} {CH}\" role=\"img\"><title>{}</title>", esc(title));
     for v in [lo, (lo + hi) / 2.0, hi] {
         let _ = write!(
             s,

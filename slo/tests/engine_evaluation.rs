@@ -460,10 +460,11 @@ fn redefined_and_removed_slos() {
 async fn the_engine_ticks_on_its_own_and_fires() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemStore::new());
-    // Errors over the last 5 real seconds: at time scale 60 that is the page tier's whole
-    // short window.
+    // Errors from 5 real seconds ago (at time scale 60, the page tier's short window) to 20 s
+    // ahead (spans count in the bucket of their start time, so the burn lasts while the test
+    // runs, however busy the machine).
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let spans: Vec<_> = (0..100).map(|i| (now_ns - 5_000_000_000 + i * 50_000_000, 10, true)).collect();
+    let spans: Vec<_> = (0..250).map(|i| (now_ns - 5_000_000_000 + i * 100_000_000, 10, true)).collect();
     write_spans(&store, "payment", "charge", &spans);
     let source = Fixed::new(vec![slo("pay", span_sli(), Duration::from_secs(30 * DAY), 0.999)]);
     let sink = Recorder::default();

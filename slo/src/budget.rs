@@ -302,13 +302,20 @@ pub fn time_to_exhaustion(remaining_ratio: f64, burn: f64, window: Duration) -> 
     Duration::try_from_secs_f64(remaining_ratio * window.as_secs_f64() / burn).ok()
 }
 
+/// A lookback of `d` (SLO time) ending in the current bucket `now`: the newest `d / 1 min`
+/// complete buckets and the current, still filling one. Never empty just after a bucket boundary
+/// (a window of whole buckets ending in the current one would be, for one-bucket windows).
+pub fn lookback(now: i64, d: Duration) -> Range<i64> {
+    now - Scale::buckets(d)..now + 1
+}
+
 /// The current window at bucket `now` (inclusive) as a bucket range `start..now + 1`, and its
-/// length in SLO time. Rolling: the last `window / 1 min` buckets. Calendar: from the start of
+/// length in SLO time. Rolling: a [`lookback`] of the window. Calendar: from the start of
 /// the current period on the virtual SLO clock (`now_virtual_s`) to now; the length is the
 /// whole period's.
 pub fn window_range(window: &Window, now: i64, now_virtual_s: i64) -> Result<(Range<i64>, Duration), SloError> {
     match window {
-        Window::Rolling(d) => Ok((now + 1 - Scale::buckets(*d)..now + 1, *d)),
+        Window::Rolling(d) => Ok((lookback(now, *d), *d)),
         Window::Calendar { count, unit, time_zone, start_unix_s } => {
             let (start, end) = calendar_period(*count, *unit, time_zone, *start_unix_s, now_virtual_s)?;
             let len = Duration::from_secs((end - start).max(0) as u64);
@@ -542,8 +549,10 @@ mod tests {
     #[test]
     fn window_ranges() {
         let (r, len) = window_range(&Window::Rolling(Duration::from_secs(7 * 86400)), 100_000, 0).unwrap();
-        assert_eq!(r, 100_000 + 1 - 7 * DAY..100_001);
+        assert_eq!(r, 100_000 - 7 * DAY..100_001, "7 days of complete buckets and the current one");
         assert_eq!(len, Duration::from_secs(7 * 86400));
+        // The 7-day page tier's 70 s short window: the previous minute and the current one.
+        assert_eq!(lookback(500, Duration::from_secs(70)), 499..501);
         let w = Window::Calendar { count: 1, unit: CalendarUnit::Day, time_zone: "UTC".into(), start_unix_s: 0 };
         let now_s = unix("2024-01-01T10:30:10Z");
         let (r, len) = window_range(&w, now_s / 60, now_s).unwrap();

@@ -16,7 +16,7 @@ use prometheus::{GaugeVec, core::Collector};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::alerts::{AlertBook, fmt_duration};
-use crate::budget::{Buckets, Method, Scale, time_to_exhaustion, window_range};
+use crate::budget::{Buckets, Method, Scale, lookback, time_to_exhaustion, window_range};
 use crate::counts::{Counts, Identity};
 use crate::model::{Budgeting, CalendarUnit, Severity, Slo, Window};
 use crate::source::Plan;
@@ -483,7 +483,7 @@ fn evaluate_one(
     let longest = slo.tiers.iter().map(|t| Scale::buckets(t.long)).max().unwrap_or(1);
     // Data needed: the window and every tier's long window, from a slice boundary.
     let k = method.slice_buckets();
-    let lo = window.start.min(now_b + 1 - longest).div_euclid(k) * k;
+    let lo = window.start.min(now_b - longest).div_euclid(k) * k;
 
     if t.counts.is_none() {
         let identity = Identity { bucket_ns: scale.bucket_ns(), time_scale: scale.factor(), key: count_key(slo) };
@@ -529,8 +529,8 @@ fn evaluate_one(
         .tiers
         .iter()
         .map(|tier| {
-            let long = data.tally(method, now_b + 1 - Scale::buckets(tier.long)..now_b + 1);
-            let short = data.tally(method, now_b + 1 - Scale::buckets(tier.short)..now_b + 1);
+            let long = data.tally(method, lookback(now_b, tier.long));
+            let short = data.tally(method, lookback(now_b, tier.short));
             let (lb, sb) = (long.burn_rate(slo.target), short.burn_rate(slo.target));
             let long_events = long.total as u64;
             let condition = matches!((lb, sb), (Some(l), Some(s)) if l >= tier.burn_rate && s >= tier.burn_rate)

@@ -216,8 +216,8 @@ fn span_slo_burns_fires_resolves_and_survives_a_restart() {
     let fast = &d.tiers[0];
     assert_eq!((fast.tier.as_str(), fast.long_s, fast.short_s), ("page-fast", 3600.0, 300.0));
     assert!(close(fast.long.unwrap(), 500.0) && close(fast.short.unwrap(), 500.0), "{fast:?}");
-    // Long window: buckets BASE+1 ..= BASE+60 hold 59 s of errors.
-    assert_eq!(fast.long_events, 590);
+    // Long window: 60 complete buckets (BASE ..= BASE+59, all errors) and the current one.
+    assert_eq!(fast.long_events, 600);
     assert!(fast.condition);
     assert_eq!(tier_state(&ev.alerts(), "pay", "page-fast"), Some(AlertState::Pending));
     assert!(sink.last().0.is_empty(), "nothing fires while pending");

@@ -558,5 +558,18 @@ mod tests {
         let (r, len) = window_range(&w, now_s / 60, now_s).unwrap();
         assert_eq!(r, unix("2024-01-01T00:00:00Z") / 60..now_s / 60 + 1);
         assert_eq!(len, Duration::from_secs(86400));
+        // At time scale 60 the virtual clock is far ahead (year ~5400), still in jiff's range.
+        let scale = Scale::new(60);
+        let real_ns = 1_800_000_000_000_000_000u64;
+        let month = Window::Calendar {
+            count: 1,
+            unit: CalendarUnit::Month,
+            time_zone: "America/New_York".into(),
+            start_unix_s: 0,
+        };
+        let now = scale.bucket_of(real_ns);
+        let (r, len) = window_range(&month, now, scale.virtual_s(real_ns)).unwrap();
+        assert!(r.end == now + 1 && now - r.start < 31 * DAY, "{r:?}");
+        assert!(len >= Duration::from_secs(28 * 86400) && len <= Duration::from_secs(31 * 86400 + 3600));
     }
 }

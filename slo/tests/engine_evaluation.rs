@@ -555,3 +555,42 @@ fn a_torn_counts_file_is_cut_and_recounted_from_the_store() {
     assert!(ev.errors().iter().all(|e| !e.starts_with("slo pay")), "{:?}", ev.errors());
     assert!(std::fs::metadata(&path).unwrap().len() < n as u64 + 28 * 5);
 }
+
+#[test]
+fn timeslice_budgeting_counts_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemStore::new());
+    // At time scale 60, 5-minute slices are 5 s. Ten slices of traffic: slices 0-7 all good,
+    // slices 8 and 9 with 20% errors (below the 95% slice target).
+    let start = BASE_S - 50 - BASE_S % 5;
+    traffic(&store, start, start + 40, 10, 0);
+    traffic(&store, start + 40, start + 50, 10, 2);
+    let mut s = slo("slices", span_sli(), Duration::from_secs(30 * DAY), 0.9);
+    s.budgeting = Budgeting::Timeslices { slice: Duration::from_secs(300), slice_target: 0.95 };
+    let mut ratio = s.clone();
+    ratio.name = "ratio".into();
+    ratio.budgeting = Budgeting::RatioTimeslices { slice: Duration::from_secs(300) };
+    let mut ev = Evaluator::new(
+        &demo_config(),
+        dir.path(),
+        store.clone(),
+        &prometheus::Registry::new(),
+        Box::new(Recorder::default()),
+        Box::new(Fixed::new(vec![s, ratio])),
+    )
+    .unwrap();
+    ev.evaluate(at(start + 50, 0));
+    let d = ev.detail("slices").unwrap();
+    assert_eq!(d.summary.budgeting, "timeslices");
+    assert_eq!(d.budget.unit, obsbox_slo::BudgetUnit::Slices);
+    assert_eq!((d.budget.total, d.budget.bad), (10.0, 2.0));
+    assert_eq!(d.summary.sli, Some(0.8));
+    // 1 slice allowed (10% of 10), 2 spent: 1 slice = 300 s of SLO time overspent.
+    assert!(close(d.budget.remaining, -1.0) && close(d.budget.remaining_s.unwrap(), -300.0));
+    assert_eq!(d.summary.health, Health::Breached);
+    let r = ev.detail("ratio").unwrap();
+    // Mean slice ratio: (8 × 1.0 + 2 × 0.8) / 10.
+    assert!(close(r.summary.sli.unwrap(), 0.96), "{:?}", r.summary.sli);
+    assert!(close(r.summary.budget_remaining.unwrap(), 0.6));
+    assert_eq!(r.summary.health, Health::Healthy);
+}

@@ -279,7 +279,8 @@ impl Buckets {
 }
 
 /// `window` cut into at most `max_points` consecutive ranges of equal length (the last may be
-/// shorter). With slices, steps are whole slices so no slice is split.
+/// shorter). A slice belongs to the step it starts in (tallies are additive), so steps need not
+/// be aligned to slices.
 fn steps(window: Range<i64>, max_points: usize) -> impl Iterator<Item = Range<i64>> {
     let len = (window.end - window.start).max(0);
     let step = ((len + max_points.max(1) as i64 - 1) / max_points.max(1) as i64).max(1);

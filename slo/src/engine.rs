@@ -684,3 +684,30 @@ impl Drop for SloEngine {
         let _ = self.stop.send(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_can_be_shared_between_request_handlers() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<SloEngine>();
+        fn sendable<T: Send + 'static>() {}
+        sendable::<Evaluator>();
+    }
+
+    #[test]
+    fn windows_in_words() {
+        assert_eq!(window_words(&Window::Rolling(Duration::from_secs(28 * 86400))), "28d rolling");
+        let w = Window::Calendar {
+            count: 1,
+            unit: CalendarUnit::Month,
+            time_zone: "Europe/Berlin".into(),
+            start_unix_s: 0,
+        };
+        assert_eq!(window_words(&w), "1 month calendar (Europe/Berlin)");
+        let w = Window::Calendar { count: 2, unit: CalendarUnit::Week, time_zone: "UTC".into(), start_unix_s: 0 };
+        assert_eq!(window_words(&w), "2 weeks calendar (UTC)");
+    }
+}

@@ -45,7 +45,7 @@ pub enum SloError {
         /// Why.
         reason: String,
     },
-    /// A self-metric could not be registered (e.g. the registry already has one of that name).
-    #[error("metrics registry: {0}")]
+    /// Self-metrics could not be registered (e.g. registered twice in one registry).
+    #[error("metrics: {0}")]
     Metrics(String),
 }

@@ -140,6 +140,10 @@ struct Tracked {
     counts: Option<Counts>,
     /// The latest error of this SLO (counting or evaluating), cleared by a good evaluation.
     error: Option<String>,
+    /// Buckets from here on add to `obsbox_slo_events_total`: those counted live by this
+    /// process. Older ones (a backfill, a gap while obsbox was down) are left out, so a restart
+    /// does not show Prometheus a burst of old events. Set at the first evaluation.
+    live_from: Option<i64>,
 }
 
 /// The key of what an SLO counts: counts of another key are not reused.
@@ -283,9 +287,9 @@ impl Evaluator {
                 Some(old) => {
                     self.metrics.forget(&old.slo);
                     let counts = old.counts.filter(|c| c.identity().key == count_key(&slo));
-                    Tracked { plan: Plan::new(&slo.sli), slo, counts, error: None }
+                    Tracked { plan: Plan::new(&slo.sli), slo, counts, error: None, live_from: None }
                 }
-                None => Tracked { plan: Plan::new(&slo.sli), slo, counts: None, error: None },
+                None => Tracked { plan: Plan::new(&slo.sli), slo, counts: None, error: None, live_from: None },
             };
             next.insert(t.slo.name.clone(), t);
         }
@@ -496,6 +500,7 @@ fn evaluate_one(
         None => lo,
         Some(last) => last.min(now_b + 1 - recount_buckets).max(lo),
     };
+    let live_from = *t.live_from.get_or_insert(now_b + 1 - recount_buckets);
     let recount = plan.count(reader, scale, from, now_b + 1);
     let mut error = None;
     match recount {
@@ -504,8 +509,10 @@ fn evaluate_one(
             for (i, (g, tot)) in fresh.into_iter().enumerate() {
                 let b = from + i as i64;
                 let (og, ot) = counts.get(b);
-                dg += g.saturating_sub(og);
-                dt += tot.saturating_sub(ot);
+                if b >= live_from {
+                    dg += g.saturating_sub(og);
+                    dt += tot.saturating_sub(ot);
+                }
                 if (g, tot) != (0, 0) || b == now_b || (og, ot) != (0, 0) {
                     counts.set(b, g, tot).map_err(|e| e.to_string())?;
                 }

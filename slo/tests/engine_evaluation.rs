@@ -208,6 +208,10 @@ fn span_slo_burns_fires_resolves_and_survives_a_restart() {
     assert_eq!(d.summary.window, "30d rolling");
     assert!(!d.burn_down.is_empty() && d.burn_down.len() <= 500);
     assert_eq!(ev.errors(), vec!["slos/bad.yaml:3: spec.objectives[0].target: must be below 1".to_string()]);
+    // The event counter Prometheus rules read only counts live buckets (the newest 4), not the
+    // backfilled hour, so a start or restart shows Prometheus no burst of old events.
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(text.contains(r#"obsbox_slo_events_total{kind="total",slo="pay"} 30"#), "{text}");
 
     // A minute of 50% errors: 500x the allowed 0.1%.
     traffic(&store, BASE_S, BASE_S + 60, 10, 5);

@@ -599,3 +599,42 @@ fn timeslice_budgeting_counts_slices() {
     assert!(close(r.summary.budget_remaining.unwrap(), 0.6));
     assert_eq!(r.summary.health, Health::Healthy);
 }
+
+#[test]
+fn calendar_windows_start_at_local_midnight() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemStore::new());
+    // BASE_S is 2027-01-15 08:00 UTC. Errors at 22:30 and 23:30 UTC the day before (23:30 and
+    // 00:30 in Berlin), good traffic at 07:00 UTC.
+    traffic(&store, BASE_S - 9 * 3600 - 1800, BASE_S - 9 * 3600 - 1799, 10, 10);
+    traffic(&store, BASE_S - 8 * 3600 - 1800, BASE_S - 8 * 3600 - 1799, 10, 10);
+    traffic(&store, BASE_S - 3600, BASE_S - 3599, 10, 0);
+    // Both aligned to 2026-01-01 00:00 local time.
+    let daily = |name: &str, tz: &str, start_unix_s: i64| {
+        let mut s = slo(name, span_sli(), Duration::from_secs(DAY), 0.9);
+        s.window =
+            Window::Calendar { count: 1, unit: obsbox_slo::CalendarUnit::Day, time_zone: tz.into(), start_unix_s };
+        s
+    };
+    let mut ev = Evaluator::new(
+        &SloConfig::default(),
+        dir.path(),
+        store.clone(),
+        &prometheus::Registry::new(),
+        Box::new(Recorder::default()),
+        Box::new(Fixed::new(vec![
+            daily("utc", "UTC", 1_767_225_600),
+            daily("berlin", "Europe/Berlin", 1_767_225_600 - 3600),
+        ])),
+    )
+    .unwrap();
+    ev.evaluate(at(BASE_S, 0));
+    let utc = ev.detail("utc").unwrap();
+    let berlin = ev.detail("berlin").unwrap();
+    assert_eq!(utc.window_start_ms, ((BASE_S - 8 * 3600) * 1000) as i64, "00:00 UTC");
+    assert_eq!(berlin.window_start_ms, ((BASE_S - 9 * 3600) * 1000) as i64, "00:00 in Berlin is 23:00 UTC");
+    assert_eq!((utc.budget.total, utc.budget.bad), (10.0, 0.0), "both error bursts were yesterday in UTC");
+    assert_eq!((berlin.budget.total, berlin.budget.bad), (20.0, 10.0), "00:30 Berlin is today, 23:30 is not");
+    assert_eq!(utc.summary.window, "1 day calendar (UTC)");
+    assert_eq!(berlin.summary.window_s, 86400.0);
+}

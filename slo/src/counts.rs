@@ -115,6 +115,13 @@ impl Counts {
     /// one whose header is unreadable, is renamed aside and a fresh file started; a torn tail
     /// is cut off.
     pub fn open(dir: &Path, slo: &str, identity: Identity) -> Result<Counts, SloError> {
+        // The name becomes a file name: only what OpenSLO allows in `metadata.name`.
+        if slo.is_empty() || !slo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(SloError::InvalidConfig {
+                key: "metadata.name",
+                reason: format!("{slo:?} is not a valid SLO name"),
+            });
+        }
         fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(format!("{slo}.counts"));
         let mut buckets = BTreeMap::new();
@@ -246,6 +253,14 @@ mod tests {
 
     fn id(key: &str) -> Identity {
         Identity { bucket_ns: 60_000_000_000, time_scale: 1, key: key.into() }
+    }
+
+    #[test]
+    fn names_that_are_not_file_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "../x", "a/b", "A"] {
+            assert!(Counts::open(dir.path(), bad, id("k")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -116,9 +116,11 @@ impl AlertBook {
             let a = &mut entry.alerts[i];
             let labels = labels(slo, &tier.name, tier.severity.as_str());
             let annotations = annotations(slo, burn);
-            if a.labels != labels || a.annotations != annotations || a.severity != tier.severity {
+            // Annotations carry the burn rates and change at nearly every evaluation: they are
+            // recomputed after a restart, so they alone do not make the file worth rewriting.
+            a.annotations = annotations;
+            if a.labels != labels || a.severity != tier.severity {
                 a.labels = labels;
-                a.annotations = annotations;
                 a.severity = tier.severity;
                 self.dirty = true;
             }
@@ -440,6 +442,26 @@ mod tests {
         assert!(book.retire(&[], 5).is_empty());
         assert!(book.alerts().is_empty());
         assert!(book.of("pay").1.is_empty());
+    }
+
+    #[test]
+    fn the_file_is_rewritten_on_state_changes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.json");
+        let s = slo(Duration::ZERO);
+        let mut book = AlertBook::open(&path).unwrap();
+        book.evaluate(&s, &[burn(&s, 0, false), burn(&s, 1, false)], Scale::new(1), 1);
+        book.save().unwrap();
+        fs::remove_file(&path).unwrap();
+        // Other burn rates, same states: nothing to write.
+        let mut b = burn(&s, 0, false);
+        b.long = Some(0.7);
+        book.evaluate(&s, &[b, burn(&s, 1, false)], Scale::new(1), 2);
+        book.save().unwrap();
+        assert!(!path.exists());
+        book.evaluate(&s, &[burn(&s, 0, true), burn(&s, 1, false)], Scale::new(1), 3);
+        book.save().unwrap();
+        assert!(path.exists());
     }
 
     #[test]

@@ -18,17 +18,34 @@
 //!
 //! # Where things are
 //! - `model`: [`Slo`] and its parts, the SRE Workbook tiers ([`Tier::workbook`]).
-//! - `status`: what evaluation yields: [`Health`], [`TierBurn`], [`Alert`], [`Transition`].
+//! - `status`: what evaluation yields: [`Health`], [`TierBurn`], [`Alert`], [`Transition`],
+//!   [`SloSummary`], [`SloDetail`].
 //! - `config`: [`SloConfig`] (the `[slo]` section) and [`NotifyConfig`].
 //! - `error`: [`SloError`].
+//! - `budget`: the pure maths: SLI, error budget, burn rates, time to exhaustion, burn-down,
+//!   time slices, calendar windows (`jiff`), demo time compression (`Scale`).
+//! - `counts`: durable per-SLO per-bucket good/total counts (`data/slo/counts/*.counts`).
+//! - `source`: counting events from the store (span histograms, metric counter increases).
+//! - `alerts`: pending/firing/resolved states, history, `data/slo/alerts.json`.
+//! - `engine`: [`SloEngine`] (the timer) and [`Evaluator`] (one evaluation), the read API
+//!   ([`SloSummary`], [`SloDetail`]) and the [`SloSource`] / [`AlertSink`] seams.
 #![warn(missing_docs)]
 
+mod alerts;
+mod budget;
 mod config;
+mod counts;
+mod engine;
 mod error;
 mod model;
+mod source;
 mod status;
 
 pub use config::{NotifyConfig, SloConfig};
+pub use engine::{AlertSink, Evaluator, SloEngine, SloSource};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
-pub use status::{Alert, AlertState, Health, Point, SloDetail, SloStatus, SloSummary, TierBurn, Transition};
+pub use status::{
+    Alert, AlertState, BudgetDetail, BudgetUnit, Health, SeriesPoint, SloDetail, SloStatus, SloSummary, TierBurn,
+    Transition,
+};

@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
-use obsbox_slo::{AlertState, Health, SloDetail, SloStatus, SloSummary, TierBurn};
+use obsbox_slo::{AlertState, BudgetUnit, Health, Sli, Slo, SloDetail, SloStatus, SloSummary, TierBurn};
 use obsbox_storage::{SpanQuery, TimeRange};
 use serde::Deserialize;
 
@@ -155,7 +155,7 @@ fn health_rank(h: Health) -> u8 {
 }
 
 fn row(s: &SloSummary) -> Row {
-    let digits = target_digits(s.target);
+    let digits = target_digits(s.objective);
     let (status, status_class) = if s.firing.is_empty() { health(s.health) } else { ("firing", "bad") };
     let bar = s.budget_remaining.map_or(0, |b| (b.clamp(0.0, 1.0) * 10.0).round() as u32);
     Row {
@@ -163,10 +163,10 @@ fn row(s: &SloSummary) -> Row {
         href: format!("/slo/{}", s.name),
         display_name: s.display_name.clone(),
         service: s.service.clone(),
-        objective: pct(Some(s.target), digits),
+        objective: pct(Some(s.objective), digits),
         window: s.window.clone(),
         sli: pct(s.sli, digits + 1),
-        sli_low: s.sli.is_some_and(|v| v < s.target),
+        sli_low: s.sli.is_some_and(|v| v < s.objective),
         budget: pct(s.budget_remaining, 1),
         budget_bar: format!("w{bar}"),
         budget_low: s.budget_remaining.is_some_and(|b| b < 0.25),
@@ -198,7 +198,7 @@ async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> Res
     slos.sort_by(|a, b| {
         let o = match sort {
             "service" => a.service.cmp(&b.service),
-            "objective" => a.target.total_cmp(&b.target),
+            "objective" => a.objective.total_cmp(&b.objective),
             "window" => a.window.cmp(&b.window),
             "sli" => nan_low(a.sli).total_cmp(&nan_low(b.sli)),
             "budget" => nan_low(a.budget_remaining).total_cmp(&nan_low(b.budget_remaining)),
@@ -284,6 +284,7 @@ struct SloPage {
     good_total: String,
     window_span: String,
     evaluated: String,
+    scale_note: String,
     burn_down: Svg,
     sli_chart: Svg,
     tiers: Vec<TierRow>,
@@ -317,11 +318,46 @@ fn tier_row(t: &TierBurn, d: &SloDetail) -> TierRow {
     }
 }
 
+/// The SLI of `slo` in words.
+fn describe(slo: &Slo) -> String {
+    match &slo.sli {
+        Sli::Spans { selector, good } => {
+            let mut what = vec![];
+            if let Some(s) = &selector.service {
+                what.push(format!("service {s}"));
+            }
+            if let Some(o) = &selector.operation {
+                what.push(format!("operation {o}"));
+            }
+            if let Some(k) = selector.kind {
+                let kind = ["unspecified", "internal", "server", "client", "producer", "consumer"];
+                what.push(format!("kind {}", kind.get(k as usize).unwrap_or(&"?")));
+            }
+            for (k, v) in &selector.attributes {
+                what.push(format!("{k} = {v:?}"));
+            }
+            let mut ok = vec![];
+            if good.no_error {
+                ok.push("not an error".to_owned());
+            }
+            if let Some(d) = good.max_duration {
+                ok.push(format!("at most {}", fmt::duration_ns(d.as_nanos() as f64)));
+            }
+            format!("Events: spans of {}. Good: {}.", what.join(", "), ok.join(" and "))
+        }
+        Sli::Metrics { numerator, numerator_is_bad, total } => format!(
+            "Events: increase of {total}. {}: increase of {numerator}.",
+            if *numerator_is_bad { "Bad" } else { "Good" }
+        ),
+    }
+}
+
 /// The page of one SLO from its evaluation; `traces` are the worst traces found.
-fn slo_page(d: &SloDetail, traces: Vec<TraceRow>, traces_note: String) -> SloPage {
+fn slo_page(d: &SloDetail, slo: &Slo, traces: Vec<TraceRow>, traces_note: String) -> SloPage {
     let s = &d.summary;
-    let digits = target_digits(s.target);
-    let burn_points: Vec<(i64, Option<f64>)> = d.burn_down.iter().map(|p| (p.t_ms, p.v.map(|v| v * 100.0))).collect();
+    let digits = target_digits(s.objective);
+    let scale = f64::from(d.time_scale.max(1));
+    let burn_points: Vec<(i64, Option<f64>)> = d.burn_down.iter().map(|p| (p.t_ms, Some(p.value * 100.0))).collect();
     let burn_down = line_chart(
         &burn_points,
         (0.0, 100.0),
@@ -329,16 +365,19 @@ fn slo_page(d: &SloDetail, traces: Vec<TraceRow>, traces_note: String) -> SloPag
         &|v| format!("{v:.0}%"),
         "error budget remaining over the window",
     );
-    let sli_points: Vec<(i64, Option<f64>)> = d.sli_series.iter().map(|p| (p.t_ms, p.v.map(|v| v * 100.0))).collect();
-    let lo = (s.target * 100.0 - (1.0 - s.target) * 300.0).max(0.0);
+    let sli_points: Vec<(i64, Option<f64>)> = d.sli_series.iter().map(|p| (p.t_ms, Some(p.value * 100.0))).collect();
+    let lo = (s.objective * 100.0 - (1.0 - s.objective) * 300.0).max(0.0);
     let sli_chart = line_chart(
         &sli_points,
         (lo, 100.0),
-        &[Rule { value: s.target * 100.0, label: format!("target {}", pct(Some(s.target), digits)) }],
+        &[Rule { value: s.objective * 100.0, label: format!("target {}", pct(Some(s.objective), digits)) }],
         &|v| format!("{v:.*}%", digits),
         "SLI per step over the window",
     );
-    let unit = if s.budgeting == "occurrences" { "events" } else { "slices" };
+    let unit = match d.budget.unit {
+        BudgetUnit::Events => "events",
+        BudgetUnit::Slices => "slices",
+    };
     let history = d
         .history
         .iter()
@@ -354,33 +393,38 @@ fn slo_page(d: &SloDetail, traces: Vec<TraceRow>, traces_note: String) -> SloPag
             }
         })
         .collect();
+    let end_ms = s.evaluated_at_ms.unwrap_or_else(now_ms);
     SloPage {
         layout: Layout::new(format!("SLO {}", s.display_name), Nav::Slos, &[]),
         row: row(s),
         description: d.description.clone(),
-        indicator: d.indicator.clone(),
+        indicator: describe(slo),
         budgeting: s.budgeting.replace('_', " "),
         source: d.source.clone(),
+        scale_note: if d.time_scale > 1 {
+            format!("Demo time: SLO time runs {}× faster than the clock; windows below are in SLO time.", d.time_scale)
+        } else {
+            String::new()
+        },
         budget_events: format!(
             "{} of {} bad {unit} left",
-            fmt::count(d.budget_left.max(0.0).floor() as u64),
-            fmt::count(d.budget_allowed.floor() as u64)
+            fmt::count(d.budget.remaining.max(0.0).floor() as u64),
+            fmt::count(d.budget.allowed_bad.floor() as u64)
         ),
-        exhaustion: match d.exhaustion_s {
-            Some(s) => format!("budget gone in {} at the current 1 h burn", human_s(s)),
-            None if d.budget_left <= 0.0 && d.total > 0 => "budget spent".into(),
+        exhaustion: match d.time_to_exhaustion_s {
+            Some(secs) => format!("budget gone in {} at the current burn", human_s(secs / scale)),
+            None if d.budget.remaining <= 0.0 && d.budget.total > 0.0 => "budget spent".into(),
             None => "not burning".into(),
         },
-        good_total: format!("{} good of {} {unit}", fmt::count(d.good), fmt::count(d.total)),
-        window_span: format!(
-            "{} – {} UTC",
-            super::svg::utc_minute(d.window_start_ms),
-            super::svg::utc_minute(d.window_end_ms)
+        good_total: format!(
+            "{} bad of {} {unit}",
+            fmt::count(d.budget.bad.round() as u64),
+            fmt::count(d.budget.total.round() as u64)
         ),
-        evaluated: if s.evaluated_at_ms == 0 {
-            "not evaluated yet".into()
-        } else {
-            format!("evaluated {} s ago", ((now_ms() - s.evaluated_at_ms) / 1000).max(0))
+        window_span: format!("{} – {} UTC", super::svg::utc_minute(d.window_start_ms), super::svg::utc_minute(end_ms)),
+        evaluated: match s.evaluated_at_ms {
+            None => "not evaluated yet".into(),
+            Some(t) => format!("evaluated {} s ago", ((now_ms() - t) / 1000).max(0)),
         },
         burn_down,
         sli_chart,
@@ -405,9 +449,10 @@ async fn page(State(state): State<AppState>, Path(name): Path<String>) -> Result
     };
     let (traces, note) = match slo.span_predicates() {
         Some((_, bad)) => {
-            let end = (detail.window_end_ms.max(0) as u64).saturating_mul(1_000_000);
-            let lookback = (WORST_LOOKBACK.as_nanos() as u64)
-                .min((detail.window_end_ms - detail.window_start_ms).max(0) as u64 * 1_000_000);
+            let end_ms = detail.summary.evaluated_at_ms.unwrap_or_else(now_ms);
+            let end = (end_ms.max(0) as u64).saturating_mul(1_000_000);
+            let lookback =
+                (WORST_LOOKBACK.as_nanos() as u64).min((end_ms - detail.window_start_ms).max(0) as u64 * 1_000_000);
             let time = TimeRange { start_ns: end.saturating_sub(lookback), end_ns: end.saturating_add(1) };
             let reader = state.reader.clone();
             let mut spans =
@@ -442,28 +487,53 @@ async fn page(State(state): State<AppState>, Path(name): Path<String>) -> Result
         }
         None => (vec![], "A metric SLI: its events carry no trace ids; search the service's failed traces.".into()),
     };
-    Ok(render(&slo_page(&detail, traces, note)))
+    Ok(render(&slo_page(&detail, &slo, traces, note)))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use obsbox_slo::{Alert, Point, Severity, Transition};
+    use obsbox_slo::{
+        Alert, BudgetDetail, Budgeting, SeriesPoint, Severity, Source, SpanGood, SpanSelector, Tier, Transition, Window,
+    };
 
     fn summary(name: &str) -> SloSummary {
         SloSummary {
             name: name.into(),
             display_name: "<b>Payments</b>".into(),
             service: "payments".into(),
-            target: 0.999,
+            objective: 0.999,
             window: "30d rolling".into(),
+            window_s: 30.0 * 86_400.0,
             budgeting: "occurrences".into(),
             sli: Some(0.9985),
             budget_remaining: Some(-0.5),
             health: Health::Breached,
             firing: vec!["page-fast".into()],
-            pending: vec![],
-            evaluated_at_ms: 1_700_000_000_000,
+            evaluated_at_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    fn slo() -> Slo {
+        Slo {
+            name: "payments".into(),
+            display_name: "Payments".into(),
+            description: String::new(),
+            service: "payments".into(),
+            sli: Sli::Spans {
+                selector: SpanSelector { service: Some("payments".into()), kind: Some(2), ..Default::default() },
+                good: SpanGood { no_error: true, max_duration: Some(Duration::from_millis(300)) },
+            },
+            target: 0.999,
+            objective_name: String::new(),
+            window: Window::Rolling(Duration::from_secs(30 * 86_400)),
+            budgeting: Budgeting::Occurrences,
+            tiers: Tier::workbook(Duration::from_secs(30 * 86_400)),
+            min_events: 100,
+            labels: vec![],
+            source: Source { file: "slos/payments.yaml".into(), line: 1 },
         }
     }
 
@@ -472,14 +542,21 @@ mod tests {
         let d = SloDetail {
             summary: summary("payments"),
             description: "<script>alert(1)</script>".into(),
-            indicator: "spans of payments".into(),
-            good: 9985,
-            total: 10_000,
-            budget_allowed: 10.0,
-            budget_left: -5.0,
-            exhaustion_s: None,
-            burn_down: vec![Point { t_ms: 0, v: Some(1.0) }, Point { t_ms: 60_000, v: Some(-0.5) }],
-            sli_series: vec![Point { t_ms: 0, v: Some(1.0) }, Point { t_ms: 60_000, v: None }],
+            source: "slos/payments.yaml:1".into(),
+            time_scale: 60,
+            window_start_ms: 1_699_999_000_000,
+            budget: BudgetDetail {
+                unit: BudgetUnit::Events,
+                total: 10_000.0,
+                bad: 15.0,
+                allowed_bad: 10.0,
+                remaining: -5.0,
+                remaining_ratio: Some(-0.5),
+                slice_s: None,
+                remaining_s: None,
+            },
+            burn_down: vec![SeriesPoint { t_ms: 0, value: 1.0 }, SeriesPoint { t_ms: 60_000, value: -0.5 }],
+            sli_series: vec![SeriesPoint { t_ms: 0, value: 1.0 }, SeriesPoint { t_ms: 60_000, value: 0.99 }],
             tiers: vec![TierBurn {
                 tier: "page-fast".into(),
                 severity: Severity::Page,
@@ -491,6 +568,7 @@ mod tests {
                 long_events: 5000,
                 condition: true,
             }],
+            time_to_exhaustion_s: None,
             alerts: vec![Alert {
                 slo: "payments".into(),
                 tier: "page-fast".into(),
@@ -512,11 +590,8 @@ mod tests {
                 long: Some(15.0),
                 short: Some(20.0),
             }],
-            source: "slos/payments.yaml:1".into(),
-            window_start_ms: 0,
-            window_end_ms: 60_000,
         };
-        let html = slo_page(&d, vec![], String::new()).render().unwrap();
+        let html = slo_page(&d, &slo(), vec![], String::new()).render().unwrap();
         assert!(!html.contains("<script>alert(1)"), "escaped description");
         assert!(!html.contains("<b>Payments") && html.contains("Payments"), "escaped name");
         assert!(html.contains("99.9%"), "objective");
@@ -524,6 +599,8 @@ mod tests {
         assert!(html.contains("0 of 10 bad events left"), "budget in events");
         assert!(html.contains("15.00×") && html.contains("14.4×"), "burn against threshold");
         assert!(html.contains("firing"), "alert state");
+        assert!(html.contains("not an error and at most 300"), "the SLI in words");
+        assert!(html.contains("60× faster"), "the demo scale is said");
         assert!(html.contains("<svg class=\"chart\""), "charts");
     }
 

@@ -21,14 +21,19 @@
 //! - `status`: what evaluation yields: [`Health`], [`TierBurn`], [`Alert`], [`Transition`].
 //! - `config`: [`SloConfig`] (the `[slo]` section) and [`NotifyConfig`].
 //! - `error`: [`SloError`].
+//! - `notify`: [`AlertSink`] (what the engine calls after every evaluation) and [`Notifier`]
+//!   (webhooks in the Alertmanager webhook format, Alertmanager `POST /api/v2/alerts`; queues,
+//!   retries, self-metrics); `notify/payload.rs` builds the JSON bodies.
 #![warn(missing_docs)]
 
 mod config;
 mod error;
 mod model;
+mod notify;
 mod status;
 
 pub use config::{NotifyConfig, SloConfig};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
+pub use notify::{AlertSink, Notifier};
 pub use status::{Alert, AlertState, Health, TierBurn, Transition};

@@ -194,11 +194,7 @@ impl Notifier {
             targets.push((ReceiverType::Webhook, check_url("notify.webhooks", url)?));
         }
         for base in &config.alertmanagers {
-            let base = check_url("notify.alertmanagers", base)?;
-            let url = base
-                .join("api/v2/alerts")
-                .map_err(|e| SloError::InvalidConfig { key: "notify.alertmanagers", reason: format!("{base}: {e}") })?;
-            targets.push((ReceiverType::Alertmanager, url));
+            targets.push((ReceiverType::Alertmanager, alertmanager_url(base)?));
         }
         let metrics = Metrics::register(registry)?;
         let client = reqwest::Client::builder()
@@ -312,13 +308,15 @@ fn check_url(key: &'static str, url: &str) -> Result<reqwest::Url, SloError> {
     if parsed.host_str().is_none() {
         return Err(bad("no host".into()));
     }
-    // `join` replaces the last path segment unless the base ends with '/'.
-    let mut parsed = parsed;
-    if !parsed.path().ends_with('/') {
-        let path = format!("{}/", parsed.path());
-        parsed.set_path(&path);
-    }
     Ok(parsed)
+}
+
+/// `<base>/api/v2/alerts`, keeping a path prefix of `base` (Alertmanager behind a proxy).
+fn alertmanager_url(base: &str) -> Result<reqwest::Url, SloError> {
+    let mut url = check_url("notify.alertmanagers", base)?;
+    let path = format!("{}/api/v2/alerts", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
 }
 
 /// One receiver's delivery task.
@@ -429,10 +427,14 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        let u = check_url("notify.alertmanagers", "http://am:9093").unwrap();
-        assert_eq!(u.join("api/v2/alerts").unwrap().as_str(), "http://am:9093/api/v2/alerts");
-        let u = check_url("notify.alertmanagers", "http://h/prefix").unwrap();
-        assert_eq!(u.join("api/v2/alerts").unwrap().as_str(), "http://h/prefix/api/v2/alerts");
+        for (base, want) in [
+            ("http://am:9093", "http://am:9093/api/v2/alerts"),
+            ("http://am:9093/", "http://am:9093/api/v2/alerts"),
+            ("http://h/prefix/", "http://h/prefix/api/v2/alerts"),
+        ] {
+            assert_eq!(alertmanager_url(base).unwrap().as_str(), want);
+        }
+        assert_eq!(check_url("notify.webhooks", "http://h/hook").unwrap().as_str(), "http://h/hook", "kept as is");
         let e = check_url("notify.webhooks", "https://hooks.example").unwrap_err().to_string();
         assert!(e.contains("notify.webhooks") && e.contains("https"), "{e}");
         assert!(check_url("notify.webhooks", "ftp://x").is_err());

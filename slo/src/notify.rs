@@ -176,7 +176,8 @@ struct Receiver {
 /// in the order of [`AlertSink::deliver`] calls per receiver.
 pub struct Notifier {
     receivers: Vec<Receiver>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Taken by [`Notifier::close`].
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     external_url: String,
     metrics: Metrics,
     /// The previous `deliver` call, to measure the evaluation interval.
@@ -212,20 +213,22 @@ impl Notifier {
         }
         Ok(Notifier {
             receivers,
-            tasks,
+            tasks: Mutex::new(tasks),
             external_url: external_url.to_owned(),
             metrics,
             last_delivery: Mutex::new(None),
         })
     }
 
-    /// Stops accepting work and waits up to `timeout` for the queued messages to be sent (with
-    /// their retries); what is left then is abandoned (logged).
-    pub async fn close(mut self, timeout: Duration) {
+    /// Stops accepting work (later [`AlertSink::deliver`] calls are ignored) and waits up to
+    /// `timeout` for the queued messages to be sent (with their retries); what is left then is
+    /// abandoned (logged). Takes `&self` so that a notifier shared with the engine (see the
+    /// `Arc<Notifier>` sink) can be closed at shutdown; a second call returns at once.
+    pub async fn close(&self, timeout: Duration) {
         for r in &self.receivers {
             r.queue.close();
         }
-        let tasks = std::mem::take(&mut self.tasks);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         if tokio::time::timeout(timeout, futures_join(tasks)).await.is_err() {
             let left: usize = self.receivers.iter().map(|r| r.queue.len()).sum();
@@ -247,7 +250,7 @@ impl Notifier {
 
     fn enqueue(&self, kind: ReceiverType, body: Bytes) {
         let label = [kind.as_str()];
-        for r in self.receivers.iter().filter(|r| r.kind == kind) {
+        for r in self.receivers.iter().filter(|r| r.kind == kind && !r.queue.is_closed()) {
             if r.queue.push(body.clone()) {
                 self.metrics.dropped.with_label_values(&label).inc();
                 warn!(receiver_type = kind.as_str(), "slo notification queue full, dropped the oldest message");
@@ -279,6 +282,13 @@ impl AlertSink for Notifier {
                 }
             }
         }
+    }
+}
+
+/// For an engine that owns its sink while the caller keeps the notifier to close it.
+impl AlertSink for Arc<Notifier> {
+    fn deliver(&self, alerts: &[Alert], transitions: &[Transition]) {
+        (**self).deliver(alerts, transitions);
     }
 }
 

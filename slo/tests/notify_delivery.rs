@@ -134,10 +134,12 @@ fn config(webhooks: Vec<String>, alertmanagers: Vec<String>) -> NotifyConfig {
 async fn webhook_gets_firing_then_resolved_with_retries() {
     let (hook, base) = Hook::start(vec![503, 503]).await;
     let registry = Registry::new();
-    let notifier = Notifier::start(&config(vec![format!("{base}/direct")], vec![]), &registry).unwrap();
+    let notifier = Arc::new(Notifier::start(&config(vec![format!("{base}/direct")], vec![]), &registry).unwrap());
+    // As the engine holds it: a boxed sink, while the caller keeps the notifier to close it.
+    let sink: Box<dyn AlertSink> = Box::new(notifier.clone());
     let fired = now_ms();
 
-    notifier.deliver(
+    sink.deliver(
         &[alert(AlertState::Firing, fired, None)],
         &[transition(AlertState::Pending, AlertState::Firing, fired)],
     );
@@ -155,9 +157,9 @@ async fn webhook_gets_firing_then_resolved_with_retries() {
     assert_eq!(m["alerts"][0]["labels"]["tier"], "page-fast");
 
     // Still firing at the next evaluation: no new webhook message.
-    notifier.deliver(&[alert(AlertState::Firing, fired, None)], &[]);
+    sink.deliver(&[alert(AlertState::Firing, fired, None)], &[]);
     let resolved = fired + 1_000;
-    notifier.deliver(
+    sink.deliver(
         &[alert(AlertState::Resolved, fired, Some(resolved))],
         &[transition(AlertState::Firing, AlertState::Resolved, resolved)],
     );
@@ -169,6 +171,12 @@ async fn webhook_gets_firing_then_resolved_with_retries() {
     assert_eq!(got[1]["alerts"][0]["fingerprint"], got[0]["alerts"][0]["fingerprint"], "same alert, same fingerprint");
 
     notifier.close(Duration::from_secs(5)).await;
+    sink.deliver(
+        &[alert(AlertState::Firing, fired, None)],
+        &[transition(AlertState::Pending, AlertState::Firing, fired)],
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hook.attempts("direct").len(), 4, "nothing is sent after close");
     assert_eq!(metric(&registry, r#"obsbox_slo_notifications_total{outcome="sent",receiver_type="webhook"}"#), 2.0);
     assert_eq!(metric(&registry, r#"obsbox_slo_notifications_total{outcome="failed",receiver_type="webhook"}"#), 0.0);
     assert_eq!(metric(&registry, r#"obsbox_slo_notification_queue{receiver_type="webhook"}"#), 0.0);

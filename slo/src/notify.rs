@@ -51,6 +51,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Alertmanager `endsAt` of a firing alert: now + 4 x max(this, evaluation interval), as
 /// Prometheus does with its resend delay, so Alertmanager resolves it if obsbox stops.
 const MIN_RESEND: Duration = Duration::from_secs(60);
+/// Redirects (307/308 only) followed per request.
+const MAX_REDIRECTS: usize = 5;
 /// Body bytes of a rejected request kept for the log.
 const LOGGED_BODY: usize = 512;
 
@@ -201,6 +203,12 @@ impl Notifier {
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("obsbox/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                // 301/302/303 would turn the POST into a GET that "succeeds" without delivering
+                // anything: only 307/308 (method and body kept) are followed.
+                let keeps_post = matches!(attempt.status().as_u16(), 307 | 308);
+                if keeps_post && attempt.previous().len() < MAX_REDIRECTS { attempt.follow() } else { attempt.stop() }
+            }))
             .build()
             .map_err(|e| SloError::InvalidConfig { key: "notify", reason: format!("http client: {e}") })?;
         let mut receivers = Vec::new();
@@ -394,9 +402,7 @@ impl Sender {
         if status.is_success() {
             return Ok(());
         }
-        let text = resp.text().await.unwrap_or_default();
-        let text: String = text.chars().take(LOGGED_BODY).collect();
-        let reason = format!("http {status}: {}", text.trim());
+        let reason = format!("http {status}: {}", body_start(resp).await.trim());
         if status.is_server_error()
             || status == reqwest::StatusCode::REQUEST_TIMEOUT
             || status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -406,6 +412,19 @@ impl Sender {
             Err(Failure::Rejected(reason))
         }
     }
+}
+
+/// The first [`LOGGED_BODY`] bytes of an answer, without reading the rest.
+async fn body_start(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < LOGGED_BODY {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf.truncate(LOGGED_BODY);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// An error with its causes (reqwest's top-level message alone hides "connection refused").

@@ -30,7 +30,8 @@ impl Hook {
     /// Starts the receiver on a free loopback port; returns its base URL.
     async fn start(script: Vec<u16>) -> (Hook, String) {
         let hook = Hook { script: Arc::new(Mutex::new(script)), ..Default::default() };
-        let app = Router::new().route("/{path}", post(receive)).with_state(hook.clone());
+        // GET too, so that a POST turned into a GET by a redirect would be seen "succeeding".
+        let app = Router::new().route("/{path}", post(receive).get(receive)).with_state(hook.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -66,14 +67,20 @@ impl Hook {
     }
 }
 
-async fn receive(State(hook): State<Hook>, Path(path): Path<String>, body: String) -> (StatusCode, &'static str) {
+async fn receive(
+    State(hook): State<Hook>,
+    Path(path): Path<String>,
+    body: String,
+) -> (StatusCode, [(&'static str, &'static str); 1], &'static str) {
     let status = {
         let mut script = hook.script.lock().unwrap();
         if script.is_empty() { 200 } else { script.remove(0) }
     };
     let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
     hook.seen.lock().unwrap().push((path, status, value));
-    (StatusCode::from_u16(status).unwrap(), if status == 200 { "ok" } else { "receiver says no" })
+    // Redirects point to /moved.
+    let location = [("location", "/moved")];
+    (StatusCode::from_u16(status).unwrap(), location, if status == 200 { "ok" } else { "receiver says no" })
 }
 
 fn now_ms() -> i64 {
@@ -192,6 +199,24 @@ async fn webhook_4xx_is_not_retried() {
     notifier.close(Duration::from_secs(5)).await;
     assert_eq!(hook.attempts("strict"), vec![400], "a 4xx answer is final");
     assert_eq!(metric(&registry, r#"obsbox_slo_notifications_total{outcome="failed",receiver_type="webhook"}"#), 1.0);
+}
+
+#[tokio::test]
+async fn only_redirects_that_keep_the_post_are_followed() {
+    let (hook, base) = Hook::start(vec![308, 200, 302]).await; // old, moved, old
+    let registry = Registry::new();
+    let notifier = Notifier::start(&config(vec![format!("{base}/old")], vec![]), &registry).unwrap();
+    let t = now_ms();
+    for _ in 0..2 {
+        notifier
+            .deliver(&[alert(AlertState::Firing, t, None)], &[transition(AlertState::Pending, AlertState::Firing, t)]);
+    }
+    notifier.close(Duration::from_secs(5)).await;
+    assert_eq!(hook.attempts("old"), vec![308, 302]);
+    assert_eq!(hook.accepted("moved").len(), 1, "308 is followed with the same POST body");
+    assert_eq!(hook.accepted("moved")[0]["version"], "4");
+    let failed = r#"obsbox_slo_notifications_total{outcome="failed",receiver_type="webhook"}"#;
+    assert_eq!(metric(&registry, failed), 1.0, "302 would turn the POST into a GET: not followed");
 }
 
 #[tokio::test]

@@ -223,9 +223,11 @@ pub(crate) fn fingerprint(labels: &Labels) -> String {
     format!("{h:016x}")
 }
 
-/// Unix milliseconds as RFC 3339 UTC with millisecond precision (times before 1970 are clamped).
+/// Unix milliseconds as RFC 3339 UTC with millisecond precision, clamped to 1970..=9999 (the
+/// formatter fails, and `to_string` would panic, past year 9999).
 pub(crate) fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    const LAST_MS_OF_9999: u64 = 253_402_300_800_000 - 1;
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0).min(LAST_MS_OF_9999));
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -360,10 +362,28 @@ mod tests {
     }
 
     #[test]
+    fn odd_alerts_still_make_valid_json() {
+        let mut odd = alert("ünï\"code", "t", AlertState::Resolved);
+        odd.labels = vec![("a".into(), "1".into()), ("a".into(), "2".into()), ("".into(), "\n".into())];
+        odd.annotations.clear();
+        odd.since_ms = i64::MIN;
+        odd.fired_at_ms = None;
+        odd.resolved_at_ms = Some(i64::MAX);
+        let t = transition(&odd.slo, "t", AlertState::Firing, AlertState::Resolved);
+        let msgs = webhook_messages(std::slice::from_ref(&odd), &[t], "http://x");
+        let v = serde_json::to_value(&msgs[0]).unwrap();
+        assert_eq!(v["alerts"][0]["labels"]["a"], "2", "a repeated label keeps its last value");
+        assert_eq!(v["alerts"][0]["startsAt"], "1970-01-01T00:00:00.000Z");
+        let am = alertmanager_alerts(&[odd], i64::MAX, Duration::MAX, "http://x");
+        assert_eq!(serde_json::to_value(&am).unwrap()[0]["endsAt"], "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
     fn group_key_and_times() {
         let l = Labels::from([("slo".to_owned(), "a\"b".to_owned())]);
         assert_eq!(label_set_string(&l), r#"{slo="a\"b"}"#);
         assert_eq!(rfc3339(T0), "2026-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z", "clamped, no panic");
     }
 }

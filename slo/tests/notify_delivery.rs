@@ -250,6 +250,33 @@ async fn dead_receiver_never_blocks_the_caller_and_drops_the_oldest() {
     assert!(started.elapsed() < Duration::from_secs(2), "close honours its timeout");
 }
 
+#[tokio::test]
+async fn a_dead_receiver_does_not_delay_the_others() {
+    let dead = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (hook, base) = Hook::start(vec![]).await;
+    let webhooks = vec![format!("http://{dead}/hook"), format!("{base}/live")];
+    let registry = Registry::new();
+    let notifier = Notifier::start(&config(webhooks, vec![]), &registry).unwrap();
+    let t = now_ms();
+    let started = Instant::now();
+    for _ in 0..3 {
+        notifier
+            .deliver(&[alert(AlertState::Firing, t, None)], &[transition(AlertState::Pending, AlertState::Firing, t)]);
+    }
+    // Behind the dead receiver, the first message would wait for all its retries (0.5 + 1 + 2 + 4
+    // + 8 s); with its own queue it arrives at once (10 s: slack for a loaded machine).
+    hook.wait_accepted("live", 3, Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "live receiver waited {:?}", started.elapsed());
+    // Counted once the answer is read, a moment after the receiver saw the request.
+    let sent = r#"obsbox_slo_notifications_total{outcome="sent",receiver_type="webhook"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&registry, sent) < 3.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&registry, sent), 3.0);
+    notifier.close(Duration::from_millis(100)).await;
+}
+
 /// A real Alertmanager on loopback, killed on drop.
 struct Alertmanager {
     child: Child,

@@ -192,6 +192,17 @@ impl Notifier {
     /// `http://` (this build has no TLS) or on metrics already registered.
     pub fn start(config: &NotifyConfig, registry: &Registry) -> Result<Notifier, SloError> {
         let external_url = config.external_url.as_deref().unwrap_or(DEFAULT_EXTERNAL_URL).trim_end_matches('/');
+        // Only a link in messages (users may reach obsbox over https through a proxy), but it
+        // must be absolute: Alertmanager rejects alerts whose generatorURL is not a URI.
+        match reqwest::Url::parse(external_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => {
+                return Err(SloError::InvalidConfig {
+                    key: "notify.external_url",
+                    reason: format!("{external_url:?} is not an absolute http(s) URL"),
+                });
+            }
+        }
         let mut targets = Vec::new();
         for url in &config.webhooks {
             targets.push((ReceiverType::Webhook, check_url("notify.webhooks", url)?));
@@ -487,6 +498,11 @@ mod tests {
         n.close(Duration::from_secs(1)).await;
         let bad = NotifyConfig { alertmanagers: vec!["am:9093".into()], ..Default::default() };
         assert!(Notifier::start(&bad, &Registry::new()).is_err());
+        let bad = NotifyConfig { external_url: Some("obsbox.example.com".into()), ..Default::default() };
+        let e = Notifier::start(&bad, &Registry::new()).err().unwrap().to_string();
+        assert!(e.contains("notify.external_url"), "{e}");
+        let ok = NotifyConfig { external_url: Some("https://obsbox.example.com/".into()), ..Default::default() };
+        Notifier::start(&ok, &Registry::new()).unwrap().close(Duration::ZERO).await;
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::alerts::{AlertBook, fmt_duration};
 use crate::budget::{Buckets, Method, Scale, lookback, time_to_exhaustion, window_range};
 use crate::counts::{Counts, Identity};
 use crate::model::{Budgeting, CalendarUnit, Severity, Slo, Window};
+use crate::notify::AlertSink;
 use crate::source::Plan;
 use crate::status::{
     Alert, AlertState, BudgetDetail, BudgetUnit, Health, SeriesPoint, SloDetail, SloSummary, TierBurn, Transition,
@@ -39,13 +40,6 @@ pub trait SloSource: Send {
     /// Whether the definitions changed since the last `reload` (cheap: called every
     /// evaluation).
     fn changed(&self) -> bool;
-}
-
-/// Where alerts go after each evaluation. Must not block (queue and deliver elsewhere).
-pub trait AlertSink: Send + Sync {
-    /// Called after every evaluation with every firing alert and the alerts that resolved at
-    /// this evaluation (`alerts`), and the transitions of this evaluation.
-    fn deliver(&self, alerts: &[Alert], transitions: &[Transition]);
 }
 
 /// The latest evaluation, as the read API hands it out.

@@ -29,6 +29,9 @@
 //! - `alerts`: pending/firing/resolved states, history, `data/slo/alerts.json`.
 //! - `engine`: [`SloEngine`] (the timer) and [`Evaluator`] (one evaluation), the read API
 //!   ([`SloSummary`], [`SloDetail`]) and the [`SloSource`] / [`AlertSink`] seams.
+//! - `notify`: [`AlertSink`] (what the engine calls after every evaluation) and [`Notifier`]
+//!   (webhooks in the Alertmanager webhook format, Alertmanager `POST /api/v2/alerts`; queues,
+//!   retries, self-metrics); `notify/payload.rs` builds the JSON bodies.
 #![warn(missing_docs)]
 
 mod alerts;
@@ -38,13 +41,16 @@ mod counts;
 mod engine;
 mod error;
 mod model;
+mod notify;
 mod source;
 mod status;
 
 pub use config::{NotifyConfig, SloConfig};
-pub use engine::{AlertSink, Evaluator, SloEngine, SloSource};
+pub use engine::{Evaluator, SloEngine, SloSource};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
+pub use notify::AlertSink;
+pub use notify::Notifier;
 pub use status::{
     Alert, AlertState, BudgetDetail, BudgetUnit, Health, SeriesPoint, SloDetail, SloStatus, SloSummary, TierBurn,
     Transition,

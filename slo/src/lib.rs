@@ -21,14 +21,18 @@
 //! - `status`: what evaluation yields: [`Health`], [`TierBurn`], [`Alert`], [`Transition`].
 //! - `config`: [`SloConfig`] (the `[slo]` section) and [`NotifyConfig`].
 //! - `error`: [`SloError`].
+//! - `rules`: [`prometheus_rules`] (the same SLOs as Prometheus recording and alerting rules) and
+//!   [`promtool_tests`] (`promtool test rules` fixtures for them).
 #![warn(missing_docs)]
 
 mod config;
 mod error;
 mod model;
+mod rules;
 mod status;
 
 pub use config::{NotifyConfig, SloConfig};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
+pub use rules::{prometheus_rules, promtool_tests};
 pub use status::{Alert, AlertState, Health, TierBurn, Transition};

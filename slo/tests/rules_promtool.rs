@@ -1,0 +1,158 @@
+//! The generated Prometheus rules and their fixtures through the real `promtool` (Debian
+//! package `prometheus`): `promtool check rules` and `promtool test rules` must pass for a set
+//! of SLOs covering span and metric SLIs, good and bad numerators, 7d/28d/30d rolling and
+//! calendar windows, time slices, default and custom tiers, labels, and two SLOs on one counter.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use obsbox_slo::{
+    Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window, prometheus_rules,
+    promtool_tests,
+};
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
+
+fn slo(name: &str, sli: Sli, window: Window) -> Slo {
+    let tiers = Tier::workbook(window.nominal());
+    Slo {
+        name: name.into(),
+        display_name: name.into(),
+        description: String::new(),
+        service: "shop".into(),
+        sli,
+        target: 0.999,
+        objective_name: String::new(),
+        window,
+        budgeting: Budgeting::Occurrences,
+        tiers,
+        min_events: 20,
+        labels: vec![],
+        source: Source { file: PathBuf::from("slos/shop.yaml"), line: 1 },
+    }
+}
+
+fn metrics(numerator: &str, numerator_is_bad: bool, total: &str) -> Sli {
+    Sli::Metrics { numerator: numerator.into(), numerator_is_bad, total: total.into() }
+}
+
+fn spans() -> Sli {
+    Sli::Spans {
+        selector: SpanSelector { service: Some("checkout".into()), ..Default::default() },
+        good: SpanGood { no_error: true, max_duration: Some(Duration::from_millis(300)) },
+    }
+}
+
+/// The SLO set every test here runs on.
+pub fn slos() -> Vec<Slo> {
+    let mut checkout = slo("checkout-availability", spans(), Window::Rolling(days(30)));
+    checkout.labels = vec![("team".into(), "payments".into()), ("app.kubernetes.io/part-of".into(), "shop".into())];
+    checkout.display_name = "Checkout {{ availability }}".into();
+
+    let api = slo(
+        "api-errors",
+        metrics(r#"http_requests_total{job="api",code=~"5.."}"#, true, r#"http_requests_total{job="api"}"#),
+        Window::Rolling(days(28)),
+    );
+    let mut api_99 = api.clone();
+    api_99.name = "api-errors-99".into();
+    api_99.target = 0.99;
+    api_99.min_events = 0;
+
+    let latency = slo(
+        "api-latency",
+        metrics(
+            r#"http_request_duration_seconds_bucket{job="api",le="0.3"}"#,
+            false,
+            r#"http_request_duration_seconds_count{job="api"}"#,
+        ),
+        Window::Rolling(days(7)),
+    );
+
+    let mut search = slo(
+        "search-monthly",
+        metrics(r#"search_requests_total{status!~"5..|429"}"#, false, "search_requests_total"),
+        Window::Calendar { count: 1, unit: CalendarUnit::Month, time_zone: "Europe/Paris".into(), start_unix_s: 0 },
+    );
+    search.target = 0.995;
+
+    let mut slices = slo("payments-slices", spans(), Window::Rolling(days(30)));
+    slices.budgeting = Budgeting::Timeslices { slice: Duration::from_secs(300), slice_target: 0.95 };
+    slices.target = 0.99;
+    slices.tiers = vec![
+        Tier {
+            name: "page".into(),
+            severity: Severity::Page,
+            burn_rate: 10.0,
+            long: Duration::from_secs(7200),
+            short: Duration::from_secs(600),
+            alert_after: Duration::from_secs(300),
+        },
+        Tier {
+            name: "ticket".into(),
+            severity: Severity::Ticket,
+            burn_rate: 2.0,
+            long: days(1),
+            short: Duration::from_secs(7200),
+            alert_after: Duration::ZERO,
+        },
+    ];
+    vec![checkout, api, api_99, latency, search, slices]
+}
+
+fn promtool() -> Option<&'static str> {
+    if Path::new(PROMTOOL).exists() {
+        return Some(PROMTOOL);
+    }
+    if std::env::var("OBSBOX_SKIP_EXTERNAL").as_deref() == Ok("1") {
+        eprintln!("skipping: {PROMTOOL} missing and OBSBOX_SKIP_EXTERNAL=1");
+        return None;
+    }
+    panic!("{PROMTOOL} is missing: install the Debian package `prometheus` (or set OBSBOX_SKIP_EXTERNAL=1)");
+}
+
+fn run(args: &[&str], dir: &Path) {
+    let started = Instant::now();
+    let out = Command::new(PROMTOOL).args(args).current_dir(dir).output().expect("running promtool");
+    eprintln!("promtool {} took {:.1?}", args.join(" "), started.elapsed());
+    assert!(
+        out.status.success(),
+        "promtool {} failed:\n{}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(dir: &Path, slos: &[Slo]) {
+    std::fs::write(dir.join("slo-rules.yaml"), prometheus_rules(slos)).unwrap();
+    std::fs::write(dir.join("slo-rules.test.yaml"), promtool_tests(slos, "slo-rules.yaml").unwrap()).unwrap();
+}
+
+#[test]
+fn promtool_checks_the_generated_rules() {
+    if promtool().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &slos());
+    run(&["check", "rules", "slo-rules.yaml"], dir.path());
+}
+
+#[test]
+fn promtool_tests_pass_for_every_tier() {
+    if promtool().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &slos());
+    if let Ok(keep) = std::env::var("OBSBOX_RULES_KEEP") {
+        write(Path::new(&keep), &slos());
+    }
+    run(&["test", "rules", "slo-rules.test.yaml"], dir.path());
+}

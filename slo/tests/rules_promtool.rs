@@ -116,10 +116,15 @@ fn promtool() -> Option<&'static str> {
     panic!("{PROMTOOL} is missing: install the Debian package `prometheus` (or set OBSBOX_SKIP_EXTERNAL=1)");
 }
 
-fn run(args: &[&str], dir: &Path) {
+fn promtool_run(args: &[&str], dir: &Path) -> std::process::Output {
     let started = Instant::now();
     let out = Command::new(PROMTOOL).args(args).current_dir(dir).output().expect("running promtool");
     eprintln!("promtool {} took {:.1?}", args.join(" "), started.elapsed());
+    out
+}
+
+fn run(args: &[&str], dir: &Path) {
+    let out = promtool_run(args, dir);
     assert!(
         out.status.success(),
         "promtool {} failed:\n{}\n{}",
@@ -155,4 +160,35 @@ fn promtool_tests_pass_for_every_tier() {
         write(Path::new(&keep), &slos());
     }
     run(&["test", "rules", "slo-rules.test.yaml"], dir.path());
+}
+
+/// The fixtures are not vacuous: rules that alert at a wrong threshold, without the short window
+/// or without the guard fail them.
+#[test]
+fn promtool_tests_fail_on_rules_that_alert_wrongly() {
+    if promtool().is_none() {
+        return;
+    }
+    let s = slo("weekly", spans(), Window::Rolling(days(7)));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = prometheus_rules(std::slice::from_ref(&s));
+    std::fs::write(dir.path().join("slo-rules.test.yaml"), promtool_tests(&[s], "slo-rules.yaml").unwrap()).unwrap();
+    std::fs::write(dir.path().join("slo-rules.yaml"), &rules).unwrap();
+    run(&["test", "rules", "slo-rules.test.yaml"], dir.path());
+    let short = r#"ratio_rate70s{slo="weekly"} >="#;
+    for (what, from, to) in [
+        ("a page threshold 4% too high", "(14.4 * (1 - 0.999))", "(15 * (1 - 0.999))"),
+        ("a page threshold 3% too low", "(14.4 * (1 - 0.999))", "(14 * (1 - 0.999))"),
+        ("the long window in place of the short one", short, r#"ratio_rate14m{slo="weekly"} >="#),
+        ("no low-traffic guard", ">= 20)", ">= 0)"),
+    ] {
+        assert!(rules.contains(from), "{from} in\n{rules}");
+        std::fs::write(dir.path().join("slo-rules.yaml"), rules.replace(from, to)).unwrap();
+        let out = promtool_run(&["test", "rules", "slo-rules.test.yaml"], dir.path());
+        assert!(
+            !out.status.success(),
+            "promtool test passed rules with {what}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

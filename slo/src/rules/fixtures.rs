@@ -3,8 +3,9 @@
 //! For every SLO and tier, inputs are computed from the tier (never written per SLO): counters
 //! whose labels satisfy the SLI's selectors (found by a small search over the selectors'
 //! matchers), with per-sample increments in phases. Each scenario is its own promtool test:
-//! - above: both windows burn 0.1% above the tier's threshold error ratio: the tier fires; then
-//!   no errors for a short window: it has resolved;
+//! - above: both windows burn 0.1% above the tier's threshold error ratio: the tier fires;
+//! - recovery: it fires, errors stop; a short window later the long window still burns but the
+//!   alert has resolved;
 //! - below: both windows burn 0.1% below: it does not fire;
 //! - spike: only the short window burns (the long one stays below): it does not fire;
 //! - low traffic: everything fails but the long window holds fewer than `min_events`: quiet.
@@ -111,6 +112,8 @@ enum Want {
     Quiet,
     /// Not firing although the short window burns at or above the threshold.
     Spike,
+    /// Not firing although the long window burns: the short one has recovered.
+    Recovered,
     /// Not firing although both windows burn: the low-traffic guard holds it back.
     Guarded,
 }
@@ -181,18 +184,51 @@ fn scenarios(plan: &Plan, k: usize, notes: &mut Vec<String>) -> Vec<Scenario> {
         return out;
     }
 
+    // Recovery: errors stop `clear` before a check, at a ratio high enough that the long
+    // window still burns then while the short one is clean: the alert has resolved.
+    let clear = (t.short_s + 2 * interval).div_ceil(interval) * interval;
+    let recovered = steady + up(clear);
+    // One sample less in the long window under Prometheus 3's left-open ranges.
+    let burning = t.long_s.saturating_sub(clear + interval);
+    let big = thr * (1.0 + 2.0 * MARGIN) * t.long_s as f64 / burning.max(1) as f64;
+    let recovers = burning > 0 && big <= 1.0;
+
     let above = ((thr * (1.0 + MARGIN) * events).ceil()).min(events);
-    let resolved = steady + up(t.short_s + 2 * interval);
-    out.push(Scenario {
-        name: name(&format!(
-            "fires at {} errors per {events} events, just above {}x, then resolves",
-            above, t.burn_rate
-        )),
+    let mut fires = Scenario {
+        name: name(&format!("fires at {above} errors per {events} events, just above {}x", t.burn_rate)),
         interval,
-        phases: vec![(samples(steady), events, above), (samples(resolved - steady), events, 0.0)],
-        checks: vec![(steady, Want::Firing), (resolved, Want::Quiet)],
-        stretch: 1,
-    });
+        phases: vec![(samples(steady), events, above)],
+        checks: vec![(steady, Want::Firing)],
+        stretch: 0,
+    };
+    if !recovers {
+        let resolved = steady + up(t.short_s + 2 * interval);
+        fires.name.push_str(", then resolves");
+        fires.phases.push((samples(resolved - steady), events, 0.0));
+        fires.checks.push((resolved, Want::Quiet));
+        fires.stretch = 1;
+        notes.push(format!(
+            "{slo} {}: resolution tested once both windows are clean (no error ratio keeps the long window {} \
+             burning {} after errors stop)",
+            t.name,
+            prom_duration(t.long_s),
+            prom_duration(clear)
+        ));
+    }
+    out.push(fires);
+    if recovers {
+        let bad = (big * events).ceil().min(events);
+        out.push(Scenario {
+            name: name(&format!(
+                "fires at {bad} errors per {events} events, resolves {} after they stop while the long window still burns",
+                prom_duration(clear)
+            )),
+            interval,
+            phases: vec![(samples(recovered - clear), events, bad), (samples(clear), events, 0.0)],
+            checks: vec![(steady, Want::Firing), (recovered, Want::Recovered)],
+            stretch: 0,
+        });
+    }
 
     // The spike ends at an evaluation and lasts the short window (in whole samples).
     let spike = t.short_s.div_ceil(interval) * interval;
@@ -562,6 +598,7 @@ fn simulate(
                         let burns = |r: Option<f64>| r.is_some_and(|r| r >= tier.threshold);
                         let ok = match want {
                             Some(Want::Spike) => burns(short) && !burns(long),
+                            Some(Want::Recovered) => burns(long) && !burns(short),
                             Some(Want::Guarded) => burns(short) && burns(long) && !cond,
                             _ => true,
                         };

@@ -193,16 +193,16 @@ fn reserved_and_invalid_label_names() {
 }
 
 #[test]
-fn promtool_tests_cover_every_tier_with_four_cases() {
+fn promtool_tests_cover_every_tier_with_five_cases() {
     let s = slo("checkout", spans(), days(30));
     let doc = load(&promtool_tests(&[s], "rules.yaml").unwrap());
     assert_eq!(doc["rule_files"][0].as_str(), Some("rules.yaml"));
     let tests = doc["tests"].as_vec().unwrap();
-    assert_eq!(tests.len(), 16, "quiet below, fires above then resolves, spike, low traffic per tier");
+    assert_eq!(tests.len(), 20, "per tier: quiet below, fires above, recovers, spike, low traffic");
     let names = strs(&doc["tests"], "name");
     for tier in ["page-fast", "page-slow", "ticket-fast", "ticket-slow"] {
         let mine: Vec<&String> = names.iter().filter(|n| n.starts_with(&format!("checkout {tier}:"))).collect();
-        assert_eq!(mine.len(), 4, "{mine:?}");
+        assert_eq!(mine.len(), 5, "{mine:?}");
     }
     for t in tests {
         let series = strs(&t["input_series"], "series");
@@ -214,8 +214,14 @@ fn promtool_tests_cover_every_tier_with_four_cases() {
             ]
         );
     }
-    // The "fires" case of page-fast expects page-fast firing, then not.
-    let fires = tests.iter().find(|t| t["name"].as_str().unwrap().starts_with("checkout page-fast: fires")).unwrap();
+    // The recovery case of page-fast expects page-fast firing, then not.
+    let fires = tests
+        .iter()
+        .find(|t| {
+            t["name"].as_str().unwrap().starts_with("checkout page-fast: fires")
+                && t["name"].as_str().unwrap().contains("resolves")
+        })
+        .unwrap();
     let checks = fires["alert_rule_test"].as_vec().unwrap();
     let tiers = |c: &YamlOwned| -> Vec<String> {
         c["exp_alerts"]

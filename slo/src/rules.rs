@@ -247,7 +247,8 @@ impl<'a> Plan<'a> {
     }
 
     /// The error ratio over the whole rolling window and the budget remaining, for occurrence
-    /// budgets over rolling windows (the only ones Prometheus can compute exactly).
+    /// budgets over rolling windows (the only ones Prometheus can compute exactly). Named with a
+    /// `:`, which SLO names cannot hold, so that no SLO's group can take its name.
     fn period_group(&self) -> Option<Node> {
         let (Window::Rolling(d), Budgeting::Occurrences) = (&self.slo.window, &self.slo.budgeting) else {
             return None;
@@ -263,7 +264,7 @@ impl<'a> Plan<'a> {
             format!("1 - slo:sli_error:ratio_rate{w}{} / (1 - {})", self.selector(), self.slo.target),
         ));
         Some(map(vec![
-            ("name", s(format!("slo-{}-period", self.slo.name))),
+            ("name", s(format!("slo-{}:period", self.slo.name))),
             ("interval", s(PERIOD_GROUP_INTERVAL)),
             ("rules", seq(rules)),
         ]))

@@ -72,7 +72,7 @@ fn label_names_are_made_valid() {
 fn a_span_slo_records_every_window_and_alerts_per_tier() {
     let doc = load(&prometheus_rules(&[slo("checkout", spans(), days(30))]));
     let groups = &doc["groups"];
-    assert_eq!(strs(groups, "name"), ["slo-checkout", "slo-checkout-period"]);
+    assert_eq!(strs(groups, "name"), ["slo-checkout", "slo-checkout:period"]);
     let rules = &groups[0]["rules"];
     let records = strs(rules, "record");
     let windows = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"].map(|w| format!("slo:sli_error:ratio_rate{w}"));

@@ -693,3 +693,94 @@ fn test_node(plans: &[Plan], series: &[Series], scenario: &Scenario, expected: &
         ("alert_rule_test", seq(checks)),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(text: &str) -> Selector {
+        Selector::parse("t", text).unwrap()
+    }
+
+    fn counter(interval: u64, increments: &[f64]) -> Series {
+        let s = Scenario {
+            name: String::new(),
+            interval,
+            phases: increments.iter().map(|&inc| (1, inc, 0.0)).collect(),
+            checks: vec![],
+            stretch: 0,
+        };
+        let mut series = Series::new(Labels::new(), &s, increments);
+        // Start at zero for hand-computed values.
+        series.values.iter_mut().for_each(|v| *v -= 16.0 * increments.iter().copied().fold(0.0, f64::max));
+        series
+    }
+
+    #[test]
+    fn increase_extrapolates_as_prometheus_does() {
+        // Samples every 60 s: 0, 10, 20, ..., 100 at 0 s .. 600 s.
+        let c = counter(60, &[10.0; 10]);
+        // Closed range [300, 600]: samples at both ends, nothing to extrapolate.
+        assert_eq!(c.increase(600, 300, false), Some(50.0));
+        // Left-open (300, 600]: 360 .. 600 hold 40 over 240 s, extrapolated by 60 s to the start.
+        assert_eq!(c.increase(600, 300, true), Some(50.0));
+        // A range reaching before the first sample: the start is extrapolated towards zero, by
+        // no more than the time to zero (here 0 s: the counter starts at 0).
+        assert_eq!(c.increase(120, 300, false), Some(20.0));
+        // Fewer than two samples: no value.
+        assert_eq!(c.increase(600, 30, true), None);
+        // Between samples: extrapolated by the gap to each end when under 1.1 intervals.
+        assert_eq!(c.increase(630, 300, false), Some(40.0 * 300.0 / 240.0));
+        // Past the last sample (600 s) by more than 1.1 intervals: by half an interval there.
+        let v = c.increase(700, 300, false).unwrap();
+        assert!((v - 30.0 * (180.0 + 20.0 + 30.0) / 180.0).abs() < 1e-9, "{v}");
+    }
+
+    #[test]
+    fn labels_are_found_for_regexes_and_negations() {
+        let num = selector(r#"http_requests_total{job="api",code=~"5..|429"}"#);
+        let total = selector(r#"http_requests_total{job="api"}"#);
+        let a = find_labels(&[&num, &total], &[]).unwrap();
+        assert!(num.matches(&a) && total.matches(&a));
+        let b = find_labels(&[&total], &[&num]).unwrap();
+        assert!(total.matches(&b) && !num.matches(&b));
+
+        let good = selector(r#"search_total{status!~"5..",region=~"eu-.+"}"#);
+        let all = selector(r#"search_total{region=~"eu-.+"}"#);
+        let b = find_labels(&[&all], &[&good]).unwrap();
+        assert!(all.matches(&b) && !good.matches(&b), "{b:?}");
+        assert_eq!(b.get("region").map(String::as_str), Some("eu-0"));
+
+        // Different metric names cannot both be required.
+        assert!(find_labels(&[&selector("a_total"), &selector("b_total")], &[]).is_none());
+    }
+
+    #[test]
+    fn regex_samples_match_their_regex() {
+        for pattern in ["5..", "2..|3..", "GET|POST", "[a-c]+x?", "eu-.+", "[0-9]{3}"] {
+            let sel = selector(&format!("x{{l=~`{pattern}`}}"));
+            let m = &sel.matchers[0];
+            let MatchOp::Re(re) = &m.op else { panic!("{pattern} is no regex matcher") };
+            let samples = regex_samples(re.as_str());
+            assert!(!samples.is_empty(), "{pattern}");
+            for s in samples {
+                assert!(m.is_match(&s), "{pattern} vs {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn counter_values_are_written_in_promtool_notation() {
+        let s = Scenario {
+            name: String::new(),
+            interval: 60,
+            phases: vec![(3, 10.0, 1.0), (2, 10.0, 0.0)],
+            checks: vec![],
+            stretch: 0,
+        };
+        let series = Series::new(Labels::from([("__name__".into(), "x".into())]), &s, &[1.0, 0.0]);
+        assert_eq!(series.values, [16.0, 17.0, 18.0, 19.0, 19.0, 19.0]);
+        assert_eq!(series.values_text(), "16+1x3 19+0x1");
+        assert_eq!(series.selector_text(), "x{}");
+    }
+}

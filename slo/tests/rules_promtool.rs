@@ -1,7 +1,8 @@
 //! The generated Prometheus rules and their fixtures through the real `promtool` (Debian
 //! package `prometheus`): `promtool check rules` and `promtool test rules` must pass for a set
 //! of SLOs covering span and metric SLIs, good and bad numerators, 7d/28d/30d rolling and
-//! calendar windows, time slices, default and custom tiers, labels, and two SLOs on one counter.
+//! calendar windows, time slices, default and custom tiers, labels, a tier that cannot fire, and
+//! two SLOs on one counter.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,7 +103,15 @@ pub fn slos() -> Vec<Slo> {
             alert_after: Duration::ZERO,
         },
     ];
-    vec![checkout, api, api_99, latency, search, slices]
+    // A loose target: the page-fast tier's threshold error ratio (1.44) cannot be reached.
+    let mut batch = slo(
+        "batch-jobs",
+        metrics(r#"jobs_total{result="failed"}"#, true, r#"jobs_total{result=~"ok|failed"}"#),
+        Window::Rolling(days(14)),
+    );
+    batch.target = 0.9;
+    batch.min_events = 1;
+    vec![checkout, api, api_99, latency, search, slices, batch]
 }
 
 fn promtool() -> Option<&'static str> {

@@ -256,3 +256,20 @@ fn selectors_no_series_can_tell_apart_are_an_error() {
     let err = promtool_tests(&[s], "rules.yaml").unwrap_err().to_string();
     assert!(err.contains("not an instant-vector selector"), "{err}");
 }
+
+#[test]
+fn fixtures_are_found_for_common_targets_windows_and_guards() {
+    for target in [0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999] {
+        for window in [7, 14, 28, 30, 90] {
+            for min_events in [0, 1, 100, 100_000] {
+                let mut s = slo("x", spans(), days(window));
+                s.target = target;
+                s.min_events = min_events;
+                s.tiers[1].alert_after = Duration::from_secs(300);
+                let text = promtool_tests(&[s], "rules.yaml")
+                    .unwrap_or_else(|e| panic!("target {target}, {window}d, min_events {min_events}: {e}"));
+                load(&text);
+            }
+        }
+    }
+}

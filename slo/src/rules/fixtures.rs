@@ -367,12 +367,14 @@ impl Shape {
 /// values the selectors mention (and samples of their regexes), few labels, few values.
 fn find_labels(must: &[&Selector], must_not: &[&Selector]) -> Option<Labels> {
     let mut names = must.iter().filter_map(|s| s.metric_name());
-    let name = names.next().unwrap_or("obsbox_fixture_total");
-    if names.any(|n| n != name) {
+    let fixed = names.next();
+    if names.any(|n| Some(n) != fixed) {
         return None;
     }
     let all: Vec<&Matcher> = must.iter().chain(must_not).flat_map(|s| s.all_matchers()).collect();
-    let keys: BTreeSet<&str> = all.iter().map(|m| m.name.as_str()).filter(|k| *k != "__name__").collect();
+    // Without a fixed name, the name is searched like a label (among its regexes' samples).
+    let keys: BTreeSet<&str> =
+        all.iter().map(|m| m.name.as_str()).filter(|k| *k != "__name__" || fixed.is_none()).collect();
     let candidates: Vec<(&str, Vec<String>)> = keys
         .into_iter()
         .map(|k| {
@@ -383,13 +385,17 @@ fn find_labels(must: &[&Selector], must_not: &[&Selector]) -> Option<Labels> {
                     MatchOp::Re(re) | MatchOp::NotRe(re) => values.extend(regex_samples(re.as_str())),
                 }
             }
-            values.extend(["", "obsbox-fixture", "0", "a"].map(String::from));
+            if k == "__name__" {
+                values.push("obsbox_fixture_total".into());
+            } else {
+                values.extend(["", "obsbox-fixture", "0", "a"].map(String::from));
+            }
             let mut seen = BTreeSet::new();
-            values.retain(|v| seen.insert(v.clone()));
+            values.retain(|v| seen.insert(v.clone()) && (k != "__name__" || !v.is_empty()));
             (k, values)
         })
         .collect();
-    let mut labels = Labels::from([("__name__".to_string(), name.to_string())]);
+    let mut labels = Labels::from([("__name__".to_string(), fixed.unwrap_or("obsbox_fixture_total").to_string())]);
     let mut budget = 100_000u32;
     fn search(
         i: usize,
@@ -750,6 +756,11 @@ mod tests {
         let b = find_labels(&[&all], &[&good]).unwrap();
         assert!(all.matches(&b) && !good.matches(&b), "{b:?}");
         assert_eq!(b.get("region").map(String::as_str), Some("eu-0"));
+
+        // A name given by a regex only.
+        let by_regex = selector(r#"{__name__=~"http_.+_total",job="api"}"#);
+        let a = find_labels(&[&by_regex], &[]).unwrap();
+        assert!(by_regex.matches(&a), "{a:?}");
 
         // Different metric names cannot both be required.
         assert!(find_labels(&[&selector("a_total"), &selector("b_total")], &[]).is_none());

@@ -37,6 +37,14 @@ pub enum SloError {
     /// A store read failed.
     #[error("store: {0}")]
     Store(#[from] obsbox_storage::StoreError),
+    /// Prometheus rules or their promtool fixtures cannot be generated for an SLO.
+    #[error("slo {slo}: {reason}")]
+    Rules {
+        /// The SLO's name.
+        slo: String,
+        /// Why.
+        reason: String,
+    },
     /// A configuration value is out of range.
     #[error("invalid setting `{key}`: {reason}")]
     InvalidConfig {

@@ -32,6 +32,8 @@
 //! - `notify`: [`AlertSink`] (what the engine calls after every evaluation) and [`Notifier`]
 //!   (webhooks in the Alertmanager webhook format, Alertmanager `POST /api/v2/alerts`; queues,
 //!   retries, self-metrics); `notify/payload.rs` builds the JSON bodies.
+//! - `rules`: [`prometheus_rules`] (the same SLOs as Prometheus recording and alerting rules) and
+//!   [`promtool_tests`] (`promtool test rules` fixtures for them).
 #![warn(missing_docs)]
 
 mod alerts;
@@ -42,6 +44,7 @@ mod engine;
 mod error;
 mod model;
 mod notify;
+mod rules;
 mod source;
 mod status;
 
@@ -51,6 +54,7 @@ pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
 pub use notify::AlertSink;
 pub use notify::Notifier;
+pub use rules::{prometheus_rules, promtool_tests};
 pub use status::{
     Alert, AlertState, BudgetDetail, BudgetUnit, Health, SeriesPoint, SloDetail, SloStatus, SloSummary, TierBurn,
     Transition,

@@ -21,14 +21,19 @@
 //! - `status`: what evaluation yields: [`Health`], [`TierBurn`], [`Alert`], [`Transition`].
 //! - `config`: [`SloConfig`] (the `[slo]` section) and [`NotifyConfig`].
 //! - `error`: [`SloError`].
+//! - [`spec`]: OpenSLO v1 YAML to [`Slo`] ([`spec::parse`], [`spec::resolve`]).
+//! - [`defs`]: [`Definitions`], the SLO directory: reload, what changed, errors for the UI.
 #![warn(missing_docs)]
 
 mod config;
+pub mod defs;
 mod error;
 mod model;
+pub mod spec;
 mod status;
 
 pub use config::{NotifyConfig, SloConfig};
+pub use defs::{Definitions, ReloadReport};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
 pub use status::{Alert, AlertState, Health, TierBurn, Transition};

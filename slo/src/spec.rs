@@ -164,6 +164,40 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Document>, SloError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(cx.err(1, "document", format!("file larger than {} KiB", MAX_FILE_BYTES / 1024)));
     }
+    check_nesting(cx, text)?;
+    // The YAML loader recurses once per nesting level (and drops its tree recursively): bounded
+    // by `check_nesting`, saphyr's flow-level and alias limits, it still needs more stack than a
+    // test or tokio thread has, so it gets its own thread.
+    std::thread::scope(|s| {
+        let parser = std::thread::Builder::new()
+            .name("slo-yaml".into())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(s, || parse_here(cx, text))
+            .map_err(|e| cx.err(1, "document", format!("cannot start the YAML parser: {e}")))?;
+        parser.join().unwrap_or_else(|_| Err(cx.err(1, "document", "the YAML parser failed")))
+    })
+}
+
+const PARSER_STACK_BYTES: usize = 64 << 20;
+const MAX_INDENT: usize = 256;
+const MAX_INDICATORS_PER_LINE: usize = 128;
+
+/// Refuses text that could nest deeper than the parser's stack allows: nesting needs either
+/// indentation or an indicator (`-`, `?`, `[`, `{`) per level on a line.
+fn check_nesting(cx: Cx<'_>, text: &str) -> Result<(), SloError> {
+    for (i, line) in text.split('\n').enumerate() {
+        for line in line.split('\r') {
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            let indicators = line.bytes().filter(|b| matches!(b, b'-' | b'?' | b'[' | b'{')).count();
+            if indent > MAX_INDENT || indicators > MAX_INDICATORS_PER_LINE {
+                return Err(cx.err(i + 1, "document", "nested too deeply"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_here(cx: Cx<'_>, text: &str) -> Result<Vec<Document>, SloError> {
     let docs = MarkedYaml::load_from_str(text)
         .map_err(|e| cx.err(e.marker().line().max(1), "document", format!("invalid YAML: {}", e.info())))?;
     let mut out = Vec::with_capacity(docs.len());

@@ -53,8 +53,8 @@ fn ratio(cx: Cx<'_>, f: &Field<'_, '_>) -> Result<Sli, SloError> {
         (None, None) => return Err(m.err(cx, "missing field `good` (or `bad`)")),
     };
     let total_field = m.req(cx, "total")?;
-    let total = side(cx, total_field, Role::Total)?;
     let num = side(cx, num_field, if is_bad { Role::Bad } else { Role::Good })?;
+    let total = side(cx, total_field, Role::Total)?;
     match (num, total) {
         (Side::Spans { selector, status, duration }, Side::Spans { selector: total_sel, .. }) => {
             if !same_selection(&selector, &total_sel) {
@@ -314,6 +314,15 @@ mod tests {
         assert!(e.contains("good needs `status: not_error`"), "{e}");
         let e = sli("ratioMetric:
   good: {metricSource: {type: obsbox.spans, spec: {service: a, status: ok}}}
+  total: {metricSource: {type: obsbox.spans, spec: {service: a}}}
+")
+        .unwrap_err();
+        assert!(
+            e.starts_with("s.yaml:2: ratioMetric.good.metricSource.spec.status: status here must be not_error"),
+            "{e}"
+        );
+        let e = sli("ratioMetric:
+  good: {metricSource: {type: obsbox.spans, spec: {service: a, status: not_error}}}
   total: {metricSource: {type: obsbox.spans, spec: {service: a, maxDuration: 1s}}}
 ")
         .unwrap_err();

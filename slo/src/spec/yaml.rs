@@ -15,8 +15,9 @@ pub(super) struct Cx<'f> {
 }
 
 impl Cx<'_> {
-    /// An error at `line` about `field`.
+    /// An error at `line` about `field` (the root of a document is `document`).
     pub fn err(&self, line: usize, field: &str, message: impl Into<String>) -> SloError {
+        let field = if field.is_empty() { "document" } else { field };
         SloError::Spec { file: self.file.to_path_buf(), line, field: field.to_owned(), message: message.into() }
     }
 }

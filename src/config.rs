@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use obsbox_collector::{DeriveConfig, Limits, RemoteWriteConfig};
+use obsbox_slo::SloConfig;
 use obsbox_storage::StoreConfig;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,8 @@ pub struct Config {
     pub derive: DeriveConfig,
     /// Prometheus remote-write export of every metric point (received and derived).
     pub remote_write: RemoteWriteConfig,
+    /// SLO definitions, evaluation and alert notifications.
+    pub slo: SloConfig,
 }
 
 /// Where obsbox listens.
@@ -73,6 +76,7 @@ impl Config {
         self.limits.validate().map_err(|e| anyhow::anyhow!("limits.{e}"))?;
         self.derive.validate().map_err(|e| anyhow::anyhow!("derive: {e}"))?;
         self.remote_write.validate().map_err(|e| anyhow::anyhow!("remote_write: {e}"))?;
+        self.slo.validate().map_err(|e| anyhow::anyhow!("slo: {e}"))?;
         Ok(())
     }
 }
@@ -111,6 +115,10 @@ mod tests {
         assert!(err.contains("intervall"), "{err}");
         c = Config::from_toml("[remote_write]\nurl = \"prometheus:9090\"\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("remote_write: invalid setting `url`"));
+        c = Config::from_toml("[slo]\ntime_scale = 7\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("slo: invalid setting `time_scale`"));
+        let err = Config::from_toml("[slo.notify]\nwebhook = []\n").unwrap_err().to_string();
+        assert!(err.contains("webhook"), "{err}");
     }
 
     #[test]
@@ -121,5 +129,6 @@ mod tests {
         assert_eq!(c.storage.retention, std::time::Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.derive, DeriveConfig::default());
         assert_eq!(c.remote_write, RemoteWriteConfig::default());
+        assert_eq!(c.slo.evaluation_interval, SloConfig::default().evaluation_interval);
     }
 }

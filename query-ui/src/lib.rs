@@ -47,6 +47,8 @@ pub struct AppState {
     pub query: QueryService,
     /// Traces the trace view laid out recently.
     pub(crate) trace_cache: Arc<ui::trace::TraceCache>,
+    /// SLO evaluation, when SLOs are configured (the SLO pages and `/api/v1/slos`).
+    pub slos: Option<Arc<dyn obsbox_slo::SloStatus>>,
 }
 
 impl AppState {
@@ -58,7 +60,13 @@ impl AppState {
     ) -> Result<Self, ::prometheus::Error> {
         let store_metrics = Arc::new(StoreMetrics::register(&registry)?);
         let query = QueryService::new(reader.clone());
-        Ok(AppState { reader, registry, ready, store_metrics, query, trace_cache: Default::default() })
+        Ok(AppState { reader, registry, ready, store_metrics, query, trace_cache: Default::default(), slos: None })
+    }
+
+    /// The same state with SLO evaluation.
+    pub fn with_slos(mut self, slos: Arc<dyn obsbox_slo::SloStatus>) -> Self {
+        self.slos = Some(slos);
+        self
     }
 }
 

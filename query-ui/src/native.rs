@@ -43,7 +43,10 @@ fn bad(e: String) -> QueryError {
         search_logs,
         log_histogram,
         tail_logs,
-        dependencies
+        dependencies,
+        list_slos,
+        get_slo,
+        list_alerts
     ),
     components(schemas(
         ServicesResponse,
@@ -74,6 +77,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/services/{service}/operations", get(operations))
         .route("/api/v1/traces", get(search_traces))
         .route("/api/v1/traces/{trace_id}", get(get_trace))
+        .route("/api/v1/slos", get(list_slos))
+        .route("/api/v1/slos/{name}", get(get_slo))
+        .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/traces/{trace_id}/logs", get(trace_logs))
         .route("/api/v1/attributes", get(attribute_keys))
         .route("/api/v1/attributes/{key}/values", get(attribute_values))
@@ -847,4 +853,42 @@ async fn dependencies(
             })
             .collect(),
     }))
+}
+
+fn slos_off() -> axum::response::Response {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        Json(ErrorJson { error: "no SLOs are configured: start obsbox with --slo-dir (docs/slo.md)".into() }),
+    )
+        .into_response()
+}
+
+/// Every SLO with its latest evaluation (`slos`: objects as in `docs/slo.md`), and the problems
+/// found in the definitions (`errors`: "file:line: field: message").
+#[utoipa::path(get, path = "/api/v1/slos", responses((status = 200, description = "`{\"slos\": [summary...], \"errors\": [string...]}`"), (status = 404, body = ErrorJson, description = "no SLO directory configured")))]
+async fn list_slos(State(s): State<AppState>) -> axum::response::Response {
+    match &s.slos {
+        Some(e) => Json(serde_json::json!({ "slos": e.list(), "errors": e.errors() })).into_response(),
+        None => slos_off(),
+    }
+}
+
+/// One SLO: summary, budget, burn-down and SLI series, burn rate per tier, alerts and history.
+#[utoipa::path(get, path = "/api/v1/slos/{name}", params(("name" = String, Path)), responses((status = 200, description = "the SLO's detail (docs/slo.md)"), (status = 404, body = ErrorJson)))]
+async fn get_slo(State(s): State<AppState>, Path(name): Path<String>) -> axum::response::Response {
+    let Some(e) = &s.slos else { return slos_off() };
+    match e.detail(&name) {
+        Some(d) => Json(d).into_response(),
+        None => (axum::http::StatusCode::NOT_FOUND, Json(ErrorJson { error: format!("no SLO named {name:?}") }))
+            .into_response(),
+    }
+}
+
+/// Every alert of every SLO (one per SLO and tier) with its state.
+#[utoipa::path(get, path = "/api/v1/alerts", responses((status = 200, description = "`{\"alerts\": [alert...]}`"), (status = 404, body = ErrorJson)))]
+async fn list_alerts(State(s): State<AppState>) -> axum::response::Response {
+    match &s.slos {
+        Some(e) => Json(serde_json::json!({ "alerts": e.alerts() })).into_response(),
+        None => slos_off(),
+    }
 }

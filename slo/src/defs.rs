@@ -158,6 +158,19 @@ impl Definitions {
     }
 }
 
+/// The engine's view: what is in force and the current errors; changes seen by
+/// [`Definitions::changed_on_disk`].
+impl crate::SloSource for Definitions {
+    fn reload(&mut self) -> (Vec<Slo>, Vec<String>) {
+        Definitions::reload(self);
+        (self.slos(), self.errors())
+    }
+
+    fn changed(&self) -> bool {
+        self.changed_on_disk()
+    }
+}
+
 /// The SLO files of `dir` in path order; a missing directory has none.
 fn scan(dir: &Path) -> io::Result<Vec<Stamp>> {
     let entries = match std::fs::read_dir(dir) {

@@ -45,4 +45,7 @@ pub enum SloError {
         /// Why.
         reason: String,
     },
+    /// Self-metrics could not be registered (e.g. registered twice in one registry).
+    #[error("metrics: {0}")]
+    Metrics(String),
 }

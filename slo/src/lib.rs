@@ -18,22 +18,39 @@
 //!
 //! # Where things are
 //! - `model`: [`Slo`] and its parts, the SRE Workbook tiers ([`Tier::workbook`]).
-//! - `status`: what evaluation yields: [`Health`], [`TierBurn`], [`Alert`], [`Transition`].
+//! - `status`: what evaluation yields: [`Health`], [`TierBurn`], [`Alert`], [`Transition`],
+//!   [`SloSummary`], [`SloDetail`].
 //! - `config`: [`SloConfig`] (the `[slo]` section) and [`NotifyConfig`].
 //! - `error`: [`SloError`].
+//! - `budget`: the pure maths: SLI, error budget, burn rates, time to exhaustion, burn-down,
+//!   time slices, calendar windows (`jiff`), demo time compression (`Scale`).
+//! - `counts`: durable per-SLO per-bucket good/total counts (`data/slo/counts/*.counts`).
+//! - `source`: counting events from the store (span histograms, metric counter increases).
+//! - `alerts`: pending/firing/resolved states, history, `data/slo/alerts.json`.
+//! - `engine`: [`SloEngine`] (the timer) and [`Evaluator`] (one evaluation), the read API
+//!   ([`SloSummary`], [`SloDetail`]) and the [`SloSource`] / [`AlertSink`] seams.
 //! - [`spec`]: OpenSLO v1 YAML to [`Slo`] ([`spec::parse`], [`spec::resolve`]).
 //! - [`defs`]: [`Definitions`], the SLO directory: reload, what changed, errors for the UI.
 #![warn(missing_docs)]
 
+mod alerts;
+mod budget;
 mod config;
+mod counts;
 pub mod defs;
+mod engine;
 mod error;
 mod model;
+mod source;
 pub mod spec;
 mod status;
 
 pub use config::{NotifyConfig, SloConfig};
 pub use defs::{Definitions, ReloadReport};
+pub use engine::{AlertSink, Evaluator, SloEngine, SloSource};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};
-pub use status::{Alert, AlertState, Health, TierBurn, Transition};
+pub use status::{
+    Alert, AlertState, BudgetDetail, BudgetUnit, Health, SeriesPoint, SloDetail, SloStatus, SloSummary, TierBurn,
+    Transition,
+};

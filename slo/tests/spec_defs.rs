@@ -198,3 +198,23 @@ fn changed_on_disk_sees_new_files_and_rewrites() {
     write(dir, "other.txt", "x");
     assert!(!d.changed_on_disk(), "files that are not YAML do not count");
 }
+
+#[test]
+fn definitions_are_the_engines_slo_source() {
+    use obsbox_slo::SloSource;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write(dir, "a.yaml", &format!("{}---\n{}", sli("ok", "shop"), slo("shop-a", "ok", 0.99)));
+    write(dir, "b.yaml", &slo("shop-b", "missing", 0.99));
+    let mut source: Box<dyn SloSource> = Box::new(Definitions::new(dir));
+    assert!(source.changed(), "never loaded");
+    let (slos, errors) = source.reload();
+    assert_eq!(slos.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["shop-a"]);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("b.yaml:7: spec.indicatorRef: no SLI named \"missing\""), "{errors:?}");
+    assert!(!source.changed());
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    assert!(source.changed());
+    let (slos, errors) = source.reload();
+    assert_eq!((slos.len(), errors.len()), (1, 0));
+}

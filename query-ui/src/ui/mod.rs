@@ -5,6 +5,7 @@
 //! - `assets`: the embedded files under `query-ui/assets/`, served at `/static/{name}?v=HASH`.
 //! - `trace`: the trace view at `/trace/{id}`.
 //! - `explore`: the metrics explorer at `/explore`.
+//! - `slo`: the SLO list at `/slos` and one SLO at `/slo/{name}`.
 //! - Templates are in `query-ui/templates/`; every page extends `base.html` and carries a
 //!   [`Layout`] (title, highlighted nav entry, scripts).
 //!
@@ -25,6 +26,7 @@ pub(crate) mod range;
 mod red;
 mod search;
 mod services;
+mod slo;
 pub(crate) mod svg;
 pub(crate) mod trace;
 
@@ -56,6 +58,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(map::routes())
         .merge(trace::routes())
         .merge(explore::routes())
+        .merge(slo::routes())
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -76,6 +79,7 @@ pub(crate) enum Nav {
     Logs,
     Map,
     Metrics,
+    Slos,
 }
 
 /// What `base.html` needs from every page.
@@ -106,7 +110,7 @@ impl Layout {
         Layout { title: title.into(), nav, styles, scripts }
     }
 
-    /// Whether `entry` (`services`, `traces`, `logs`, `map`, `metrics`) is the current page.
+    /// Whether `entry` (`services`, `traces`, `logs`, `map`, `metrics`, `slos`) is the current page.
     pub(crate) fn is(&self, entry: &str) -> bool {
         let current = match self.nav {
             Nav::Services => "services",
@@ -114,6 +118,7 @@ impl Layout {
             Nav::Logs => "logs",
             Nav::Map => "map",
             Nav::Metrics => "metrics",
+            Nav::Slos => "slos",
         };
         current == entry
     }

@@ -774,3 +774,49 @@ fn build<'a>(
         source: Source { file: d.file.clone(), line: d.line },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels_and_labels_prometheus_names() {
+        for ok in ["a", "payments-availability", "a1", &"x".repeat(63)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        for ok in ["team", "_x", "a1_B"] {
+            assert!(valid_label_name(ok), "{ok}");
+        }
+        for bad in ["", "1a", "a-b", "__x", "a.b"] {
+            assert!(!valid_label_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn crlf_files_read_like_lf_files() {
+        let text =
+            "apiVersion: openslo/v1\r\nkind: SLO\r\nmetadata: {name: x}\r\nspec:\r\n  service: s\r\n  oops: 1\r\n";
+        let e = parse(Path::new("c.yaml"), text).unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:6: spec.oops: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_its_line() {
+        let text = format!("a: 1\n{}\n", "- ".repeat(200));
+        let e = parse(Path::new("d.yaml"), &text).unwrap_err().to_string();
+        assert_eq!(e, "d.yaml:2: document: nested too deeply");
+        let text = format!("a:\n{}b: 1\n", " ".repeat(300));
+        assert!(parse(Path::new("d.yaml"), &text).unwrap_err().to_string().contains("nested too deeply"));
+        // Within the limits, the parser (on its own stack) copes.
+        assert!(parse(Path::new("d.yaml"), &"- ".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn empty_documents_are_skipped() {
+        assert!(parse(Path::new("e.yaml"), "").unwrap().is_empty());
+        assert!(parse(Path::new("e.yaml"), "# only a comment\n---\n---\n").unwrap().is_empty());
+    }
+}

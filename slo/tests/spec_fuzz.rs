@@ -115,6 +115,17 @@ fn hostile_inputs_are_refused_not_fatal() {
     // Deep nesting.
     check(&"[".repeat(100_000));
     check(&"- ".repeat(10_000));
+    // The deepest nesting the line limits let through: indentation, then compact sequences,
+    // then flow collections over several lines.
+    let mut deep = String::new();
+    for i in 0..250 {
+        deep.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
+    }
+    deep.push_str(&format!("{}{}{}\n", " ".repeat(250), "- ".repeat(60), "[".repeat(60)));
+    for _ in 0..4 {
+        deep.push_str(&format!("{}\n", "[".repeat(60)));
+    }
+    check(&deep);
     // Too large.
     let big = format!("# {}\n", "x".repeat(2 << 20));
     let e = parse_slos(Path::new("big.yaml"), &big).unwrap_err();

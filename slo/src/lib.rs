@@ -34,21 +34,26 @@
 //!   retries, self-metrics); `notify/payload.rs` builds the JSON bodies.
 //! - `rules`: [`prometheus_rules`] (the same SLOs as Prometheus recording and alerting rules) and
 //!   [`promtool_tests`] (`promtool test rules` fixtures for them).
+//! - [`spec`]: OpenSLO v1 YAML to [`Slo`] ([`spec::parse`], [`spec::resolve`]).
+//! - [`defs`]: [`Definitions`], the SLO directory: reload, what changed, errors for the UI.
 #![warn(missing_docs)]
 
 mod alerts;
 mod budget;
 mod config;
 mod counts;
+pub mod defs;
 mod engine;
 mod error;
 mod model;
 mod notify;
 mod rules;
 mod source;
+pub mod spec;
 mod status;
 
 pub use config::{NotifyConfig, SloConfig};
+pub use defs::{Definitions, ReloadReport};
 pub use engine::{Evaluator, SloEngine, SloSource};
 pub use error::SloError;
 pub use model::{Budgeting, CalendarUnit, Severity, Sli, Slo, Source, SpanGood, SpanSelector, Tier, Window};

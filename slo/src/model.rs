@@ -33,7 +33,8 @@ pub struct Slo {
     /// defaults are the SRE Workbook tiers scaled to the window ([`Tier::workbook`]).
     pub tiers: Vec<Tier>,
     /// Low-traffic guard: a tier fires only when its long window holds at least this many
-    /// events (for time-slice budgeting: slices with events). Extension `obsbox.minEvents`.
+    /// events (for time-slice budgeting: slices with events). Annotation `obsbox.io/min-events`
+    /// (default 100).
     pub min_events: u64,
     /// Labels added to every alert and rule (`metadata.labels`, values joined with `,`).
     pub labels: Vec<(String, String)>,
@@ -182,11 +183,14 @@ pub struct Tier {
     pub burn_rate: f64,
     /// Long window (`lookbackWindow`).
     pub long: Duration,
-    /// Short window (extension `obsbox.shortWindow`; default long / 12).
+    /// Short window (extension `shortWindow` in the condition; default long / 12).
     pub short: Duration,
     /// How long the condition must hold before the alert fires (`alertAfter`; default 0: it
     /// fires at the evaluation that finds it true, after being pending for that evaluation).
     pub alert_after: Duration,
+    /// Webhook URLs of the tier's alert policy's `AlertNotificationTarget`s: notified in
+    /// addition to the `[slo.notify]` receivers. Empty for the default tiers.
+    pub webhooks: Vec<String>,
 }
 
 impl Tier {
@@ -203,6 +207,7 @@ impl Tier {
             long: at(long),
             short: at(short),
             alert_after: Duration::ZERO,
+            webhooks: Vec::new(),
         };
         vec![
             tier("page-fast", Severity::Page, 14.4, 3600, 300),

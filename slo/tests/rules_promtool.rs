@@ -93,6 +93,7 @@ pub fn slos() -> Vec<Slo> {
             long: Duration::from_secs(7200),
             short: Duration::from_secs(600),
             alert_after: Duration::from_secs(300),
+            webhooks: Vec::new(),
         },
         Tier {
             name: "ticket".into(),
@@ -101,6 +102,7 @@ pub fn slos() -> Vec<Slo> {
             long: days(1),
             short: Duration::from_secs(7200),
             alert_after: Duration::ZERO,
+            webhooks: Vec::new(),
         },
     ];
     // A loose target: the page-fast tier's threshold error ratio (1.44) cannot be reached.

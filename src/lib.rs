@@ -5,7 +5,8 @@
 //! - `config`: [`Config`], loaded from defaults, an optional TOML file, `OBSBOX_*` environment
 //!   variables and flags (in that order), validated once at start.
 //! - [`Obsbox`]: binds the three listeners, opens the store and runs the OTLP receivers
-//!   (`obsbox-collector`) and the UI/API server (`obsbox-query-ui`) until shut down.
+//!   (`obsbox-collector`), the UI/API server (`obsbox-query-ui`) and, with `[slo] dir`, SLO
+//!   evaluation and notifications (`obsbox-slo`) until shut down.
 //! - `main.rs`: the command line.
 
 mod config;
@@ -32,8 +33,15 @@ pub struct Obsbox {
     store: Arc<DiskStore>,
     deriver: Option<obsbox_collector::Deriver>,
     remote_write: Option<obsbox_collector::RemoteWrite>,
+    slo: Option<Slo>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// SLO evaluation and its notifier, when `[slo] dir` is set.
+struct Slo {
+    engine: Arc<obsbox_slo::SloEngine>,
+    notifier: Arc<obsbox_slo::Notifier>,
 }
 
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
@@ -75,9 +83,31 @@ impl Obsbox {
         let taps = obsbox_collector::Taps { deriver: deriver.clone(), remote_write: remote_write.clone() };
         let collector = obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
             .context("invalid limits")?;
+        let slo = match &config.slo.dir {
+            Some(dir) => {
+                let notifier = Arc::new(
+                    obsbox_slo::Notifier::start(&config.slo.notify, &registry)
+                        .context("cannot start SLO notifications")?,
+                );
+                let engine = obsbox_slo::SloEngine::start(
+                    &config.slo,
+                    &config.storage.data_dir,
+                    store.clone(),
+                    &registry,
+                    Box::new(notifier.clone()),
+                    Box::new(obsbox_slo::Definitions::new(dir)),
+                )
+                .context("cannot start SLO evaluation")?;
+                Some(Slo { engine: Arc::new(engine), notifier })
+            }
+            None => None,
+        };
         let ready = Arc::new(AtomicBool::new(false));
-        let state = obsbox_query_ui::AppState::new(store.clone(), registry, ready.clone())
+        let mut state = obsbox_query_ui::AppState::new(store.clone(), registry, ready.clone())
             .context("registering self-metrics")?;
+        if let Some(slo) = &slo {
+            state = state.with_slos(slo.engine.clone());
+        }
 
         let (stop, stop_rx) = watch::channel(false);
         let signal = |mut rx: watch::Receiver<bool>| async move {
@@ -99,7 +129,7 @@ impl Obsbox {
             }),
         ];
         ready.store(true, Ordering::SeqCst);
-        Ok(Obsbox { otlp_grpc_addr, otlp_http_addr, http_addr, store, deriver, remote_write, stop, tasks })
+        Ok(Obsbox { otlp_grpc_addr, otlp_http_addr, http_addr, store, deriver, remote_write, slo, stop, tasks })
     }
 
     /// Address of the OTLP/gRPC listener.
@@ -122,6 +152,14 @@ impl Obsbox {
         self.store.clone()
     }
 
+    /// Re-reads the SLO definitions and evaluates at once (what SIGHUP does); without an SLO
+    /// directory, nothing.
+    pub fn reload_slos(&self) {
+        if let Some(slo) = &self.slo {
+            slo.engine.reload();
+        }
+    }
+
     /// Resolves when a server stops on its own (an error); the error says which.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         let (result, _, rest) = futures_select_all(std::mem::take(&mut self.tasks)).await;
@@ -129,13 +167,18 @@ impl Obsbox {
         result
     }
 
-    /// Stops accepting connections, finishes requests in flight, writes the last derived
-    /// points, sends what remote write has queued (for at most 5 s), then closes the store
-    /// (committing everything acknowledged).
+    /// Stops accepting connections, finishes requests in flight, stops SLO evaluation and sends
+    /// its queued notifications (for at most 5 s), writes the last derived points, sends what
+    /// remote write has queued (for at most 5 s), then closes the store (committing everything
+    /// acknowledged).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             t.await.context("server task panicked")??;
+        }
+        if let Some(slo) = self.slo.take() {
+            slo.engine.close().await;
+            slo.notifier.close(std::time::Duration::from_secs(5)).await;
         }
         if let Some(deriver) = self.deriver.take() {
             tokio::task::spawn_blocking(move || deriver.stop()).await.context("derive stop task failed")?;

@@ -39,12 +39,20 @@ struct Cli {
     /// WAL fsync policy: group (fsync before ack) or interval.
     #[arg(long, env = "OBSBOX_FSYNC", value_parser = ["group", "interval"])]
     fsync: Option<String>,
+    /// Directory of OpenSLO YAML files to evaluate (reloaded on change and on SIGHUP).
+    #[arg(long, env = "OBSBOX_SLO_DIR")]
+    slo_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// SLO tools: check a directory of OpenSLO files, write Prometheus rules for them.
+    Slo {
+        #[command(subcommand)]
+        action: SloAction,
+    },
     /// Runs obsbox with the demo shop: every demo service as a child process, and a load generator.
     Demo(Box<DemoArgs>),
     /// Runs one demo service (what `obsbox demo` starts; also one per container).
@@ -54,6 +62,30 @@ enum Command {
         service: ServiceName,
         #[command(flatten)]
         config: Box<ServiceConfig>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SloAction {
+    /// Loads every SLO file of the directory and reports each SLO or each problem (file, line,
+    /// field); exits with status 1 when a file is invalid.
+    Check {
+        /// Directory of OpenSLO YAML files.
+        #[arg(long, default_value = "slos")]
+        dir: PathBuf,
+    },
+    /// Writes Prometheus recording and alerting rules that alert as obsbox does, and optionally
+    /// `promtool test rules` fixtures proving each alert tier fires on the expected input.
+    Rules {
+        /// Directory of OpenSLO YAML files.
+        #[arg(long, default_value = "slos")]
+        dir: PathBuf,
+        /// Rule file to write (`-`: standard output).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+        /// Also write a `promtool test rules` file here (it refers to the rule file by name).
+        #[arg(long)]
+        tests: Option<PathBuf>,
     },
 }
 
@@ -81,6 +113,11 @@ struct DemoArgs {
     /// endpoint, provider-outage, broker-down (e.g. payments:error-rate=0.3,latency=200ms).
     #[arg(long = "fault", value_parser = obsbox_demo::launcher::parse_fault_spec)]
     faults: Vec<(ServiceName, FaultArgs)>,
+    /// SLO time compression: the demo's SLO windows, alert windows and evaluation interval are
+    /// divided by this (60: a 30-day window lasts 12 hours, the 1 h page window 1 minute), so
+    /// an injected fault pages within a minute. Default: `slo.time_scale` if set, else 60.
+    #[arg(long)]
+    slo_time_scale: Option<u32>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -148,6 +185,9 @@ impl Cli {
         if let Some(v) = self.max_disk_bytes {
             c.storage.max_disk_bytes = v;
         }
+        if let Some(v) = &self.slo_dir {
+            c.slo.dir = Some(v.clone());
+        }
         if let Some(v) = &self.fsync {
             c.storage.fsync =
                 if v == "group" { obsbox::storage::FsyncPolicy::Group } else { obsbox::storage::FsyncPolicy::Interval };
@@ -191,6 +231,11 @@ fn real_main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Command::Slo { .. }) = &cli.command
+        && let Some(Command::Slo { action }) = cli.command.take()
+    {
+        return slo_tool(action);
+    }
     let config = cli.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
@@ -200,7 +245,53 @@ fn real_main() -> anyhow::Result<()> {
             None => runtime.block_on(demo(config, *args)),
         },
         Some(Command::DemoService { .. }) => unreachable!("handled before the subscriber is set up"),
+        Some(Command::Slo { .. }) => unreachable!("handled before the configuration is read"),
     }
+}
+
+/// `obsbox slo check|rules`: offline, no store or listener involved.
+fn slo_tool(action: SloAction) -> anyhow::Result<()> {
+    let dir = match &action {
+        SloAction::Check { dir } | SloAction::Rules { dir, .. } => dir.clone(),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory of SLO files", dir.display());
+    }
+    let mut defs = obsbox_slo::Definitions::new(&dir);
+    defs.reload();
+    let (slos, errors) = (defs.slos(), defs.errors());
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{} problem(s) in {}", errors.len(), dir.display());
+    }
+    match action {
+        SloAction::Check { .. } => {
+            for s in &slos {
+                println!("{}\t{}\t{}:{}", s.name, s.service, s.source.file.display(), s.source.line);
+            }
+            eprintln!("{} SLO(s) in {}", slos.len(), dir.display());
+        }
+        SloAction::Rules { out, tests, .. } => {
+            let rules = obsbox_slo::prometheus_rules(&slos);
+            if out.as_os_str() == "-" {
+                print!("{rules}");
+            } else {
+                std::fs::write(&out, rules).with_context(|| format!("cannot write {}", out.display()))?;
+            }
+            if let Some(tests) = tests {
+                let rules_name = if out.as_os_str() == "-" {
+                    anyhow::bail!("--tests needs --out: the test file names the rule file");
+                } else {
+                    out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                };
+                let text = obsbox_slo::promtool_tests(&slos, &rules_name)?;
+                std::fs::write(&tests, text).with_context(|| format!("cannot write {}", tests.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `obsbox demo faults ...`: talks to every instance of the service, found through the registry.
@@ -221,8 +312,29 @@ async fn faults(action: FaultsAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's SLOs (`slos/` in the repository), written to `<data>/demo/slos/` when no SLO
+/// directory is configured, so `obsbox demo` evaluates them from any working directory.
+const DEMO_SLOS: &[(&str, &str)] = &[
+    ("alerting.yaml", include_str!("../slos/alerting.yaml")),
+    ("catalog-latency.yaml", include_str!("../slos/catalog-latency.yaml")),
+    ("checkout-latency.yaml", include_str!("../slos/checkout-latency.yaml")),
+    ("gateway-availability.yaml", include_str!("../slos/gateway-availability.yaml")),
+    ("payments-availability.yaml", include_str!("../slos/payments-availability.yaml")),
+];
+
 /// `obsbox demo`: obsbox in this process, the demo services as children exporting to it.
-async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
+async fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    if config.slo.dir.is_none() {
+        let dir = config.storage.data_dir.join("demo").join("slos");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (name, text) in DEMO_SLOS {
+            std::fs::write(dir.join(name), text).with_context(|| format!("cannot write {}", dir.display()))?;
+        }
+        config.slo.dir = Some(dir);
+    }
+    config.slo.time_scale =
+        args.slo_time_scale.unwrap_or(if config.slo.time_scale != 1 { config.slo.time_scale } else { 60 });
+    config.validate()?;
     let mut obsbox = Obsbox::start(config.clone()).await?;
     let grpc = obsbox.otlp_grpc_addr();
     let host = if grpc.ip().is_unspecified() { "127.0.0.1".to_owned() } else { grpc.ip().to_string() };
@@ -260,6 +372,13 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         writeln!(out, "  UI (traces, logs)   http://{ui_host}:{}/", ui_addr.port())?;
         writeln!(
             out,
+            "  SLOs                http://{ui_host}:{}/slos  (time runs {}x fast: a 30-day window lasts {} h)",
+            ui_addr.port(),
+            config.slo.time_scale,
+            30 * 24 / config.slo.time_scale
+        )?;
+        writeln!(
+            out,
             "  shop gateway        {}  (POST /login {{\"user\":\"ann\",\"password\":\"demo\"}}, then /api/products with the token)",
             demo.gateway_url
         )?;
@@ -274,6 +393,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let deadline = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -287,6 +407,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping the demo"); break Ok(()) }
             _ = term.recv() => { tracing::info!("terminated, stopping the demo"); break Ok(()) }
             _ = &mut deadline => { tracing::info!("demo duration over, stopping"); break Ok(()) }
+            _ = hup.recv() => { tracing::info!("SIGHUP: reloading the SLO definitions"); obsbox.reload_slos() }
             exited = demo.exited() => {
                 if exited.service == ServiceName::Loadgen && exited.status.success() {
                     tracing::info!("load generator finished");
@@ -322,10 +443,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "obsbox started"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = obsbox.wait() => r?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
-        _ = term.recv() => tracing::info!("terminated, shutting down"),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            r = obsbox.wait() => { r?; break }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, shutting down"); break }
+            _ = term.recv() => { tracing::info!("terminated, shutting down"); break }
+            _ = hup.recv() => { tracing::info!("SIGHUP: reloading the SLO definitions"); obsbox.reload_slos() }
+        }
     }
     obsbox.shutdown().await?;
     tracing::info!("stopped");

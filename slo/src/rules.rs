@@ -233,7 +233,16 @@ impl<'a> Plan<'a> {
                 ("alert", s("SLOBurnRate")),
                 ("expr", s(expr)),
                 ("for", s(prom_duration(t.for_s))),
-                ("labels", map(vec![("severity", s(t.severity)), ("tier", s(t.name.clone()))])),
+                // `slo` again as a static label: alerts of different SLOs with the same tier
+                // must differ in their rule labels, or `promtool check rules` reports duplicates.
+                (
+                    "labels",
+                    map(vec![
+                        ("slo", s(self.slo.name.clone())),
+                        ("severity", s(t.severity)),
+                        ("tier", s(t.name.clone())),
+                    ]),
+                ),
                 (
                     "annotations",
                     map(vec![

@@ -230,3 +230,21 @@ fn promtool_tests_fail_on_rules_that_alert_wrongly() {
         );
     }
 }
+
+/// The SLOs shipped in `slos/` (the demo's, several with the same tier names): their rules pass
+/// `promtool check rules`, lint included, and their fixtures pass `promtool test rules`.
+#[test]
+fn the_repositorys_slos_pass_promtool() {
+    if promtool().is_none() {
+        return;
+    }
+    let mut defs = obsbox_slo::Definitions::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../slos"));
+    defs.reload();
+    assert!(defs.errors().is_empty(), "{:?}", defs.errors());
+    let slos = defs.slos();
+    assert!(slos.len() >= 4, "{} SLOs", slos.len());
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &slos);
+    run(&["check", "rules", "slo-rules.yaml"], dir.path());
+    run(&["test", "rules", "slo-rules.test.yaml"], dir.path());
+}

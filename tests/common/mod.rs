@@ -10,9 +10,11 @@
 //! - Reading back: [`spans_of_service`], [`logs_of_service`], [`metric_points`] and
 //!   [`assert_points_match`].
 //! - A real Prometheus (scrapes, remote-write receiver, PromQL): [`prometheus::Prometheus`].
+//! - A webhook receiver keeping the JSON it is sent: [`webhook::WebhookReceiver`].
 #![allow(dead_code)]
 
 pub mod prometheus;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

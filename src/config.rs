@@ -21,6 +21,8 @@ pub struct Config {
     pub derive: DeriveConfig,
     /// Prometheus remote-write export of every metric point (received and derived).
     pub remote_write: RemoteWriteConfig,
+    /// SLO definitions, evaluation and notifications.
+    pub slo: obsbox_slo::SloConfig,
 }
 
 /// Where obsbox listens.
@@ -73,6 +75,7 @@ impl Config {
         self.limits.validate().map_err(|e| anyhow::anyhow!("limits.{e}"))?;
         self.derive.validate().map_err(|e| anyhow::anyhow!("derive: {e}"))?;
         self.remote_write.validate().map_err(|e| anyhow::anyhow!("remote_write: {e}"))?;
+        self.slo.validate().map_err(|e| anyhow::anyhow!("slo: {e}"))?;
         Ok(())
     }
 }

@@ -24,13 +24,15 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
 # Real peers of the end-to-end tests: headless Chromium + ChromeDriver (web UI), Prometheus and
-# promtool (scrape, remote write, PromQL differential), RabbitMQ (the demo's broker). The tests
-# start them on loopback themselves and stop them after.
+# promtool (scrape, remote write, PromQL differential, the compose stack's rules and config),
+# Alertmanager (the compose stack's), RabbitMQ (the demo's broker). The tests start them on
+# loopback themselves and stop them after.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+[ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

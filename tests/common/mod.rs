@@ -10,9 +10,14 @@
 //! - Reading back: [`spans_of_service`], [`logs_of_service`], [`metric_points`] and
 //!   [`assert_points_match`].
 //! - A real Prometheus (scrapes, remote-write receiver, PromQL): [`prometheus::Prometheus`].
+//! - docker-compose.yml and the files it mounts, run outside Docker: [`compose`]; the Grafana
+//!   dashboards' queries: [`dashboards`]; a real RabbitMQ: [`rabbitmq::Rabbit`].
 #![allow(dead_code)]
 
+pub mod compose;
+pub mod dashboards;
 pub mod prometheus;
+pub mod rabbitmq;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -323,6 +323,38 @@ fn compose_stack_runs_outside_docker_and_every_dashboard_query_returns_data() {
     let trace = get(&client, &format!("{jaeger}/api/traces/{record_trace}"), &[]).expect("logs to trace");
     assert_eq!(trace["data"][0]["traceID"].as_str(), Some(trace_id.as_str()));
 
+    // Exemplar links: the latency panels ask for exemplars; Prometheus scraped them from obsbox
+    // with a trace_id label (the name exemplarTraceIdDestinations uses) of a trace obsbox has.
+    for (uid, (kind, url)) in base.iter().filter(|(_, (k, _))| k == "prometheus") {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let trace_id = loop {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let answer = get(
+                &client,
+                &format!("{url}/api/v1/query_exemplars"),
+                &[
+                    ("query", "traces_span_metrics_duration_milliseconds_bucket"),
+                    ("start", &(now - 600).to_string()),
+                    ("end", &now.to_string()),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("datasource {uid} ({kind}): exemplars: {e}"));
+            let id = answer["data"].as_array().and_then(|series| {
+                series
+                    .iter()
+                    .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+                    .find_map(|e| e["labels"]["trace_id"].as_str().map(String::from))
+            });
+            if let Some(id) = id {
+                break id;
+            }
+            assert!(Instant::now() < deadline, "datasource {uid}: no exemplar with a trace_id: {answer}");
+            std::thread::sleep(Duration::from_secs(2));
+        };
+        let trace = get(&client, &format!("{jaeger}/api/traces/{trace_id}"), &[]).expect("exemplar's trace");
+        assert_eq!(trace["data"][0]["traceID"].as_str(), Some(trace_id.as_str()), "datasource {uid}");
+    }
+
     // Every panel query returns data. Prometheus scrapes every 15 s and rates need two scrapes,
     // so each query is retried until the deadline.
     let slo = obsbox_has_slo();

@@ -210,6 +210,61 @@ fn dockerfile_builds_the_binary_compose_runs_in_a_small_non_root_image() {
     }
 }
 
+/// What the builder stage copies is a whole workspace: cargo resolves it from the lock file
+/// alone (every member and declared target present, Cargo.lock current), as `cargo build
+/// --locked` in the image will.
+#[test]
+fn dockerfile_copies_a_complete_workspace() {
+    let root = root();
+    let tmp = tempfile::tempdir().unwrap();
+    for (op, args) in dockerfile() {
+        if op != "COPY" || args.starts_with("--from") {
+            continue;
+        }
+        let parts: Vec<&str> = args.split_whitespace().collect();
+        let dest = parts[parts.len() - 1];
+        for src in &parts[..parts.len() - 1] {
+            let to = if dest.ends_with('/') || dest == "." { tmp.path().join(src) } else { tmp.path().join(dest) };
+            copy_tree(&root.join(src), &to);
+        }
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(tmp.path())
+        .env("CARGO_TARGET_DIR", tmp.path().join("target"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(out.status.success(), "cargo metadata in the build context: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = meta["workspace_members"].as_array().unwrap();
+    let bins: Vec<&str> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| members.contains(&p["id"]))
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(bins, ["obsbox"], "the one binary the image runs");
+}
+
+/// Copies a file or a directory tree, leaving out what .dockerignore excludes from the context.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let name = from.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if matches!(name, "target" | "data" | ".git" | ".venv" | "__pycache__") {
+        return;
+    }
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+}
+
 #[test]
 fn dockerignore_keeps_build_output_and_data_out_of_the_context() {
     let text = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");

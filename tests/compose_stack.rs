@@ -411,12 +411,20 @@ fn compose_stack_runs_outside_docker_and_every_dashboard_query_returns_data() {
                 // The last 5 minutes as of now: data that arrives while waiting counts.
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
                 let (start, end) = ((now - 300).to_string(), now.to_string());
+                let (end_ms, range_ms) = ((now * 1000).to_string(), "300000".to_string());
                 let (path, params): (String, Vec<(&str, &str)>) = match (kind.as_str(), q.instant) {
                     ("prometheus", true) => (format!("{url}/api/v1/query"), vec![("query", &expr)]),
                     ("prometheus", false) => (
                         format!("{url}/api/v1/query_range"),
                         vec![("query", &expr), ("start", &start), ("end", &end), ("step", "15")],
                     ),
+                    ("jaeger", _) => match q.query_type.as_deref() {
+                        // What Grafana's Jaeger datasource asks for a dependency graph.
+                        Some("dependencyGraph") => {
+                            (format!("{url}/api/dependencies"), vec![("endTs", &end_ms), ("lookback", &range_ms)])
+                        }
+                        other => panic!("{}: no check for Jaeger query type {other:?}", q.context),
+                    },
                     ("loki", _) => (
                         format!("{url}/loki/api/v1/query_range"),
                         vec![("query", &expr), ("start", &start), ("end", &end), ("limit", "100")],
@@ -424,7 +432,10 @@ fn compose_stack_runs_outside_docker_and_every_dashboard_query_returns_data() {
                     (other, _) => panic!("{}: no query check for datasource type {other}", q.context),
                 };
                 let answer = get(&client, &path, &params).unwrap_or_else(|e| panic!("{}: {expr}: {e}", q.context));
-                let result = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+                let result = match kind.as_str() {
+                    "jaeger" => answer["data"].as_array().cloned().unwrap_or_default(),
+                    _ => answer["data"]["result"].as_array().cloned().unwrap_or_default(),
+                };
                 if !result.is_empty() {
                     break;
                 }

@@ -161,10 +161,17 @@ fn dashboards_follow_grafanas_model() {
                 let uid = target["datasource"]["uid"].as_str().or(p["datasource"]["uid"].as_str());
                 let uid = uid.unwrap_or_else(|| panic!("{ctx}: target {r} has no datasource"));
                 assert!(ds.contains_key(uid), "{ctx}: target {r}: datasource uid {uid} is not provisioned");
-                assert!(
-                    target["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
-                    "{ctx}: target {r} without expr"
-                );
+                if ds[uid]["type"] == "jaeger" {
+                    // The Jaeger datasource's query types (Grafana's JaegerQueryType).
+                    let qt = target["queryType"].as_str().unwrap_or("");
+                    assert!(
+                        ["search", "dependencyGraph", "upload", ""].contains(&qt),
+                        "{ctx}: Jaeger query type {qt:?}"
+                    );
+                } else {
+                    let expr = target["expr"].as_str().unwrap_or("");
+                    assert!(!expr.trim().is_empty(), "{ctx}: target {r} without expr");
+                }
             }
             if t == "alertlist" {
                 let name = p["options"]["datasource"].as_str().unwrap_or("");

@@ -61,8 +61,10 @@ pub struct Query {
     pub context: String,
     /// The datasource uid (the target's, else the panel's).
     pub datasource: String,
-    /// The expression as written (PromQL or LogQL).
+    /// The expression as written (PromQL or LogQL); empty for a Jaeger query.
     pub expr: String,
+    /// A Jaeger datasource query's type (`search`, `dependencyGraph`, ...).
+    pub query_type: Option<String>,
     /// An instant query (else a range query).
     pub instant: bool,
 }
@@ -78,6 +80,7 @@ pub fn queries(file: &str, dashboard: &Value) -> Vec<Query> {
                 context: format!("{file}: panel {:?} target {}", p["title"], t["refId"]),
                 datasource: ds,
                 expr,
+                query_type: t["queryType"].as_str().map(str::to_string),
                 instant: t["instant"] == Value::Bool(true),
             });
         }

@@ -87,9 +87,21 @@ fn start_obsbox_image(compose: &Compose, rw: &Rewriter, s: &Service, tmp: &Path)
             cmd.env_remove(k);
         }
     }
+    let mut env = Vec::new();
     for (k, v) in s.environment() {
-        cmd.env(k, rw.env_value(&s.name, &v, &paths));
+        env.push((k.clone(), rw.env_value(&s.name, &v, &paths)));
     }
+    // Nothing may still name a container: it would not resolve here, nor be what the test runs.
+    for other in compose.services.keys() {
+        let host_port = regex::Regex::new(&format!(r"[/@]{}:\d", regex::escape(other))).expect("regex");
+        for text in args.iter().chain(env.iter().map(|(_, v)| v)) {
+            assert!(!host_port.is_match(text), "{}: {text:?} names {other}", s.name);
+        }
+        for (k, v) in &env {
+            assert_ne!(v, other, "{}: {k} names {other}", s.name);
+        }
+    }
+    cmd.envs(env);
     let home = paths.iter().find(|(c, _)| c == IMAGE_HOME).expect("image home").1.clone();
     cmd.current_dir(home)
         .stdin(Stdio::null())

@@ -24,8 +24,9 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
 # Real peers of the end-to-end tests: headless Chromium + ChromeDriver (web UI), Prometheus and
-# promtool (scrape, remote write, PromQL differential), RabbitMQ (the demo's broker), Alertmanager
-# (SLO alert notifications). The tests start them on loopback themselves and stop them after.
+# promtool (scrape, remote write, PromQL differential, SLO rules, the compose stack's rules and config),
+# Alertmanager (SLO alert notifications, the compose stack's), RabbitMQ (the demo's broker). The tests
+# start them on loopback themselves and stop them after.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)

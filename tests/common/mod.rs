@@ -11,9 +11,14 @@
 //!   [`assert_points_match`].
 //! - A real Prometheus (scrapes, remote-write receiver, PromQL): [`prometheus::Prometheus`].
 //! - A webhook receiver keeping the JSON it is sent: [`webhook::WebhookReceiver`].
+//! - docker-compose.yml and the files it mounts, run outside Docker: [`compose`]; the Grafana
+//!   dashboards' queries: [`dashboards`]; a real RabbitMQ: [`rabbitmq::Rabbit`].
 #![allow(dead_code)]
 
+pub mod compose;
+pub mod dashboards;
 pub mod prometheus;
+pub mod rabbitmq;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -334,7 +334,7 @@ impl SeriesLabeler {
 /// resources and scopes in order; none past the end of the list).
 pub(crate) fn view(data: &MetricsData, opts: &ViewOptions, series_attrs: &[&[KeyValue]]) -> PromView {
     let mut metric_index = 0usize;
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    let mut families: BTreeMap<String, FamilyAcc> = BTreeMap::new();
     let mut rejected = Vec::new();
     let mut target_info: BTreeMap<Labels, Vec<i64>> = BTreeMap::new();
     for rm in &data.resource_metrics {
@@ -386,7 +386,7 @@ pub(crate) fn view(data: &MetricsData, opts: &ViewOptions, series_attrs: &[&[Key
         };
         merge_family(&mut families, fam, "target_info", &mut rejected);
     }
-    let mut families: Vec<Family> = families.into_values().collect();
+    let mut families: Vec<Family> = families.into_values().map(|f| f.fam).collect();
     for f in &mut families {
         f.series.sort_by(|a, b| a.labels.cmp(&b.labels));
         f.native.sort_by(|a, b| a.labels.cmp(&b.labels));
@@ -403,39 +403,27 @@ fn collect_times(fam: &Family, times: &mut Vec<i64>) {
     }
 }
 
-fn merge_family(families: &mut BTreeMap<String, Family>, fam: Family, otlp_name: &str, rejected: &mut Vec<Rejected>) {
-    match families.get_mut(&fam.name) {
-        None => {
-            families.insert(fam.name.clone(), fam);
-        }
-        Some(have) if have.kind == fam.kind => {
-            if have.help.is_empty() {
-                have.help = fam.help;
-            }
-            merge_series(
-                &mut have.series,
-                fam.series,
-                |s| &s.labels,
-                |a, b| {
-                    a.samples.extend(b.samples);
-                    a.samples.sort_by_key(|s| s.t_ms);
-                    a.samples.dedup_by_key(|s| s.t_ms);
-                    a.exemplars.extend(b.exemplars);
-                },
-            );
-            merge_series(
-                &mut have.native,
-                fam.native,
-                |s| &s.labels,
-                |a, b| {
-                    a.histograms.extend(b.histograms);
-                    a.histograms.sort_by_key(|h| h.t_ms);
-                    a.histograms.dedup_by_key(|h| h.t_ms);
-                    a.exemplars.extend(b.exemplars);
-                },
-            );
-        }
-        Some(have) => rejected.push(Rejected {
+/// A family being assembled, with its series indexed by a hash of their labels.
+struct FamilyAcc {
+    fam: Family,
+    series_index: HashMap<u64, Vec<usize>>,
+    native_index: HashMap<u64, Vec<usize>>,
+}
+
+fn merge_family(
+    families: &mut BTreeMap<String, FamilyAcc>,
+    fam: Family,
+    otlp_name: &str,
+    rejected: &mut Vec<Rejected>,
+) {
+    let acc = families.entry(fam.name.clone()).or_insert_with(|| FamilyAcc {
+        fam: Family { series: Vec::new(), native: Vec::new(), help: String::new(), ..fam.clone_meta() },
+        series_index: HashMap::new(),
+        native_index: HashMap::new(),
+    });
+    let have = &mut acc.fam;
+    if have.kind != fam.kind {
+        rejected.push(Rejected {
             metric: otlp_name.to_string(),
             reason: format!(
                 "prometheus name {} is already a {}, this metric would make it a {}",
@@ -443,19 +431,73 @@ fn merge_family(families: &mut BTreeMap<String, Family>, fam: Family, otlp_name:
                 have.kind.as_str(),
                 fam.kind.as_str()
             ),
-        }),
+        });
+        return;
+    }
+    if have.help.is_empty() {
+        have.help = fam.help;
+    }
+    merge_series(
+        &mut have.series,
+        &mut acc.series_index,
+        fam.series,
+        |s| &s.labels,
+        |a, b| {
+            a.samples.extend(b.samples);
+            a.samples.sort_by_key(|s| s.t_ms);
+            a.samples.dedup_by_key(|s| s.t_ms);
+            a.exemplars.extend(b.exemplars);
+        },
+    );
+    merge_series(
+        &mut have.native,
+        &mut acc.native_index,
+        fam.native,
+        |s| &s.labels,
+        |a, b| {
+            a.histograms.extend(b.histograms);
+            a.histograms.sort_by_key(|h| h.t_ms);
+            a.histograms.dedup_by_key(|h| h.t_ms);
+            a.exemplars.extend(b.exemplars);
+        },
+    );
+}
+
+impl Family {
+    /// The family without its series.
+    fn clone_meta(&self) -> Family {
+        Family {
+            name: self.name.clone(),
+            kind: self.kind,
+            help: self.help.clone(),
+            unit: self.unit.clone(),
+            series: Vec::new(),
+            native: Vec::new(),
+        }
     }
 }
 
+fn labels_hash(labels: &Labels) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(labels)
+}
+
 /// Appends `more` to `have`, merging series with equal labels (two OTLP series can map to one
-/// Prometheus series, e.g. when they differ only in scope attributes).
-fn merge_series<T>(have: &mut Vec<T>, more: Vec<T>, labels: impl Fn(&T) -> &Labels, join: impl Fn(&mut T, T)) {
-    let mut index: HashMap<Labels, usize> = have.iter().enumerate().map(|(i, s)| (labels(s).clone(), i)).collect();
+/// Prometheus series, e.g. when they differ only in scope attributes). `index` lists the series
+/// of `have` by the hash of their labels.
+fn merge_series<T>(
+    have: &mut Vec<T>,
+    index: &mut HashMap<u64, Vec<usize>>,
+    more: Vec<T>,
+    labels: impl Fn(&T) -> &Labels,
+    join: impl Fn(&mut T, T),
+) {
     for s in more {
-        match index.get(labels(&s)) {
-            Some(&i) => join(&mut have[i], s),
+        let slots = index.entry(labels_hash(labels(&s))).or_default();
+        match slots.iter().copied().find(|&i| labels(&have[i]) == labels(&s)) {
+            Some(i) => join(&mut have[i], s),
             None => {
-                index.insert(labels(&s).clone(), have.len());
+                slots.push(have.len());
                 have.push(s);
             }
         }
@@ -861,8 +903,9 @@ fn group_points<'q, P>(
 ) -> Vec<Vec<&'q P>> {
     // The common case (one series per OTLP metric, as the store returns them): every point
     // carries the same attribute list, so there is one group and no key to build per point.
+    let same = |a: &[KeyValue], b: &[KeyValue]| std::ptr::eq(a, b) || a == b;
     if let Some(first) = points.first()
-        && points.iter().all(|p| attrs(p) == attrs(first))
+        && points.iter().all(|p| same(attrs(p), attrs(first)))
     {
         let mut g: Vec<&P> = points.iter().collect();
         g.sort_by_key(|p| time(p));

@@ -1505,7 +1505,11 @@ fn encode_points<P: DataPoint>(points: &[P], rec: &mut SeriesPb) {
 /// Decodes a series' points whose time lies in `time`.
 fn decode_points<P: DataPoint>(rec: &SeriesPb, time: TimeRange) -> Result<Vec<P>, &'static str> {
     let mut dec = ColumnDecoder::new(rec);
-    let mut out = Vec::new();
+    // Sized up front when the whole series is wanted (the common case), not grown point by point;
+    // every point takes at least a byte of the time column, which bounds a damaged count.
+    let all_in_range = time.contains(rec.min_time) && time.contains(rec.max_time);
+    let expected = usize::try_from(rec.point_count).unwrap_or(0).min(rec.times.len());
+    let mut out = Vec::with_capacity(if all_in_range { expected } else { 0 });
     for _ in 0..rec.point_count {
         let (t, start) = dec.next_time_start()?;
         let value = if P::HAS_VALUE { dec.next_value()? } else { None };

@@ -470,6 +470,12 @@ pub(crate) fn range_query(
                         });
                         out.len() - 1
                     });
+                    // Label sets made afresh at every step (arithmetic results) never hit:
+                    // start over rather than keep them all alive.
+                    if seen.len() > 2 * out.len() + 1024 {
+                        by_address.clear();
+                        seen.clear();
+                    }
                     by_address.insert(Arc::as_ptr(&s.metric) as usize, i);
                     seen.push(s.metric.clone());
                     i

@@ -7,6 +7,9 @@
 //! cargo bench --bench promql              # 10k series
 //! cargo bench --bench promql -- 1000      # 1k series
 //! ```
+//!
+//! `OBSBOX_BENCH_REPEAT=N` sets the repetitions per query (default 20); with 1 the run suits
+//! `valgrind --tool=callgrind` (the client then waits as long as a query takes).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -25,7 +28,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 const POINTS: u64 = 240;
 const INTERVAL_MS: u64 = 15_000;
-const REPEAT: usize = 20;
+const DEFAULT_REPEAT: usize = 20;
 const SERIES_PER_BATCH: usize = 250;
 /// Every `HISTOGRAM_EVERY`-th series also has a duration histogram.
 const HISTOGRAM_EVERY: usize = 10;
@@ -119,6 +122,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() -> anyhow::Result<()> {
     let series: usize =
         std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let repeat: usize =
+        std::env::var("OBSBOX_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_REPEAT).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let dir = tempfile::tempdir()?;
     let store =
@@ -160,7 +165,8 @@ fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let state = AppState::new(store.clone(), prometheus::Registry::new(), Arc::new(AtomicBool::new(true)))?;
     rt.spawn(obsbox_query_ui::serve(listener, state, std::future::pending()));
-    let client = reqwest::blocking::Client::new();
+    // No request timeout: under valgrind one query takes minutes.
+    let client = reqwest::blocking::Client::builder().timeout(None).build()?;
     let end = now_ms / 1000;
     let start = end - 3600;
     for query in [
@@ -169,9 +175,9 @@ fn main() -> anyhow::Result<()> {
         "histogram_quantile(0.9, sum by (le) (rate(http_server_request_duration_seconds_bucket[5m])))",
         "topk(5, sum by (pod) (increase(http_server_requests_total[10m])))",
     ] {
-        let mut times = Vec::with_capacity(REPEAT);
+        let mut times = Vec::with_capacity(repeat);
         let (mut series_out, mut points) = (0usize, 0usize);
-        for _ in 0..REPEAT {
+        for _ in 0..repeat {
             let t = Instant::now();
             let resp = client
                 .post(format!("http://{addr}/prometheus/api/v1/query_range"))

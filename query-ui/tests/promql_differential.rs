@@ -414,6 +414,11 @@ fn secs(t_ms: i64) -> String {
 const QUERIES: &[&str] = &[
     "http_server_requests_total",
     "http_server_requests_total{method=~\"G.*\", code!=\"500\"}",
+    // Label matchers the store checks on each series' labels before reading its points.
+    "queue_depth{job=~\"svc-.\", instance!=\"svc-b-1\"}",
+    "rate(http_server_requests_total{otel_scope_name=\"demo\", method!~\"P.*\"}[5m])",
+    "http_server_duration_seconds_bucket{route=\"/cart\", le=\"+Inf\"}",
+    "http_server_requests_total{nope=\"\", code=~\"5.*|\"}",
     "rate(http_server_requests_total[5m])",
     "irate(http_server_requests_total[1m])",
     "increase(http_server_requests_total[10m])",

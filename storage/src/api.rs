@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use crate::StoreError;
+use crate::prometheus::{PromView, ViewOptions};
 
 /// One export request, as a receiver decoded it.
 #[derive(Clone, Debug, PartialEq)]
@@ -411,6 +412,23 @@ pub trait Reader: Send + Sync + 'static {
 
     /// Metric series matching the query, each with its points in the range, oldest point first.
     fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError>;
+
+    /// The Prometheus view ([`crate::prometheus`]) of the metric series matching `query`, keeping
+    /// only the series whose view labels ([`crate::prometheus::series_labels`]: attribute, scope,
+    /// `job` and `instance` labels) match every matcher in `labels` (a missing label is `""`; do
+    /// not pass matchers on `__name__`, `le` or `quantile`, which differ between the series of
+    /// one OTLP series). Equal to [`crate::prometheus::matching_view`] over
+    /// [`Reader::find_metrics`], which is the default; a store can do the same without decoding
+    /// the points of the series it leaves out or copying OTLP points. A bad regular expression
+    /// is [`StoreError::InvalidQuery`].
+    fn find_metrics_view(
+        &self,
+        query: &MetricQuery,
+        labels: &[LabelMatcher],
+        opts: &ViewOptions,
+    ) -> Result<PromView, StoreError> {
+        crate::prometheus::matching_view(&self.find_metrics(query)?, labels, opts)
+    }
 
     /// Sizes and counts, cheap to call.
     fn stats(&self) -> StoreStats;

@@ -27,6 +27,7 @@ use tantivy::TantivyDocument;
 use crate::api::*;
 use crate::logs::{self, LogFields};
 use crate::metrics::MetricsStore;
+use crate::prometheus::{PromView, ViewOptions};
 use crate::segments::{SegmentOptions, SegmentedIndex};
 use crate::spans::{self, SpanFields};
 use crate::wal::{Wal, WalOptions, WalRecord, WalSize};
@@ -624,6 +625,15 @@ impl Reader for DiskStore {
 
     fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError> {
         self.inner.metrics.query(query)
+    }
+
+    fn find_metrics_view(
+        &self,
+        query: &MetricQuery,
+        labels: &[LabelMatcher],
+        opts: &ViewOptions,
+    ) -> Result<PromView, StoreError> {
+        self.inner.metrics.query_view(query, labels, opts)
     }
 
     fn stats(&self) -> StoreStats {

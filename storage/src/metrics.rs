@@ -63,6 +63,7 @@ use regex::Regex;
 use crate::StoreError;
 use crate::api::{LabelMatcher, MatchOp, MetricQuery, TimeRange};
 use crate::format;
+use crate::prometheus::{self, PromView, SeriesLabeler, ViewOptions};
 
 /// Magic number of block files.
 const BLOCK_MAGIC: [u8; 8] = *b"OBXMETB1";
@@ -643,13 +644,13 @@ impl CompiledMatcher {
 }
 
 /// The compiled matchers of a query; all must hold.
-struct Matchers {
+pub(crate) struct Matchers {
     list: Vec<CompiledMatcher>,
 }
 
 impl Matchers {
     /// Compiles the matchers; a bad regular expression is [`StoreError::InvalidQuery`].
-    fn compile(matchers: &[LabelMatcher]) -> Result<Self, StoreError> {
+    pub(crate) fn compile(matchers: &[LabelMatcher]) -> Result<Self, StoreError> {
         let mut list = Vec::with_capacity(matchers.len());
         for m in matchers {
             let re = match m.op {
@@ -678,6 +679,59 @@ impl Matchers {
     /// Whether a series matches every matcher.
     fn matches(&self, name: &str, attrs: &[KeyValue], resource: Option<&Resource>) -> bool {
         self.list.iter().all(|m| m.test(&label_value(&m.name, name, attrs, resource)))
+    }
+
+    /// Whether a label set (sorted by name) matches every matcher; a missing label is `""`.
+    pub(crate) fn matches_labels(&self, labels: &[(String, String)]) -> bool {
+        self.list.iter().all(|m| {
+            let v = labels.binary_search_by(|(k, _)| k.as_str().cmp(&m.name)).map_or("", |i| labels[i].1.as_str());
+            m.test(v)
+        })
+    }
+}
+
+/// Which series a query keeps: those matching the store matchers and, for a read through the
+/// Prometheus view, whose view labels ([`prometheus::series_labels`]) match the label matchers.
+pub(crate) struct Selection {
+    matchers: Matchers,
+    labels: Option<Matchers>,
+}
+
+impl Selection {
+    /// Compiles both lists; a bad regular expression is [`StoreError::InvalidQuery`].
+    pub(crate) fn compile(matchers: &[LabelMatcher], labels: &[LabelMatcher]) -> Result<Self, StoreError> {
+        let labels = if labels.is_empty() { None } else { Some(Matchers::compile(labels)?) };
+        Ok(Selection { matchers: Matchers::compile(matchers)?, labels })
+    }
+
+    /// Whether the series passes. `labeler` gives the view labels of its resource and scope; it
+    /// is only called when there are label matchers.
+    fn keeps<'a>(
+        &self,
+        name: &str,
+        attrs: &[KeyValue],
+        resource: &ResourceEntry,
+        labeler: impl FnOnce() -> &'a SeriesLabeler,
+    ) -> bool {
+        if !self.matchers.matches(name, attrs, resource.resource.as_ref()) {
+            return false;
+        }
+        match &self.labels {
+            None => true,
+            Some(m) => m.matches_labels(&labeler().labels(attrs)),
+        }
+    }
+}
+
+/// [`SeriesLabeler`]s of the resource and scope pairs met in one collect call, keyed by the
+/// addresses of their entries (alive for the whole call).
+#[derive(Default)]
+struct LabelerCache(HashMap<(usize, usize), SeriesLabeler>);
+
+impl LabelerCache {
+    fn get(&mut self, resource: &Arc<ResourceEntry>, scope: &Arc<ScopeEntry>) -> &SeriesLabeler {
+        let key = (Arc::as_ptr(resource) as usize, Arc::as_ptr(scope) as usize);
+        self.0.entry(key).or_insert_with(|| SeriesLabeler::new(resource.resource.as_ref(), scope.scope.as_ref()))
     }
 }
 
@@ -722,19 +776,36 @@ impl Collector {
     /// Builds the result: one `Metric` per series, points oldest first, grouped by resource
     /// and scope (groups ordered by their canonical encoding, metrics by name then key).
     fn into_metrics_data(self) -> MetricsData {
-        let mut items: Vec<(Arc<ResourceEntry>, Arc<ScopeEntry>, Metric)> = Vec::new();
+        self.build(true).0
+    }
+
+    /// The Prometheus view of the result, without copying each series' attributes into its
+    /// points first (the view takes them from the series).
+    fn into_view(self, opts: &ViewOptions) -> PromView {
+        let (data, idents) = self.build(false);
+        let attrs: Vec<&[KeyValue]> = idents.iter().map(|i| i.attributes.as_slice()).collect();
+        prometheus::view(&data, opts, &attrs)
+    }
+
+    /// The result and, in the same order as its metrics, their series. With `fill`, points
+    /// that left out their attributes (equal to the series') get them back.
+    fn build(self, fill: bool) -> (MetricsData, Vec<Arc<SeriesIdent>>) {
+        let mut items: Vec<(Arc<SeriesIdent>, Metric)> = Vec::new();
         for c in self.map.into_values().flatten() {
-            let resource = c.ident.resource.clone();
-            let scope = c.ident.scope.clone();
-            items.push((resource, scope, into_metric(c)));
+            let ident = c.ident.clone();
+            items.push((ident, into_metric(c, fill)));
         }
         fn cmp_canon<T>(a: &Arc<T>, b: &Arc<T>, canon: impl Fn(&T) -> &[u8]) -> CmpOrdering {
             if Arc::ptr_eq(a, b) { CmpOrdering::Equal } else { canon(a).cmp(canon(b)) }
         }
-        items.sort_by(|a, b| cmp_canon(&a.0, &b.0, |r| &r.canon).then_with(|| cmp_canon(&a.1, &b.1, |s| &s.canon)));
+        items.sort_by(|(a, _), (b, _)| {
+            cmp_canon(&a.resource, &b.resource, |r| &r.canon).then_with(|| cmp_canon(&a.scope, &b.scope, |s| &s.canon))
+        });
         let mut out = MetricsData::default();
+        let mut idents = Vec::with_capacity(items.len());
         let mut last: Option<(Arc<ResourceEntry>, Arc<ScopeEntry>)> = None;
-        for (resource, scope, metric) in items {
+        for (ident, metric) in items {
+            let (resource, scope) = (ident.resource.clone(), ident.scope.clone());
             let same_resource =
                 last.as_ref().is_some_and(|(r, _)| Arc::ptr_eq(r, &resource) || r.canon == resource.canon);
             let same_scope =
@@ -758,32 +829,33 @@ impl Collector {
             }
             if let Some(sm) = rm.scope_metrics.last_mut() {
                 sm.metrics.push(metric);
+                idents.push(ident);
             }
             last = Some((resource, scope));
         }
-        out
+        (out, idents)
     }
 }
 
-fn finish_points<P: DataPoint>(v: &mut [P], attrs: &[KeyValue]) {
+fn finish_points<P: DataPoint>(v: &mut [P], attrs: &[KeyValue], fill: bool) {
     v.sort_by_key(|p| p.time());
-    if !attrs.is_empty() {
+    if fill && !attrs.is_empty() {
         for p in v.iter_mut().filter(|p| p.attributes().is_empty()) {
             *p.attributes_mut() = attrs.to_vec();
         }
     }
 }
 
-fn into_metric(c: Collected) -> Metric {
+fn into_metric(c: Collected, fill: bool) -> Metric {
     let Collected { ident, meta, points } = c;
     let attrs = &ident.attributes;
     let data = match (ident.kind, points) {
         (Kind::Gauge, Points::Number(mut v)) => {
-            finish_points(&mut v, attrs);
+            finish_points(&mut v, attrs, fill);
             Some(Data::Gauge(Gauge { data_points: v }))
         }
         (Kind::Sum, Points::Number(mut v)) => {
-            finish_points(&mut v, attrs);
+            finish_points(&mut v, attrs, fill);
             Some(Data::Sum(Sum {
                 data_points: v,
                 aggregation_temporality: ident.temporality,
@@ -791,18 +863,18 @@ fn into_metric(c: Collected) -> Metric {
             }))
         }
         (Kind::Histogram, Points::Histogram(mut v)) => {
-            finish_points(&mut v, attrs);
+            finish_points(&mut v, attrs, fill);
             Some(Data::Histogram(Histogram { data_points: v, aggregation_temporality: ident.temporality }))
         }
         (Kind::ExponentialHistogram, Points::ExponentialHistogram(mut v)) => {
-            finish_points(&mut v, attrs);
+            finish_points(&mut v, attrs, fill);
             Some(Data::ExponentialHistogram(ExponentialHistogram {
                 data_points: v,
                 aggregation_temporality: ident.temporality,
             }))
         }
         (Kind::Summary, Points::Summary(mut v)) => {
-            finish_points(&mut v, attrs);
+            finish_points(&mut v, attrs, fill);
             Some(Data::Summary(Summary { data_points: v }))
         }
         // The kind is part of the identity, so points always have the series' kind.
@@ -890,9 +962,9 @@ impl MetricsHead {
     /// scope, one `Metric` per series, points oldest first. A bad regular expression is
     /// [`StoreError::InvalidQuery`].
     pub fn query(&self, q: &MetricQuery) -> Result<MetricsData, StoreError> {
-        let matchers = Matchers::compile(&q.matchers)?;
+        let sel = Selection::compile(&q.matchers, &[])?;
         let mut col = Collector::default();
-        self.collect(&matchers, q.time, &mut col);
+        self.collect(&sel, q.time, &mut col);
         Ok(col.into_metrics_data())
     }
 
@@ -1042,10 +1114,13 @@ impl MetricsHead {
     }
 
     /// Adds the matching series' points in `time` to `col`.
-    fn collect(&self, matchers: &Matchers, time: TimeRange, col: &mut Collector) {
+    fn collect(&self, sel: &Selection, time: TimeRange, col: &mut Collector) {
+        let mut labelers = LabelerCache::default();
         for s in &self.series {
             if !time.overlaps(s.min_time, s.max_time)
-                || !matchers.matches(&s.ident.name, &s.ident.attributes, s.ident.resource.resource.as_ref())
+                || !sel.keeps(&s.ident.name, &s.ident.attributes, &s.ident.resource, || {
+                    labelers.get(&s.ident.resource, &s.ident.scope)
+                })
             {
                 continue;
             }
@@ -1430,7 +1505,11 @@ fn encode_points<P: DataPoint>(points: &[P], rec: &mut SeriesPb) {
 /// Decodes a series' points whose time lies in `time`.
 fn decode_points<P: DataPoint>(rec: &SeriesPb, time: TimeRange) -> Result<Vec<P>, &'static str> {
     let mut dec = ColumnDecoder::new(rec);
-    let mut out = Vec::new();
+    // Sized up front when the whole series is wanted (the common case), not grown point by point;
+    // every point takes at least a byte of the time column, which bounds a damaged count.
+    let all_in_range = time.contains(rec.min_time) && time.contains(rec.max_time);
+    let expected = usize::try_from(rec.point_count).unwrap_or(0).min(rec.times.len());
+    let mut out = Vec::with_capacity(if all_in_range { expected } else { 0 });
     for _ in 0..rec.point_count {
         let (t, start) = dec.next_time_start()?;
         let value = if P::HAS_VALUE { dec.next_value()? } else { None };
@@ -1504,7 +1583,7 @@ fn build_section(series: &[&HeadSeries]) -> (SectionPb, u64, u64, u64) {
 fn collect_section(
     name: &str,
     section: SectionPb,
-    matchers: &Matchers,
+    sel: &Selection,
     time: TimeRange,
     col: &mut Collector,
 ) -> Result<(), &'static str> {
@@ -1512,13 +1591,14 @@ fn collect_section(
         section.resources.into_iter().map(|r| Arc::new(ResourceEntry::new(r.resource, r.schema_url))).collect();
     let scopes: Vec<Arc<ScopeEntry>> =
         section.scopes.into_iter().map(|s| Arc::new(ScopeEntry::new(s.scope, s.schema_url))).collect();
+    let mut labelers = LabelerCache::default();
     for rec in section.series {
         if rec.point_count == 0 || !time.overlaps(rec.min_time, rec.max_time) {
             continue;
         }
         let resource = resources.get(rec.resource_idx as usize).ok_or("bad resource index")?;
         let scope = scopes.get(rec.scope_idx as usize).ok_or("bad scope index")?;
-        if !matchers.matches(name, &rec.attributes, resource.resource.as_ref()) {
+        if !sel.keeps(name, &rec.attributes, resource, || labelers.get(resource, scope)) {
             continue;
         }
         let kind = Kind::from_u32(rec.kind).ok_or("bad metric kind")?;
@@ -1620,13 +1700,13 @@ impl Block {
     }
 
     /// Adds the block's matching points to `col`, reading only sections that can match.
-    fn collect(&self, matchers: &Matchers, time: TimeRange, col: &mut Collector) -> Result<(), StoreError> {
+    fn collect(&self, sel: &Selection, time: TimeRange, col: &mut Collector) -> Result<(), StoreError> {
         if !time.overlaps(self.index.min_time, self.index.max_time) {
             return Ok(());
         }
         let mut file: Option<File> = None;
         for s in &self.index.sections {
-            if !time.overlaps(s.min_time, s.max_time) || !matchers.name_may_match(&s.name) {
+            if !time.overlaps(s.min_time, s.max_time) || !sel.matchers.name_may_match(&s.name) {
                 continue;
             }
             let f = match &mut file {
@@ -1641,7 +1721,7 @@ impl Block {
                 },
             };
             let section = self.read_section(f, s)?;
-            collect_section(&s.name, section, matchers, time, col)
+            collect_section(&s.name, section, sel, time, col)
                 .map_err(|reason| StoreError::corrupt(&self.path, format!("section {:?}: {reason}", s.name)))?;
         }
         Ok(())
@@ -1932,22 +2012,40 @@ impl MetricsStore {
     /// regular expression is [`StoreError::InvalidQuery`], a damaged section
     /// [`StoreError::Corrupt`].
     pub fn query(&self, q: &MetricQuery) -> Result<MetricsData, StoreError> {
-        let matchers = Matchers::compile(&q.matchers)?;
+        let sel = Selection::compile(&q.matchers, &[])?;
+        Ok(self.collect(&sel, q.time)?.into_metrics_data())
+    }
+
+    /// The Prometheus view of the series matching `q` whose view labels match `labels` (see
+    /// `Reader::find_metrics_view`): series failing `labels` are skipped before their points
+    /// are decoded, and points are not given their series' attributes.
+    pub fn query_view(
+        &self,
+        q: &MetricQuery,
+        labels: &[LabelMatcher],
+        opts: &ViewOptions,
+    ) -> Result<PromView, StoreError> {
+        let sel = Selection::compile(&q.matchers, labels)?;
+        Ok(self.collect(&sel, q.time)?.into_view(opts))
+    }
+
+    /// Head + blocks: the selected series' points in `time`.
+    fn collect(&self, sel: &Selection, time: TimeRange) -> Result<Collector, StoreError> {
         let mut head_col = Collector::default();
         let (blocks, frozen) = {
             let st = self.state.read();
-            st.head.collect(&matchers, q.time, &mut head_col);
+            st.head.collect(sel, time, &mut head_col);
             (st.blocks.clone(), st.frozen.clone())
         };
         let mut col = Collector::default();
         for b in &blocks {
-            b.collect(&matchers, q.time, &mut col)?;
+            b.collect(sel, time, &mut col)?;
         }
         if let Some(f) = frozen {
-            f.collect(&matchers, q.time, &mut col);
+            f.collect(sel, time, &mut col);
         }
         col.merge(head_col);
-        Ok(col.into_metrics_data())
+        Ok(col)
     }
 
     /// Deletes whole blocks whose newest point is older than `min_time_ns`, then, while the
@@ -2515,6 +2613,74 @@ mod tests {
             store.flush().unwrap();
         }
         check_matchers(|q| store.query(q).unwrap());
+    }
+
+    /// `query_view` (series left out before decoding, points without copied attributes) gives
+    /// what the reference gives: the view of `query`'s result, filtered by view labels.
+    #[test]
+    fn view_reads_match_the_reference_view() {
+        use MatchOp::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricsStore::open(dir.path()).unwrap();
+        let mut reqs = matcher_requests();
+        reqs.push(all_types_request(T0));
+        reqs.push(all_types_request(T0 + 100 * SEC));
+        // The same series with its attributes in another order, in the head.
+        let mut later = matcher_requests();
+        if let Some(Data::Sum(sum)) = &mut later[0].resource_metrics[0].scope_metrics[0].metrics[0].data {
+            for p in &mut sum.data_points {
+                p.attributes.reverse();
+                p.time_unix_nano += 10 * SEC;
+            }
+        }
+        let label_sets = [
+            vec![],
+            vec![matcher("method", Eq, "GET")],
+            vec![matcher("job", Eq, "db"), matcher("code", Re, "2..")],
+            vec![matcher("method", Ne, "GET"), matcher("otel_scope_name", Eq, "s")],
+            vec![matcher("nope", Eq, "")],
+            vec![matcher("job", NotRe, "api|db")],
+        ];
+        let check = |store: &MetricsStore| {
+            for opts in [ViewOptions::default(), ViewOptions { native_histograms: false, target_info: false }] {
+                for labels in &label_sets {
+                    for q in [all(), query_with(vec![matcher("__name__", Re, "http.*")])] {
+                        let want = prometheus::matching_view(&store.query(&q).unwrap(), labels, &opts).unwrap();
+                        let got = store.query_view(&q, labels, &opts).unwrap();
+                        // As text: NaN samples are not equal to themselves.
+                        assert_eq!(format!("{got:?}"), format!("{want:?}"), "{labels:?} {q:?}");
+                    }
+                }
+            }
+        };
+        for (i, r) in reqs.iter().enumerate() {
+            store.append(i as u64 + 1, r);
+        }
+        check(&store);
+        store.flush().unwrap();
+        for (i, r) in later.iter().enumerate() {
+            store.append(100 + i as u64, r);
+        }
+        check(&store);
+        let got = store.query_view(&all(), &[matcher("method", Eq, "GET")], &ViewOptions::default()).unwrap();
+        let series: Vec<&prometheus::Labels> = got
+            .families
+            .iter()
+            .filter(|f| f.name != "target_info")
+            .flat_map(|f| &f.series)
+            .map(|s| &s.labels)
+            .collect();
+        assert!(series.len() > 2, "{series:?}");
+        assert!(series.iter().all(|l| l.contains(&("method".to_string(), "GET".to_string()))));
+        let unfiltered = store.query_view(&all(), &[], &ViewOptions::default()).unwrap();
+        let posts = unfiltered
+            .families
+            .iter()
+            .flat_map(|f| &f.series)
+            .filter(|s| s.labels.contains(&("method".to_string(), "POST".to_string())));
+        assert!(posts.count() > 0);
+        let bad = store.query_view(&all(), &[matcher("method", Re, "(")], &ViewOptions::default());
+        assert!(matches!(bad, Err(StoreError::InvalidQuery(_))));
     }
 
     #[test]

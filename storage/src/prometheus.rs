@@ -49,7 +49,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::metrics::label_string;
+use crate::StoreError;
+use crate::api::LabelMatcher;
+use crate::metrics::{Matchers, label_string};
 
 /// A label set: `(name, value)` pairs sorted by name, names unique, `__name__` included.
 pub type Labels = Vec<(String, String)>;
@@ -271,26 +273,92 @@ pub struct PromView {
 
 /// The Prometheus view of `data`. See the module documentation for the rules.
 pub fn prometheus_view(data: &MetricsData, opts: &ViewOptions) -> PromView {
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    view(data, opts, &[])
+}
+
+/// The view of the OTLP series in `data` whose [`series_labels`] match every matcher in
+/// `labels` (a missing label is `""`); the default of [`crate::Reader::find_metrics_view`]. A bad
+/// regular expression is [`StoreError::InvalidQuery`].
+pub fn matching_view(data: &MetricsData, labels: &[LabelMatcher], opts: &ViewOptions) -> Result<PromView, StoreError> {
+    if labels.is_empty() {
+        return Ok(prometheus_view(data, opts));
+    }
+    let matchers = Matchers::compile(labels)?;
+    let mut data = data.clone();
+    for rm in &mut data.resource_metrics {
+        let resource = rm.resource.as_ref();
+        for sm in &mut rm.scope_metrics {
+            let labeler = SeriesLabeler::new(resource, sm.scope.as_ref());
+            let keep = |attrs: &[KeyValue]| matchers.matches_labels(&labeler.labels(attrs));
+            for m in &mut sm.metrics {
+                match &mut m.data {
+                    Some(Data::Gauge(g)) => g.data_points.retain(|p| keep(&p.attributes)),
+                    Some(Data::Sum(s)) => s.data_points.retain(|p| keep(&p.attributes)),
+                    Some(Data::Histogram(h)) => h.data_points.retain(|p| keep(&p.attributes)),
+                    Some(Data::ExponentialHistogram(h)) => h.data_points.retain(|p| keep(&p.attributes)),
+                    Some(Data::Summary(s)) => s.data_points.retain(|p| keep(&p.attributes)),
+                    None => {}
+                }
+            }
+            sm.metrics.retain(|m| crate::metrics::point_count(m) > 0);
+        }
+    }
+    Ok(prometheus_view(&data, opts))
+}
+
+/// The labels every Prometheus series of an OTLP series has: its attributes' labels, then the
+/// scope's and the resource's (`job`, `instance`), later ones winning, empty values left out.
+/// The view's series add `__name__` and, for buckets and quantiles, `le` or `quantile`.
+pub fn series_labels(resource: Option<&Resource>, scope: Option<&InstrumentationScope>, attrs: &[KeyValue]) -> Labels {
+    SeriesLabeler::new(resource, scope).labels(attrs)
+}
+
+/// [`series_labels`] for many series of one resource and scope.
+pub(crate) struct SeriesLabeler {
+    resource: Labels,
+    scope: Labels,
+}
+
+impl SeriesLabeler {
+    pub(crate) fn new(resource: Option<&Resource>, scope: Option<&InstrumentationScope>) -> Self {
+        SeriesLabeler { resource: resource_labels(resource).labels, scope: scope_labels(scope) }
+    }
+
+    pub(crate) fn labels(&self, attrs: &[KeyValue]) -> Labels {
+        Ctx { resource: &self.resource, scope: &self.scope, defaults: &[] }.base(attrs)
+    }
+}
+
+/// As [`prometheus_view`], for data whose points may leave out their attributes: a point without
+/// any has those of its series, `series_attrs[i]` for the `i`-th metric of `data` (counted over
+/// resources and scopes in order; none past the end of the list).
+pub(crate) fn view(data: &MetricsData, opts: &ViewOptions, series_attrs: &[&[KeyValue]]) -> PromView {
+    let mut metric_index = 0usize;
+    let mut families: BTreeMap<String, FamilyAcc> = BTreeMap::new();
     let mut rejected = Vec::new();
     let mut target_info: BTreeMap<Labels, Vec<i64>> = BTreeMap::new();
     for rm in &data.resource_metrics {
         let resource = resource_labels(rm.resource.as_ref());
+        let wants_times = opts.target_info && !resource.info.is_empty();
         let mut times = Vec::new();
         for sm in &rm.scope_metrics {
             let scope = scope_labels(sm.scope.as_ref());
             for metric in &sm.metrics {
-                let ctx = Ctx { resource: &resource.labels, scope: &scope };
+                let defaults = series_attrs.get(metric_index).copied().unwrap_or_default();
+                metric_index += 1;
+                let ctx = Ctx { resource: &resource.labels, scope: &scope, defaults };
                 match convert_metric(metric, &ctx, opts) {
                     Ok(fam) => {
-                        collect_times(&fam, &mut times);
+                        if wants_times {
+                            collect_times(&fam, &mut times);
+                        }
                         merge_family(&mut families, fam, &metric.name, &mut rejected);
                     }
                     Err(reason) => rejected.push(Rejected { metric: metric.name.clone(), reason }),
                 }
             }
         }
-        if opts.target_info && !resource.info.is_empty() && !times.is_empty() {
+        if wants_times && !times.is_empty() {
             let mut labels = resource.info.clone();
             labels.extend(resource.labels.iter().cloned());
             labels.push(("__name__".to_string(), "target_info".to_string()));
@@ -318,7 +386,7 @@ pub fn prometheus_view(data: &MetricsData, opts: &ViewOptions) -> PromView {
         };
         merge_family(&mut families, fam, "target_info", &mut rejected);
     }
-    let mut families: Vec<Family> = families.into_values().collect();
+    let mut families: Vec<Family> = families.into_values().map(|f| f.fam).collect();
     for f in &mut families {
         f.series.sort_by(|a, b| a.labels.cmp(&b.labels));
         f.native.sort_by(|a, b| a.labels.cmp(&b.labels));
@@ -335,39 +403,27 @@ fn collect_times(fam: &Family, times: &mut Vec<i64>) {
     }
 }
 
-fn merge_family(families: &mut BTreeMap<String, Family>, fam: Family, otlp_name: &str, rejected: &mut Vec<Rejected>) {
-    match families.get_mut(&fam.name) {
-        None => {
-            families.insert(fam.name.clone(), fam);
-        }
-        Some(have) if have.kind == fam.kind => {
-            if have.help.is_empty() {
-                have.help = fam.help;
-            }
-            merge_series(
-                &mut have.series,
-                fam.series,
-                |s| &s.labels,
-                |a, b| {
-                    a.samples.extend(b.samples);
-                    a.samples.sort_by_key(|s| s.t_ms);
-                    a.samples.dedup_by_key(|s| s.t_ms);
-                    a.exemplars.extend(b.exemplars);
-                },
-            );
-            merge_series(
-                &mut have.native,
-                fam.native,
-                |s| &s.labels,
-                |a, b| {
-                    a.histograms.extend(b.histograms);
-                    a.histograms.sort_by_key(|h| h.t_ms);
-                    a.histograms.dedup_by_key(|h| h.t_ms);
-                    a.exemplars.extend(b.exemplars);
-                },
-            );
-        }
-        Some(have) => rejected.push(Rejected {
+/// A family being assembled, with its series indexed by a hash of their labels.
+struct FamilyAcc {
+    fam: Family,
+    series_index: HashMap<u64, Vec<usize>>,
+    native_index: HashMap<u64, Vec<usize>>,
+}
+
+fn merge_family(
+    families: &mut BTreeMap<String, FamilyAcc>,
+    fam: Family,
+    otlp_name: &str,
+    rejected: &mut Vec<Rejected>,
+) {
+    let acc = families.entry(fam.name.clone()).or_insert_with(|| FamilyAcc {
+        fam: Family { series: Vec::new(), native: Vec::new(), help: String::new(), ..fam.clone_meta() },
+        series_index: HashMap::new(),
+        native_index: HashMap::new(),
+    });
+    let have = &mut acc.fam;
+    if have.kind != fam.kind {
+        rejected.push(Rejected {
             metric: otlp_name.to_string(),
             reason: format!(
                 "prometheus name {} is already a {}, this metric would make it a {}",
@@ -375,19 +431,73 @@ fn merge_family(families: &mut BTreeMap<String, Family>, fam: Family, otlp_name:
                 have.kind.as_str(),
                 fam.kind.as_str()
             ),
-        }),
+        });
+        return;
+    }
+    if have.help.is_empty() {
+        have.help = fam.help;
+    }
+    merge_series(
+        &mut have.series,
+        &mut acc.series_index,
+        fam.series,
+        |s| &s.labels,
+        |a, b| {
+            a.samples.extend(b.samples);
+            a.samples.sort_by_key(|s| s.t_ms);
+            a.samples.dedup_by_key(|s| s.t_ms);
+            a.exemplars.extend(b.exemplars);
+        },
+    );
+    merge_series(
+        &mut have.native,
+        &mut acc.native_index,
+        fam.native,
+        |s| &s.labels,
+        |a, b| {
+            a.histograms.extend(b.histograms);
+            a.histograms.sort_by_key(|h| h.t_ms);
+            a.histograms.dedup_by_key(|h| h.t_ms);
+            a.exemplars.extend(b.exemplars);
+        },
+    );
+}
+
+impl Family {
+    /// The family without its series.
+    fn clone_meta(&self) -> Family {
+        Family {
+            name: self.name.clone(),
+            kind: self.kind,
+            help: self.help.clone(),
+            unit: self.unit.clone(),
+            series: Vec::new(),
+            native: Vec::new(),
+        }
     }
 }
 
+fn labels_hash(labels: &Labels) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(labels)
+}
+
 /// Appends `more` to `have`, merging series with equal labels (two OTLP series can map to one
-/// Prometheus series, e.g. when they differ only in scope attributes).
-fn merge_series<T>(have: &mut Vec<T>, more: Vec<T>, labels: impl Fn(&T) -> &Labels, join: impl Fn(&mut T, T)) {
-    let mut index: HashMap<Labels, usize> = have.iter().enumerate().map(|(i, s)| (labels(s).clone(), i)).collect();
+/// Prometheus series, e.g. when they differ only in scope attributes). `index` lists the series
+/// of `have` by the hash of their labels.
+fn merge_series<T>(
+    have: &mut Vec<T>,
+    index: &mut HashMap<u64, Vec<usize>>,
+    more: Vec<T>,
+    labels: impl Fn(&T) -> &Labels,
+    join: impl Fn(&mut T, T),
+) {
     for s in more {
-        match index.get(labels(&s)) {
-            Some(&i) => join(&mut have[i], s),
+        let slots = index.entry(labels_hash(labels(&s))).or_default();
+        match slots.iter().copied().find(|&i| labels(&have[i]) == labels(&s)) {
+            Some(i) => join(&mut have[i], s),
             None => {
-                index.insert(labels(&s).clone(), have.len());
+                slots.push(have.len());
                 have.push(s);
             }
         }
@@ -706,20 +816,54 @@ fn finish_labels(mut labels: Labels) -> Labels {
 struct Ctx<'a> {
     resource: &'a Labels,
     scope: &'a Labels,
+    /// Attributes of a point that has none (see [`view`]).
+    defaults: &'a [KeyValue],
 }
 
 impl Ctx<'_> {
+    /// A point's attributes: its own, or the series' when it has none.
+    fn attrs<'b>(&'b self, own: &'b [KeyValue]) -> &'b [KeyValue] {
+        if own.is_empty() { self.defaults } else { own }
+    }
+
     /// Labels of a point: its attributes, then scope, then resource labels (later ones win),
     /// then `__name__`, plus any `extra` (`le`, `quantile`).
     fn labels(&self, attrs: &[KeyValue], name: &str, extra: Option<(&str, String)>) -> Labels {
+        with_labels(&self.base(attrs), name, extra)
+    }
+
+    /// The labels shared by every series of points with these attributes: attributes, scope
+    /// and resource labels, finished (sorted, later ones win, empty values left out). Computed
+    /// once per attribute set, since building labels costs far more than a sample.
+    fn base(&self, attrs: &[KeyValue]) -> Labels {
         let mut labels = attribute_labels(attrs);
         labels.extend(self.scope.iter().cloned());
         labels.extend(self.resource.iter().cloned());
-        if let Some((k, v)) = extra {
-            labels.push((k.to_string(), v));
-        }
-        labels.push(("__name__".to_string(), name.to_string()));
         finish_labels(labels)
+    }
+}
+
+/// `base` plus `extra` and `__name__`, each winning over a label of the same name; as
+/// [`finish_labels`] over the concatenation, an empty value removes the label.
+fn with_labels(base: &Labels, name: &str, extra: Option<(&str, String)>) -> Labels {
+    let mut labels = Labels::with_capacity(base.len() + 2);
+    labels.extend(base.iter().cloned());
+    if let Some((k, v)) = extra {
+        set_label(&mut labels, k, v);
+    }
+    set_label(&mut labels, "__name__", name.to_string());
+    labels
+}
+
+/// Sets label `k` of a sorted label set (removes it when `v` is empty).
+fn set_label(labels: &mut Labels, k: &str, v: String) {
+    match labels.binary_search_by(|(n, _)| n.as_str().cmp(k)) {
+        Ok(i) if v.is_empty() => {
+            labels.remove(i);
+        }
+        Ok(i) => labels[i].1 = v,
+        Err(_) if v.is_empty() => {}
+        Err(i) => labels.insert(i, (k.to_string(), v)),
     }
 }
 
@@ -752,7 +896,21 @@ const FLAG_NO_RECORDED_VALUE: u32 = 1;
 
 /// Groups points by their attribute set (sorted by key), keeping first-seen order, each group
 /// sorted by time.
-fn group_points<P>(points: &[P], attrs: impl Fn(&P) -> &[KeyValue], time: impl Fn(&P) -> u64) -> Vec<Vec<&P>> {
+fn group_points<'q, P>(
+    points: &'q [P],
+    attrs: impl Fn(&'q P) -> &'q [KeyValue],
+    time: impl Fn(&P) -> u64,
+) -> Vec<Vec<&'q P>> {
+    // The common case (one series per OTLP metric, as the store returns them): every point
+    // carries the same attribute list, so there is one group and no key to build per point.
+    let same = |a: &[KeyValue], b: &[KeyValue]| std::ptr::eq(a, b) || a == b;
+    if let Some(first) = points.first()
+        && points.iter().all(|p| same(attrs(p), attrs(first)))
+    {
+        let mut g: Vec<&P> = points.iter().collect();
+        g.sort_by_key(|p| time(p));
+        return vec![g];
+    }
     let mut groups: Vec<(Vec<u8>, Vec<&P>)> = Vec::new();
     let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
     for p in points {
@@ -827,18 +985,19 @@ fn convert_metric(metric: &Metric, ctx: &Ctx<'_>, opts: &ViewOptions) -> Result<
         Data::Summary(s) => {
             let mut f = fam(PromType::Summary, false);
             let mut out: BTreeMap<Labels, FloatSeries> = BTreeMap::new();
-            for group in group_points(&s.data_points, |p| &p.attributes, |p| p.time_unix_nano) {
+            for group in group_points(&s.data_points, |p| ctx.attrs(&p.attributes), |p| p.time_unix_nano) {
                 for p in group {
                     let t_ms = ns_to_ms(p.time_unix_nano);
                     let stale = p.flags & FLAG_NO_RECORDED_VALUE != 0;
                     let v = |v: f64| if stale { stale_nan() } else { v };
                     for q in &p.quantile_values {
-                        let labels = ctx.labels(&p.attributes, &f.name, Some(("quantile", format_float(q.quantile))));
+                        let labels =
+                            ctx.labels(ctx.attrs(&p.attributes), &f.name, Some(("quantile", format_float(q.quantile))));
                         push_sample(&mut out, labels, t_ms, v(q.value), None);
                     }
-                    let labels = ctx.labels(&p.attributes, &format!("{}_sum", f.name), None);
+                    let labels = ctx.labels(ctx.attrs(&p.attributes), &format!("{}_sum", f.name), None);
                     push_sample(&mut out, labels, t_ms, v(p.sum), None);
-                    let labels = ctx.labels(&p.attributes, &format!("{}_count", f.name), None);
+                    let labels = ctx.labels(ctx.attrs(&p.attributes), &format!("{}_count", f.name), None);
                     push_sample(&mut out, labels, t_ms, v(p.count as f64), None);
                 }
             }
@@ -869,10 +1028,17 @@ fn number_value(p: &NumberDataPoint) -> f64 {
 
 fn number_series(points: &[NumberDataPoint], ctx: &Ctx<'_>, name: &str, delta: bool) -> Vec<FloatSeries> {
     let mut out: BTreeMap<Labels, FloatSeries> = BTreeMap::new();
-    for group in group_points(points, |p| &p.attributes, |p| p.time_unix_nano) {
+    for group in group_points(points, |p| ctx.attrs(&p.attributes), |p| p.time_unix_nano) {
+        let Some(first) = group.first() else { continue };
+        // Points of a group have the same attribute set, so the same labels.
+        let labels = ctx.labels(ctx.attrs(&first.attributes), name, None);
+        let s = out.entry(labels.clone()).or_insert_with(|| FloatSeries {
+            labels,
+            samples: Vec::with_capacity(group.len()),
+            exemplars: Vec::new(),
+        });
         let mut total = 0.0;
         for p in group {
-            let labels = ctx.labels(&p.attributes, name, None);
             let t_ms = ns_to_ms(p.time_unix_nano);
             let value = if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
                 stale_nan()
@@ -882,11 +1048,6 @@ fn number_series(points: &[NumberDataPoint], ctx: &Ctx<'_>, name: &str, delta: b
             } else {
                 number_value(p)
             };
-            let s = out.entry(labels.clone()).or_insert_with(|| FloatSeries {
-                labels,
-                samples: Vec::new(),
-                exemplars: Vec::new(),
-            });
             match s.samples.last_mut() {
                 Some(last) if last.t_ms == t_ms => last.value = value,
                 _ => s.samples.push(Sample { t_ms, value }),
@@ -902,7 +1063,12 @@ fn histogram_series(points: &[HistogramDataPoint], ctx: &Ctx<'_>, name: &str, de
     let bucket_name = format!("{name}_bucket");
     let sum_name = format!("{name}_sum");
     let count_name = format!("{name}_count");
-    for group in group_points(points, |p| &p.attributes, |p| p.time_unix_nano) {
+    for group in group_points(points, |p| ctx.attrs(&p.attributes), |p| p.time_unix_nano) {
+        let Some(first) = group.first() else { continue };
+        // The group's series, found by a small key rather than by their labels.
+        let base = ctx.base(ctx.attrs(&first.attributes));
+        let mut local = GroupSeries::default();
+        let (mut sum_slot, mut count_slot) = (None, None);
         // Running totals of a delta series: bounds, bucket counts, count, sum.
         let mut acc: Option<(Vec<f64>, Vec<u64>, u64, f64)> = None;
         for p in group {
@@ -919,34 +1085,103 @@ fn histogram_series(points: &[HistogramDataPoint], ctx: &Ctx<'_>, name: &str, de
                 } else {
                     acc = Some((p.explicit_bounds.clone(), p.bucket_counts.clone(), p.count, p.sum.unwrap_or(0.0)));
                 }
-                let a = acc.as_ref().map(|a| (a.0.clone(), a.1.clone(), a.2, a.3));
-                a.unwrap_or_default()
+                match &acc {
+                    Some(a) => (a.0.as_slice(), a.1.as_slice(), a.2, a.3),
+                    None => (&[][..], &[][..], 0, 0.0),
+                }
             } else {
-                (p.explicit_bounds.clone(), p.bucket_counts.clone(), p.count, p.sum.unwrap_or(f64::NAN))
+                (p.explicit_bounds.as_slice(), p.bucket_counts.as_slice(), p.count, p.sum.unwrap_or(f64::NAN))
             };
             let v = |v: f64| if stale { stale_nan() } else { v };
             let exemplars: Vec<Exemplar> = p.exemplars.iter().map(convert_exemplar).collect();
             let mut cumulative = 0u64;
             for (i, bound) in bounds.iter().enumerate() {
                 cumulative = cumulative.saturating_add(counts.get(i).copied().unwrap_or(0));
-                let labels = ctx.labels(&p.attributes, &bucket_name, Some(("le", format_float(*bound))));
+                let slot = local.bucket(*bound, &base, &bucket_name);
                 let lower = if i == 0 { f64::NEG_INFINITY } else { bounds[i - 1] };
                 let ex = exemplars.iter().find(|e| e.value > lower && e.value <= *bound).cloned();
-                push_sample(&mut out, labels, t_ms, v(cumulative as f64), ex);
+                local.push(slot, t_ms, v(cumulative as f64), ex);
             }
-            let labels = ctx.labels(&p.attributes, &bucket_name, Some(("le", "+Inf".to_string())));
+            let slot = local.bucket(f64::INFINITY, &base, &bucket_name);
             let last = bounds.last().copied().unwrap_or(f64::NEG_INFINITY);
             let ex = exemplars.iter().find(|e| e.value > last).cloned();
-            push_sample(&mut out, labels, t_ms, v(count as f64), ex);
+            local.push(slot, t_ms, v(count as f64), ex);
             if p.sum.is_some() || delta {
-                let labels = ctx.labels(&p.attributes, &sum_name, None);
-                push_sample(&mut out, labels, t_ms, v(sum), None);
+                let slot = *sum_slot.get_or_insert_with(|| local.add(with_labels(&base, &sum_name, None)));
+                local.push(slot, t_ms, v(sum), None);
             }
-            let labels = ctx.labels(&p.attributes, &count_name, None);
-            push_sample(&mut out, labels, t_ms, v(count as f64), None);
+            let slot = *count_slot.get_or_insert_with(|| local.add(with_labels(&base, &count_name, None)));
+            local.push(slot, t_ms, v(count as f64), None);
         }
+        local.merge_into(&mut out);
     }
     out.into_values().collect()
+}
+
+/// The float series of one group of points (one attribute set), each with distinct labels.
+#[derive(Default)]
+struct GroupSeries {
+    series: Vec<FloatSeries>,
+    /// Bucket series by `le` label value.
+    by_le: HashMap<String, usize>,
+    /// Bucket series by the bit pattern of their bound (saves formatting it per point).
+    by_bound: Vec<(u64, usize)>,
+}
+
+impl GroupSeries {
+    fn add(&mut self, labels: Labels) -> usize {
+        self.series.push(FloatSeries { labels, samples: Vec::new(), exemplars: Vec::new() });
+        self.series.len() - 1
+    }
+
+    /// The series of the bucket with upper bound `bound`.
+    fn bucket(&mut self, bound: f64, base: &Labels, bucket_name: &str) -> usize {
+        let bits = bound.to_bits();
+        if let Some(&(_, i)) = self.by_bound.iter().find(|(b, _)| *b == bits) {
+            return i;
+        }
+        let le = format_float(bound);
+        let i = match self.by_le.get(&le) {
+            Some(&i) => i,
+            None => {
+                let i = self.add(with_labels(base, bucket_name, Some(("le", le.clone()))));
+                self.by_le.insert(le, i);
+                i
+            }
+        };
+        self.by_bound.push((bits, i));
+        i
+    }
+
+    /// As [`push_sample`].
+    fn push(&mut self, slot: usize, t_ms: i64, value: f64, ex: Option<Exemplar>) {
+        let Some(s) = self.series.get_mut(slot) else { return };
+        match s.samples.last_mut() {
+            Some(last) if last.t_ms == t_ms => last.value = value,
+            _ => s.samples.push(Sample { t_ms, value }),
+        }
+        s.exemplars.extend(ex);
+    }
+
+    /// Adds the group's series to `out`, with the result [`push_sample`] would have given.
+    fn merge_into(self, out: &mut BTreeMap<Labels, FloatSeries>) {
+        for s in self.series {
+            match out.get_mut(&s.labels) {
+                None => {
+                    out.insert(s.labels.clone(), s);
+                }
+                Some(have) => {
+                    for sample in s.samples {
+                        match have.samples.last_mut() {
+                            Some(last) if last.t_ms == sample.t_ms => last.value = sample.value,
+                            _ => have.samples.push(sample),
+                        }
+                    }
+                    have.exemplars.extend(s.exemplars);
+                }
+            }
+        }
+    }
 }
 
 /// Highest native histogram schema Prometheus accepts.
@@ -997,8 +1232,10 @@ fn native_series(
     name: &str,
 ) -> Result<Vec<NativeSeries>, String> {
     let mut out: BTreeMap<Labels, NativeSeries> = BTreeMap::new();
-    for group in group_points(points, |p| &p.attributes, |p| p.time_unix_nano) {
+    for group in group_points(points, |p| ctx.attrs(&p.attributes), |p| p.time_unix_nano) {
         let mut prev_start: Option<u64> = None;
+        // Points of a group have the same attribute set, so the same labels.
+        let mut labels: Option<Labels> = None;
         for p in group {
             if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
                 continue;
@@ -1031,12 +1268,12 @@ fn native_series(
                 negative_deltas,
                 counter_reset,
             };
-            let labels = ctx.labels(&p.attributes, name, None);
-            let s = out.entry(labels.clone()).or_insert_with(|| NativeSeries {
-                labels,
-                histograms: Vec::new(),
-                exemplars: Vec::new(),
-            });
+            let labels = labels.get_or_insert_with(|| ctx.labels(ctx.attrs(&p.attributes), name, None));
+            if !out.contains_key(labels) {
+                let series = NativeSeries { labels: labels.clone(), histograms: Vec::new(), exemplars: Vec::new() };
+                out.insert(labels.clone(), series);
+            }
+            let Some(s) = out.get_mut(labels) else { continue };
             match s.histograms.last_mut() {
                 Some(last) if last.t_ms == h.t_ms => *last = h,
                 _ => s.histograms.push(h),
@@ -1054,7 +1291,7 @@ fn native_series(
 fn exp_fallback_series(points: &[ExponentialHistogramDataPoint], ctx: &Ctx<'_>, name: &str) -> Vec<FloatSeries> {
     let mut out: BTreeMap<Labels, FloatSeries> = BTreeMap::new();
     let bucket_name = format!("{name}_bucket");
-    for group in group_points(points, |p| &p.attributes, |p| p.time_unix_nano) {
+    for group in group_points(points, |p| ctx.attrs(&p.attributes), |p| p.time_unix_nano) {
         for p in group {
             let t_ms = ns_to_ms(p.time_unix_nano);
             let stale = p.flags & FLAG_NO_RECORDED_VALUE != 0;
@@ -1077,16 +1314,16 @@ fn exp_fallback_series(points: &[ExponentialHistogramDataPoint], ctx: &Ctx<'_>, 
             let mut cumulative = 0u64;
             for (bound, c) in buckets {
                 cumulative = cumulative.saturating_add(c);
-                let labels = ctx.labels(&p.attributes, &bucket_name, Some(("le", format_float(bound))));
+                let labels = ctx.labels(ctx.attrs(&p.attributes), &bucket_name, Some(("le", format_float(bound))));
                 push_sample(&mut out, labels, t_ms, v(cumulative as f64), None);
             }
-            let labels = ctx.labels(&p.attributes, &bucket_name, Some(("le", "+Inf".to_string())));
+            let labels = ctx.labels(ctx.attrs(&p.attributes), &bucket_name, Some(("le", "+Inf".to_string())));
             push_sample(&mut out, labels, t_ms, v(p.count as f64), None);
             if let Some(sum) = p.sum {
-                let labels = ctx.labels(&p.attributes, &format!("{name}_sum"), None);
+                let labels = ctx.labels(ctx.attrs(&p.attributes), &format!("{name}_sum"), None);
                 push_sample(&mut out, labels, t_ms, v(sum), None);
             }
-            let labels = ctx.labels(&p.attributes, &format!("{name}_count"), None);
+            let labels = ctx.labels(ctx.attrs(&p.attributes), &format!("{name}_count"), None);
             push_sample(&mut out, labels, t_ms, v(p.count as f64), None);
         }
     }

@@ -442,6 +442,33 @@ fn metrics_round_trip_and_matchers<S: Writer + Reader>(store: &S) {
     }
     let bad = store.find_metrics(&MetricQuery { matchers: vec![m("route", MatchOp::Re, "(")], time: TimeRange::ALL });
     assert!(matches!(bad, Err(crate::StoreError::InvalidQuery(_))), "bad regex is an invalid query: {bad:?}");
+
+    // The Prometheus view with matchers on view labels: what the default gives.
+    let all = MetricQuery { matchers: vec![], time: TimeRange::ALL };
+    let opts = crate::prometheus::ViewOptions::default();
+    for labels in [
+        vec![],
+        vec![m("route", MatchOp::Eq, "/b")],
+        vec![m("job", MatchOp::Eq, "svc-m"), m("route", MatchOp::NotRe, "/a")],
+        vec![m("job", MatchOp::Eq, "nope")],
+    ] {
+        let got = store.find_metrics_view(&all, &labels, &opts).expect("view");
+        let want = crate::prometheus::matching_view(&store.find_metrics(&all).expect("metrics"), &labels, &opts)
+            .expect("reference view");
+        // As text: NaN samples are not equal to themselves.
+        assert_eq!(format!("{got:?}"), format!("{want:?}"), "view with {labels:?}");
+    }
+    let view = store.find_metrics_view(&all, &[m("route", MatchOp::Eq, "/b")], &opts).expect("view");
+    let routes: Vec<Option<&str>> = view
+        .families
+        .iter()
+        .filter(|f| f.name != "target_info")
+        .flat_map(|f| &f.series)
+        .map(|s| s.labels.iter().find(|(k, _)| k == "route").map(|(_, v)| v.as_str()))
+        .collect();
+    assert_eq!(routes, vec![Some("/b")], "only the series with route /b");
+    let bad = store.find_metrics_view(&all, &[m("route", MatchOp::Re, "(")], &opts);
+    assert!(matches!(bad, Err(crate::StoreError::InvalidQuery(_))), "bad regex is an invalid query: {bad:?}");
 }
 
 fn writes_are_ordered<S: Writer + Reader>(store: &S) {

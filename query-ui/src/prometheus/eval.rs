@@ -1,17 +1,19 @@
 //! The PromQL evaluator: checks a parsed expression against the supported subset, reads the
-//! series of every selector from the store once for the whole query (name and simple label
-//! matchers and the time range pushed down), then evaluates the expression at each step as
+//! series of every selector from the store once for the whole query (the time range and the
+//! metric name pushed down, label matchers checked by the store on each series' labels before
+//! it reads the series' points), then evaluates the expression at each step as
 //! Prometheus 2.x does (selectors and ranges closed at both ends, 5 m look-back, staleness
 //! markers, `rate` extrapolation).
 //!
 //! Everything here is synchronous and CPU-bound: callers run it on the blocking pool.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use obsbox_storage::prometheus::{ViewOptions, is_stale_nan, otlp_name_regex, prometheus_view};
+use obsbox_storage::prometheus::{ViewOptions, is_stale_nan, otlp_name_regex};
 use obsbox_storage::{LabelMatcher, MatchOp as StoreOp, MetricQuery, Reader, StoreError, TimeRange};
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{
@@ -244,33 +246,42 @@ pub(crate) fn all_selectors(expr: &Expr, out: &mut Vec<Vec<Matcher>>) {
     }
 }
 
-/// Labels the view synthesizes, which the store cannot match on.
-fn synthesized(label: &str) -> bool {
-    matches!(label, "job" | "instance" | "le" | "quantile") || label.contains('_')
+/// The store query for a selector: the metric name through [`otlp_name_regex`] (the exact name
+/// is checked on the view's series).
+pub(crate) fn pushdown(matchers: &[Matcher]) -> Vec<LabelMatcher> {
+    matchers
+        .iter()
+        .filter(|m| m.name == "__name__" && matches!(m.op, MatchOp::Equal))
+        .map(|m| LabelMatcher { name: "__name__".into(), op: StoreOp::Re, value: otlp_name_regex(&m.value) })
+        .collect()
 }
 
-/// The store query for a selector: the metric name through [`otlp_name_regex`], and matchers
-/// on labels whose attribute key is certainly the same and which cannot match a missing label
-/// (the store falls back to resource attributes, so only those narrow safely).
-pub(crate) fn pushdown(matchers: &[Matcher]) -> Vec<LabelMatcher> {
-    let mut out = Vec::new();
-    for m in matchers {
-        if m.name == "__name__" {
-            if let MatchOp::Equal = m.op {
-                out.push(LabelMatcher { name: "__name__".into(), op: StoreOp::Re, value: otlp_name_regex(&m.value) });
-            }
-            continue;
-        }
-        if synthesized(&m.name) || m.is_match("") {
-            continue;
-        }
-        match &m.op {
-            MatchOp::Equal => out.push(LabelMatcher { name: m.name.clone(), op: StoreOp::Eq, value: m.value.clone() }),
-            MatchOp::Re(_) => out.push(LabelMatcher { name: m.name.clone(), op: StoreOp::Re, value: m.value.clone() }),
-            _ => {}
-        }
+/// The matchers the store checks on the view labels of each series before it reads the series'
+/// points (`Reader::find_metrics_view`), so a selective selector reads only what it selects:
+/// every matcher but those on `__name__`, `le` and `quantile` (which differ between the
+/// Prometheus series of one OTLP series). None when the selector may select `target_info`,
+/// whose labels come from the resource rather than the series.
+pub(crate) fn label_pushdown(matchers: &[Matcher]) -> Vec<LabelMatcher> {
+    let plain_name =
+        matchers.iter().any(|m| m.name == "__name__" && matches!(m.op, MatchOp::Equal) && m.value != "target_info");
+    if !plain_name {
+        return Vec::new();
     }
-    out
+    matchers
+        .iter()
+        .filter(|m| !matches!(m.name.as_str(), "__name__" | "le" | "quantile"))
+        .map(|m| {
+            // Regular expressions go as the parser compiled them (anchored, `{` escaped where Go
+            // would read it literally), so the store matches exactly what the selector does.
+            let (op, value) = match &m.op {
+                MatchOp::Equal => (StoreOp::Eq, m.value.clone()),
+                MatchOp::NotEqual => (StoreOp::Ne, m.value.clone()),
+                MatchOp::Re(re) => (StoreOp::Re, re.as_str().to_string()),
+                MatchOp::NotRe(re) => (StoreOp::NotRe, re.as_str().to_string()),
+            };
+            LabelMatcher { name: m.name.clone(), op, value }
+        })
+        .collect()
 }
 
 fn label_of<'a>(labels: &'a Labels, name: &str) -> &'a str {
@@ -298,9 +309,8 @@ pub(crate) fn read_series(
         return Ok(Vec::new());
     }
     let query = MetricQuery { matchers: pushdown(matchers), time: TimeRange { start_ns, end_ns } };
-    let data = reader.find_metrics(&query)?;
-    let view = prometheus_view(&data, &ViewOptions { native_histograms: true, target_info: true });
-    drop(data);
+    let opts = ViewOptions { native_histograms: true, target_info: true };
+    let view = reader.find_metrics_view(&query, &label_pushdown(matchers), &opts)?;
     let mut out = Vec::new();
     let mut take = |n: usize| -> Result<(), EvalError> {
         if n > *budget {
@@ -358,6 +368,37 @@ pub(crate) struct Evaluator {
     lookback: i64,
     /// Series per selector, keyed by the selector's address in the expression tree.
     data: HashMap<usize, Vec<Series>>,
+    /// Grouping labels of aggregations, computed once per input series rather than per step.
+    groups: RefCell<GroupCache>,
+}
+
+/// Most input label sets [`GroupCache`] remembers before it starts over (inputs made afresh at
+/// every step, such as the results of arithmetic, would otherwise pile up).
+const GROUP_CACHE_LIMIT: usize = 1 << 18;
+
+/// The group of each input label set of each aggregation: keyed by the addresses of the
+/// aggregation and of the label set (the entry holds the set, so its address is not reused);
+/// equal groups share one `Arc`, so grouping compares addresses.
+#[derive(Default)]
+struct GroupCache {
+    by_input: HashMap<(usize, usize), (Metric, Metric)>,
+    interned: HashMap<(usize, Labels), Metric>,
+}
+
+impl GroupCache {
+    fn group_of(&mut self, agg: usize, m: &Metric, labels: impl Fn(&Labels) -> Labels) -> Metric {
+        let k = (agg, Arc::as_ptr(m) as usize);
+        if let Some((_, g)) = self.by_input.get(&k) {
+            return g.clone();
+        }
+        if self.by_input.len() >= GROUP_CACHE_LIMIT {
+            self.by_input.clear();
+            self.interned.clear();
+        }
+        let g = self.interned.entry((agg, labels(m))).or_insert_with_key(|(_, l)| Arc::new(l.clone())).clone();
+        self.by_input.insert(k, (m.clone(), g.clone()));
+        g
+    }
 }
 
 fn key(vs: &VectorSelector) -> usize {
@@ -374,7 +415,7 @@ impl Evaluator {
         lookback: i64,
         limits: &Limits,
     ) -> Result<Evaluator, EvalError> {
-        let mut ev = Evaluator { start, end, lookback, data: HashMap::new() };
+        let mut ev = Evaluator { start, end, lookback, data: HashMap::new(), groups: RefCell::default() };
         let mut budget = limits.max_samples;
         ev.load_expr(reader, expr, &mut budget)?;
         Ok(ev)
@@ -730,18 +771,21 @@ impl Evaluator {
             }
         };
         // Groups in first-seen order.
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let agg = a as *const AggregateExpr as usize;
+        let mut cache = self.groups.borrow_mut();
+        let mut index: HashMap<usize, usize> = HashMap::new();
         let mut groups: Vec<(Metric, Vec<Sample>)> = Vec::new();
         for s in input {
-            let g = group_labels(&s.metric);
-            match index.get(&g) {
-                Some(&i) => groups[i].1.push(s),
-                None => {
-                    index.insert(g.clone(), groups.len());
-                    groups.push((Arc::new(g), vec![s]));
+            let g = cache.group_of(agg, &s.metric, group_labels);
+            match index.entry(Arc::as_ptr(&g) as usize) {
+                std::collections::hash_map::Entry::Occupied(e) => groups[*e.get()].1.push(s),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(groups.len());
+                    groups.push((g, vec![s]));
                 }
             }
         }
+        drop(cache);
         let mut out = Vec::new();
         for (metric, samples) in groups {
             match op.as_str() {

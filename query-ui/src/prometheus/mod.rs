@@ -28,7 +28,7 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use obsbox_storage::prometheus::{ViewOptions, format_float, prometheus_view};
+use obsbox_storage::prometheus::{ViewOptions, format_float};
 use obsbox_storage::{MetricQuery, Reader, TimeRange};
 use promql_parser::label::Matcher;
 use promql_parser::parser::{Expr, parse};
@@ -435,6 +435,8 @@ pub(crate) fn range_query(
 ) -> Result<Vec<Series>, EvalError> {
     let ev = Evaluator::load(reader, expr, start, end, lookback, limits)?;
     let mut index: HashMap<Metric, usize> = HashMap::new();
+    let mut by_address: HashMap<usize, usize> = HashMap::new();
+    let mut seen: Vec<Metric> = Vec::new();
     let mut out: Vec<Series> = Vec::new();
     let mut points = 0usize;
     let mut ts = start;
@@ -454,15 +456,31 @@ pub(crate) fn range_query(
             return Err(too_many_points());
         }
         for s in samples {
-            let i = *index.entry(s.metric.clone()).or_insert_with(|| {
-                out.push(Series {
-                    metric: s.metric.clone(),
-                    unnamed: s.metric.clone(),
-                    floats: Vec::new(),
-                    hists: Vec::new(),
-                });
-                out.len() - 1
-            });
+            // Most steps return the same label sets (the same `Arc`s): look them up by address
+            // before hashing labels. `seen` keeps them alive, so an address is never reused.
+            let i = match by_address.get(&(Arc::as_ptr(&s.metric) as usize)) {
+                Some(&i) => i,
+                None => {
+                    let i = *index.entry(s.metric.clone()).or_insert_with(|| {
+                        out.push(Series {
+                            metric: s.metric.clone(),
+                            unnamed: s.metric.clone(),
+                            floats: Vec::new(),
+                            hists: Vec::new(),
+                        });
+                        out.len() - 1
+                    });
+                    // Label sets made afresh at every step (arithmetic results) never hit:
+                    // start over rather than keep them all alive.
+                    if seen.len() > 2 * out.len() + 1024 {
+                        by_address.clear();
+                        seen.clear();
+                    }
+                    by_address.insert(Arc::as_ptr(&s.metric) as usize, i);
+                    seen.push(s.metric.clone());
+                    i
+                }
+            };
             let series = &mut out[i];
             let last = series.floats.last().map(|p| p.0).max(series.hists.last().map(|p| p.0));
             if last == Some(ts) {
@@ -569,9 +587,9 @@ fn series_in(
     let mut out = BTreeMap::new();
     let all: Vec<Vec<Matcher>> = if selectors.is_empty() { vec![Vec::new()] } else { selectors.to_vec() };
     for ms in &all {
-        let pushed = eval::pushdown(ms);
-        let data = reader.find_metrics(&MetricQuery { matchers: pushed, time })?;
-        let view = prometheus_view(&data, &ViewOptions { native_histograms: true, target_info: true });
+        let query = MetricQuery { matchers: eval::pushdown(ms), time };
+        let opts = ViewOptions { native_histograms: true, target_info: true };
+        let view = reader.find_metrics_view(&query, &eval::label_pushdown(ms), &opts)?;
         for fam in view.families {
             let info = (fam.name.clone(), fam.kind.as_str(), fam.help.clone(), fam.unit.clone());
             let labels = fam
@@ -687,8 +705,9 @@ async fn query_exemplars(State(st): State<AppState>, p: Params) -> Result<Respon
         };
         let mut out: BTreeMap<eval::Labels, Vec<obsbox_storage::prometheus::Exemplar>> = BTreeMap::new();
         for ms in &selectors {
-            let data = r.find_metrics(&MetricQuery { matchers: eval::pushdown(ms), time })?;
-            let view = prometheus_view(&data, &ViewOptions { native_histograms: true, target_info: false });
+            let query = MetricQuery { matchers: eval::pushdown(ms), time };
+            let opts = ViewOptions { native_histograms: true, target_info: false };
+            let view = r.find_metrics_view(&query, &eval::label_pushdown(ms), &opts)?;
             for fam in view.families {
                 let series = fam
                     .series

@@ -416,56 +416,59 @@ impl Notifier {
             if msgs.is_empty() {
                 continue;
             }
-            let Some(queue) = self.target_queue(&key, url, msgs.len()) else { continue };
-            for msg in msgs {
-                match serde_json::to_vec(&msg) {
-                    Ok(body) => self.push(ReceiverType::Webhook, &queue, body.into()),
-                    Err(e) => warn!(error = %e, "cannot encode slo webhook message"),
-                }
-            }
+            let bodies: Vec<Bytes> = msgs
+                .iter()
+                .filter_map(|msg| {
+                    serde_json::to_vec(msg).inspect_err(|e| warn!(error = %e, "cannot encode slo webhook message")).ok()
+                })
+                .map(Bytes::from)
+                .collect();
+            self.send_to_target(&key, url, bodies);
         }
     }
 
-    /// The queue of the notification target `key`, made (with its delivery task) on first use;
-    /// `None` after [`Notifier::close`] or when [`MAX_TARGETS`] receivers are busy (the `waiting`
-    /// messages are then counted and logged as refused).
-    fn target_queue(&self, key: &str, url: reqwest::Url, waiting: usize) -> Option<Arc<Queue>> {
+    /// Queues `bodies` for the notification target `key`, making its receiver (queue and
+    /// delivery task) on first use. Nothing is queued after [`Notifier::close`], nor when
+    /// [`MAX_TARGETS`] receivers exist and none is idle (counted and logged as refused).
+    fn send_to_target(&self, key: &str, url: reqwest::Url, bodies: Vec<Bytes>) {
+        // Held while pushing, so that a receiver cannot be evicted between lookup and push.
         let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         if targets.closed {
-            return None;
+            return;
         }
-        if let Some(r) = targets.by_url.get(key) {
-            return Some(r.queue.clone());
-        }
-        if targets.by_url.len() >= MAX_TARGETS {
-            // Its task ends once its queue is closed; nothing can be pushed to it any more as
-            // it is no longer in the map (we hold the lock).
-            let idle = targets.by_url.iter().find(|(_, r)| r.queue.is_idle()).map(|(k, _)| k.clone());
-            match idle.and_then(|k| targets.by_url.remove(&k)) {
-                Some(evicted) => evicted.queue.close(),
-                None => {
-                    self.metrics.refused.with_label_values(&[REFUSED_TOO_MANY]).inc_by(waiting as u64);
-                    warn!(
-                        url = key,
-                        max = MAX_TARGETS,
-                        "slo notification target not notified: every receiver for notification targets is busy"
-                    );
-                    return None;
+        if !targets.by_url.contains_key(key) {
+            if targets.by_url.len() >= MAX_TARGETS {
+                // Out of the map, an idle receiver gets nothing more: closing its queue ends its task.
+                let idle = targets.by_url.iter().find(|(_, r)| r.queue.is_idle()).map(|(k, _)| k.clone());
+                match idle.and_then(|k| targets.by_url.remove(&k)) {
+                    Some(evicted) => evicted.queue.close(),
+                    None => {
+                        self.metrics.refused.with_label_values(&[REFUSED_TOO_MANY]).inc_by(bodies.len() as u64);
+                        warn!(
+                            url = key,
+                            max = MAX_TARGETS,
+                            "slo notification target not notified: every receiver for notification targets is busy"
+                        );
+                        return;
+                    }
                 }
             }
+            let queue = Arc::new(Queue::new(QUEUE_CAPACITY));
+            let kind = ReceiverType::Webhook;
+            let sender = Sender { kind, url, client: self.client.clone(), metrics: self.metrics.clone() };
+            let task = self.runtime.spawn(sender.run(queue.clone()));
+            {
+                let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(task);
+            }
+            targets.by_url.insert(key.to_owned(), Receiver { kind, url: key.to_owned(), queue });
+            self.metrics.targets.set(targets.by_url.len() as i64);
         }
-        let queue = Arc::new(Queue::new(QUEUE_CAPACITY));
-        let kind = ReceiverType::Webhook;
-        let sender = Sender { kind, url, client: self.client.clone(), metrics: self.metrics.clone() };
-        let task = self.runtime.spawn(sender.run(queue.clone()));
-        {
-            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task);
+        let queue = &targets.by_url[key].queue;
+        for body in bodies {
+            self.push(ReceiverType::Webhook, queue, body);
         }
-        targets.by_url.insert(key.to_owned(), Receiver { kind, url: key.to_owned(), queue: queue.clone() });
-        self.metrics.targets.set(targets.by_url.len() as i64);
-        Some(queue)
     }
 }
 

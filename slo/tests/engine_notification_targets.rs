@@ -290,3 +290,31 @@ fn an_alert_policys_notification_targets_receive_its_alerts() {
     let api = serde_json::to_string(&ev.alerts()).unwrap();
     assert!(!api.contains(&base), "target URLs stay out of the alerts' JSON: {api}");
 }
+
+#[test]
+fn target_urls_are_checked_and_normalized_at_load() {
+    use obsbox_slo::SloError;
+    use obsbox_slo::spec::parse_slos;
+    let path = std::path::Path::new("slos/shop.yaml");
+    let text = |target: &str| definitions("http://unused").replace("http://unused/oncall", target);
+    // Host case and the default port are normalized: one URL, one receiver.
+    let slos = parse_slos(path, &text("http://Pager.Internal:80/oncall")).unwrap();
+    let payments = slos.iter().find(|s| s.name == "payments").unwrap();
+    let page = payments.tiers.iter().find(|t| t.name == "page-fast").unwrap();
+    assert_eq!(page.webhooks, vec!["http://pager.internal/oncall".to_string()]);
+    let ticket = payments.tiers.iter().find(|t| t.name == "ticket-slow").unwrap();
+    assert_eq!(ticket.webhooks, vec!["http://unused/tickets".to_string()], "each tier its own policy's targets");
+    for (target, reason) in [
+        ("https://hooks.example.com/x", "https is not supported by this build (no TLS); use http"),
+        ("ftp://files.example.com/x", "unsupported scheme \"ftp\""),
+        ("pager.internal/oncall", "relative URL without a base"),
+    ] {
+        match parse_slos(path, &text(target)) {
+            Err(SloError::Spec { file, line, field, message }) => {
+                assert_eq!((file.as_path(), line, field.as_str()), (path, 7, "spec.target"), "{target}");
+                assert!(message.starts_with("target must be a webhook URL") && message.ends_with(reason), "{message}");
+            }
+            other => panic!("{target}: {other:?}"),
+        }
+    }
+}

@@ -599,17 +599,25 @@ async fn notification_targets_are_bounded_and_idle_ones_make_room() {
         let got = hook.wait_accepted(&format!("live{i}"), 1, Duration::from_secs(20)).await;
         assert_eq!(tiers(&got[0]), pairs(&[(&format!("t{i}"), "firing")]), "each target its own alert");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&registry, sent) < MAX as f64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Once `n` are sent, lets the senders go back to waiting for work: then they are idle.
+    let settle = |n: usize| {
+        let registry = &registry;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while metric(registry, sent) < n as f64 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(metric(registry, sent), n as f64);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    settle(MAX).await;
     assert_eq!(metric(&registry, "obsbox_slo_notification_targets"), MAX as f64);
-    // Let the senders go back to waiting: then they are idle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // One more target: an idle receiver makes room.
     fire(&[format!("{base}/one-more")]);
     hook.wait_accepted("one-more", 1, Duration::from_secs(20)).await;
+    settle(MAX + 1).await;
     assert_eq!(metric(&registry, too_many), 0.0);
     assert_eq!(metric(&registry, "obsbox_slo_notification_targets"), MAX as f64);
 

@@ -25,7 +25,7 @@ use crate::status::{Alert, AlertState, TierBurn, Transition};
 pub const HISTORY_LIMIT: usize = 1000;
 const FILE_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 struct SloAlerts {
     alerts: Vec<Alert>,
     history: VecDeque<Transition>,
@@ -34,7 +34,38 @@ struct SloAlerts {
 #[derive(Serialize, Deserialize)]
 struct StateFile {
     version: u32,
-    slos: BTreeMap<String, SloAlerts>,
+    slos: BTreeMap<String, StoredSlo>,
+}
+
+/// [`SloAlerts`] as stored: [`Alert`] does not serialize its webhooks (it is also the JSON API's
+/// type), the file does. Files written before alerts had webhooks load with none; the next
+/// evaluation fills them in from the definitions.
+#[derive(Serialize, Deserialize)]
+struct StoredSlo {
+    alerts: Vec<StoredAlert>,
+    history: VecDeque<Transition>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredAlert {
+    #[serde(flatten)]
+    alert: Alert,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    webhooks: Vec<String>,
+}
+
+impl From<&SloAlerts> for StoredSlo {
+    fn from(e: &SloAlerts) -> StoredSlo {
+        let alerts = e.alerts.iter().map(|a| StoredAlert { alert: a.clone(), webhooks: a.webhooks.clone() }).collect();
+        StoredSlo { alerts, history: e.history.clone() }
+    }
+}
+
+impl From<StoredSlo> for SloAlerts {
+    fn from(s: StoredSlo) -> SloAlerts {
+        let alerts = s.alerts.into_iter().map(|a| Alert { webhooks: a.webhooks, ..a.alert }).collect();
+        SloAlerts { alerts, history: s.history }
+    }
 }
 
 /// Every alert and its history, backed by the state file.
@@ -77,7 +108,9 @@ impl AlertBook {
             Err(source) => return Err(SloError::Io { path: path.to_path_buf(), source }),
         };
         match serde_json::from_slice::<StateFile>(&bytes) {
-            Ok(f) if f.version == FILE_VERSION => book.slos = f.slos,
+            Ok(f) if f.version == FILE_VERSION => {
+                book.slos = f.slos.into_iter().map(|(name, e)| (name, e.into())).collect();
+            }
             other => {
                 let why = other.map_or_else(|e| e.to_string(), |f| format!("unsupported version {}", f.version));
                 let aside = path.with_extension("json.corrupt");
@@ -108,6 +141,7 @@ impl AlertBook {
                         resolved_at_ms: None,
                         labels: Vec::new(),
                         annotations: Vec::new(),
+                        webhooks: Vec::new(),
                     });
                     self.dirty = true;
                     entry.alerts.len() - 1
@@ -119,9 +153,10 @@ impl AlertBook {
             // Annotations carry the burn rates and change at nearly every evaluation: they are
             // recomputed after a restart, so they alone do not make the file worth rewriting.
             a.annotations = annotations;
-            if a.labels != labels || a.severity != tier.severity {
+            if a.labels != labels || a.severity != tier.severity || a.webhooks != tier.webhooks {
                 a.labels = labels;
                 a.severity = tier.severity;
+                a.webhooks.clone_from(&tier.webhooks);
                 self.dirty = true;
             }
             let after_ms = scale.real(tier.alert_after).as_millis() as i64;
@@ -208,7 +243,10 @@ impl AlertBook {
             let path = path.to_path_buf();
             move |source| SloError::Io { path, source }
         };
-        let file = StateFile { version: FILE_VERSION, slos: self.slos.clone() };
+        let file = StateFile {
+            version: FILE_VERSION,
+            slos: self.slos.iter().map(|(name, e)| (name.clone(), e.into())).collect(),
+        };
         let bytes = serde_json::to_vec(&file).expect("alert state serializes");
         let tmp = self.path.with_extension("json.tmp");
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
@@ -462,6 +500,48 @@ mod tests {
         book.evaluate(&s, &[burn(&s, 0, true), burn(&s, 1, false)], Scale::new(1), 3);
         book.save().unwrap();
         assert!(path.exists());
+    }
+
+    #[test]
+    fn alerts_carry_their_tiers_webhooks_in_the_file_but_not_in_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.json");
+        let mut s = slo(Duration::ZERO);
+        s.tiers[0].webhooks = vec!["http://pager.internal/hook?token=secret".into()];
+        let mut book = AlertBook::open(&path).unwrap();
+        book.evaluate(&s, &[burn(&s, 0, true), burn(&s, 1, false)], Scale::new(1), 1);
+        book.save().unwrap();
+        let hooks: Vec<Vec<String>> = book.alerts().into_iter().map(|a| a.webhooks).collect();
+        assert_eq!(hooks, vec![s.tiers[0].webhooks.clone(), vec![]]);
+        let api = serde_json::to_string(&book.alerts()).unwrap();
+        assert!(!api.contains("secret"), "{api}");
+        assert!(fs::read_to_string(&path).unwrap().contains("token=secret"));
+        // After a restart a removed SLO's firing alert resolves: its webhooks are still known.
+        let mut book = AlertBook::open(&path).unwrap();
+        assert_eq!(book.alerts()[0].webhooks, s.tiers[0].webhooks);
+        book.evaluate(&s, &[burn(&s, 0, true), burn(&s, 1, false)], Scale::new(1), 2);
+        book.retire(&[], 3);
+        assert_eq!(book.alerts()[0].state, AlertState::Resolved);
+        assert_eq!(book.alerts()[0].webhooks, s.tiers[0].webhooks);
+        // A changed policy target is picked up (and saved) at the next evaluation.
+        s.tiers[0].webhooks = vec!["http://other/hook".into()];
+        book.evaluate(&s, &[burn(&s, 0, false), burn(&s, 1, false)], Scale::new(1), 4);
+        assert_eq!(book.alerts()[0].webhooks, s.tiers[0].webhooks);
+        assert!(book.dirty);
+    }
+
+    #[test]
+    fn a_state_file_from_before_webhooks_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.json");
+        let old = r#"{"version":1,"slos":{"pay":{"alerts":[{"slo":"pay","tier":"page-fast","severity":"page",
+            "state":"firing","since_ms":5,"fired_at_ms":5,"resolved_at_ms":null,
+            "labels":[["slo","pay"]],"annotations":[]}],"history":[]}}}"#;
+        fs::write(&path, old).unwrap();
+        let book = AlertBook::open(&path).unwrap();
+        let a = &book.alerts()[0];
+        assert_eq!((a.state, a.fired_at_ms, a.webhooks.len()), (AlertState::Firing, Some(5), 0));
+        assert!(!dir.path().join("alerts.json.corrupt").exists());
     }
 
     #[test]

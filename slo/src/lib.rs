@@ -30,8 +30,9 @@
 //! - `engine`: [`SloEngine`] (the timer) and [`Evaluator`] (one evaluation), the read API
 //!   ([`SloSummary`], [`SloDetail`]) and the [`SloSource`] / [`AlertSink`] seams.
 //! - `notify`: [`AlertSink`] (what the engine calls after every evaluation) and [`Notifier`]
-//!   (webhooks in the Alertmanager webhook format, Alertmanager `POST /api/v2/alerts`; queues,
-//!   retries, self-metrics); `notify/payload.rs` builds the JSON bodies.
+//!   (webhooks in the Alertmanager webhook format, Alertmanager `POST /api/v2/alerts`, the
+//!   definitions' notification targets ([`Alert::webhooks`]); queues, retries, self-metrics);
+//!   `notify/payload.rs` builds the JSON bodies.
 //! - `rules`: [`prometheus_rules`] (the same SLOs as Prometheus recording and alerting rules) and
 //!   [`promtool_tests`] (`promtool test rules` fixtures for them).
 //! - [`spec`]: OpenSLO v1 YAML to [`Slo`] ([`spec::parse`], [`spec::resolve`]).

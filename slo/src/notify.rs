@@ -8,20 +8,28 @@
 //! timeouts, 5xx, 408 and 429 are retried with exponential backoff; other 4xx are not (the
 //! answer's body is logged).
 //!
+//! Receivers are the `[slo.notify]` webhooks and Alertmanagers, made at start, and the webhook URLs
+//! of the definitions' notification targets ([`Alert::webhooks`]), made on first use: at most
+//! [`MAX_TARGETS`] at a time, an idle one (empty queue, nothing being sent) making room for a new
+//! one when they are all in use.
+//!
 //! Self-metrics: `obsbox_slo_notifications_total{receiver_type,outcome}` (outcome `sent` or
-//! `failed`), `obsbox_slo_notification_queue{receiver_type}` (messages waiting) and
-//! `obsbox_slo_notifications_dropped_total{receiver_type}` (dropped because the queue was full).
+//! `failed`), `obsbox_slo_notification_queue{receiver_type}` (messages waiting),
+//! `obsbox_slo_notifications_dropped_total{receiver_type}` (dropped because the queue was full),
+//! `obsbox_slo_notification_targets` (receivers made for notification targets) and
+//! `obsbox_slo_notifications_refused_total{reason}` (messages for notification targets not
+//! queued: `invalid_url` or `too_many_targets`).
 
 mod payload;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -42,6 +50,8 @@ pub trait AlertSink: Send + Sync {
 const DEFAULT_EXTERNAL_URL: &str = "http://localhost:16686";
 /// Messages waiting per receiver before the oldest is dropped.
 const QUEUE_CAPACITY: usize = 256;
+/// Receivers for notification targets (webhook URLs of definitions) at a time.
+pub(crate) const MAX_TARGETS: usize = 64;
 /// Timeout of one HTTP request (connect included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retries after the first attempt, waiting 0.5 s, 1 s, 2 s, 4 s, 8 s.
@@ -78,7 +88,13 @@ struct Metrics {
     notifications: IntCounterVec,
     queue: IntGaugeVec,
     dropped: IntCounterVec,
+    targets: IntGauge,
+    refused: IntCounterVec,
 }
+
+/// Why a message for a notification target was not queued (the `reason` label).
+const REFUSED_INVALID_URL: &str = "invalid_url";
+const REFUSED_TOO_MANY: &str = "too_many_targets";
 
 impl Metrics {
     fn register(registry: &Registry) -> Result<Metrics, SloError> {
@@ -101,10 +117,28 @@ impl Metrics {
                 &["receiver_type"],
             )
             .map_err(metrics_error)?,
+            targets: IntGauge::new(
+                "obsbox_slo_notification_targets",
+                "Receivers made for the notification targets of SLO definitions",
+            )
+            .map_err(metrics_error)?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "obsbox_slo_notifications_refused_total",
+                    "SLO alert notifications for notification targets not queued: invalid URL or too many targets",
+                ),
+                &["reason"],
+            )
+            .map_err(metrics_error)?,
         };
         registry.register(Box::new(m.notifications.clone())).map_err(metrics_error)?;
         registry.register(Box::new(m.queue.clone())).map_err(metrics_error)?;
         registry.register(Box::new(m.dropped.clone())).map_err(metrics_error)?;
+        registry.register(Box::new(m.targets.clone())).map_err(metrics_error)?;
+        registry.register(Box::new(m.refused.clone())).map_err(metrics_error)?;
+        for reason in [REFUSED_INVALID_URL, REFUSED_TOO_MANY] {
+            m.refused.with_label_values(&[reason]);
+        }
         for kind in [ReceiverType::Webhook, ReceiverType::Alertmanager] {
             // Present at zero from the start, so rates and alerts on them work before the first failure.
             for outcome in ["sent", "failed"] {
@@ -123,35 +157,61 @@ fn metrics_error(e: prometheus::Error) -> SloError {
 
 /// A bounded FIFO of request bodies that drops its oldest entry when full.
 struct Queue {
-    items: Mutex<VecDeque<Bytes>>,
+    state: Mutex<QueueState>,
     capacity: usize,
     wake: Notify,
     closed: AtomicBool,
 }
 
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Bytes>,
+    /// The sender took a message and has not asked for the next one yet.
+    sending: bool,
+}
+
 impl Queue {
     fn new(capacity: usize) -> Queue {
-        Queue { items: Mutex::new(VecDeque::new()), capacity, wake: Notify::new(), closed: AtomicBool::new(false) }
+        Queue {
+            state: Mutex::new(QueueState::default()),
+            capacity,
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Appends `body`; returns whether the oldest message was dropped to make room.
     fn push(&self, body: Bytes) -> bool {
         let dropped = {
-            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-            let dropped = items.len() >= self.capacity && items.pop_front().is_some();
-            items.push_back(body);
+            let mut state = self.lock();
+            let dropped = state.items.len() >= self.capacity && state.items.pop_front().is_some();
+            state.items.push_back(body);
             dropped
         };
         self.wake.notify_one();
         dropped
     }
 
+    /// The next message for the sender, which is busy with it until its next call.
     fn pop(&self) -> Option<Bytes> {
-        self.items.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+        let mut state = self.lock();
+        let next = state.items.pop_front();
+        state.sending = next.is_some();
+        next
     }
 
     fn len(&self) -> usize {
-        self.items.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().items.len()
+    }
+
+    /// Nothing queued and nothing being sent.
+    fn is_idle(&self) -> bool {
+        let state = self.lock();
+        state.items.is_empty() && !state.sending
     }
 
     fn close(&self) {
@@ -167,19 +227,39 @@ impl Queue {
 /// One receiver URL with its queue.
 struct Receiver {
     kind: ReceiverType,
+    /// As parsed (normalized), to recognize a notification target that is also a `[slo.notify]`
+    /// webhook.
+    url: String,
     queue: Arc<Queue>,
 }
 
-/// The [`AlertSink`] that notifies the webhooks and Alertmanagers of a [`NotifyConfig`].
+/// The receivers of notification targets, by normalized URL.
+#[derive(Default)]
+struct Targets {
+    by_url: HashMap<String, Receiver>,
+    /// Set by [`Notifier::close`]: no receiver is made after it.
+    closed: bool,
+}
+
+/// The [`AlertSink`] that notifies the webhooks and Alertmanagers of a [`NotifyConfig`] and the
+/// webhooks of the alerts' notification targets ([`Alert::webhooks`]).
 ///
-/// Webhooks get one POST per SLO at every evaluation where one of its alerts turned firing or
-/// resolved, carrying the SLO's firing and just-resolved alerts. Alertmanagers get every firing
-/// alert at every evaluation and each resolved alert once. Delivery happens on background tasks
-/// in the order of [`AlertSink::deliver`] calls per receiver.
+/// Webhooks of `[slo.notify]` get one POST per SLO at every evaluation where one of its alerts
+/// turned firing or resolved, carrying the SLO's firing and just-resolved alerts. A notification
+/// target gets the same, restricted to the alerts that name it: a POST per SLO at every
+/// evaluation where one of those alerts turned firing or resolved, carrying those of them that
+/// are firing or just resolved (none when its URL is also a `[slo.notify]` webhook, which gets
+/// them all already). Alertmanagers get every firing alert at every evaluation and each resolved
+/// alert once. Delivery happens on background tasks in the order of [`AlertSink::deliver`] calls
+/// per receiver.
 pub struct Notifier {
     receivers: Vec<Receiver>,
+    targets: Mutex<Targets>,
     /// Taken by [`Notifier::close`].
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// For the receivers of notification targets, made on first use.
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
     external_url: String,
     metrics: Metrics,
     /// The previous `deliver` call, to measure the evaluation interval.
@@ -188,8 +268,10 @@ pub struct Notifier {
 
 impl Notifier {
     /// Checks the URLs, registers the self-metrics in `registry` and starts one delivery task
-    /// per receiver. Must be called inside a tokio runtime. Fails on a URL that is not plain
-    /// `http://` (this build has no TLS) or on metrics already registered.
+    /// per receiver. Must be called inside a tokio runtime, which also runs the delivery tasks of
+    /// notification targets made later (so [`AlertSink::deliver`] may be called from any
+    /// thread). Fails on a URL that is not plain `http://` (this build has no TLS) or on metrics
+    /// already registered.
     pub fn start(config: &NotifyConfig, registry: &Registry) -> Result<Notifier, SloError> {
         let external_url = config.external_url.as_deref().unwrap_or(DEFAULT_EXTERNAL_URL).trim_end_matches('/');
         // Only a link in messages (users may reach obsbox over https through a proxy), but it
@@ -224,15 +306,20 @@ impl Notifier {
             .map_err(|e| SloError::InvalidConfig { key: "notify", reason: format!("http client: {e}") })?;
         let mut receivers = Vec::new();
         let mut tasks = Vec::new();
+        let runtime = tokio::runtime::Handle::current();
         for (kind, url) in targets {
             let queue = Arc::new(Queue::new(QUEUE_CAPACITY));
+            let receiver = Receiver { kind, url: url.to_string(), queue: queue.clone() };
             let sender = Sender { kind, url, client: client.clone(), metrics: metrics.clone() };
-            tasks.push(tokio::spawn(sender.run(queue.clone())));
-            receivers.push(Receiver { kind, queue });
+            tasks.push(runtime.spawn(sender.run(queue)));
+            receivers.push(receiver);
         }
         Ok(Notifier {
             receivers,
+            targets: Mutex::new(Targets::default()),
             tasks: Mutex::new(tasks),
+            client,
+            runtime,
             external_url: external_url.to_owned(),
             metrics,
             last_delivery: Mutex::new(None),
@@ -244,18 +331,31 @@ impl Notifier {
     /// abandoned (logged). Takes `&self` so that a notifier shared with the engine (see the
     /// `Arc<Notifier>` sink) can be closed at shutdown; a second call returns at once.
     pub async fn close(&self, timeout: Duration) {
-        for r in &self.receivers {
-            r.queue.close();
-        }
+        let queues = self.close_queues();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         if tokio::time::timeout(timeout, futures_join(tasks)).await.is_err() {
-            let left: usize = self.receivers.iter().map(|r| r.queue.len()).sum();
+            let left: usize = queues.iter().map(|q| q.len()).sum();
             warn!(left, "slo notifications not all sent before shutdown");
             for a in aborts {
                 a.abort();
             }
         }
+    }
+
+    /// Closes every queue (the tasks send what is queued, then end) and stops making receivers
+    /// for notification targets; returns the queues.
+    fn close_queues(&self) -> Vec<Arc<Queue>> {
+        let mut queues: Vec<Arc<Queue>> = self.receivers.iter().map(|r| r.queue.clone()).collect();
+        {
+            let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+            targets.closed = true;
+            queues.extend(targets.by_url.values().map(|r| r.queue.clone()));
+        }
+        for q in &queues {
+            q.close();
+        }
+        queues
     }
 
     /// How long Alertmanager keeps a firing alert without news: 4 x max(1 min, the time since the
@@ -268,14 +368,106 @@ impl Notifier {
     }
 
     fn enqueue(&self, kind: ReceiverType, body: Bytes) {
+        for r in self.receivers.iter().filter(|r| r.kind == kind) {
+            self.push(kind, &r.queue, body.clone());
+        }
+    }
+
+    fn push(&self, kind: ReceiverType, queue: &Queue, body: Bytes) {
+        if queue.is_closed() {
+            return;
+        }
         let label = [kind.as_str()];
-        for r in self.receivers.iter().filter(|r| r.kind == kind && !r.queue.is_closed()) {
-            if r.queue.push(body.clone()) {
-                self.metrics.dropped.with_label_values(&label).inc();
-                warn!(receiver_type = kind.as_str(), "slo notification queue full, dropped the oldest message");
-            } else {
-                self.metrics.queue.with_label_values(&label).inc();
+        if queue.push(body) {
+            self.metrics.dropped.with_label_values(&label).inc();
+            warn!(receiver_type = kind.as_str(), "slo notification queue full, dropped the oldest message");
+        } else {
+            self.metrics.queue.with_label_values(&label).inc();
+        }
+    }
+
+    /// Sends each notification target its messages: the URLs `alerts` name, each with the
+    /// messages of the alerts that name it.
+    fn deliver_to_targets(&self, alerts: &[Alert], transitions: &[Transition]) {
+        let named: BTreeSet<&str> = alerts.iter().flat_map(|a| a.webhooks.iter().map(String::as_str)).collect();
+        if named.is_empty() {
+            return;
+        }
+        // By normalized URL, so that two spellings of one URL make one receiver and one message.
+        let mut by_url: BTreeMap<String, (reqwest::Url, Vec<&str>)> = BTreeMap::new();
+        for raw in named {
+            match webhook_url(raw) {
+                Ok(url) => by_url.entry(url.to_string()).or_insert_with(|| (url, Vec::new())).1.push(raw),
+                Err(reason) => {
+                    // The parser refuses such URLs: this one came from elsewhere (an old state file).
+                    let n = payload::webhook_messages(alerts, transitions, &self.external_url, naming(&[raw])).len();
+                    if n > 0 {
+                        self.metrics.refused.with_label_values(&[REFUSED_INVALID_URL]).inc_by(n as u64);
+                        warn!(url = raw, %reason, "slo notification target has an invalid url, not notified");
+                    }
+                }
             }
+        }
+        for (key, (url, spellings)) in by_url {
+            if self.receivers.iter().any(|r| r.kind == ReceiverType::Webhook && r.url == key) {
+                continue;
+            }
+            let msgs = payload::webhook_messages(alerts, transitions, &self.external_url, naming(&spellings));
+            if msgs.is_empty() {
+                continue;
+            }
+            let bodies: Vec<Bytes> = msgs
+                .iter()
+                .filter_map(|msg| {
+                    serde_json::to_vec(msg).inspect_err(|e| warn!(error = %e, "cannot encode slo webhook message")).ok()
+                })
+                .map(Bytes::from)
+                .collect();
+            self.send_to_target(&key, url, bodies);
+        }
+    }
+
+    /// Queues `bodies` for the notification target `key`, making its receiver (queue and
+    /// delivery task) on first use. Nothing is queued after [`Notifier::close`], nor when
+    /// [`MAX_TARGETS`] receivers exist and none is idle (counted and logged as refused).
+    fn send_to_target(&self, key: &str, url: reqwest::Url, bodies: Vec<Bytes>) {
+        // Held while pushing, so that a receiver cannot be evicted between lookup and push.
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if targets.closed {
+            return;
+        }
+        if !targets.by_url.contains_key(key) {
+            if targets.by_url.len() >= MAX_TARGETS {
+                // Out of the map, an idle receiver gets nothing more: closing its queue ends its task.
+                let idle = targets.by_url.iter().find(|(_, r)| r.queue.is_idle()).map(|(k, _)| k.clone());
+                match idle.and_then(|k| targets.by_url.remove(&k)) {
+                    Some(evicted) => evicted.queue.close(),
+                    None => {
+                        self.metrics.refused.with_label_values(&[REFUSED_TOO_MANY]).inc_by(bodies.len() as u64);
+                        warn!(
+                            url = key,
+                            max = MAX_TARGETS,
+                            "slo notification target not notified: every receiver for notification targets is busy"
+                        );
+                        return;
+                    }
+                }
+            }
+            let queue = Arc::new(Queue::new(QUEUE_CAPACITY));
+            let kind = ReceiverType::Webhook;
+            let sender = Sender { kind, url, client: self.client.clone(), metrics: self.metrics.clone() };
+            let task = self.runtime.spawn(sender.run(queue.clone()));
+            {
+                let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(task);
+            }
+            targets.by_url.insert(key.to_owned(), Receiver { kind, url: key.to_owned(), queue });
+            self.metrics.targets.set(targets.by_url.len() as i64);
+        }
+        let queue = &targets.by_url[key].queue;
+        for body in bodies {
+            self.push(ReceiverType::Webhook, queue, body);
         }
     }
 }
@@ -284,13 +476,14 @@ impl AlertSink for Notifier {
     fn deliver(&self, alerts: &[Alert], transitions: &[Transition]) {
         let valid_for = self.valid_for(Instant::now());
         if self.receivers.iter().any(|r| r.kind == ReceiverType::Webhook) {
-            for msg in payload::webhook_messages(alerts, transitions, &self.external_url) {
+            for msg in payload::webhook_messages(alerts, transitions, &self.external_url, |_| true) {
                 match serde_json::to_vec(&msg) {
                     Ok(body) => self.enqueue(ReceiverType::Webhook, body.into()),
                     Err(e) => warn!(error = %e, "cannot encode slo webhook message"),
                 }
             }
         }
+        self.deliver_to_targets(alerts, transitions);
         if self.receivers.iter().any(|r| r.kind == ReceiverType::Alertmanager) {
             let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
             let list = payload::alertmanager_alerts(alerts, now_ms, valid_for, &self.external_url);
@@ -314,10 +507,13 @@ impl AlertSink for Arc<Notifier> {
 impl Drop for Notifier {
     fn drop(&mut self) {
         // The tasks send what is queued, then end.
-        for r in &self.receivers {
-            r.queue.close();
-        }
+        self.close_queues();
     }
+}
+
+/// Whether an alert names one of `spellings` of a notification target's URL.
+fn naming<'a>(spellings: &'a [&str]) -> impl Fn(&Alert) -> bool + 'a {
+    move |a| a.webhooks.iter().any(|w| spellings.contains(&w.as_str()))
 }
 
 async fn futures_join(tasks: Vec<JoinHandle<()>>) {
@@ -327,15 +523,21 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
 }
 
 fn check_url(key: &'static str, url: &str) -> Result<reqwest::Url, SloError> {
-    let bad = |reason: String| SloError::InvalidConfig { key, reason: format!("{url:?}: {reason}") };
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    webhook_url(url).map_err(|reason| SloError::InvalidConfig { key, reason: format!("{url:?}: {reason}") })
+}
+
+/// A receiver URL as the notifier can use it: absolute `http://` with a host (this build has no
+/// TLS client). The one check of `[slo.notify]` URLs and of notification targets in definitions
+/// (`spec`); the error is the reason, without the URL.
+pub(crate) fn webhook_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
     match parsed.scheme() {
         "http" => {}
-        "https" => return Err(bad("https is not supported by this build (no TLS); use http".into())),
-        other => return Err(bad(format!("unsupported scheme {other:?}"))),
+        "https" => return Err("https is not supported by this build (no TLS); use http".into()),
+        other => return Err(format!("unsupported scheme {other:?}")),
     }
-    if parsed.host_str().is_none() {
-        return Err(bad("no host".into()));
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
     }
     Ok(parsed)
 }

@@ -625,9 +625,13 @@ fn target_spec(cx: Cx<'_>, spec: &Field<'_, '_>) -> Result<String, SloError> {
     }
     let t = m.req(cx, "target")?;
     let text = t.str(cx)?.trim();
-    match url::Url::parse(text) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(text.to_owned()),
-        _ => Err(t.err(cx, format!("target must be a webhook URL (http:// or https://), got {text:?}"))),
+    // The notifier's own check, so that a definition loads only with a URL it can post to; kept
+    // normalized, so one URL written two ways is one receiver.
+    match crate::notify::webhook_url(text) {
+        Ok(url) => Ok(url.to_string()),
+        Err(reason) => {
+            Err(t.err(cx, format!("target must be a webhook URL (http://host/path), got {text:?}: {reason}")))
+        }
     }
 }
 

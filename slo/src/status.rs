@@ -78,6 +78,12 @@ pub struct Alert {
     pub labels: Vec<(String, String)>,
     /// Annotations sent with notifications (summary, description, burn rates).
     pub annotations: Vec<(String, String)>,
+    /// Webhook URLs of the notification targets of the tier's alert policy
+    /// ([`crate::Tier::webhooks`]): the notifier sends this alert's firing and resolved messages
+    /// there, besides the `[slo.notify]` receivers. Never serialized (such URLs often carry a
+    /// token and this type is what the JSON API returns); the alert state file keeps them apart.
+    #[serde(default, skip_serializing)]
+    pub webhooks: Vec<String>,
 }
 
 /// A change of an alert's state, kept in the history.

@@ -107,6 +107,7 @@ fn alert(state: AlertState, fired_at_ms: i64, resolved_at_ms: Option<i64>) -> Al
             ("summary".into(), "checkout-availability burns its error budget 20x too fast".into()),
             ("burn_rate_long".into(), "20.5".into()),
         ],
+        webhooks: Vec::new(),
     }
 }
 
@@ -454,4 +455,178 @@ async fn real_alertmanager_receives_routes_and_resolves_the_alert() {
         metric(&registry, r#"obsbox_slo_notifications_total{outcome="failed",receiver_type="alertmanager"}"#),
         0.0
     );
+}
+
+/// An alert of `slo` / `tier` in `state` whose tier's policy names `webhooks`.
+fn alert_to(slo: &str, tier: &str, state: AlertState, t: i64, webhooks: &[String]) -> Alert {
+    let mut a = alert(state, t, (state == AlertState::Resolved).then_some(t + 1_000));
+    a.slo = slo.into();
+    a.tier = tier.into();
+    for (k, v) in &mut a.labels {
+        match k.as_str() {
+            "slo" => *v = slo.into(),
+            "tier" => *v = tier.into(),
+            _ => {}
+        }
+    }
+    a.webhooks = webhooks.to_vec();
+    a
+}
+
+fn transition_of(slo: &str, tier: &str, from: AlertState, to: AlertState, at_ms: i64) -> Transition {
+    Transition { slo: slo.into(), tier: tier.into(), ..transition(from, to, at_ms) }
+}
+
+/// (tier, status) of every alert of a webhook message.
+fn tiers(message: &Value) -> Vec<(String, String)> {
+    let alerts = message["alerts"].as_array().expect("alerts");
+    alerts
+        .iter()
+        .map(|a| (a["labels"]["tier"].as_str().unwrap().into(), a["status"].as_str().unwrap().into()))
+        .collect()
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+#[tokio::test]
+async fn notification_targets_get_their_own_alerts_and_the_global_webhook_all() {
+    use AlertState::*;
+    let (hook, base) = Hook::start(vec![]).await;
+    let registry = Registry::new();
+    let notifier = Notifier::start(&config(vec![format!("{base}/all")], vec![]), &registry).unwrap();
+    let pager = vec![format!("{base}/pager")];
+    // A target that is also the global webhook gets its messages once, from the global receiver.
+    let tickets = vec![format!("{base}/tickets"), format!("{base}/all")];
+    let t = now_ms();
+    notifier.deliver(
+        &[
+            alert_to(SLO, "page-fast", Firing, t, &pager),
+            alert_to(SLO, "ticket-slow", Firing, t, &tickets),
+            alert_to("other", "page-fast", Firing, t, &[]),
+        ],
+        &[
+            transition_of(SLO, "page-fast", Pending, Firing, t),
+            transition_of(SLO, "ticket-slow", Pending, Firing, t),
+            transition_of("other", "page-fast", Pending, Firing, t),
+        ],
+    );
+    // Next evaluation: the page alert resolves, the ticket stays firing.
+    notifier.deliver(
+        &[
+            alert_to(SLO, "page-fast", Resolved, t, &pager),
+            alert_to(SLO, "ticket-slow", Firing, t, &tickets),
+            alert_to("other", "page-fast", Firing, t, &[]),
+        ],
+        &[transition_of(SLO, "page-fast", Firing, Resolved, t + 1_000)],
+    );
+    notifier.close(Duration::from_secs(10)).await;
+
+    let all = hook.accepted("all");
+    assert_eq!(all.len(), 3, "per SLO and evaluation, every alert: {all:#?}");
+    assert_eq!(all[0]["groupLabels"]["slo"], SLO);
+    assert_eq!(tiers(&all[0]), pairs(&[("page-fast", "firing"), ("ticket-slow", "firing")]));
+    assert_eq!(all[1]["groupLabels"]["slo"], "other");
+    assert_eq!(tiers(&all[2]), pairs(&[("page-fast", "resolved"), ("ticket-slow", "firing")]));
+
+    let pages = hook.accepted("pager");
+    assert_eq!(pages.len(), 2, "{pages:#?}");
+    assert_eq!(tiers(&pages[0]), pairs(&[("page-fast", "firing")]), "only the pager's tier");
+    assert_eq!((pages[0]["status"].as_str(), pages[1]["status"].as_str()), (Some("firing"), Some("resolved")));
+    assert_eq!(tiers(&pages[1]), pairs(&[("page-fast", "resolved")]));
+    assert_eq!(pages[0]["groupKey"], all[0]["groupKey"], "same group, fewer alerts");
+    assert_eq!(pages[0]["commonLabels"]["tier"], "page-fast");
+
+    let tickets = hook.accepted("tickets");
+    assert_eq!(tickets.len(), 1, "the page alert's resolution is nothing new for tickets: {tickets:#?}");
+    assert_eq!(tiers(&tickets[0]), pairs(&[("ticket-slow", "firing")]));
+
+    assert_eq!(hook.attempts("all").len(), 3, "no second copy for a target that is the global webhook");
+    assert_eq!(metric(&registry, "obsbox_slo_notification_targets"), 2.0);
+    assert_eq!(metric(&registry, r#"obsbox_slo_notifications_total{outcome="sent",receiver_type="webhook"}"#), 6.0);
+    assert_eq!(metric(&registry, r#"obsbox_slo_notification_queue{receiver_type="webhook"}"#), 0.0);
+}
+
+#[tokio::test]
+async fn notification_targets_with_bad_urls_are_refused_and_counted() {
+    use AlertState::*;
+    let (hook, base) = Hook::start(vec![]).await;
+    let registry = Registry::new();
+    let notifier = Notifier::start(&config(vec![], vec![]), &registry).unwrap();
+    // The parser refuses such URLs; an alert state file could still hold them.
+    let bad = vec!["https://hooks.example.com/x".to_string(), "not a url".to_string(), format!("{base}/good")];
+    let t = now_ms();
+    notifier.deliver(
+        &[alert_to(SLO, "page-fast", Firing, t, &bad)],
+        &[transition_of(SLO, "page-fast", Pending, Firing, t)],
+    );
+    // Still firing: no message, so nothing more refused.
+    notifier.deliver(&[alert_to(SLO, "page-fast", Firing, t, &bad)], &[]);
+    notifier.close(Duration::from_secs(10)).await;
+    assert_eq!(hook.accepted("good").len(), 1, "the good URL of the same alert is notified");
+    assert_eq!(metric(&registry, r#"obsbox_slo_notifications_refused_total{reason="invalid_url"}"#), 2.0);
+    assert_eq!(metric(&registry, r#"obsbox_slo_notifications_refused_total{reason="too_many_targets"}"#), 0.0);
+    assert_eq!(metric(&registry, "obsbox_slo_notification_targets"), 1.0);
+}
+
+#[tokio::test]
+async fn notification_targets_are_bounded_and_idle_ones_make_room() {
+    use AlertState::*;
+    const MAX: usize = 64;
+    let (hook, base) = Hook::start(vec![]).await;
+    let dead = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let registry = Registry::new();
+    let notifier = Notifier::start(&config(vec![], vec![]), &registry).unwrap();
+    let t = now_ms();
+    // One alert (tier) per URL, all firing now.
+    let fire = |urls: &[String]| {
+        let alerts: Vec<Alert> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| alert_to(SLO, &format!("t{i}"), Firing, t, std::slice::from_ref(u)))
+            .collect();
+        let transitions: Vec<Transition> =
+            (0..urls.len()).map(|i| transition_of(SLO, &format!("t{i}"), Pending, Firing, t)).collect();
+        notifier.deliver(&alerts, &transitions);
+    };
+    let sent = r#"obsbox_slo_notifications_total{outcome="sent",receiver_type="webhook"}"#;
+    let too_many = r#"obsbox_slo_notifications_refused_total{reason="too_many_targets"}"#;
+
+    let live: Vec<String> = (0..MAX).map(|i| format!("{base}/live{i}")).collect();
+    fire(&live);
+    for i in 0..MAX {
+        let got = hook.wait_accepted(&format!("live{i}"), 1, Duration::from_secs(20)).await;
+        assert_eq!(tiers(&got[0]), pairs(&[(&format!("t{i}"), "firing")]), "each target its own alert");
+    }
+    // Once `n` are sent, lets the senders go back to waiting for work: then they are idle.
+    let settle = |n: usize| {
+        let registry = &registry;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while metric(registry, sent) < n as f64 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(metric(registry, sent), n as f64);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    settle(MAX).await;
+    assert_eq!(metric(&registry, "obsbox_slo_notification_targets"), MAX as f64);
+
+    // One more target: an idle receiver makes room.
+    fire(&[format!("{base}/one-more")]);
+    hook.wait_accepted("one-more", 1, Duration::from_secs(20)).await;
+    settle(MAX + 1).await;
+    assert_eq!(metric(&registry, too_many), 0.0);
+    assert_eq!(metric(&registry, "obsbox_slo_notification_targets"), MAX as f64);
+
+    // 64 receivers busy retrying a dead URL take every place; the 65th target is refused.
+    let busy: Vec<String> = (0..=MAX).map(|i| format!("http://{dead}/dead{i}")).collect();
+    fire(&busy);
+    assert_eq!(metric(&registry, too_many), 1.0);
+    assert_eq!(metric(&registry, "obsbox_slo_notification_targets"), MAX as f64);
+    let started = Instant::now();
+    notifier.close(Duration::from_millis(200)).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "close honours its timeout with busy targets");
 }

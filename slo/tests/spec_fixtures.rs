@@ -121,7 +121,7 @@ fn the_full_good_fixture_maps_every_field() {
         .iter()
         .map(|t| (t.name.as_str(), t.severity, t.burn_rate, t.long, t.short, t.alert_after, t.webhooks.clone()))
         .collect();
-    let hooks = vec!["https://hooks.example.com/oncall".to_string(), "http://127.0.0.1:9000/hook".to_string()];
+    let hooks = vec!["http://hooks.example.com/oncall".to_string(), "http://127.0.0.1:9000/hook".to_string()];
     let h = |n: u64| Duration::from_secs(n * 3600);
     let m = |n: u64| Duration::from_secs(n * 60);
     assert_eq!(

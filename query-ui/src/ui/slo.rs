@@ -579,6 +579,7 @@ mod tests {
                 resolved_at_ms: None,
                 labels: vec![],
                 annotations: vec![],
+                webhooks: vec![],
             }],
             history: vec![Transition {
                 at_ms: 0,

@@ -59,23 +59,30 @@ pub(crate) struct PostableAlert {
     generator_url: String,
 }
 
-/// The webhook messages of one evaluation: one per SLO that has a transition to `Firing` or to
-/// `Resolved` in `transitions` (in order of first such transition), carrying that SLO's alerts
-/// from `alerts` that are firing or resolved. An SLO without such alerts gets no message.
+/// The webhook messages of one evaluation for one receiver, which gets the alerts `keep` accepts:
+/// one message per SLO that has a transition to `Firing` or to `Resolved` in `transitions` of an
+/// alert of `alerts` that `keep` accepts (in order of first such transition), carrying that SLO's
+/// accepted alerts that are firing or resolved. So a receiver hears of an SLO only when one of
+/// its own alerts changed, and then of all its alerts of that SLO.
 pub(crate) fn webhook_messages(
     alerts: &[Alert],
     transitions: &[Transition],
     external_url: &str,
+    keep: impl Fn(&Alert) -> bool,
 ) -> Vec<WebhookMessage> {
     let mut slos: Vec<&str> = Vec::new();
     for t in transitions {
-        if matches!(t.to, AlertState::Firing | AlertState::Resolved) && !slos.contains(&t.slo.as_str()) {
+        if matches!(t.to, AlertState::Firing | AlertState::Resolved)
+            && !slos.contains(&t.slo.as_str())
+            && alerts.iter().any(|a| a.slo == t.slo && a.tier == t.tier && keep(a))
+        {
             slos.push(&t.slo);
         }
     }
     slos.into_iter()
         .filter_map(|slo| {
-            let group: Vec<&Alert> = alerts.iter().filter(|a| a.slo == slo && status_of(a.state).is_some()).collect();
+            let group: Vec<&Alert> =
+                alerts.iter().filter(|a| a.slo == slo && status_of(a.state).is_some() && keep(a)).collect();
             (!group.is_empty()).then(|| webhook_message(slo, &group, external_url))
         })
         .collect()
@@ -259,7 +266,12 @@ mod tests {
                 ("summary".into(), format!("{slo} is burning its error budget")),
                 ("description".into(), format!("tier {tier}")),
             ],
+            webhooks: Vec::new(),
         }
+    }
+
+    fn all(_: &Alert) -> bool {
+        true
     }
 
     fn transition(slo: &str, tier: &str, from: AlertState, to: AlertState) -> Transition {
@@ -292,7 +304,7 @@ mod tests {
             alert("other", "page-fast", AlertState::Firing),
         ];
         let transitions = [transition("checkout-availability", "page-fast", AlertState::Pending, AlertState::Firing)];
-        let msgs = webhook_messages(&alerts, &transitions, "http://obsbox.example:16686");
+        let msgs = webhook_messages(&alerts, &transitions, "http://obsbox.example:16686", all);
         assert_eq!(msgs.len(), 1, "only the SLO with a transition is notified");
         golden("webhook_firing.json", &msgs[0]);
     }
@@ -304,7 +316,7 @@ mod tests {
             alert("checkout-availability", "page-slow", AlertState::Firing),
         ];
         let transitions = [transition("checkout-availability", "page-fast", AlertState::Firing, AlertState::Resolved)];
-        let msgs = webhook_messages(&alerts, &transitions, "http://obsbox.example:16686");
+        let msgs = webhook_messages(&alerts, &transitions, "http://obsbox.example:16686", all);
         golden("webhook_mixed.json", &msgs[0]);
         let v = serde_json::to_value(&msgs[0]).unwrap();
         assert_eq!(v["status"], "firing", "a group with one firing alert is firing");
@@ -319,17 +331,35 @@ mod tests {
     fn webhook_only_for_firing_and_resolved_transitions() {
         let alerts = [alert("a", "page-fast", AlertState::Firing)];
         let pending = [transition("a", "page-slow", AlertState::Inactive, AlertState::Pending)];
-        assert!(webhook_messages(&alerts, &pending, "http://x").is_empty());
-        assert!(webhook_messages(&alerts, &[], "http://x").is_empty(), "still firing: no new message");
+        assert!(webhook_messages(&alerts, &pending, "http://x", all).is_empty());
+        assert!(webhook_messages(&alerts, &[], "http://x", all).is_empty(), "still firing: no new message");
         let resolved = [
             transition("a", "page-fast", AlertState::Firing, AlertState::Resolved),
             transition("a", "page-slow", AlertState::Firing, AlertState::Resolved),
         ];
         let alerts = [alert("a", "page-fast", AlertState::Resolved), alert("a", "page-slow", AlertState::Resolved)];
-        let msgs = webhook_messages(&alerts, &resolved, "http://x");
+        let msgs = webhook_messages(&alerts, &resolved, "http://x", all);
         assert_eq!(msgs.len(), 1, "one message per SLO");
         assert_eq!(msgs[0].status, "resolved");
         assert_eq!(msgs[0].alerts.len(), 2);
+    }
+
+    #[test]
+    fn a_filtered_receiver_hears_only_of_changes_to_its_own_alerts() {
+        let mut fast = alert("a", "page-fast", AlertState::Firing);
+        fast.webhooks = vec!["http://pager/hook".into()];
+        let slow = alert("a", "page-slow", AlertState::Firing);
+        let alerts = [fast, slow];
+        let pager = |a: &Alert| a.webhooks.iter().any(|w| w == "http://pager/hook");
+        // page-slow turned firing while page-fast stays firing: nothing new for the pager.
+        let slow_fires = [transition("a", "page-slow", AlertState::Pending, AlertState::Firing)];
+        assert!(webhook_messages(&alerts, &slow_fires, "http://x", pager).is_empty());
+        assert_eq!(webhook_messages(&alerts, &slow_fires, "http://x", all)[0].alerts.len(), 2);
+        let fast_fires = [transition("a", "page-fast", AlertState::Pending, AlertState::Firing)];
+        let msgs = webhook_messages(&alerts, &fast_fires, "http://x", pager);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].alerts.len(), 1, "only the pager's alert");
+        assert_eq!(msgs[0].alerts[0].labels["tier"], "page-fast");
     }
 
     #[test]
@@ -370,7 +400,7 @@ mod tests {
         odd.fired_at_ms = None;
         odd.resolved_at_ms = Some(i64::MAX);
         let t = transition(&odd.slo, "t", AlertState::Firing, AlertState::Resolved);
-        let msgs = webhook_messages(std::slice::from_ref(&odd), &[t], "http://x");
+        let msgs = webhook_messages(std::slice::from_ref(&odd), &[t], "http://x", all);
         let v = serde_json::to_value(&msgs[0]).unwrap();
         assert_eq!(v["alerts"][0]["labels"]["a"], "2", "a repeated label keeps its last value");
         assert_eq!(v["alerts"][0]["startsAt"], "1970-01-01T00:00:00.000Z");

@@ -398,6 +398,23 @@ mod tests {
         "truncatedAlerts": 0
     }"#;
 
+    /// What Debian's Alertmanager 0.25 sent a webhook for an alert posted to its
+    /// `/api/v2/alerts` without times (captured; `Content-Type: application/json`).
+    const CAPTURED_0_25: &str = r#"{"receiver":"cap","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"SLOBurnRate","service":"orders","severity":"page"},"annotations":{"summary":"burning"},"startsAt":"2026-11-22T06:38:24.451583423Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"http://prom/graph","fingerprint":"f0ce64e45e6ff54f"}],"groupLabels":{},"commonLabels":{"alertname":"SLOBurnRate","service":"orders","severity":"page"},"commonAnnotations":{"summary":"burning"},"externalURL":"http://vm:39182","version":"4","groupKey":"{}:{}","truncatedAlerts":0}"#;
+
+    #[test]
+    fn a_notification_alertmanager_sent_is_mapped() {
+        let logs = to_logs(&parse(CAPTURED_0_25.as_bytes()).expect("what alertmanager sends parses"), 7);
+        let r = &logs.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!(body(r), "burning");
+        let a = attrs(r);
+        assert_eq!(a["alert.starts_at"], "2026-11-22T06:38:24.451583423Z");
+        assert!(!a.contains_key("alert.ends_at"), "Go's zero time means no end: {a:?}");
+        assert_eq!(a["alert.fingerprint"], "f0ce64e45e6ff54f");
+        assert_eq!(a["alert.group_key"], "{}:{}");
+        assert_eq!(a["alert.receiver"], "cap");
+    }
+
     fn attrs(record: &LogRecord) -> BTreeMap<String, String> {
         record
             .attributes

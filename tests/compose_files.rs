@@ -329,6 +329,17 @@ fn alertmanager_runs_with_the_compose_config_and_takes_alerts() {
     let doc = yaml_file(&config);
     let receivers: Vec<&str> = doc["receivers"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
     assert!(receivers.contains(&doc["route"]["receiver"].as_str().unwrap()));
+    // Every receiver delivers to obsbox's webhook route, on the OTLP/HTTP port obsbox listens on.
+    let obsbox = compose.service("obsbox");
+    let mount = obsbox.mounts().into_iter().find(|m| m.target == obsbox.command()[1]).expect("obsbox's config");
+    let otlp_http = obsbox::Config::from_file(&compose.host_path(&mount.source)).unwrap().listen.otlp_http;
+    let port = otlp_http.rsplit(':').next().unwrap();
+    assert!(obsbox.ports().iter().any(|p| p.1.to_string() == port), "obsbox exposes {port}");
+    for r in doc["receivers"].as_array().unwrap() {
+        let urls: Vec<&str> =
+            r["webhook_configs"].as_array().into_iter().flatten().filter_map(|w| w["url"].as_str()).collect();
+        assert_eq!(urls, [format!("http://obsbox:{port}/v1/alertmanager")], "receiver {}", r["name"]);
+    }
 
     let tmp = tempfile::tempdir().unwrap();
     let port = common::compose::free_port();

@@ -463,6 +463,35 @@ fn compose_stack_runs_outside_docker_and_every_dashboard_query_returns_data() {
     assert!(groups.iter().any(|g| g["name"] == "obsbox"), "rule groups: {groups:?}");
     let ams = get(&client, &format!("{prom}/api/v1/alertmanagers"), &[]).expect("alertmanagers");
     assert_eq!(ams["data"]["activeAlertmanagers"].as_array().map(Vec::len), Some(1), "{ams}");
+    // Alertmanager notifies obsbox's webhook: an alert fired into it becomes a log record.
+    let am = format!("http://127.0.0.1:{}", rw.port("alertmanager", 9093));
+    let summary = format!("compose stack alert path {}", std::process::id());
+    let alert = serde_json::json!([{
+        "labels": {"alertname": "ComposeStackCheck", "severity": "page", "slo": "compose-check", "tier": "page-1h"},
+        "annotations": {"summary": summary},
+    }]);
+    let r = client.post(format!("{am}/api/v2/alerts")).json(&alert).send().expect("post alert to alertmanager");
+    assert!(r.status().is_success(), "alertmanager took no alert: {}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs =
+            get(&client, &format!("{obsbox}/api/v1/logs"), &[("query", "service:alertmanager"), ("lookback", "1h")])
+                .expect("obsbox logs");
+        let bodies: Vec<&str> = logs["logs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["record"]["body"]["stringValue"].as_str())
+            .collect();
+        if bodies.contains(&summary.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alert never reached obsbox's webhook; alertmanager's records: {bodies:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     for r in &mut running {
         r.assert_alive();
     }

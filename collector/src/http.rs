@@ -1,6 +1,7 @@
 //! The OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs`, `/v1/metrics`, protobuf or JSON,
 //! gzip or not, with CORS for browser SDKs. Reads the body under the limits and hands it to
-//! [`Collector::export`]; it decodes nothing itself.
+//! [`Collector::export`]; it decodes nothing itself. `POST /v1/alertmanager` is routed to
+//! `alertmanager.rs`, which reads its body with the same [`read_body`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,12 +20,14 @@ use prost::Message;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::CollectorError;
+use crate::alertmanager;
 use crate::decode::{Compression, Format};
 use crate::error::IngestError;
-use crate::service::{Collector, Exported};
+use crate::service::{Collector, Exported, InflightPermit};
 use crate::telemetry::Transport;
 
-/// The OTLP/HTTP router: `POST /v1/traces`, `/v1/logs`, `/v1/metrics` (and CORS preflight).
+/// The OTLP/HTTP router: `POST /v1/traces`, `/v1/logs`, `/v1/metrics` (and CORS preflight), and
+/// `POST /v1/alertmanager`, Alertmanager's webhook (`docs/alertmanager.md`).
 ///
 /// Other methods on those paths get 405, other paths 404.
 pub fn http_router(collector: Collector) -> Router {
@@ -32,6 +35,7 @@ pub fn http_router(collector: Collector) -> Router {
         .route("/v1/traces", post(traces))
         .route("/v1/logs", post(logs))
         .route("/v1/metrics", post(metrics))
+        .route("/v1/alertmanager", post(alertmanager::receive))
         .layer(cors())
         .with_state(collector)
 }
@@ -100,9 +104,20 @@ async fn receive(
     signal: Signal,
     format: Format,
     headers: &HeaderMap,
-    mut body: Body,
+    body: Body,
 ) -> Result<Exported, IngestError> {
     let compression = content_encoding(headers)?;
+    let (bytes, permit) = read_body(collector, headers, body).await?;
+    collector.export(signal, Transport::Http, format, compression, bytes, permit).await
+}
+
+/// Takes the in-flight budget for the body and reads it under `max_body_bytes`: 413 when
+/// larger, 429 when the budget cannot hold it. The permit covers the bytes returned.
+pub(crate) async fn read_body(
+    collector: &Collector,
+    headers: &HeaderMap,
+    mut body: Body,
+) -> Result<(Bytes, InflightPermit), IngestError> {
     let max = collector.limits().max_body_bytes;
     let content_length = content_length(headers)?;
     if let Some(len) = content_length
@@ -132,7 +147,7 @@ async fn receive(
         }
     };
     permit.shrink_to(bytes.len());
-    collector.export(signal, Transport::Http, format, compression, bytes, permit).await
+    Ok((bytes, permit))
 }
 
 /// Reads and drops what is left of a refused body (at most a few times `max`, for at most a few

@@ -19,6 +19,8 @@
 //!   `partial_success` rejections.
 //! - `grpc`: [`serve_grpc`], the three `Export` services over a pass-through tonic codec.
 //! - `http`: [`http_router`] / [`serve_http`], `POST /v1/{traces,logs,metrics}` with CORS.
+//! - `alertmanager`: `POST /v1/alertmanager` on the same router, Alertmanager's webhook: each
+//!   alert becomes an OTLP log record through the same ingest path (`docs/alertmanager.md`).
 //! - `error`: [`CollectorError`], and the internal request error whose code maps to both an
 //!   HTTP status and a gRPC code in one function (`ErrorCode::statuses`).
 //! - `telemetry`: the `obsbox_ingest_*` Prometheus metrics.
@@ -28,6 +30,7 @@
 //!   batches (received and derived); [`push_metrics`] sends one `MetricsData` at once.
 #![warn(missing_docs)]
 
+mod alertmanager;
 mod decode;
 mod derive;
 mod error;

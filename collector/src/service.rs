@@ -182,6 +182,27 @@ impl Collector {
         Ok(Exported { response: encode_response(signal, format, rejected, message), rejected })
     }
 
+    /// Runs `job` on the decode pool, holding one of its slots: for receivers whose payload must
+    /// be converted to OTLP (Alertmanager's webhook) before it takes [`Collector::export`].
+    pub(crate) async fn on_decode_pool<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, IngestError> {
+        let slot = self.inner.decode_slots.clone().acquire_owned().await.map_err(|_| {
+            tracing::error!("decode pool closed");
+            IngestError::internal()
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            job()
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "decode job failed");
+            IngestError::internal()
+        })
+    }
+
     /// Records the outcome of one request; every request ends here exactly once.
     pub(crate) fn finish(&self, signal: Signal, transport: Transport, result: &Result<Exported, IngestError>) {
         let outcome = match result {

@@ -617,6 +617,13 @@ mod tests {
         assert!(html.contains("not an error and at most 300"), "the SLI in words");
         assert!(html.contains("60× faster"), "the demo scale is said");
         assert!(html.contains("<svg class=\"chart\""), "charts");
+        assert!(html.contains("budget spent"), "an overspent budget has no time left");
+
+        // Burning: time to exhaustion in SLO time, like the windows, and in clock time.
+        let mut burning = d.clone();
+        burning.time_to_exhaustion_s = Some(2.0 * 3600.0);
+        let html = slo_page(&burning, &slo(), vec![], String::new()).render().unwrap();
+        assert!(html.contains("2.0 h") && html.contains("(2 min of clock time)"), "exhaustion in both times");
     }
 
     #[test]

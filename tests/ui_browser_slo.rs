@@ -80,6 +80,16 @@ async fn api(ui: &UiTest, path: &str) -> Json {
     .await
 }
 
+/// Status and body of a GET of `path` on the running obsbox.
+async fn get(ui: &UiTest, path: &str) -> (u16, String) {
+    let url = ui.url(path);
+    common::blocking(move || {
+        let resp = reqwest::blocking::get(&url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
+    })
+    .await
+}
+
 /// The summary of `name` in `/api/v1/slos`.
 async fn summary(ui: &UiTest, name: &str) -> Json {
     let list = api(ui, "/api/v1/slos").await;
@@ -269,6 +279,12 @@ async fn slo_list_and_page_show_a_firing_page_alert_and_link_to_the_worst_traces
     wait_url(&ui, &first).await;
     ui.wait_for(".row").await;
     ui.assert_no_console_errors("trace view from the SLO page").await;
+
+    // Bad addresses get a clear 4xx, not a 500.
+    let (status, body) = get(&ui, "/slos?sort=nonsense").await;
+    assert!(status == 400 && body.contains("unknown sort"), "{status} {body}");
+    let (status, body) = get(&ui, "/slo/no-such-slo").await;
+    assert!(status == 404 && body.contains("no SLO named"), "{status} {body}");
 
     burst.abort();
     ui.finish().await;

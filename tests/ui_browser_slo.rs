@@ -4,7 +4,8 @@
 //! with 12 hours of history and then a live payment error burst that fires the fast page tier.
 //!
 //! Screenshots land in `target/ui-screenshots/slos.png` and `slo-page.png` (with
-//! `OBSBOX_UPDATE_SCREENSHOTS=1` also in `docs/screenshots/`, for the README).
+//! `OBSBOX_UPDATE_SCREENSHOTS=1` also in `docs/screenshots/`, for the README). A plain test checks
+//! that the screenshots the README shows are committed PNGs the browser tests write.
 
 mod browser;
 mod common;
@@ -288,4 +289,28 @@ async fn slo_list_and_page_show_a_firing_page_alert_and_link_to_the_worst_traces
 
     burst.abort();
     ui.finish().await;
+}
+
+/// Every screenshot the README shows is a committed file the browser tests write (one of
+/// [`browser::DOC_SCREENSHOTS`]), a PNG and small enough for a repository (under 300 KB).
+#[test]
+fn readme_screenshots_are_committed_pngs_the_browser_tests_take() {
+    let root = common::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let shown: Vec<&str> = readme
+        .split("](docs/screenshots/")
+        .skip(1)
+        .map(|rest| rest.split(".png)").next().expect("a .png link"))
+        .collect();
+    assert!(!shown.is_empty(), "the README shows screenshots");
+    for name in &shown {
+        assert!(browser::DOC_SCREENSHOTS.contains(name), "{name}.png is not one the browser tests write");
+        let path = root.join(format!("docs/screenshots/{name}.png"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is a PNG", path.display());
+        assert!(bytes.len() < 300 * 1024, "{} is {} bytes", path.display(), bytes.len());
+    }
+    for name in browser::DOC_SCREENSHOTS {
+        assert!(shown.contains(name), "docs/screenshots/{name}.png is written but the README does not show it");
+    }
 }

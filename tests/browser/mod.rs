@@ -10,8 +10,10 @@
 //!   message when `/usr/bin/chromium` or `/usr/bin/chromedriver` is missing (unless
 //!   `OBSBOX_SKIP_EXTERNAL=1`, then it returns `None` and the test returns early).
 //! - Page helpers: [`UiTest::goto`], [`UiTest::wait_for`], [`UiTest::wait_gone`],
-//!   [`UiTest::js`], [`UiTest::screenshot`] (PNG in `target/ui-screenshots/<name>.png`),
-//!   [`UiTest::console_errors`].
+//!   [`UiTest::js`], [`UiTest::screenshot`] (PNG in `target/ui-screenshots/<name>.png`; the
+//!   ones named in [`DOC_SCREENSHOTS`] are also copied to `docs/screenshots/` for the README when
+//!   `OBSBOX_UPDATE_SCREENSHOTS=1`), [`UiTest::console_errors`].
+//! - Configuration: [`UiTest::start_configured`] changes obsbox's test configuration first.
 //! - Data: [`UiTest::send_spans`], [`UiTest::send_logs`], [`UiTest::wait_for_trace`],
 //!   [`UiTest::wait_for_logs`] and the known fixtures [`ShopTrace`] and [`big_trace`].
 //! - Process hygiene: chromedriver runs in its own process group; dropping [`UiTest`] kills the
@@ -72,6 +74,17 @@ pub fn screenshot_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| common::workspace_root().join("target"));
     target.join("ui-screenshots")
+}
+
+/// Screenshots the README shows: `UiTest::screenshot` copies these to `docs/screenshots/<name>.png`
+/// when `OBSBOX_UPDATE_SCREENSHOTS=1` (only then, so that test runs and CI leave the committed
+/// files alone).
+pub const DOC_SCREENSHOTS: &[&str] =
+    &["trace-detail", "pages-services", "pages-logs", "pages-map", "slos", "slo-page", "slo-alerts"];
+
+/// Whether screenshots for the README are to be rewritten (`OBSBOX_UPDATE_SCREENSHOTS=1`).
+pub fn update_doc_screenshots() -> bool {
+    std::env::var("OBSBOX_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1")
 }
 
 /// chromedriver in its own process group, killed with everything it started when dropped.
@@ -169,15 +182,21 @@ impl UiTest {
     /// Starts an empty obsbox and a headless Chromium. Panics with a clear message when
     /// Chromium or chromedriver is missing, unless `OBSBOX_SKIP_EXTERNAL=1` (then `None`).
     pub async fn start() -> Option<UiTest> {
-        Self::start_with(true).await
+        Self::start_with(true, |_| {}).await
     }
 
     /// [`UiTest::start`] with JavaScript switched off in the browser (pages must still read).
     pub async fn start_without_javascript() -> Option<UiTest> {
-        Self::start_with(false).await
+        Self::start_with(false, |_| {}).await
     }
 
-    async fn start_with(javascript: bool) -> Option<UiTest> {
+    /// [`UiTest::start`] with obsbox's test configuration ([`common::test_config`]) changed by
+    /// `configure` first (an SLO directory, a time scale, ...).
+    pub async fn start_configured(configure: impl FnOnce(&mut obsbox::Config)) -> Option<UiTest> {
+        Self::start_with(true, configure).await
+    }
+
+    async fn start_with(javascript: bool, configure: impl FnOnce(&mut obsbox::Config)) -> Option<UiTest> {
         for program in [CHROMIUM, CHROMEDRIVER] {
             if !Path::new(program).exists() {
                 if skip_external() {
@@ -193,7 +212,9 @@ impl UiTest {
         }
         let one_at_a_time = browser_lock().lock_owned().await;
         let data = tempfile::tempdir().expect("temp data dir");
-        let obsbox = common::start_obsbox(data.path()).await;
+        let mut config = common::test_config(data.path());
+        configure(&mut config);
+        let obsbox = common::start_obsbox_with(config).await;
         let base_url = format!("http://{}", obsbox.http_addr());
         let grpc = common::grpc_clients(obsbox.otlp_grpc_addr()).await;
 
@@ -333,16 +354,32 @@ impl UiTest {
         self.client.execute(script, args).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
-    /// Saves a PNG of the viewport to `target/ui-screenshots/<name>.png` and returns its path.
+    /// Saves a PNG of the viewport to `target/ui-screenshots/<name>.png` and returns its path;
+    /// with `OBSBOX_UPDATE_SCREENSHOTS=1`, one named in [`DOC_SCREENSHOTS`] is also written to
+    /// `docs/screenshots/<name>.png`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).expect("create target/ui-screenshots");
         let path = dir.join(format!("{name}.png"));
         match self.client.screenshot().await {
-            Ok(png) => std::fs::write(&path, png).expect("write screenshot"),
+            Ok(png) => {
+                std::fs::write(&path, &png).expect("write screenshot");
+                if update_doc_screenshots() && DOC_SCREENSHOTS.contains(&name) {
+                    let docs = common::workspace_root().join("docs/screenshots");
+                    std::fs::create_dir_all(&docs).expect("create docs/screenshots");
+                    std::fs::write(docs.join(format!("{name}.png")), &png).expect("write the README's screenshot");
+                }
+            }
             Err(e) => eprintln!("screenshot {name} failed: {e}"),
         }
         path
+    }
+
+    /// `document.documentElement.scrollWidth - clientWidth`: how far the page overflows
+    /// horizontally (0 when it fits the window).
+    pub async fn horizontal_overflow(&self) -> i64 {
+        let script = "const d = document.documentElement; return d.scrollWidth - d.clientWidth;";
+        self.js(script, vec![]).await.as_i64().expect("a number")
     }
 
     /// Browser console messages of level SEVERE since the last call (JavaScript errors, CSP

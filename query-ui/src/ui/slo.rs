@@ -109,12 +109,15 @@ struct Row {
     sli: String,
     sli_low: bool,
     budget: String,
+    /// Whether there is a budget to draw (none without events).
+    has_budget: bool,
     /// Width class of the budget bar, `w0`..`w10`.
     budget_bar: String,
     budget_low: bool,
     status: &'static str,
     status_class: &'static str,
-    firing: String,
+    /// Tiers whose alert is firing, one badge each.
+    firing: Vec<String>,
 }
 
 struct Column {
@@ -168,11 +171,12 @@ fn row(s: &SloSummary) -> Row {
         sli: pct(s.sli, digits + 1),
         sli_low: s.sli.is_some_and(|v| v < s.objective),
         budget: pct(s.budget_remaining, 1),
+        has_budget: s.budget_remaining.is_some(),
         budget_bar: format!("w{bar}"),
         budget_low: s.budget_remaining.is_some_and(|b| b < 0.25),
         status,
         status_class,
-        firing: s.firing.join(", "),
+        firing: s.firing.clone(),
     }
 }
 
@@ -281,6 +285,7 @@ struct SloPage {
     source: String,
     budget_events: String,
     exhaustion: String,
+    exhaustion_note: String,
     good_total: String,
     window_span: String,
     evaluated: String,
@@ -411,10 +416,20 @@ fn slo_page(d: &SloDetail, slo: &Slo, traces: Vec<TraceRow>, traces_note: String
             fmt::count(d.budget.remaining.max(0.0).floor() as u64),
             fmt::count(d.budget.allowed_bad.floor() as u64)
         ),
+        // SLO time, as every other duration on the page; in demo time the clock time too.
         exhaustion: match d.time_to_exhaustion_s {
-            Some(secs) => format!("budget gone in {} at the current burn", human_s(secs / scale)),
+            Some(secs) if secs <= 0.0 => "budget spent".into(),
+            Some(secs) => human_s(secs),
             None if d.budget.remaining <= 0.0 && d.budget.total > 0.0 => "budget spent".into(),
             None => "not burning".into(),
+        },
+        exhaustion_note: match d.time_to_exhaustion_s {
+            Some(secs) if secs > 0.0 && d.time_scale > 1 => {
+                format!("at the current burn rate ({} of clock time)", human_s(secs / scale))
+            }
+            Some(secs) if secs > 0.0 => "at the current burn rate".into(),
+            _ if d.budget.total > 0.0 && d.budget.remaining <= 0.0 => "the window has overspent its budget".into(),
+            _ => "the page tiers' long windows burn no budget".into(),
         },
         good_total: format!(
             "{} bad of {} {unit}",
@@ -603,6 +618,13 @@ mod tests {
         assert!(html.contains("not an error and at most 300"), "the SLI in words");
         assert!(html.contains("60× faster"), "the demo scale is said");
         assert!(html.contains("<svg class=\"chart\""), "charts");
+        assert!(html.contains("budget spent"), "an overspent budget has no time left");
+
+        // Burning: time to exhaustion in SLO time, like the windows, and in clock time.
+        let mut burning = d.clone();
+        burning.time_to_exhaustion_s = Some(2.0 * 3600.0);
+        let html = slo_page(&burning, &slo(), vec![], String::new()).render().unwrap();
+        assert!(html.contains("2.0 h") && html.contains("(2 min of clock time)"), "exhaustion in both times");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use obsbox_storage::{AttrScope, AttrValue, SpanPredicate};
+use obsbox_storage::{AttrValue, SpanPredicate};
 
 /// One service level objective, validated.
 #[derive(Clone, Debug, PartialEq)]
@@ -222,34 +222,18 @@ impl Slo {
     /// For span SLIs, the store predicates of (all events, bad events); `None` for metric SLIs.
     pub fn span_predicates(&self) -> Option<(SpanPredicate, SpanPredicate)> {
         let Sli::Spans { selector, good } = &self.sli else { return None };
-        let mut all = Vec::new();
-        if let Some(s) = &selector.service {
-            all.push(SpanPredicate::Service(s.clone()));
-        }
-        if let Some(o) = &selector.operation {
-            all.push(SpanPredicate::Name(o.clone()));
-        }
-        if let Some(k) = selector.kind {
-            all.push(SpanPredicate::Kind(k));
-        }
-        for (key, value) in &selector.attributes {
-            all.push(SpanPredicate::Attribute { scope: AttrScope::Item, key: key.clone(), value: value.clone() });
-        }
+        let all = crate::source::span_predicate(selector);
         let mut bad = Vec::new();
         if good.no_error {
-            bad.push(SpanPredicate::StatusCode(STATUS_ERROR));
+            bad.push(SpanPredicate::StatusCode(crate::source::STATUS_ERROR));
         }
         if let Some(max) = good.max_duration {
             bad.push(SpanPredicate::Duration { min: max.as_nanos() as u64 + 1, max: u64::MAX });
         }
-        let all = SpanPredicate::And(all);
         let bad = SpanPredicate::And(vec![all.clone(), SpanPredicate::Or(bad)]);
         Some((all, bad))
     }
 }
-
-/// OTLP `STATUS_CODE_ERROR`.
-const STATUS_ERROR: i32 = 2;
 
 impl Window {
     /// Nominal length: the rolling duration, or the calendar period taken as 1d, 7d, 30d, 90d

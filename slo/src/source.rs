@@ -25,7 +25,7 @@ use crate::model::{Sli, SpanGood, SpanSelector};
 pub const METRIC_LOOKBACK_NS: u64 = 15 * 60 * 1_000_000_000;
 
 /// OTLP status code ERROR.
-const STATUS_ERROR: i32 = 2;
+pub(crate) const STATUS_ERROR: i32 = 2;
 
 /// How one SLI is counted.
 #[derive(Clone, Debug)]

@@ -8,7 +8,7 @@
 mod browser;
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use browser::UiTest;
 use fantoccini::actions::{InputSource, MouseActions, PointerAction};
@@ -58,22 +58,6 @@ fn requests(now: u64) -> ExportMetricsServiceRequest {
     }
 }
 
-async fn path_and_query(ui: &UiTest) -> String {
-    ui.js("return location.pathname + location.search", vec![]).await.as_str().unwrap_or_default().to_string()
-}
-
-async fn wait_url(ui: &UiTest, part: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let url = path_and_query(ui).await;
-        if url.contains(part) {
-            return url;
-        }
-        assert!(Instant::now() < deadline, "the URL {url} never contained {part}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explore_groups_a_counter_by_route_and_shows_hover_values() {
     let Some(ui) = UiTest::start().await else { return };
@@ -88,7 +72,7 @@ async fn explore_groups_a_counter_by_route_and_shows_hover_values() {
     // the nav leads to the page; the picker lists the counter with its type
     ui.goto("/services").await;
     ui.wait_for("header nav a[href='/explore']").await.click().await.expect("click Metrics");
-    wait_url(&ui, "/explore").await;
+    ui.wait_url("/explore").await;
     ui.goto("/explore?range=15m").await;
     ui.wait_for("datalist#metric-names option[value='requests_total']").await;
     let label =
@@ -100,7 +84,7 @@ async fn explore_groups_a_counter_by_route_and_shows_hover_values() {
     let input = ui.wait_for("input[name='metric']").await;
     input.send_keys("requests_total").await.expect("type the metric");
     ui.wait_for("form.explore-form button.primary").await.click().await.expect("submit");
-    wait_url(&ui, "metric=requests_total").await;
+    ui.wait_url("metric=requests_total").await;
     ui.wait_for("svg#explore-chart path.series").await;
     assert_eq!(ui.find_all("svg#explore-chart path.series").await.len(), 1);
     let expr = ui.js("return document.querySelector(\"textarea[name='expr']\").value", vec![]).await;
@@ -109,7 +93,7 @@ async fn explore_groups_a_counter_by_route_and_shows_hover_values() {
     // group by route: one line per route, the legend lists them with their last value
     ui.wait_for("input[name='by'][value='http_route']").await.click().await.expect("check http_route");
     ui.wait_for("form.explore-form button.primary").await.click().await.expect("submit");
-    let url = wait_url(&ui, "by=http_route").await;
+    let url = ui.wait_url("by=http_route").await;
     assert!(url.contains("metric=requests_total"), "{url}");
     ui.wait_for("svg#explore-chart path.series").await;
     assert_eq!(ui.find_all("svg#explore-chart path.series").await.len(), 3, "one line per route");

@@ -47,22 +47,6 @@ fn record(body: &str, t: u64, severity: i32, text: &str) -> LogRecord {
     r
 }
 
-async fn path_and_query(ui: &UiTest) -> String {
-    ui.js("return location.pathname + location.search", vec![]).await.as_str().unwrap_or_default().to_string()
-}
-
-async fn wait_url(ui: &UiTest, part: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let url = path_and_query(ui).await;
-        if url.contains(part) {
-            return url;
-        }
-        assert!(Instant::now() < deadline, "the URL {url} never contained {part}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn count(ui: &UiTest, css: &str) -> usize {
     ui.find_all(css).await.len()
 }
@@ -102,7 +86,7 @@ async fn log_histogram_bars_and_drag_narrow_the_range() {
         .await;
     let expected: usize = title.as_str().unwrap().split(' ').next().unwrap().parse().unwrap();
     last.click().await.expect("click the bar");
-    let url = wait_url(&ui, "from=").await;
+    let url = ui.wait_url("from=").await;
     assert!(url.contains("to=") && url.contains("query=timeout") && !url.contains("range="), "{url}");
     ui.wait_for("#total").await;
     let shown = count(&ui, "details.log").await;
@@ -122,7 +106,7 @@ async fn log_histogram_bars_and_drag_narrow_the_range() {
         .then(PointerAction::MoveTo { duration: Some(Duration::from_millis(200)), x: plot(0.5), y: mid })
         .then(PointerAction::Up { button: MOUSE_BUTTON_LEFT });
     ui.client().perform_actions(mouse).await.expect("drag across the histogram");
-    let url = wait_url(&ui, "from=").await;
+    let url = ui.wait_url("from=").await;
     ui.wait_for("#total").await;
     let dragged = count(&ui, "details.log").await;
     // the older 20 records lie in the first 9.7 minutes of the 30-minute range's last 20 minutes
@@ -135,7 +119,7 @@ async fn log_histogram_bars_and_drag_narrow_the_range() {
     ui.goto("/logs?query=timeout&range=30m&limit=15").await;
     ui.wait_for("#load-more").await.click().await.expect("load more");
     ui.wait_js("document.querySelectorAll('details.log').length === 30", "30 records after one load more").await;
-    assert_eq!(path_and_query(&ui).await, "/logs?query=timeout&range=30m&limit=15", "the page stays");
+    assert_eq!(ui.current_path().await, "/logs?query=timeout&range=30m&limit=15", "the page stays");
     ui.wait_for("#load-more").await.click().await.expect("load more again");
     ui.wait_js("document.querySelectorAll('details.log').length === 40", "all 40 records").await;
     ui.wait_gone("#load-more").await;
@@ -147,7 +131,7 @@ async fn log_histogram_bars_and_drag_narrow_the_range() {
 
     // A facet adds its clause to the query.
     ui.wait_for("#facet-services a[title='add service:payment']").await.click().await.unwrap();
-    let url = wait_url(&ui, "service%3Apayment").await;
+    let url = ui.wait_url("service%3Apayment").await;
     assert!(url.contains("query=timeout+service%3Apayment"), "{url}");
     ui.assert_no_console_errors("logs interactions").await;
     ui.finish().await;
@@ -170,13 +154,13 @@ async fn trace_search_results_open_the_trace_view() {
     assert!(row.contains("GET /checkout") && row.contains("frontend"), "{row}");
     ui.screenshot("pages-search").await;
     link.click().await.expect("open the trace");
-    let url = wait_url(&ui, "/trace/").await;
+    let url = ui.wait_url("/trace/").await;
     assert_eq!(url, format!("/trace/{id}"));
 
     // The dot opens the same trace.
     ui.goto("/search?service=payment&range=1h").await;
     ui.wait_for("svg.scatter circle.dot").await.click().await.expect("click the dot");
-    let url = wait_url(&ui, "/trace/").await;
+    let url = ui.wait_url("/trace/").await;
     assert_eq!(url, format!("/trace/{id}"));
 
     // The filter expression autocompletes keys from the attribute API.
@@ -191,7 +175,7 @@ async fn trace_search_results_open_the_trace_view() {
     // The form's state survives submission in the URL.
     ui.goto("/search?service=payment&status=error&range=1h&sort=longest").await;
     ui.wait_for("#search-form button[type=submit]").await.click().await.unwrap();
-    let url = wait_url(&ui, "status=error").await;
+    let url = ui.wait_url("status=error").await;
     assert!(url.contains("service=payment") && url.contains("sort=longest"), "{url}");
     assert_eq!(count(&ui, "#results a.trace-link").await, 1);
     ui.assert_no_console_errors("search interactions").await;
@@ -374,11 +358,11 @@ async fn services_and_map_pages_render_the_derived_metrics() {
     ui.screenshot("pages-services").await;
     // sort by p99, descending: payment (bucket 8, the slowest) first
     ui.wait_for("table.services th a[href*='sort=p99']").await.click().await.unwrap();
-    wait_url(&ui, "sort=p99").await;
+    ui.wait_url("sort=p99").await;
     let first = ui.wait_for("table.services tr.group td a").await.text().await.unwrap();
     assert_eq!(first, "payment");
     ui.wait_for("table.services tr.op a[href*='operation=POST+%2Fpay']").await.click().await.unwrap();
-    let url = wait_url(&ui, "/search").await;
+    let url = ui.wait_url("/search").await;
     assert!(url.contains("service=payment") && url.contains("operation=POST+%2Fpay"), "{url}");
     ui.wait_for("#results a.trace-link").await;
 
@@ -391,6 +375,6 @@ async fn services_and_map_pages_render_the_derived_metrics() {
     ui.screenshot("pages-map").await;
     let node = ui.find_all("svg.service-map a.node").await.into_iter().next().expect("a node");
     node.click().await.expect("click a node");
-    wait_url(&ui, "/services?range=1h&service=").await;
+    ui.wait_url("/services?range=1h&service=").await;
     ui.finish().await;
 }

@@ -110,22 +110,6 @@ async fn wait_summary(ui: &UiTest, name: &str, what: &str, timeout: Duration, ok
     }
 }
 
-async fn path_and_query(ui: &UiTest) -> String {
-    ui.js("return location.pathname + location.search", vec![]).await.as_str().unwrap_or_default().to_string()
-}
-
-async fn wait_url(ui: &UiTest, part: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let url = path_and_query(ui).await;
-        if url.contains(part) {
-            return url;
-        }
-        assert!(Instant::now() < deadline, "the URL {url} never contained {part}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The text of every cell of each row of `css` (a table).
 async fn table(ui: &UiTest, css: &str) -> Vec<Vec<String>> {
     let script = format!(
@@ -224,7 +208,7 @@ async fn slo_list_and_page_show_a_firing_page_alert_and_link_to_the_worst_traces
     // Sort by budget: no data first, then payments (burning), then checkout; again: reversed.
     let names = |rows: Vec<Vec<String>>| rows.into_iter().map(|r| r[0].clone()).collect::<Vec<_>>();
     ui.wait_for("table.slos th a[href*='sort=budget']").await.click().await.unwrap();
-    wait_url(&ui, "sort=budget&dir=asc").await;
+    ui.wait_url("sort=budget&dir=asc").await;
     ui.wait_for("table.slos th a.sorted[href*='sort=budget']").await;
     let asc = names(table(&ui, "table.slos").await);
     assert!(
@@ -232,13 +216,13 @@ async fn slo_list_and_page_show_a_firing_page_alert_and_link_to_the_worst_traces
         "ascending budget: {asc:?}"
     );
     ui.wait_for("table.slos th a[href*='sort=budget&dir=desc']").await.click().await.unwrap();
-    wait_url(&ui, "sort=budget&dir=desc").await;
+    ui.wait_url("sort=budget&dir=desc").await;
     let desc = names(table(&ui, "table.slos").await);
     assert_eq!(desc, asc.iter().rev().cloned().collect::<Vec<_>>(), "descending is the reverse");
 
     // --- one SLO ------------------------------------------------------------------------------
     ui.wait_for(&format!("table.slos a[href='/slo/{PAYMENTS}']")).await.click().await.unwrap();
-    wait_url(&ui, &format!("/slo/{PAYMENTS}")).await;
+    ui.wait_url(&format!("/slo/{PAYMENTS}")).await;
     ui.wait_for(".cards .card").await;
     ui.assert_no_console_errors("SLO page").await;
     let cards = ui.find_all(".cards .card").await;
@@ -277,7 +261,7 @@ async fn slo_list_and_page_show_a_firing_page_alert_and_link_to_the_worst_traces
 
     // A worst trace opens in the trace view.
     worst[0].click().await.unwrap();
-    wait_url(&ui, &first).await;
+    ui.wait_url(&first).await;
     ui.wait_for(".row").await;
     ui.assert_no_console_errors("trace view from the SLO page").await;
 

@@ -292,6 +292,19 @@ impl UiTest {
         }
     }
 
+    /// Waits up to 10 s for the current path and query to contain `part`; returns them.
+    pub async fn wait_url(&self, part: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.current_path().await;
+            if url.contains(part) {
+                return url;
+            }
+            assert!(Instant::now() < deadline, "the URL {url} never contained {part}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits up to `timeout` for an element matching `css`; panics (with a screenshot named
     /// `failed-wait`) when none appears.
     pub async fn wait_for_within(&self, css: &str, timeout: Duration) -> Element {

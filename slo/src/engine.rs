@@ -644,26 +644,6 @@ impl SloEngine {
         self.wake.notify_one();
     }
 
-    /// Every SLO of the latest evaluation, by name.
-    pub fn list(&self) -> Vec<SloSummary> {
-        read(&self.snapshot).summaries.clone()
-    }
-
-    /// One SLO's page, as of the latest evaluation.
-    pub fn detail(&self, name: &str) -> Option<SloDetail> {
-        read(&self.snapshot).details.get(name).cloned()
-    }
-
-    /// Every alert (all states), by SLO then tier.
-    pub fn alerts(&self) -> Vec<Alert> {
-        read(&self.snapshot).alerts.clone()
-    }
-
-    /// Rejected definitions (file, line, field, message) and per-SLO evaluation errors.
-    pub fn errors(&self) -> Vec<String> {
-        read(&self.snapshot).errors.clone()
-    }
-
     /// Stops ticking; an evaluation under way finishes.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
@@ -682,13 +662,14 @@ impl SloEngine {
     }
 }
 
+/// The read API of the latest evaluation (the same snapshot [`Evaluator`]'s readers see).
 impl crate::SloStatus for SloEngine {
     fn list(&self) -> Vec<SloSummary> {
-        SloEngine::list(self)
+        read(&self.snapshot).summaries.clone()
     }
 
     fn detail(&self, name: &str) -> Option<SloDetail> {
-        SloEngine::detail(self, name)
+        read(&self.snapshot).details.get(name).cloned()
     }
 
     fn definition(&self, name: &str) -> Option<Slo> {
@@ -696,11 +677,11 @@ impl crate::SloStatus for SloEngine {
     }
 
     fn alerts(&self) -> Vec<Alert> {
-        SloEngine::alerts(self)
+        read(&self.snapshot).alerts.clone()
     }
 
     fn errors(&self) -> Vec<String> {
-        SloEngine::errors(self)
+        read(&self.snapshot).errors.clone()
     }
 }
 

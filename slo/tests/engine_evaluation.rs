@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use obsbox_slo::{
-    Alert, AlertSink, AlertState, Budgeting, Evaluator, Health, Sli, Slo, SloConfig, SloEngine, SloSource, Source,
-    SpanGood, SpanSelector, Tier, Transition, Window,
+    Alert, AlertSink, AlertState, Budgeting, Evaluator, Health, Sli, Slo, SloConfig, SloEngine, SloSource, SloStatus,
+    Source, SpanGood, SpanSelector, Tier, Transition, Window,
 };
 use obsbox_storage::{Batch, MemStore, Reader, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;

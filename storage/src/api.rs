@@ -389,6 +389,14 @@ pub struct StoreStats {
     pub commit_seconds: f64,
 }
 
+/// Refuses a histogram bucket of zero length, as every [`Reader`] histogram must.
+pub(crate) fn check_bucket(bucket_ns: u64) -> Result<(), StoreError> {
+    match bucket_ns {
+        0 => Err(StoreError::InvalidQuery("histogram bucket must be positive".into())),
+        _ => Ok(()),
+    }
+}
+
 /// The read side of the store.
 ///
 /// Contract, for every implementation:

@@ -588,9 +588,7 @@ impl Reader for DiskStore {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        if bucket_ns == 0 {
-            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
-        }
+        check_bucket(bucket_ns)?;
         let q = logs::query(self.inner.logs.schema(), &self.inner.log_fields, predicate)?;
         Ok(self.inner.logs.histogram(q, time, bucket_ns)?.into_iter().collect())
     }
@@ -601,9 +599,7 @@ impl Reader for DiskStore {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        if bucket_ns == 0 {
-            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
-        }
+        check_bucket(bucket_ns)?;
         let q = spans::query(&self.inner.span_fields, predicate)?;
         Ok(self.inner.spans.histogram(q, time, bucket_ns)?.into_iter().collect())
     }

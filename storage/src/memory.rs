@@ -204,17 +204,8 @@ impl Reader for MemStore {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        if bucket_ns == 0 {
-            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
-        }
-        let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
-        for s in self.spans.read().iter() {
-            let t = s.span.start_time_unix_nano;
-            if time.contains(t) && span_matches(predicate, s)? {
-                *counts.entry(t / bucket_ns * bucket_ns).or_insert(0) += 1;
-            }
-        }
-        Ok(counts.into_iter().collect())
+        let spans = self.spans.read();
+        bucket_counts(spans.iter(), time, bucket_ns, |s| s.span.start_time_unix_nano, |s| span_matches(predicate, s))
     }
 
     fn log_histogram(
@@ -223,22 +214,33 @@ impl Reader for MemStore {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        if bucket_ns == 0 {
-            return Err(StoreError::InvalidQuery("histogram bucket must be positive".into()));
-        }
-        let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
-        for l in self.logs.read().iter() {
-            let t = log_time(&l.record);
-            if time.contains(t) && log_matches(predicate, l)? {
-                *counts.entry(t / bucket_ns * bucket_ns).or_insert(0) += 1;
-            }
-        }
-        Ok(counts.into_iter().collect())
+        let logs = self.logs.read();
+        bucket_counts(logs.iter(), time, bucket_ns, |l| log_time(&l.record), |l| log_matches(predicate, l))
     }
 
     fn stats(&self) -> StoreStats {
         StoreStats { pending_items: Signal::ALL.iter().map(|s| (*s, 0)).collect(), ..StoreStats::default() }
     }
+}
+
+/// Items per bucket of `bucket_ns` of their time, for the items in `time` that match: the
+/// reference the indexes' histograms are tested against.
+fn bucket_counts<T>(
+    items: impl Iterator<Item = T>,
+    time: TimeRange,
+    bucket_ns: u64,
+    time_of: impl Fn(&T) -> u64,
+    matches: impl Fn(&T) -> Result<bool, StoreError>,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    check_bucket(bucket_ns)?;
+    let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
+    for item in items {
+        let t = time_of(&item);
+        if time.contains(t) && matches(&item)? {
+            *counts.entry(t / bucket_ns * bucket_ns).or_insert(0) += 1;
+        }
+    }
+    Ok(counts.into_iter().collect())
 }
 
 impl MemStore {

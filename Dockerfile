@@ -14,6 +14,7 @@ COPY storage storage
 COPY collector collector
 COPY query-ui query-ui
 COPY slo slo
+COPY net net
 COPY instrumented-demo instrumented-demo
 COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -42,7 +42,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# The Python environment of tests/e2e_python_sdk.rs, rebuilt when the requirements change.
+# The Python environment of tests/e2e/e2e_python_sdk.rs, rebuilt when the requirements change.
 venv="$root/.venv"
 requirements="$root/tests/python/requirements.txt"
 stamp="$venv/.requirements.sha256"

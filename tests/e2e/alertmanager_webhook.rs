@@ -4,7 +4,7 @@
 //! notifies obsbox, and the alert is then a log record in obsbox's `/api/v1/logs` and its Loki
 //! API, firing and then resolved. Bad requests to the route get a 4xx with a message.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! gRPC: each gets the status the OTLP specification asks for, and afterwards good requests
 //! still succeed and the good data stored before is still there.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -2,9 +2,9 @@
 //! Docker (none runs here): every service the issue names is there and wired to the others,
 //! every mounted file exists, the Dockerfile builds what compose runs, Prometheus' rules pass
 //! promtool and a real Alertmanager runs with the compose configuration.
-//! tests/compose_stack.rs starts the services' commands themselves.
+//! tests/e2e/compose_stack.rs starts the services' commands themselves.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

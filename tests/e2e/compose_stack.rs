@@ -7,7 +7,7 @@
 //! Grafana does, must return data from the datasource the panel names: the Prometheus of the
 //! stack, obsbox's Prometheus API, obsbox's Loki API.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -228,7 +228,7 @@ fn compose_stack_runs_outside_docker_and_every_dashboard_query_returns_data() {
                 running.push(r);
             }
             // Grafana is not installed here: its provisioning is checked in
-            // tests/dashboards_model.rs and its datasources' URLs below.
+            // tests/e2e/dashboards_model.rs and its datasources' URLs below.
             "grafana" => {}
             _ => {
                 assert_eq!(s.image(), Some(OBSBOX_IMAGE), "{name}: unknown service to run");

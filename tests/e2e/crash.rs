@@ -3,7 +3,7 @@
 //! in-process on the same data directory returns every acknowledged item. Three rounds on the
 //! same directory, killed at different moments (so later rounds also replay earlier crashes).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -3,9 +3,9 @@
 //! Grafana core, datasource uids that the provisioning defines, defined template variables,
 //! unique panel ids and refIds, panels inside the 24-column grid, PromQL that parses, the
 //! trace <-> logs links, and the provisioning paths that docker-compose.yml mounts.
-//! tests/compose_stack.rs runs every query against a real Prometheus and obsbox.
+//! tests/e2e/compose_stack.rs runs every query against a real Prometheus and obsbox.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,7 +1,7 @@
 //! Spans in over OTLP/gRPC; after one derive interval the span metrics and service graph are in
 //! the store under the names and attributes of `docs/derived-metrics.md`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! crosses at least five services including a messaging hop, the logs of that trace, and (in the
 //! store) the business and HTTP metrics. SIGINT must stop every child; so must the parent's death.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

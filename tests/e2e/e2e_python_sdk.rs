@@ -6,7 +6,7 @@
 //! Python comes from `$OBSBOX_TEST_PYTHON`, else `<workspace>/.venv/bin/python`; without either
 //! the test fails and says to run `scripts/test.sh`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! it converts that with the same OTLP mapping the exporter uses and compares what the store
 //! returns field by field, plus a few facts checked directly against the SDK's own data.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! firing, clearing the fault resolves it, and a webhook receiver sees both notifications in the
 //! Alertmanager webhook format. The SLO API and pages show the same.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

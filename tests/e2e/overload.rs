@@ -4,7 +4,7 @@
 //! RESOURCE_EXHAUSTED/UNAVAILABLE), none may fail with an internal error, the process' RSS stays
 //! bounded, a normal request succeeds afterwards, and every acknowledged item is stored.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

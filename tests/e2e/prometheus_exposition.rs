@@ -2,7 +2,7 @@
 //! derived span metrics come back from its `/api/v1/query`, and exemplars (negotiated through
 //! OpenMetrics) from `/api/v1/query_exemplars`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,7 +1,7 @@
 //! OTLP metrics into obsbox -> remote-write exporter -> a real Prometheus, whose
 //! `/api/v1/query` returns them; derived span metrics go the same way.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! the signal can make a new file show up within seconds; a broken file is reported with its
 //! file, line and field while the SLOs it held before stay in force.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

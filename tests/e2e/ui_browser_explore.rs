@@ -1,12 +1,12 @@
-//! The metrics explorer (`/explore`) in headless Chromium (harness in `tests/browser/mod.rs`):
+//! The metrics explorer (`/explore`) in headless Chromium (harness in `tests/e2e/browser/mod.rs`):
 //! pick a counter from the searchable list, group it by a label, see one line per group with a
 //! legend, and hover the chart for a tooltip listing each series' value. Metrics are written into
 //! the running obsbox's store as OTLP metrics.
 //!
 //! Screenshots land in `target/ui-screenshots/explore*.png`.
 
-mod browser;
-mod common;
+use crate::browser;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,11 +1,11 @@
 //! The Services, trace search, Logs and service map pages in headless Chromium (harness in
-//! `tests/browser/mod.rs`), against an in-process obsbox filled over OTLP/gRPC. The derived
+//! `tests/e2e/browser/mod.rs`), against an in-process obsbox filled over OTLP/gRPC. The derived
 //! metrics the Services page and the map read are written into the store in the contract's shape.
 //!
 //! Screenshots land in `target/ui-screenshots/pages-*.png`.
 
-mod browser;
-mod common;
+use crate::browser;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

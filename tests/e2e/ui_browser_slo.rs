@@ -1,4 +1,4 @@
-//! The SLO pages in headless Chromium (harness in `tests/browser/mod.rs`): an in-process obsbox
+//! The SLO pages in headless Chromium (harness in `tests/e2e/browser/mod.rs`): an in-process obsbox
 //! evaluating three of the demo's SLOs (`slos/*.yaml`) in compressed time (`[slo] time_scale =
 //! 60`: the 30-day window is 12 hours, the 1 h page window one minute), filled over OTLP/gRPC
 //! with 12 hours of history and then a live payment error burst that fires the fast page tier.
@@ -7,8 +7,8 @@
 //! `OBSBOX_UPDATE_SCREENSHOTS=1` also in `docs/screenshots/`, for the README). A plain test checks
 //! that the screenshots the README shows are committed PNGs the browser tests write.
 
-mod browser;
-mod common;
+use crate::browser;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,10 +1,10 @@
-//! The trace view in headless Chromium (see `tests/browser/mod.rs` for the harness), against an
+//! The trace view in headless Chromium (see `tests/e2e/browser/mod.rs` for the harness), against an
 //! in-process obsbox filled over OTLP/gRPC with known traces and logs.
 //!
 //! Screenshots land in `target/ui-screenshots/trace-*.png`.
 
-mod browser;
-mod common;
+use crate::browser;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

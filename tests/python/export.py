@@ -1,6 +1,6 @@
 """Sends traces, logs and metrics to obsbox with the Python OpenTelemetry SDK.
 
-Driven by tests/e2e_python_sdk.rs. Three transports are used, each with its own resource
+Driven by tests/e2e/e2e_python_sdk.rs. Three transports are used, each with its own resource
 (service.name = "py-e2e-<transport>-<run id>"):
 
 - grpc: the SDK's OTLP/gRPC exporters (opentelemetry-exporter-otlp-proto-grpc), default settings

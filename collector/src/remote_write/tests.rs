@@ -1,5 +1,5 @@
 //! Conversion, encoding, queueing and retries of the remote-write exporter. The end-to-end test
-//! against a real Prometheus is `tests/prometheus_remote_write.rs`.
+//! against a real Prometheus is `tests/e2e/prometheus_remote_write.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -2,7 +2,7 @@
 //! in-process obsbox filled over real OTLP/gRPC.
 //!
 //! A root test file uses it with `mod common; mod browser;` (this module builds on
-//! `tests/common`).
+//! `tests/e2e/common`).
 //!
 //! # Where things are
 //! - [`UiTest`]: obsbox + chromedriver + a Chromium session ([`UiTest::start_without_javascript`]

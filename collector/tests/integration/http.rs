@@ -1,6 +1,6 @@
 //! OTLP/HTTP receiver: the router driven with `oneshot`, and a real server driven by reqwest.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! OTLP/gRPC receiver against real sockets, driven by the clients `opentelemetry-proto` generates.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

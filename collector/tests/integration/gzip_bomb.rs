@@ -3,7 +3,7 @@
 //!
 //! In its own test binary so the peak-RSS check sees this test alone.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

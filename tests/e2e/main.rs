@@ -2,7 +2,8 @@
 //! module per area. Each drives the real binary or an in-process `Obsbox` with real clients and
 //! peers: the Rust and Python OpenTelemetry SDKs, kill -9, overload, bad input, headless Chromium
 //! through WebDriver, Prometheus, Alertmanager, RabbitMQ, the demo and the compose stack outside
-//! Docker. Run one area with `cargo test --test e2e <module>::`.
+//! Docker. (`tests/bad_input.rs` is a binary of its own: its peak-RSS checks must see it alone.)
+//! Run one area with `cargo test --test e2e <module>::`.
 //!
 //! # Where things are
 //! - `common`: starting obsbox, OTLP requests, reading back, and the external peers
@@ -13,7 +14,6 @@ mod browser;
 mod common;
 
 mod alertmanager_webhook;
-mod bad_input;
 mod compose_files;
 mod compose_stack;
 mod crash;

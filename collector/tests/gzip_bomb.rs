@@ -3,7 +3,8 @@
 //!
 //! In its own test binary so the peak-RSS check sees this test alone.
 
-use crate::common;
+#[path = "integration/common/mod.rs"]
+mod common;
 
 use std::sync::Arc;
 

@@ -1,8 +1,12 @@
 //! Malformed, oversized and hostile OTLP requests against an in-process obsbox, over HTTP and
 //! gRPC: each gets the status the OTLP specification asks for, and afterwards good requests
 //! still succeed and the good data stored before is still there.
+//!
+//! A test binary of its own (not a module of `tests/e2e`): the gzip-bomb tests check the peak RSS
+//! of this process, which other tests must not share.
 
-use crate::common;
+#[path = "e2e/common/mod.rs"]
+mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;

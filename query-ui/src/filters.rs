@@ -21,10 +21,7 @@
 
 use obsbox_storage::{AttrScope, AttrValue, LogPredicate, SpanPredicate, TimeRange};
 
-/// Longest expression accepted.
-pub const MAX_EXPR_LEN: usize = 4096;
-/// Deepest nesting accepted.
-const MAX_DEPTH: usize = 32;
+use crate::limits::QueryLimits;
 
 /// Unix nanoseconds now.
 pub fn now_ns() -> u64 {
@@ -152,6 +149,10 @@ struct Parser {
     toks: Vec<Tok>,
     pos: usize,
     depth: usize,
+    max_depth: usize,
+    /// Conditions parsed so far (`key op value` and `exists(key)`).
+    conds: usize,
+    max_conds: usize,
 }
 
 impl Parser {
@@ -189,8 +190,8 @@ impl Parser {
 
     fn unary(&mut self) -> Result<SpanPredicate, String> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(format!("filter nested deeper than {MAX_DEPTH} levels"));
+        if self.depth > self.max_depth {
+            return Err(format!("nested deeper than {} levels ([query] max_query_depth)", self.max_depth));
         }
         let r = if self.keyword("NOT") {
             self.pos += 1;
@@ -210,6 +211,10 @@ impl Parser {
     }
 
     fn cond(&mut self) -> Result<SpanPredicate, String> {
+        self.conds += 1;
+        if self.conds > self.max_conds {
+            return Err(format!("more than {} conditions ([query] max_query_clauses)", self.max_conds));
+        }
         let key = match self.next() {
             Some(Tok::Word(w)) => w,
             Some(t) => return Err(format!("expected an attribute key, found {}", describe(&t))),
@@ -287,16 +292,28 @@ pub fn candidates(value: &str, quoted: bool) -> Vec<AttrValue> {
     v
 }
 
-/// Parses a trace search attribute filter expression.
+/// Parses a trace search attribute filter expression under the default limits.
+#[cfg(test)]
 pub fn parse_filter(s: &str) -> Result<SpanPredicate, String> {
-    if s.len() > MAX_EXPR_LEN {
-        return Err(format!("filter longer than {MAX_EXPR_LEN} bytes"));
-    }
+    parse_filter_with(s, &QueryLimits::default())
+}
+
+/// Parses a trace search attribute filter expression within `limits` (length, nesting,
+/// conditions).
+pub fn parse_filter_with(s: &str, limits: &QueryLimits) -> Result<SpanPredicate, String> {
+    limits.check_text("filter", s)?;
     let toks = tokenize(s).map_err(|e| format!("filter: {e}"))?;
     if toks.is_empty() {
         return Ok(SpanPredicate::All);
     }
-    let mut p = Parser { toks, pos: 0, depth: 0 };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+        max_depth: limits.max_query_depth,
+        conds: 0,
+        max_conds: limits.max_query_clauses,
+    };
     let e = p.or().map_err(|e| format!("filter: {e}"))?;
     if let Some(t) = p.peek() {
         return Err(format!("filter: unexpected {} (combine conditions with AND / OR)", describe(t)));
@@ -304,15 +321,28 @@ pub fn parse_filter(s: &str) -> Result<SpanPredicate, String> {
     Ok(e)
 }
 
-/// Parses a log query into a predicate: field clauses become structured predicates, the rest is
-/// full text over the body.
+/// Parses a log query under the default limits.
+#[cfg(test)]
 pub fn parse_log_query(q: &str) -> Result<LogPredicate, String> {
-    if q.len() > MAX_EXPR_LEN {
-        return Err(format!("query longer than {MAX_EXPR_LEN} bytes"));
-    }
+    parse_log_query_with(q, &QueryLimits::default())
+}
+
+/// Parses a log query into a predicate within `limits` (length, parenthesis nesting, clauses:
+/// each field clause and each top-level word of the full text counts one): field clauses
+/// become structured predicates, the rest is full text over the body.
+pub fn parse_log_query_with(q: &str, limits: &QueryLimits) -> Result<LogPredicate, String> {
+    limits.check_text("query", q)?;
     let mut parts = Vec::new();
     let mut text = Vec::new();
-    for word in split_top_level(q)? {
+    let words = split_top_level(q, limits.max_query_depth)?;
+    if words.len() > limits.max_query_clauses {
+        return Err(format!(
+            "query: {} clauses, more than the limit of {} ([query] max_query_clauses)",
+            words.len(),
+            limits.max_query_clauses
+        ));
+    }
+    for word in words {
         match field_clause(&word)? {
             Some(p) => parts.push(p),
             None => text.push(word),
@@ -330,7 +360,7 @@ pub fn parse_log_query(q: &str) -> Result<LogPredicate, String> {
 }
 
 /// Splits on whitespace outside quotes and parentheses.
-fn split_top_level(q: &str) -> Result<Vec<String>, String> {
+fn split_top_level(q: &str, max_depth: usize) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let (mut depth, mut quoted) = (0i32, false);
@@ -343,6 +373,9 @@ fn split_top_level(q: &str) -> Result<Vec<String>, String> {
         }
         if depth < 0 {
             return Err("query: unbalanced )".into());
+        }
+        if depth as usize > max_depth {
+            return Err(format!("query: nested deeper than {max_depth} levels ([query] max_query_depth)"));
         }
         if c.is_whitespace() && !quoted && depth == 0 {
             if !cur.is_empty() {

@@ -40,6 +40,9 @@ pub(crate) enum EvalError {
     /// The store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The query ran past its time budget (503, `timeout`).
+    #[error("query timed out in expression evaluation ([query] timeout)")]
+    Timeout,
 }
 
 /// Limits of one query.
@@ -49,12 +52,34 @@ pub(crate) struct Limits {
     pub max_samples: usize,
     /// Most points in the result (series × steps).
     pub max_points: usize,
+    /// Most series one selector may read.
+    pub max_series: usize,
+    /// When evaluation gives up (`timeout` error); checked while loading and between steps.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_samples: 20_000_000, max_points: 5_000_000 }
+        Limits { max_samples: 20_000_000, max_points: 20_000_000, max_series: 100_000, deadline: None }
     }
+}
+
+impl Limits {
+    /// `Err(Timeout)` once the deadline has passed.
+    pub fn check_deadline(&self) -> Result<(), EvalError> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() > d => Err(EvalError::Timeout),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a query may still read: samples left, and the limits of its selectors.
+pub(crate) struct Budget {
+    /// Samples the query may still read.
+    pub samples: usize,
+    /// The query's limits.
+    pub limits: Limits,
 }
 
 /// One series read from the store, points oldest first.
@@ -298,8 +323,9 @@ pub(crate) fn read_series(
     matchers: &[Matcher],
     mint: i64,
     maxt: i64,
-    budget: &mut usize,
+    budget: &mut Budget,
 ) -> Result<Vec<Series>, EvalError> {
+    budget.limits.check_deadline()?;
     if !matchers.iter().any(|m| !m.is_match("")) {
         return Err(EvalError::BadData("vector selector must contain at least one non-empty matcher".to_string()));
     }
@@ -312,14 +338,21 @@ pub(crate) fn read_series(
     let opts = ViewOptions { native_histograms: true, target_info: true };
     let view = reader.find_metrics_view(&query, &label_pushdown(matchers), &opts)?;
     let mut out = Vec::new();
+    let max_series = budget.limits.max_series;
     let mut take = |n: usize| -> Result<(), EvalError> {
-        if n > *budget {
+        if n > budget.samples {
             return Err(EvalError::Execution(
-                "query processing would load too many samples into memory in query execution".to_string(),
+                "query processing would load too many samples into memory in query execution ([query] max_samples)"
+                    .to_string(),
             ));
         }
-        *budget -= n;
+        budget.samples -= n;
         Ok(())
+    };
+    let too_many_series = || {
+        EvalError::Execution(format!(
+            "a selector of the query matches more than {max_series} series ([query] max_series): add label matchers"
+        ))
     };
     for fam in view.families {
         for s in fam.series {
@@ -332,6 +365,9 @@ pub(crate) fn read_series(
                 continue;
             }
             take(floats.len())?;
+            if out.len() >= max_series {
+                return Err(too_many_series());
+            }
             let metric = Arc::new(s.labels);
             out.push(Series { unnamed: drop_name(&metric), metric, floats, hists: Vec::new() });
         }
@@ -349,6 +385,9 @@ pub(crate) fn read_series(
                 continue;
             }
             take(hists.len() * 8)?;
+            if out.len() >= max_series {
+                return Err(too_many_series());
+            }
             let metric = Arc::new(s.labels);
             out.push(Series { unnamed: drop_name(&metric), metric, floats: Vec::new(), hists });
         }
@@ -416,12 +455,12 @@ impl Evaluator {
         limits: &Limits,
     ) -> Result<Evaluator, EvalError> {
         let mut ev = Evaluator { start, end, lookback, data: HashMap::new(), groups: RefCell::default() };
-        let mut budget = limits.max_samples;
+        let mut budget = Budget { samples: limits.max_samples, limits: *limits };
         ev.load_expr(reader, expr, &mut budget)?;
         Ok(ev)
     }
 
-    fn load_expr(&mut self, reader: &dyn Reader, expr: &Expr, budget: &mut usize) -> Result<(), EvalError> {
+    fn load_expr(&mut self, reader: &dyn Reader, expr: &Expr, budget: &mut Budget) -> Result<(), EvalError> {
         match expr {
             Expr::VectorSelector(vs) => self.load_selector(reader, vs, self.lookback, budget),
             Expr::MatrixSelector(ms) => self.load_selector(reader, &ms.vs, millis(&ms.range), budget),
@@ -463,7 +502,7 @@ impl Evaluator {
         reader: &dyn Reader,
         vs: &VectorSelector,
         window: i64,
-        budget: &mut usize,
+        budget: &mut Budget,
     ) -> Result<(), EvalError> {
         let a = self.selector_time(vs, self.start);
         let b = self.selector_time(vs, self.end);

@@ -35,14 +35,11 @@ use promql_parser::parser::{Expr, parse};
 
 use self::eval::{EvalError, Evaluator, Limits, Metric, Sample, Series, Value};
 use self::hist::FloatHist;
+use crate::limits::QueryLimits;
 use crate::{AppState, QueryError};
 
 /// Default look-back of instant selectors.
 const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
-/// Most steps of a range query (Prometheus' limit).
-const MAX_STEPS: i64 = 11_000;
-/// Longest query text accepted.
-const MAX_QUERY_BYTES: usize = 64 * 1024;
 /// Look-back of the metadata endpoints without `start`.
 const DEFAULT_META_SINCE_MS: i64 = 6 * 3600 * 1000;
 /// The Prometheus version reported by `status/buildinfo`: the release whose query semantics
@@ -88,6 +85,9 @@ impl From<EvalError> for PromError {
                 PromError { status: StatusCode::UNPROCESSABLE_ENTITY, kind: "execution", message: m }
             }
             EvalError::Store(e) => QueryError::from(e).into(),
+            EvalError::Timeout => {
+                PromError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "timeout", message: e.to_string() }
+            }
         }
     }
 }
@@ -154,14 +154,9 @@ impl Params {
             .transpose()
     }
 
-    fn expr(&self) -> Result<Expr, PromError> {
+    fn expr(&self, limits: &QueryLimits) -> Result<Expr, PromError> {
         let q = self.get("query").ok_or_else(|| PromError::bad("invalid parameter \"query\": missing query"))?;
-        if q.len() > MAX_QUERY_BYTES {
-            return Err(PromError::bad(format!("invalid parameter \"query\": longer than {MAX_QUERY_BYTES} bytes")));
-        }
-        let expr = parse(q).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))?;
-        eval::check_supported(&expr)?;
-        Ok(expr)
+        parse_checked(q, limits).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))
     }
 
     fn lookback(&self) -> Result<i64, PromError> {
@@ -178,9 +173,19 @@ impl Params {
         Ok((start, end))
     }
 
-    fn matchers(&self) -> Result<Vec<Vec<Matcher>>, PromError> {
+    fn matchers(&self, limits: &QueryLimits) -> Result<Vec<Vec<Matcher>>, PromError> {
         let mut out = Vec::new();
-        for m in self.all("match[]") {
+        let all = self.all("match[]");
+        if all.len() > limits.max_selectors {
+            return Err(PromError::bad(format!(
+                "invalid parameter \"match[]\": more than {} selectors ([query] max_selectors)",
+                limits.max_selectors
+            )));
+        }
+        for m in all {
+            limits
+                .check_text("match[]", m)
+                .map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?;
             let expr = parse(m).map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?;
             let Expr::VectorSelector(vs) = expr else {
                 return Err(PromError::bad("invalid parameter \"match[]\": not a vector selector"));
@@ -195,6 +200,55 @@ impl Params {
             out.push(ms);
         }
         Ok(out)
+    }
+}
+
+/// Parses a PromQL expression within `limits` (text length, nesting, selectors) and checks
+/// that obsbox evaluates it. The message is for `invalid parameter "query": ...`.
+fn parse_checked(q: &str, limits: &QueryLimits) -> Result<Expr, String> {
+    limits.check_text("the query", q)?;
+    // The parser recurses once per nesting level: refuse deep text before parsing it.
+    check_bracket_depth(q, limits.max_query_depth)?;
+    let expr = parse(q)?;
+    limits.check_promql(&expr)?;
+    eval::check_supported(&expr).map_err(|e| e.to_string())?;
+    Ok(expr)
+}
+
+/// Parentheses, braces and brackets nested at most `max` deep outside string literals.
+fn check_bracket_depth(q: &str, max: usize) -> Result<(), String> {
+    let (mut depth, mut quote, mut escaped) = (0usize, None::<char>, false);
+    for c in q.chars() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(qc) if c == qc => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' | '`' => quote = Some(c),
+                '(' | '{' | '[' => {
+                    depth += 1;
+                    if depth > max {
+                        return Err(format!(
+                            "the expression is nested more than {max} levels deep ([query] max_query_depth)"
+                        ));
+                    }
+                }
+                ')' | '}' | ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+/// The evaluator's limits from `[query]`.
+fn eval_limits(limits: &QueryLimits) -> Limits {
+    Limits {
+        max_samples: limits.max_samples,
+        max_points: limits.max_samples,
+        max_series: limits.max_series,
+        deadline: Some(std::time::Instant::now() + limits.timeout),
     }
 }
 
@@ -263,6 +317,19 @@ pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
 // ---------------------------------------------------------------------------------------------
 // JSON
 // ---------------------------------------------------------------------------------------------
+
+/// `11000` as `11,000`, as Prometheus writes its resolution limit.
+fn thousands(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) && c.is_ascii_digit() {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
 
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
@@ -441,6 +508,7 @@ pub(crate) fn range_query(
     let mut points = 0usize;
     let mut ts = start;
     while ts <= end {
+        limits.check_deadline()?;
         let samples = match ev.eval(expr, ts)? {
             Value::Scalar(v) => vec![Sample { metric: Arc::new(Vec::new()), f: v, h: None }],
             Value::Vector(v) => v,
@@ -498,10 +566,11 @@ pub(crate) fn range_query(
 }
 
 async fn query(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let expr = p.expr()?;
+    let limits = eval_limits(st.query.limits());
+    let expr = p.expr(st.query.limits())?;
     let ts = p.time("time")?.unwrap_or_else(now_ms);
     let lookback = p.lookback()?;
-    let v = blocking(&st, move |r| instant_query(r, &expr, ts, lookback, &Limits::default())).await?;
+    let v = blocking(&st, move |r| instant_query(r, &expr, ts, lookback, &limits)).await?;
     let mut out = String::new();
     let kind = v.type_name();
     match &v {
@@ -536,7 +605,7 @@ async fn query(State(st): State<AppState>, p: Params) -> Result<Response, PromEr
 }
 
 async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let expr = p.expr()?;
+    let expr = p.expr(st.query.limits())?;
     let start = p.time("start")?.ok_or_else(|| PromError::bad("invalid parameter \"start\": missing"))?;
     let end = p.time("end")?.ok_or_else(|| PromError::bad("invalid parameter \"end\": missing"))?;
     if end < start {
@@ -548,13 +617,21 @@ async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, 
             "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
         ));
     }
-    if (end - start) / step > MAX_STEPS {
-        return Err(PromError::bad(
-            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
-        ));
+    let max_points = st.query.limits().max_points_per_series as i64;
+    if (end - start) / step > max_points {
+        return Err(PromError::bad(format!(
+            "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+            thousands(max_points)
+        )));
     }
+    let range_ns = TimeRange {
+        start_ns: u64::try_from(start.max(0)).unwrap_or(0).saturating_mul(1_000_000),
+        end_ns: u64::try_from(end.max(0)).unwrap_or(0).saturating_mul(1_000_000),
+    };
+    st.query.limits().check_range(range_ns).map_err(|e| PromError::bad(format!("invalid parameter \"end\": {e}")))?;
+    let limits = eval_limits(st.query.limits());
     let lookback = p.lookback()?;
-    let series = blocking(&st, move |r| range_query(r, &expr, start, end, step, lookback, &Limits::default())).await?;
+    let series = blocking(&st, move |r| range_query(r, &expr, start, end, step, lookback, &limits)).await?;
     let mut out = String::from("[");
     for (i, s) in series.iter().enumerate() {
         if i > 0 {
@@ -614,7 +691,7 @@ fn series_in(
 }
 
 async fn series(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let selectors = p.matchers()?;
+    let selectors = p.matchers(st.query.limits())?;
     if selectors.is_empty() {
         return Err(PromError::bad("no match[] parameter provided"));
     }
@@ -637,7 +714,7 @@ fn string_list(items: impl IntoIterator<Item = String>) -> String {
 }
 
 async fn label_names(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let selectors = p.matchers()?;
+    let selectors = p.matchers(st.query.limits())?;
     let (start, end) = p.meta_range()?;
     let found = blocking(&st, move |r| series_in(r, &selectors, start, end)).await?;
     let names: BTreeSet<String> = found.keys().flat_map(|l| l.iter().map(|(k, _)| k.clone())).collect();
@@ -648,7 +725,7 @@ async fn label_values(State(st): State<AppState>, Path(name): Path<String>, p: P
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(PromError::bad(format!("invalid label name: {name:?}")));
     }
-    let selectors = p.matchers()?;
+    let selectors = p.matchers(st.query.limits())?;
     let (start, end) = p.meta_range()?;
     let found = blocking(&st, move |r| series_in(r, &selectors, start, end)).await?;
     let values: BTreeSet<String> =
@@ -690,7 +767,7 @@ async fn metadata(State(st): State<AppState>, p: Params) -> Result<Response, Pro
 
 /// Exemplars (trace and span ids) of the series the query's selectors select, in `[start, end]`.
 async fn query_exemplars(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let expr = p.expr()?;
+    let expr = p.expr(st.query.limits())?;
     let end = p.time("end")?.unwrap_or_else(now_ms);
     let start = p.time("start")?.unwrap_or(end - 3600 * 1000);
     if end < start {
@@ -830,15 +907,10 @@ pub(crate) async fn explore_range(
     end_ms: i64,
     step_ms: i64,
 ) -> Result<Vec<ChartSeries>, (StatusCode, String)> {
-    if query.len() > MAX_QUERY_BYTES {
-        return Err((StatusCode::BAD_REQUEST, format!("the expression is longer than {MAX_QUERY_BYTES} bytes")));
-    }
-    let expr = parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    eval::check_supported(&expr).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let expr = parse_checked(query, st.query.limits()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let step = step_ms.max(1);
-    let res =
-        blocking(st, move |r| range_query(r, &expr, start_ms, end_ms, step, DEFAULT_LOOKBACK_MS, &Limits::default()))
-            .await;
+    let limits = eval_limits(st.query.limits());
+    let res = blocking(st, move |r| range_query(r, &expr, start_ms, end_ms, step, DEFAULT_LOOKBACK_MS, &limits)).await;
     match res {
         Ok(series) => Ok(series
             .into_iter()

@@ -2397,4 +2397,23 @@ mod tests {
             round_trip(q);
         }
     }
+
+    #[test]
+    fn long_chains_are_measured_and_dropped_on_a_worker_stack() {
+        // Binary chains and `and` chains parse into trees as deep as they are long; measuring and
+        // dropping one as long as the largest query text allowed must fit a runtime worker's stack.
+        let run = |q: String| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || parse(&q).map(|e| shape(&e)))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        let chain = "1".to_string() + &" + 1".repeat(64 * 1024 / 4);
+        assert!(run(chain).unwrap().depth > 16_000);
+        let labels = r#"{a="b"} | x="1""#.to_string() + &r#" and x="1""#.repeat(64 * 1024 / 10);
+        let s = run(labels).unwrap();
+        assert!(s.clauses > 6000 && s.depth > 6000, "{s:?}");
+    }
 }

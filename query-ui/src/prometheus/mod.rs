@@ -183,10 +183,10 @@ impl Params {
             )));
         }
         for m in all {
-            limits
-                .check_text("match[]", m)
-                .map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?;
-            let expr = parse(m).map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?;
+            let bad = |e: String| PromError::bad(format!("invalid parameter \"match[]\": {e}"));
+            limits.check_text("match[]", m).map_err(bad)?;
+            prescan(m, limits.max_query_depth, limits.max_query_clauses).map_err(bad)?;
+            let expr = parse(m).map_err(bad)?;
             let Expr::VectorSelector(vs) = expr else {
                 return Err(PromError::bad("invalid parameter \"match[]\": not a vector selector"));
             };
@@ -207,18 +207,34 @@ impl Params {
 /// that obsbox evaluates it. The message is for `invalid parameter "query": ...`.
 fn parse_checked(q: &str, limits: &QueryLimits) -> Result<Expr, String> {
     limits.check_text("the query", q)?;
-    // The parser recurses once per nesting level: refuse deep text before parsing it.
-    check_bracket_depth(q, limits.max_query_depth)?;
+    prescan(q, limits.max_query_depth, limits.max_query_clauses)?;
     let expr = parse(q)?;
     limits.check_promql(&expr)?;
     eval::check_supported(&expr).map_err(|e| e.to_string())?;
     Ok(expr)
 }
 
-/// Parentheses, braces and brackets nested at most `max` deep outside string literals.
-fn check_bracket_depth(q: &str, max: usize) -> Result<(), String> {
-    let (mut depth, mut quote, mut escaped) = (0usize, None::<char>, false);
+/// A look at the text before parsing it, so that the parser never sees what would exhaust its
+/// stack or time: brackets nested at most `max_depth` deep, and at most `max_ops` operators
+/// (`+ - * / % ^ < > = !` characters and `and`/`or`/`unless` outside strings and label
+/// braces). Binary chains parse into trees as deep as they are long, and runs of unary minus
+/// nest one level each: both are bounded by the operator count.
+fn prescan(q: &str, max_depth: usize, max_ops: usize) -> Result<(), String> {
+    let (mut depth, mut braces, mut ops) = (0usize, 0usize, 0usize);
+    let (mut quote, mut escaped) = (None::<char>, false);
+    let mut word = String::new();
+    let count_word = |word: &mut String, ops: &mut usize| {
+        if matches!(word.to_ascii_lowercase().as_str(), "and" | "or" | "unless") {
+            *ops += 1;
+        }
+        word.clear();
+    };
     for c in q.chars() {
+        if quote.is_none() && (c.is_alphanumeric() || c == '_') {
+            word.push(c);
+            continue;
+        }
+        count_word(&mut word, &mut ops);
         match quote {
             Some(_) if escaped => escaped = false,
             Some(_) if c == '\\' => escaped = true,
@@ -228,16 +244,28 @@ fn check_bracket_depth(q: &str, max: usize) -> Result<(), String> {
                 '"' | '\'' | '`' => quote = Some(c),
                 '(' | '{' | '[' => {
                     depth += 1;
-                    if depth > max {
+                    braces += (c == '{') as usize;
+                    if depth > max_depth {
                         return Err(format!(
-                            "the expression is nested more than {max} levels deep ([query] max_query_depth)"
+                            "the expression is nested more than {max_depth} levels deep ([query] max_query_depth)"
                         ));
                     }
                 }
-                ')' | '}' | ']' => depth = depth.saturating_sub(1),
+                ')' | '}' | ']' => {
+                    depth = depth.saturating_sub(1);
+                    braces = braces.saturating_sub((c == '}') as usize);
+                }
+                '+' | '-' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '!' if braces == 0 => ops += 1,
                 _ => {}
             },
         }
+        if ops > max_ops {
+            return Err(format!("the expression has more than {max_ops} operators ([query] max_query_clauses)"));
+        }
+    }
+    count_word(&mut word, &mut ops);
+    if ops > max_ops {
+        return Err(format!("the expression has more than {max_ops} operators ([query] max_query_clauses)"));
     }
     Ok(())
 }
@@ -920,5 +948,64 @@ pub(crate) async fn explore_range(
         Err(e) if e.status.is_server_error() => Err((e.status, e.message)),
         // an execution error (422 in the API) is still the expression's fault
         Err(e) => Err((StatusCode::BAD_REQUEST, e.message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread with a runtime worker's stack (2 MiB), as the handlers do.
+    fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(2 << 20).spawn(f).unwrap().join().unwrap()
+    }
+
+    #[test]
+    fn hostile_expressions_are_refused_before_they_reach_the_parser() {
+        // Each of these once overflowed the stack (aborting obsbox) or took seconds to parse.
+        let cases = [
+            ("-".repeat(30_000) + "time()", "operators"),
+            ("1".to_string() + &"+1".repeat(20_000), "operators"),
+            ("up".to_string() + &" or up".repeat(300), "operators"),
+            ("(".repeat(10_000) + "1" + &")".repeat(10_000), "nested"),
+            ("sum(".repeat(100) + "up" + &")".repeat(100), "nested"),
+        ];
+        for (q, why) in cases {
+            let err = on_worker_stack(move || parse_checked(&q, &QueryLimits::default()).unwrap_err());
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn match_selectors_are_scanned_before_parsing() {
+        let p = Params(vec![("match[]".into(), "-".repeat(30_000) + "up")]);
+        let e = on_worker_stack(move || p.matchers(&QueryLimits::default()).unwrap_err());
+        assert!(e.message.contains("operators"), "{}", e.message);
+    }
+
+    #[test]
+    fn label_matchers_and_strings_are_not_operators() {
+        let limits = QueryLimits { max_query_clauses: 3, ..Default::default() };
+        let q = r#"sum by (code) (rate(http_requests_total{code!~"5..", path=~"/a|/b", x!="-+*"}[5m])) / 2"#;
+        parse_checked(q, &limits).unwrap();
+        assert!(parse_checked("a + b - c * d / e", &limits).unwrap_err().contains("max_query_clauses"));
+        assert!(parse_checked("a and b or c unless d and e", &limits).unwrap_err().contains("max_query_clauses"));
+        assert!(
+            parse_checked("a + b", &QueryLimits { max_selectors: 1, ..Default::default() })
+                .unwrap_err()
+                .contains("max_selectors")
+        );
+        assert!(
+            parse_checked(&"x".repeat(100), &QueryLimits { max_query_bytes: 99, ..Default::default() })
+                .unwrap_err()
+                .contains("max_query_bytes")
+        );
+    }
+
+    #[test]
+    fn resolution_limit_reads_like_prometheus() {
+        assert_eq!(thousands(11_000), "11,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

@@ -434,11 +434,11 @@ fn parse_search(p: &Params, now_us: u64, limits: &QueryLimits) -> Result<SearchR
     }
 
     let limit = match p.get("limit") {
-        None => DEFAULT_LIMIT,
+        None => DEFAULT_LIMIT.min(max_traces),
         Some(v) => match v.parse::<i64>() {
             Err(_) => return Err(JaegerError::param("limit", format!("not an integer: {:?}", clip(v)))),
             Ok(n) if n < 0 => return Err(JaegerError::param("limit", "must not be negative")),
-            Ok(0) => DEFAULT_LIMIT,
+            Ok(0) => DEFAULT_LIMIT.min(max_traces),
             Ok(n) if n as u64 > max_traces as u64 => {
                 return Err(JaegerError::param(
                     "limit",
@@ -454,7 +454,13 @@ fn parse_search(p: &Params, now_us: u64, limits: &QueryLimits) -> Result<SearchR
         Some(start) => start,
         None => {
             let lookback_us = match p.get("lookback") {
-                None | Some("custom") => DEFAULT_SEARCH_LOOKBACK_US,
+                // The default window shrinks to fit `[query] max_time_range`; an explicit one
+                // does not.
+                None | Some("custom") => {
+                    // (less one microsecond: `end` is inclusive)
+                    let max_us = limits.max_time_range.as_micros().min(u64::MAX as u128) as u64;
+                    DEFAULT_SEARCH_LOOKBACK_US.min(max_us.saturating_sub(1))
+                }
                 Some(l) => parse_duration(l, true).map_err(|e| JaegerError::param("lookback", e))? / 1000,
             };
             end_us.saturating_sub(lookback_us)

@@ -222,9 +222,10 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
             return refusal(api, Refusal::Timeout, &msg);
         }
     };
-    // A streamed body (the live tail's events) has no exact size and is not limited here.
+    // A streamed body (the live tail's events) has no exact size and is not limited here; an
+    // error is small and says more than a refusal would.
     match axum::body::HttpBody::size_hint(response.body()).exact() {
-        Some(n) if n as usize > limits.max_response_bytes => {
+        Some(n) if n as usize > limits.max_response_bytes && response.status().is_success() => {
             let msg = format!(
                 "the response would be {n} bytes, more than the limit of {} ([query] max_response_bytes): narrow \
                  the query or lower its limit",

@@ -318,8 +318,13 @@ impl TraceParams {
                 p => parts.push(p),
             }
         }
-        let limit = QueryLimits::check_limit("limit", self.limit.unwrap_or(20), limits.max_traces, "max_traces")
-            .map_err(bad)?;
+        let limit = QueryLimits::check_limit(
+            "limit",
+            self.limit.unwrap_or(20.min(limits.max_traces)),
+            limits.max_traces,
+            "max_traces",
+        )
+        .map_err(bad)?;
         let time = time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)?;
         limits.check_range(time).map_err(bad)?;
         Ok(TraceSearch {
@@ -690,8 +695,13 @@ async fn search_logs(
     ApiQuery(p): ApiQuery<LogParams>,
 ) -> Result<Json<LogsResponse>, QueryError> {
     let limits = s.query.limits();
-    let limit = QueryLimits::check_limit("limit", p.limit.unwrap_or(100), limits.max_log_lines, "max_log_lines")
-        .map_err(bad)?;
+    let limit = QueryLimits::check_limit(
+        "limit",
+        p.limit.unwrap_or(100.min(limits.max_log_lines)),
+        limits.max_log_lines,
+        "max_log_lines",
+    )
+    .map_err(bad)?;
     let mut time = p.window(limits)?;
     let mut skip = 0;
     if let Some(c) = &p.cursor {

@@ -204,7 +204,8 @@ impl Params {
         let end = self.time("end")?.unwrap_or_else(now_ns);
         let since = match self.get("since") {
             Some(v) => parse_seconds_or_duration("since", v)?,
-            None => default_since,
+            // The default window shrinks to fit `[query] max_time_range`; an explicit one does not.
+            None => default_since.min(self.1.max_time_range.as_nanos().min(u64::MAX as u128) as u64),
         };
         let start = self.time("start")?.unwrap_or_else(|| end.saturating_sub(since));
         if end < start {
@@ -215,7 +216,7 @@ impl Params {
     }
 
     fn limit(&self) -> Result<usize, LokiError> {
-        let Some(v) = self.get("limit") else { return Ok(DEFAULT_LIMIT) };
+        let Some(v) = self.get("limit") else { return Ok(DEFAULT_LIMIT.min(self.1.max_log_lines)) };
         let n: i64 = v.trim().parse().map_err(|_| LokiError::bad(format!("invalid limit parameter: {v:?}")))?;
         if n <= 0 {
             return Err(LokiError::bad("limit must be a positive value"));

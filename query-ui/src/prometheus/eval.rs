@@ -364,10 +364,10 @@ pub(crate) fn read_series(
             if floats.is_empty() {
                 continue;
             }
-            take(floats.len())?;
             if out.len() >= max_series {
                 return Err(too_many_series());
             }
+            take(floats.len())?;
             let metric = Arc::new(s.labels);
             out.push(Series { unnamed: drop_name(&metric), metric, floats, hists: Vec::new() });
         }
@@ -384,10 +384,10 @@ pub(crate) fn read_series(
             if hists.is_empty() {
                 continue;
             }
-            take(hists.len() * 8)?;
             if out.len() >= max_series {
                 return Err(too_many_series());
             }
+            take(hists.len() * 8)?;
             let metric = Arc::new(s.labels);
             out.push(Series { unnamed: drop_name(&metric), metric, floats: Vec::new(), hists });
         }

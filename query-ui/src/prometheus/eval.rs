@@ -192,7 +192,12 @@ pub(crate) fn check_supported(expr: &Expr) -> Result<(), EvalError> {
         Expr::Paren(p) => check_supported(&p.expr),
         Expr::Unary(u) => check_supported(&u.expr),
         Expr::VectorSelector(vs) => check_selector(vs),
-        Expr::MatrixSelector(ms) => check_selector(&ms.vs),
+        Expr::MatrixSelector(ms) => {
+            if millis(&ms.range) > MAX_SPAN_MS {
+                return Err(EvalError::BadData(format!("the range [{:?}] is longer than 100 years", ms.range)));
+            }
+            check_selector(&ms.vs)
+        }
         Expr::Subquery(_) => bad("a subquery".to_string()),
         Expr::Extension(_) => bad("an extension expression".to_string()),
         Expr::Aggregate(a) => {
@@ -227,9 +232,21 @@ pub(crate) fn check_supported(expr: &Expr) -> Result<(), EvalError> {
     }
 }
 
+/// Longest range, offset and distance of an `@` time from 1970 accepted (100 years, in ms): with
+/// request times bounded as well (`parse_time`), time arithmetic cannot overflow.
+pub(crate) const MAX_SPAN_MS: i64 = 100 * 366 * 86_400_000;
+
 fn check_selector(vs: &VectorSelector) -> Result<(), EvalError> {
     if !vs.matchers.or_matchers.is_empty() {
         return Err(EvalError::BadData("`or` inside a selector is not supported by obsbox's PromQL subset".into()));
+    }
+    if offset_ms(&vs.offset).abs() > MAX_SPAN_MS {
+        return Err(EvalError::BadData("an offset longer than 100 years is not supported".into()));
+    }
+    if let Some(AtModifier::At(t)) = &vs.at
+        && system_time_ms(t).abs() > MAX_SPAN_MS * 100
+    {
+        return Err(EvalError::BadData("an @ time more than 10,000 years from 1970 is not supported".into()));
     }
     Ok(())
 }

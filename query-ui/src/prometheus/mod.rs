@@ -283,7 +283,8 @@ fn eval_limits(limits: &QueryLimits) -> Limits {
 /// A time as Prometheus accepts it: Unix seconds (with fraction) or RFC 3339; to milliseconds.
 pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(f) = s.parse::<f64>() {
-        if !f.is_finite() || f.abs() > 9.2e15 {
+        // Within 10,000 years of 1970 (time arithmetic cannot overflow, see eval::MAX_SPAN_MS).
+        if !f.is_finite() || f.abs() > 3.2e11 {
             return Err(format!("cannot parse {s:?} to a valid timestamp"));
         }
         return Ok((f * 1000.0).round() as i64);
@@ -307,7 +308,7 @@ fn system_ms(t: &SystemTime) -> i64 {
 /// A duration: float seconds or a Prometheus duration (`1h30m`, `5m`, `250ms`); to milliseconds.
 pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
     if let Ok(f) = s.parse::<f64>() {
-        if !f.is_finite() || f.abs() > 9.2e15 {
+        if !f.is_finite() || f.abs() > 3.2e11 {
             return Err(format!("cannot parse {s:?} to a valid duration"));
         }
         return Ok((f * 1000.0).round() as i64);
@@ -337,6 +338,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
             _ => return Err(err()),
         };
         total = total.checked_add(n.checked_mul(ms).ok_or_else(err)?).ok_or_else(err)?;
+        if total > 100 * eval::MAX_SPAN_MS {
+            return Err(err());
+        }
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -646,7 +650,7 @@ async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, 
         ));
     }
     let max_points = st.query.limits().max_points_per_series as i64;
-    if (end - start) / step > max_points {
+    if end.saturating_sub(start) / step > max_points {
         return Err(PromError::bad(format!(
             "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
             thousands(max_points)
@@ -1000,6 +1004,23 @@ mod tests {
                 .unwrap_err()
                 .contains("max_query_bytes")
         );
+    }
+
+    #[test]
+    fn times_and_spans_stay_where_arithmetic_cannot_overflow() {
+        // Each of these once panicked (debug) or wrapped (release) in time arithmetic.
+        for t in ["-9e15", "9e15", "1e300"] {
+            assert!(parse_time(t).is_err(), "{t}");
+        }
+        assert_eq!(parse_time("0001-01-01T00:00:00Z"), Ok(i64::MIN / 2));
+        assert!(parse_duration("100000000y").is_err());
+        assert!(parse_duration("9e15").is_err());
+        assert_eq!(parse_duration("1y"), Ok(365 * 86_400_000));
+        let limits = QueryLimits::default();
+        for q in ["up[1000y]", "up offset 1000y", "up offset -1000y", "up @ 1e300"] {
+            assert!(parse_checked(q, &limits).is_err(), "{q}");
+        }
+        parse_checked("rate(up[30d] offset 1y)", &limits).unwrap();
     }
 
     #[test]

@@ -482,6 +482,27 @@ mod tests {
         assert!(parse_filter("a =~ \"(\"").unwrap_err().contains("bad regular expression"));
         assert!(parse_filter("a = \"x").unwrap_err().contains("unterminated"));
         assert!(parse_filter(&"(".repeat(100)).unwrap_err().contains("nested"));
+        assert!(parse_filter(&"NOT ".repeat(10_000)).unwrap_err().contains("max_query_depth"));
+    }
+
+    #[test]
+    fn limits_bound_length_nesting_and_conditions() {
+        let l = QueryLimits { max_query_bytes: 40, max_query_depth: 3, max_query_clauses: 3, ..Default::default() };
+        // A bare number stands for three typed values but is one condition.
+        parse_filter_with("a = 1 AND (b = x OR NOT exists(c))", &l).unwrap();
+        let e = parse_filter_with("a = 1 AND b = 2 AND c = 3 AND d = 4", &l).unwrap_err();
+        assert!(e.contains("max_query_clauses"), "{e}");
+        let e = parse_filter_with("((((a = 1))))", &l).unwrap_err();
+        assert!(e.contains("max_query_depth"), "{e}");
+        let e = parse_filter_with(&format!("a = \"{}\"", "x".repeat(40)), &l).unwrap_err();
+        assert!(e.contains("max_query_bytes"), "{e}");
+        parse_log_query_with("service:a severity>=9 timeout", &l).unwrap();
+        let e = parse_log_query_with("service:a one two three", &l).unwrap_err();
+        assert!(e.contains("4 clauses") && e.contains("max_query_clauses"), "{e}");
+        let e = parse_log_query_with("((((a))))", &l).unwrap_err();
+        assert!(e.contains("max_query_depth"), "{e}");
+        let e = parse_log_query_with(&"x".repeat(41), &l).unwrap_err();
+        assert!(e.contains("max_query_bytes"), "{e}");
     }
 
     #[test]

@@ -519,7 +519,9 @@ fn is_sorting(expr: &Expr) -> bool {
 }
 
 fn too_many_points() -> EvalError {
-    EvalError::Execution("query processing would load too many samples into memory in query execution".to_string())
+    EvalError::Execution(
+        "query processing would load too many samples into memory in query execution ([query] max_samples)".to_string(),
+    )
 }
 
 /// Evaluates a range query: one evaluation per step, collected into series sorted by labels.

@@ -407,13 +407,14 @@ async fn page(State(state): State<AppState>, Query(params): Query<Params>) -> Re
             RangeParams::default().parse("1h").expect("the default range parses")
         }
     };
+    let max_limit = MAX_LIMIT.min(state.query.limits().max_log_lines);
     let limit = match params.limit.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => DEFAULT_LIMIT,
+        None => DEFAULT_LIMIT.min(max_limit),
         Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Ok(n) if (1..=max_limit).contains(&n) => n,
             _ => {
-                problem.get_or_insert(format!("limit must be a number between 1 and {MAX_LIMIT}"));
-                DEFAULT_LIMIT
+                problem.get_or_insert(format!("limit must be a number between 1 and {max_limit}"));
+                DEFAULT_LIMIT.min(max_limit)
             }
         },
     };

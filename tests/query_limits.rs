@@ -146,7 +146,7 @@ async fn every_query_limit_is_refused_in_the_shape_of_its_api() {
             ),
             400,
             Shape::Loki,
-            "exceeded maximum resolution of 100 points",
+            "exceeded maximum resolution of 100 points per timeseries",
         ),
         (
             format!("/loki/api/v1/query_range?since=3h&query={}", e(r#"{service_name="payments"}"#)),

@@ -458,8 +458,8 @@ fn parse_search(p: &Params, now_us: u64, limits: &QueryLimits) -> Result<SearchR
                 // does not.
                 None | Some("custom") => {
                     // (less one microsecond: `end` is inclusive)
-                    let max_us = limits.max_time_range.as_micros().min(u64::MAX as u128) as u64;
-                    DEFAULT_SEARCH_LOOKBACK_US.min(max_us.saturating_sub(1))
+                    let fit = limits.default_window_ns(DEFAULT_SEARCH_LOOKBACK_US.saturating_mul(1000)) / 1000;
+                    if fit < DEFAULT_SEARCH_LOOKBACK_US { fit.saturating_sub(1) } else { fit }
                 }
                 Some(l) => parse_duration(l, true).map_err(|e| JaegerError::param("lookback", e))? / 1000,
             };

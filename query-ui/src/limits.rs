@@ -48,7 +48,8 @@ pub struct QueryLimits {
     pub max_query_clauses: usize,
     /// Most series selectors in one PromQL or LogQL query.
     pub max_selectors: usize,
-    /// Longest time window of a search, a log histogram or a range query.
+    /// Longest time window of a search, a log histogram or a range query; zero: no limit (the
+    /// cost of a wide window is bounded by the other limits: points, lines, traces, buckets).
     #[serde(with = "humantime_serde")]
     pub max_time_range: Duration,
     /// Most points per series of a Prometheus or Loki range query (Prometheus' 11,000).
@@ -76,7 +77,7 @@ impl Default for QueryLimits {
             max_query_depth: 64,
             max_query_clauses: 256,
             max_selectors: 64,
-            max_time_range: Duration::from_secs(366 * 24 * 3600),
+            max_time_range: Duration::ZERO,
             max_points_per_series: 11_000,
             max_series: 100_000,
             max_samples: 20_000_000,
@@ -114,8 +115,8 @@ impl QueryLimits {
         if self.max_query_depth > MAX_QUERY_DEPTH_CEILING {
             return Err(format!("max_query_depth: at most {MAX_QUERY_DEPTH_CEILING} (deeper queries risk the stack)"));
         }
-        if self.max_time_range < Duration::from_secs(60) {
-            return Err("max_time_range: at least 1m".into());
+        if !self.max_time_range.is_zero() && self.max_time_range < Duration::from_secs(60) {
+            return Err("max_time_range: at least 1m, or 0s for no limit".into());
         }
         if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(3600) {
             return Err("timeout: between 100ms and 1h".into());
@@ -135,10 +136,10 @@ impl QueryLimits {
         Ok(())
     }
 
-    /// A time window no longer than `max_time_range`.
+    /// A time window no longer than `max_time_range` (when set).
     pub(crate) fn check_range(&self, range: TimeRange) -> Result<(), String> {
         let len = range.end_ns.saturating_sub(range.start_ns);
-        if len as u128 > self.max_time_range.as_nanos() {
+        if !self.max_time_range.is_zero() && len as u128 > self.max_time_range.as_nanos() {
             return Err(format!(
                 "the time range is {}, longer than the limit of {} ([query] max_time_range)",
                 humantime::format_duration(Duration::from_secs(len / 1_000_000_000)),
@@ -146,6 +147,14 @@ impl QueryLimits {
             ));
         }
         Ok(())
+    }
+
+    /// `default` shrunk to fit `max_time_range` (a window the caller did not choose), in ns.
+    pub(crate) fn default_window_ns(&self, default: u64) -> u64 {
+        match self.max_time_range.as_nanos() {
+            0 => default,
+            max => default.min(max.min(u64::MAX as u128) as u64),
+        }
     }
 
     /// A `limit` parameter between 1 and `max` (the key named in the message).
@@ -173,6 +182,19 @@ impl QueryLimits {
         }
         Ok(())
     }
+}
+
+/// `11000` as `11,000`, as Prometheus and Loki write their resolution limit.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Nesting depth (stopping below `cap`: deeper is refused anyway) and series selectors of a
@@ -309,9 +331,20 @@ mod tests {
         assert!(l.check_range(TimeRange { start_ns: 0, end_ns: 3600 * 1_000_000_000 }).is_ok());
         let e = l.check_range(TimeRange { start_ns: 0, end_ns: 7200 * 1_000_000_000 }).unwrap_err();
         assert!(e.contains("2h") && e.contains("max_time_range"), "{e}");
+        let unlimited = QueryLimits::default();
+        unlimited.check_range(TimeRange::ALL).unwrap();
+        assert_eq!(unlimited.default_window_ns(7), 7);
+        assert_eq!(l.default_window_ns(u64::MAX), 3600 * 1_000_000_000);
         assert_eq!(QueryLimits::check_limit("limit", 5, 5, "max_traces"), Ok(5));
         assert!(QueryLimits::check_limit("limit", 6, 5, "max_traces").unwrap_err().contains("between 1 and 5"));
         assert!(QueryLimits::check_limit("limit", 0, 5, "max_traces").is_err());
+    }
+
+    #[test]
+    fn resolution_limits_read_like_prometheus() {
+        assert_eq!(thousands(11_000), "11,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 
     #[test]

@@ -188,8 +188,9 @@ impl Params {
         let max = self.1.max_points_per_series as u64;
         if points > max {
             return Err(LokiError::bad(format!(
-                "exceeded maximum resolution of {max} points per timeseries ({points}). Try decreasing the query \
-                 resolution (?step=XX)"
+                "exceeded maximum resolution of {} points per timeseries ({points}). Try decreasing the query \
+                 resolution (?step=XX)",
+                crate::limits::thousands(max)
             )));
         }
         Ok(())
@@ -205,7 +206,7 @@ impl Params {
         let since = match self.get("since") {
             Some(v) => parse_seconds_or_duration("since", v)?,
             // The default window shrinks to fit `[query] max_time_range`; an explicit one does not.
-            None => default_since.min(self.1.max_time_range.as_nanos().min(u64::MAX as u128) as u64),
+            None => self.1.default_window_ns(default_since),
         };
         let start = self.time("start")?.unwrap_or_else(|| end.saturating_sub(since));
         if end < start {

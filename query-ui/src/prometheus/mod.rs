@@ -350,19 +350,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
 // JSON
 // ---------------------------------------------------------------------------------------------
 
-/// `11000` as `11,000`, as Prometheus writes its resolution limit.
-fn thousands(n: i64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) && c.is_ascii_digit() {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
@@ -655,7 +642,7 @@ async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, 
     if end.saturating_sub(start) / step > max_points {
         return Err(PromError::bad(format!(
             "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
-            thousands(max_points)
+            crate::limits::thousands(max_points as u64)
         )));
     }
     let range_ns = TimeRange {
@@ -1023,12 +1010,5 @@ mod tests {
             assert!(parse_checked(q, &limits).is_err(), "{q}");
         }
         parse_checked("rate(up[30d] offset 1y)", &limits).unwrap();
-    }
-
-    #[test]
-    fn resolution_limit_reads_like_prometheus() {
-        assert_eq!(thousands(11_000), "11,000");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

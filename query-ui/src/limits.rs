@@ -5,8 +5,9 @@
 //! - [`QueryLimits`]: the settings, their defaults and their validation.
 //! - the checks each API runs on its input: `check_text` (every query language), `check_range`
 //!   (time windows), `check_limit` (`limit` parameters), `check_promql` (PromQL nesting and
-//!   selectors). The trace filter and log query parsers (`filters.rs`) and the LogQL parser
-//!   (`loki/logql.rs`) count their own nesting and clauses against these limits.
+//!   selectors, after `prometheus::prescan` bounded the text's nesting and operators). The trace
+//!   filter and log query parsers (`filters.rs`) and the LogQL parser (`loki/logql.rs`, `shape`)
+//!   count their own nesting and clauses against these limits.
 //! - `guard`: the router layer that answers a request still running after `timeout` with a 503
 //!   (Loki: 504) in the API's own error shape, and refuses a response larger than
 //!   `max_response_bytes` with a 4xx.
@@ -43,8 +44,8 @@ pub struct QueryLimits {
     /// Deepest nesting of a query: parentheses, `NOT`, function calls, aggregations, binary
     /// operations (at most 256).
     pub max_query_depth: usize,
-    /// Most conditions in one trace filter or log query, and most pipeline stages and line
-    /// filters in one LogQL query.
+    /// Most conditions in one trace filter or log query, pipeline stages and line filters in one
+    /// LogQL query, and operators in one PromQL expression.
     pub max_query_clauses: usize,
     /// Most series selectors in one PromQL or LogQL query.
     pub max_selectors: usize,
@@ -56,9 +57,9 @@ pub struct QueryLimits {
     pub max_points_per_series: usize,
     /// Most series one PromQL selector may read.
     pub max_series: usize,
-    /// Most samples one PromQL query may read from the store.
+    /// Most samples one PromQL query may read from the store, and points it may return.
     pub max_samples: usize,
-    /// Most traces one trace search returns (`limit`).
+    /// Most traces one trace search returns (`limit`), and trace ids one Jaeger request names.
     pub max_traces: usize,
     /// Most log lines one log query returns (`limit`, native and Loki APIs).
     pub max_log_lines: usize,

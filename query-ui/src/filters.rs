@@ -64,9 +64,11 @@ pub fn time_range(start: Option<&str>, end: Option<&str>, lookback: Option<&str>
         Some(e) => parse_time("end", e)?,
         None => now_ns(),
     };
-    let start_ns = match (start, lookback) {
+    // A malformed lookback is an error even when `start` makes it unused.
+    let lookback_ns = lookback.map(|l| parse_duration("lookback", l)).transpose()?;
+    let start_ns = match (start, lookback_ns) {
         (Some(s), _) => parse_time("start", s)?,
-        (None, Some(l)) => end_ns.saturating_sub(parse_duration("lookback", l)?),
+        (None, Some(l)) => end_ns.saturating_sub(l),
         (None, None) => end_ns.saturating_sub(3600 * 1_000_000_000),
     };
     if start_ns >= end_ns {
@@ -553,5 +555,6 @@ mod tests {
         assert_eq!(parse_duration("d", "2m").unwrap(), 120_000_000_000);
         assert!(parse_duration("d", "soon").is_err());
         assert!(time_range(Some("2"), Some("1"), None).unwrap_err().contains("after"));
+        assert!(time_range(Some("1"), Some("2"), Some("soon")).unwrap_err().contains("lookback"));
     }
 }

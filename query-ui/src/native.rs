@@ -1084,3 +1084,17 @@ async fn list_alerts(State(s): State<AppState>) -> axum::response::Response {
         None => slos_off(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_skip_a_bounded_number_of_records() {
+        assert_eq!(parse_cursor("1700000000000000000.3").unwrap(), (1_700_000_000_000_000_000, 3));
+        // A forged skip once asked the store for as many records (limit + skip + 1).
+        for c in ["1.99999999999999", "1.100001", "99999999999999999999999.1", "1", "a.b"] {
+            assert!(parse_cursor(c).is_err(), "{c}");
+        }
+    }
+}

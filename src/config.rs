@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use obsbox_collector::{DeriveConfig, Limits, RemoteWriteConfig};
+use obsbox_query_ui::QueryLimits;
 use obsbox_slo::SloConfig;
 use obsbox_storage::StoreConfig;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ pub struct Config {
     pub remote_write: RemoteWriteConfig,
     /// SLO definitions, evaluation and alert notifications.
     pub slo: SloConfig,
+    /// Limits on queries (text, complexity, time range, result size, time budget).
+    pub query: QueryLimits,
 }
 
 /// Where obsbox listens.
@@ -77,6 +80,7 @@ impl Config {
         self.derive.validate().map_err(|e| anyhow::anyhow!("derive: {e}"))?;
         self.remote_write.validate().map_err(|e| anyhow::anyhow!("remote_write: {e}"))?;
         self.slo.validate().map_err(|e| anyhow::anyhow!("slo: {e}"))?;
+        self.query.validate().map_err(|e| anyhow::anyhow!("query.{e}"))?;
         Ok(())
     }
 }
@@ -119,6 +123,14 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("slo: invalid setting `time_scale`"));
         let err = Config::from_toml("[slo.notify]\nwebhook = []\n").unwrap_err().to_string();
         assert!(err.contains("webhook"), "{err}");
+        c = Config::from_toml("[query]\nmax_traces = 0\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("query.max_traces"));
+        c = Config::from_toml("[query]\ntimeout = \"2h\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("query.timeout"));
+        let err = Config::from_toml("[query]\nmax_trace = 10\n").unwrap_err().to_string();
+        assert!(err.contains("max_trace"), "{err}");
+        let err = Config::from_toml("[query]\ntimeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("timeout"), "{err}");
     }
 
     #[test]
@@ -130,5 +142,6 @@ mod tests {
         assert_eq!(c.derive, DeriveConfig::default());
         assert_eq!(c.remote_write, RemoteWriteConfig::default());
         assert_eq!(c.slo.evaluation_interval, SloConfig::default().evaluation_interval);
+        assert_eq!(c.query, QueryLimits::default(), "the sample file states the defaults");
     }
 }

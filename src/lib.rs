@@ -104,7 +104,8 @@ impl Obsbox {
         };
         let ready = Arc::new(AtomicBool::new(false));
         let mut state = obsbox_query_ui::AppState::new(store.clone(), registry, ready.clone())
-            .context("registering self-metrics")?;
+            .context("registering self-metrics")?
+            .with_limits(config.query.clone());
         if let Some(slo) = &slo {
             state = state.with_slos(slo.engine.clone());
         }

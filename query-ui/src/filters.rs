@@ -21,10 +21,7 @@
 
 use obsbox_storage::{AttrScope, AttrValue, LogPredicate, SpanPredicate, TimeRange};
 
-/// Longest expression accepted.
-pub const MAX_EXPR_LEN: usize = 4096;
-/// Deepest nesting accepted.
-const MAX_DEPTH: usize = 32;
+use crate::limits::QueryLimits;
 
 /// Unix nanoseconds now.
 pub fn now_ns() -> u64 {
@@ -67,9 +64,11 @@ pub fn time_range(start: Option<&str>, end: Option<&str>, lookback: Option<&str>
         Some(e) => parse_time("end", e)?,
         None => now_ns(),
     };
-    let start_ns = match (start, lookback) {
+    // A malformed lookback is an error even when `start` makes it unused.
+    let lookback_ns = lookback.map(|l| parse_duration("lookback", l)).transpose()?;
+    let start_ns = match (start, lookback_ns) {
         (Some(s), _) => parse_time("start", s)?,
-        (None, Some(l)) => end_ns.saturating_sub(parse_duration("lookback", l)?),
+        (None, Some(l)) => end_ns.saturating_sub(l),
         (None, None) => end_ns.saturating_sub(3600 * 1_000_000_000),
     };
     if start_ns >= end_ns {
@@ -152,6 +151,10 @@ struct Parser {
     toks: Vec<Tok>,
     pos: usize,
     depth: usize,
+    max_depth: usize,
+    /// Conditions parsed so far (`key op value` and `exists(key)`).
+    conds: usize,
+    max_conds: usize,
 }
 
 impl Parser {
@@ -189,8 +192,8 @@ impl Parser {
 
     fn unary(&mut self) -> Result<SpanPredicate, String> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(format!("filter nested deeper than {MAX_DEPTH} levels"));
+        if self.depth > self.max_depth {
+            return Err(format!("nested deeper than {} levels ([query] max_query_depth)", self.max_depth));
         }
         let r = if self.keyword("NOT") {
             self.pos += 1;
@@ -210,6 +213,10 @@ impl Parser {
     }
 
     fn cond(&mut self) -> Result<SpanPredicate, String> {
+        self.conds += 1;
+        if self.conds > self.max_conds {
+            return Err(format!("more than {} conditions ([query] max_query_clauses)", self.max_conds));
+        }
         let key = match self.next() {
             Some(Tok::Word(w)) => w,
             Some(t) => return Err(format!("expected an attribute key, found {}", describe(&t))),
@@ -287,16 +294,28 @@ pub fn candidates(value: &str, quoted: bool) -> Vec<AttrValue> {
     v
 }
 
-/// Parses a trace search attribute filter expression.
+/// Parses a trace search attribute filter expression under the default limits.
+#[cfg(test)]
 pub fn parse_filter(s: &str) -> Result<SpanPredicate, String> {
-    if s.len() > MAX_EXPR_LEN {
-        return Err(format!("filter longer than {MAX_EXPR_LEN} bytes"));
-    }
+    parse_filter_with(s, &QueryLimits::default())
+}
+
+/// Parses a trace search attribute filter expression within `limits` (length, nesting,
+/// conditions).
+pub fn parse_filter_with(s: &str, limits: &QueryLimits) -> Result<SpanPredicate, String> {
+    limits.check_text("filter", s)?;
     let toks = tokenize(s).map_err(|e| format!("filter: {e}"))?;
     if toks.is_empty() {
         return Ok(SpanPredicate::All);
     }
-    let mut p = Parser { toks, pos: 0, depth: 0 };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+        max_depth: limits.max_query_depth,
+        conds: 0,
+        max_conds: limits.max_query_clauses,
+    };
     let e = p.or().map_err(|e| format!("filter: {e}"))?;
     if let Some(t) = p.peek() {
         return Err(format!("filter: unexpected {} (combine conditions with AND / OR)", describe(t)));
@@ -304,15 +323,28 @@ pub fn parse_filter(s: &str) -> Result<SpanPredicate, String> {
     Ok(e)
 }
 
-/// Parses a log query into a predicate: field clauses become structured predicates, the rest is
-/// full text over the body.
+/// Parses a log query under the default limits.
+#[cfg(test)]
 pub fn parse_log_query(q: &str) -> Result<LogPredicate, String> {
-    if q.len() > MAX_EXPR_LEN {
-        return Err(format!("query longer than {MAX_EXPR_LEN} bytes"));
-    }
+    parse_log_query_with(q, &QueryLimits::default())
+}
+
+/// Parses a log query into a predicate within `limits` (length, parenthesis nesting, clauses:
+/// each field clause and each top-level word of the full text counts one): field clauses
+/// become structured predicates, the rest is full text over the body.
+pub fn parse_log_query_with(q: &str, limits: &QueryLimits) -> Result<LogPredicate, String> {
+    limits.check_text("query", q)?;
     let mut parts = Vec::new();
     let mut text = Vec::new();
-    for word in split_top_level(q)? {
+    let words = split_top_level(q, limits.max_query_depth)?;
+    if words.len() > limits.max_query_clauses {
+        return Err(format!(
+            "query: {} clauses, more than the limit of {} ([query] max_query_clauses)",
+            words.len(),
+            limits.max_query_clauses
+        ));
+    }
+    for word in words {
         match field_clause(&word)? {
             Some(p) => parts.push(p),
             None => text.push(word),
@@ -330,7 +362,7 @@ pub fn parse_log_query(q: &str) -> Result<LogPredicate, String> {
 }
 
 /// Splits on whitespace outside quotes and parentheses.
-fn split_top_level(q: &str) -> Result<Vec<String>, String> {
+fn split_top_level(q: &str, max_depth: usize) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let (mut depth, mut quoted) = (0i32, false);
@@ -343,6 +375,9 @@ fn split_top_level(q: &str) -> Result<Vec<String>, String> {
         }
         if depth < 0 {
             return Err("query: unbalanced )".into());
+        }
+        if depth as usize > max_depth {
+            return Err(format!("query: nested deeper than {max_depth} levels ([query] max_query_depth)"));
         }
         if c.is_whitespace() && !quoted && depth == 0 {
             if !cur.is_empty() {
@@ -449,6 +484,27 @@ mod tests {
         assert!(parse_filter("a =~ \"(\"").unwrap_err().contains("bad regular expression"));
         assert!(parse_filter("a = \"x").unwrap_err().contains("unterminated"));
         assert!(parse_filter(&"(".repeat(100)).unwrap_err().contains("nested"));
+        assert!(parse_filter(&"NOT ".repeat(10_000)).unwrap_err().contains("max_query_depth"));
+    }
+
+    #[test]
+    fn limits_bound_length_nesting_and_conditions() {
+        let l = QueryLimits { max_query_bytes: 40, max_query_depth: 3, max_query_clauses: 3, ..Default::default() };
+        // A bare number stands for three typed values but is one condition.
+        parse_filter_with("a = 1 AND (b = x OR NOT exists(c))", &l).unwrap();
+        let e = parse_filter_with("a = 1 AND b = 2 AND c = 3 AND d = 4", &l).unwrap_err();
+        assert!(e.contains("max_query_clauses"), "{e}");
+        let e = parse_filter_with("((((a = 1))))", &l).unwrap_err();
+        assert!(e.contains("max_query_depth"), "{e}");
+        let e = parse_filter_with(&format!("a = \"{}\"", "x".repeat(40)), &l).unwrap_err();
+        assert!(e.contains("max_query_bytes"), "{e}");
+        parse_log_query_with("service:a severity>=9 timeout", &l).unwrap();
+        let e = parse_log_query_with("service:a one two three", &l).unwrap_err();
+        assert!(e.contains("4 clauses") && e.contains("max_query_clauses"), "{e}");
+        let e = parse_log_query_with("((((a))))", &l).unwrap_err();
+        assert!(e.contains("max_query_depth"), "{e}");
+        let e = parse_log_query_with(&"x".repeat(41), &l).unwrap_err();
+        assert!(e.contains("max_query_bytes"), "{e}");
     }
 
     #[test]
@@ -499,5 +555,6 @@ mod tests {
         assert_eq!(parse_duration("d", "2m").unwrap(), 120_000_000_000);
         assert!(parse_duration("d", "soon").is_err());
         assert!(time_range(Some("2"), Some("1"), None).unwrap_err().contains("after"));
+        assert!(time_range(Some("1"), Some("2"), Some("soon")).unwrap_err().contains("lookback"));
     }
 }

@@ -40,7 +40,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::Serialize;
 
 use crate::AppState;
-use crate::query::{MAX_TRACE_LIMIT, QueryError, Trace, TraceSearch};
+use crate::limits::QueryLimits;
+use crate::query::{QueryError, Trace, TraceSearch};
 
 /// Traces per search when `limit` is absent or 0 (jaeger-ui's default).
 const DEFAULT_LIMIT: usize = 20;
@@ -395,13 +396,14 @@ struct SearchRequest {
     search: TraceSearch,
 }
 
-fn parse_search(p: &Params, now_us: u64) -> Result<SearchRequest, JaegerError> {
+fn parse_search(p: &Params, now_us: u64, limits: &QueryLimits) -> Result<SearchRequest, JaegerError> {
+    let max_traces = limits.max_traces;
     let trace_ids = p
         .all("traceID")
         .map(|id| parse_trace_id(id).map_err(|e| JaegerError::bad_request(format!("cannot parse traceID param: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    if trace_ids.len() > MAX_TRACE_LIMIT {
-        return Err(JaegerError::bad_request(format!("at most {MAX_TRACE_LIMIT} traceID params")));
+    if trace_ids.len() > max_traces {
+        return Err(JaegerError::bad_request(format!("at most {max_traces} traceID params ([query] max_traces)")));
     }
 
     let mut all = Vec::new();
@@ -432,15 +434,15 @@ fn parse_search(p: &Params, now_us: u64) -> Result<SearchRequest, JaegerError> {
     }
 
     let limit = match p.get("limit") {
-        None => DEFAULT_LIMIT,
+        None => DEFAULT_LIMIT.min(max_traces),
         Some(v) => match v.parse::<i64>() {
             Err(_) => return Err(JaegerError::param("limit", format!("not an integer: {:?}", clip(v)))),
             Ok(n) if n < 0 => return Err(JaegerError::param("limit", "must not be negative")),
-            Ok(0) => DEFAULT_LIMIT,
-            Ok(n) if n as u64 > MAX_TRACE_LIMIT as u64 => {
+            Ok(0) => DEFAULT_LIMIT.min(max_traces),
+            Ok(n) if n as u64 > max_traces as u64 => {
                 return Err(JaegerError::param(
                     "limit",
-                    format!("at most {MAX_TRACE_LIMIT} traces per search, got {n}"),
+                    format!("at most {max_traces} traces per search ([query] max_traces), got {n}"),
                 ));
             }
             Ok(n) => n as usize,
@@ -452,7 +454,13 @@ fn parse_search(p: &Params, now_us: u64) -> Result<SearchRequest, JaegerError> {
         Some(start) => start,
         None => {
             let lookback_us = match p.get("lookback") {
-                None | Some("custom") => DEFAULT_SEARCH_LOOKBACK_US,
+                // The default window shrinks to fit `[query] max_time_range`; an explicit one
+                // does not.
+                None | Some("custom") => {
+                    // (less one microsecond: `end` is inclusive)
+                    let fit = limits.default_window_ns(DEFAULT_SEARCH_LOOKBACK_US.saturating_mul(1000)) / 1000;
+                    if fit < DEFAULT_SEARCH_LOOKBACK_US { fit.saturating_sub(1) } else { fit }
+                }
                 Some(l) => parse_duration(l, true).map_err(|e| JaegerError::param("lookback", e))? / 1000,
             };
             end_us.saturating_sub(lookback_us)
@@ -464,6 +472,7 @@ fn parse_search(p: &Params, now_us: u64) -> Result<SearchRequest, JaegerError> {
     // `end` is inclusive to the microsecond; the store's range is half-open in nanoseconds.
     let time =
         TimeRange { start_ns: start_us.saturating_mul(1000), end_ns: end_us.saturating_add(1).saturating_mul(1000) };
+    limits.check_range(time).map_err(JaegerError::bad_request)?;
 
     let span = match all.len() {
         0 => SpanPredicate::All,
@@ -530,7 +539,7 @@ async fn operations(
 
 async fn search(State(state): State<AppState>, q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> ApiResult {
     let p = Params::new(q)?;
-    let req = parse_search(&p, now_us())?;
+    let req = parse_search(&p, now_us(), state.query.limits())?;
     let mut traces = Vec::new();
     let mut errors = Vec::new();
     if req.trace_ids.is_empty() {

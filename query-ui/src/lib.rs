@@ -8,6 +8,8 @@
 //!   embedded assets under `/static/`.
 //! - `prometheus`: the Prometheus-compatible API under `/prometheus/api/v1` (PromQL subset in
 //!   `docs/promql.md`).
+//! - `limits`: [`QueryLimits`] (`[query]`), the checks every API runs and the router layer
+//!   enforcing the time budget and the response size.
 //! - `RequestMetrics` (here): `obsbox_query_duration_seconds{api, code}`, the time to answer each
 //!   request on the UI port.
 //!
@@ -18,6 +20,7 @@
 mod filters;
 mod form;
 mod jaeger;
+mod limits;
 mod loki;
 mod native;
 mod ops;
@@ -31,6 +34,7 @@ use std::sync::atomic::AtomicBool;
 use axum::Router;
 use obsbox_storage::Reader;
 
+pub use limits::QueryLimits;
 pub use ops::StoreMetrics;
 pub use query::{Dependency, QueryError, QueryService, SpanWarning, Trace, TraceSearch, TraceSummary};
 
@@ -75,6 +79,12 @@ impl AppState {
             request_metrics,
             slos: None,
         })
+    }
+
+    /// The same state applying `limits` to every query (`[query]`).
+    pub fn with_limits(mut self, limits: QueryLimits) -> Self {
+        self.query = QueryService::with_limits(self.reader.clone(), limits);
+        self
     }
 
     /// The same state with SLO evaluation.
@@ -151,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .merge(loki::routes())
         .merge(ui::routes())
         .merge(prometheus::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

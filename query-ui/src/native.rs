@@ -19,14 +19,39 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::AppState;
-use crate::filters::{now_ns, parse_duration, parse_filter, parse_log_query, time_range};
-use crate::query::{Dependency, MAX_TRACE_LIMIT, QueryError, Trace, TraceSearch, TraceSummary};
+use crate::filters::{now_ns, parse_duration, parse_filter_with, parse_log_query_with, time_range};
+use crate::limits::QueryLimits;
+use crate::query::{Dependency, QueryError, Trace, TraceSearch, TraceSummary};
 
-/// Most log lines one page returns.
-pub const MAX_LOG_LIMIT: usize = 5000;
+/// Most records at one timestamp a cursor may skip (a page boundary inside more records at the
+/// same nanosecond than this is not one this API returned).
+pub(crate) const MAX_CURSOR_SKIP: usize = 100_000;
 
 fn bad(e: String) -> QueryError {
     QueryError::BadRequest(e)
+}
+
+/// Query parameters of a native endpoint: a malformed query string is a 400 with the native
+/// error body rather than axum's plain-text rejection.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = QueryError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, QueryError> {
+        Query::<T>::try_from_uri(&parts.uri).map(|Query(t)| ApiQuery(t)).map_err(|e| bad(e.body_text()))
+    }
+}
+
+/// Path parameters of a native endpoint; a malformed path is a 400 with the native error body.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = QueryError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, QueryError> {
+        Path::<T>::from_request_parts(parts, state).await.map(|Path(t)| ApiPath(t)).map_err(|e| bad(e.body_text()))
+    }
 }
 
 #[derive(OpenApi)]
@@ -105,14 +130,23 @@ struct ErrorJson {
 #[derive(Deserialize, IntoParams, Default)]
 #[into_params(parameter_in = Query)]
 struct Window {
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     start: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     end: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     lookback: Option<String>,
 }
 
 impl Window {
-    fn range(&self) -> Result<TimeRange, QueryError> {
-        time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)
+    fn range(&self, limits: &QueryLimits) -> Result<TimeRange, QueryError> {
+        let r = time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)?;
+        limits.check_range(r).map_err(bad)?;
+        Ok(r)
     }
 }
 
@@ -122,9 +156,12 @@ struct ServicesResponse {
 }
 
 /// Services with spans in the window.
-#[utoipa::path(get, path = "/api/v1/services", params(Window), responses((status = 200, body = ServicesResponse), (status = 400, body = ErrorJson)))]
-async fn services(State(s): State<AppState>, Query(w): Query<Window>) -> Result<Json<ServicesResponse>, QueryError> {
-    Ok(Json(ServicesResponse { services: s.query.services(w.range()?).await? }))
+#[utoipa::path(get, path = "/api/v1/services", params(Window), responses((status = 200, body = ServicesResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
+async fn services(
+    State(s): State<AppState>,
+    ApiQuery(w): ApiQuery<Window>,
+) -> Result<Json<ServicesResponse>, QueryError> {
+    Ok(Json(ServicesResponse { services: s.query.services(w.range(s.query.limits())?).await? }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -143,9 +180,17 @@ struct OperationsResponse {
 #[into_params(parameter_in = Query)]
 struct OperationParams {
     /// Only this span kind.
+    #[param(pattern = "^(server|client|producer|consumer|internal|unspecified)$")]
     kind: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     start: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     end: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     lookback: Option<String>,
 }
 
@@ -176,13 +221,14 @@ fn parse_kind(k: &str) -> Result<i32, QueryError> {
 }
 
 /// Operations (span names with their kind) of one service.
-#[utoipa::path(get, path = "/api/v1/services/{service}/operations", params(("service" = String, Path), OperationParams), responses((status = 200, body = OperationsResponse), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/services/{service}/operations", params(("service" = String, Path), OperationParams), responses((status = 200, body = OperationsResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn operations(
     State(s): State<AppState>,
-    Path(service): Path<String>,
-    Query(p): Query<OperationParams>,
+    ApiPath(service): ApiPath<String>,
+    ApiQuery(p): ApiQuery<OperationParams>,
 ) -> Result<Json<OperationsResponse>, QueryError> {
     let time = time_range(p.start.as_deref(), p.end.as_deref(), p.lookback.as_deref()).map_err(bad)?;
+    s.query.limits().check_range(time).map_err(bad)?;
     let kind = p.kind.as_deref().map(parse_kind).transpose()?;
     let ops = s.query.operations(Some(&service), kind, time).await?;
     Ok(Json(OperationsResponse {
@@ -201,29 +247,43 @@ pub(crate) struct TraceParams {
     /// Span name.
     pub(crate) operation: Option<String>,
     /// Span kind: server, client, producer, consumer, internal.
+    #[param(pattern = "^(server|client|producer|consumer|internal|unspecified)$")]
     pub(crate) kind: Option<String>,
     /// `error`, `ok` or `unset`.
+    #[param(pattern = "^(error|ok|unset)$")]
     pub(crate) status: Option<String>,
     /// Attribute filter expression, e.g. `http.route = "/cart" AND (code = 500 OR exists(error))`;
     /// `resource.` prefixes resource attributes; operators `=`, `!=`, `=~`, `!~`.
     pub(crate) filter: Option<String>,
     /// Span duration at least (`250ms`, `1.5s`).
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     pub(crate) min_duration: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     pub(crate) max_duration: Option<String>,
     pub(crate) root_service: Option<String>,
     pub(crate) root_operation: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     pub(crate) min_trace_duration: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     pub(crate) max_trace_duration: Option<String>,
-    /// Most traces (default 20, at most 1000).
+    /// Most traces (default 20, at most `[query] max_traces`, default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<usize>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     pub(crate) start: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     pub(crate) end: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     pub(crate) lookback: Option<String>,
 }
 
 impl TraceParams {
     /// The search these parameters describe (the UI's trace search parses them too).
-    pub(crate) fn search(&self) -> Result<TraceSearch, QueryError> {
+    pub(crate) fn search(&self, limits: &QueryLimits) -> Result<TraceSearch, QueryError> {
         let mut parts = Vec::new();
         if let Some(s) = self.service.as_ref().filter(|s| !s.is_empty()) {
             parts.push(SpanPredicate::Service(s.clone()));
@@ -253,22 +313,27 @@ impl TraceParams {
             parts.push(SpanPredicate::Duration { min, max });
         }
         if let Some(f) = &self.filter {
-            match parse_filter(f).map_err(bad)? {
+            match parse_filter_with(f, limits).map_err(bad)? {
                 SpanPredicate::All => {}
                 p => parts.push(p),
             }
         }
-        let limit = self.limit.unwrap_or(20);
-        if limit == 0 || limit > MAX_TRACE_LIMIT {
-            return Err(bad(format!("limit must be between 1 and {MAX_TRACE_LIMIT}")));
-        }
+        let limit = QueryLimits::check_limit(
+            "limit",
+            self.limit.unwrap_or(20.min(limits.max_traces)),
+            limits.max_traces,
+            "max_traces",
+        )
+        .map_err(bad)?;
+        let time = time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)?;
+        limits.check_range(time).map_err(bad)?;
         Ok(TraceSearch {
             span: match parts.len() {
                 0 => SpanPredicate::All,
                 1 => parts.remove(0),
                 _ => SpanPredicate::And(parts),
             },
-            time: time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)?,
+            time,
             root_service: self.root_service.clone().filter(|s| !s.is_empty()),
             root_operation: self.root_operation.clone().filter(|s| !s.is_empty()),
             min_trace_duration_ns: dur("minTraceDuration", &self.min_trace_duration)?,
@@ -320,12 +385,12 @@ struct TracesResponse {
 }
 
 /// Trace search; each hit summarises its trace.
-#[utoipa::path(get, path = "/api/v1/traces", params(TraceParams), responses((status = 200, body = TracesResponse), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/traces", params(TraceParams), responses((status = 200, body = TracesResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn search_traces(
     State(s): State<AppState>,
-    Query(p): Query<TraceParams>,
+    ApiQuery(p): ApiQuery<TraceParams>,
 ) -> Result<Json<TracesResponse>, QueryError> {
-    let traces = s.query.search_traces(&p.search()?).await?;
+    let traces = s.query.search_traces(&p.search(s.query.limits())?).await?;
     Ok(Json(TracesResponse { traces: traces.iter().map(|t| t.summary().into()).collect() }))
 }
 
@@ -358,6 +423,29 @@ struct TraceJson {
     #[schema(value_type = Vec<Object>)]
     scopes: Vec<serde_json::Value>,
 }
+
+/// The body of `GET /api/v1/traces/{trace_id}`: one of the three forms `format` selects, each
+/// told apart by its required keys.
+struct TraceBody;
+
+impl utoipa::PartialSchema for TraceBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        let object_with = |key: &str, description: &str| {
+            ObjectBuilder::new()
+                .description(Some(description))
+                .property(key, ObjectBuilder::new().schema_type(Type::Array))
+                .required(key)
+        };
+        AnyOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("TraceJson"))
+            .item(object_with("resourceSpans", "OTLP/JSON TracesData (`format=otlp`)"))
+            .item(object_with("data", "jaeger-ui's trace JSON (`format=jaeger`)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TraceBody {}
 
 fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
@@ -448,17 +536,18 @@ fn trace_id_param(id: &str) -> Result<Vec<u8>, QueryError> {
 struct TraceFormat {
     /// `native` (default), `otlp` (OTLP/JSON `TracesData`) or `jaeger` (jaeger-ui's JSON, which
     /// its "load JSON file" accepts).
+    #[param(pattern = "^(native|otlp|jaeger)$")]
     format: Option<String>,
     /// Offer the body as a file download.
     download: Option<bool>,
 }
 
 /// One trace, adjusted (clock skew, duplicate span ids), in the native, OTLP/JSON or Jaeger form.
-#[utoipa::path(get, path = "/api/v1/traces/{trace_id}", params(("trace_id" = String, Path, description = "32 hex digits"), TraceFormat), responses((status = 200, body = TraceJson), (status = 400, body = ErrorJson), (status = 404, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/traces/{trace_id}", params(("trace_id" = String, Path, description = "32 hex digits", pattern = "^[0-9a-fA-F]{32}$"), TraceFormat), responses((status = 200, body = TraceBody, description = "`format=native`: a TraceJson; `otlp`: an OTLP/JSON TracesData; `jaeger`: `{\"data\": [trace]}`"), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later"), (status = 404, body = ErrorJson)))]
 async fn get_trace(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(f): Query<TraceFormat>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(f): ApiQuery<TraceFormat>,
 ) -> Result<Response, QueryError> {
     let trace_id = trace_id_param(&id)?;
     let Some(t) = s.query.trace(&trace_id).await? else {
@@ -533,22 +622,57 @@ struct LogParams {
     /// `service:`, `severity:`, `severity>=N`, `trace_id:`, `span_id:`, `attributes.KEY:`,
     /// `resource.KEY:` clauses.
     query: Option<String>,
-    /// Most records (default 100, at most 5000).
+    /// Most records (default 100, at most `[query] max_log_lines`, default 5000).
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<usize>,
     /// From the previous page's `nextCursor`.
+    #[param(pattern = r"^[0-9]{1,19}\.[0-9]{1,5}$")]
     cursor: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     start: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     end: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     lookback: Option<String>,
 }
 
+/// [`LogParams`] without paging (histogram, live tail).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LogFilterParams {
+    /// The log query, as in `GET /api/v1/logs`.
+    query: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
+    start: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
+    end: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
+    lookback: Option<String>,
+}
+
+impl From<LogFilterParams> for LogParams {
+    fn from(f: LogFilterParams) -> Self {
+        LogParams { query: f.query, limit: None, cursor: None, start: f.start, end: f.end, lookback: f.lookback }
+    }
+}
+
 impl LogParams {
-    fn predicate(&self) -> Result<LogPredicate, QueryError> {
-        parse_log_query(self.query.as_deref().unwrap_or("")).map_err(bad)
+    fn predicate(&self, limits: &QueryLimits) -> Result<LogPredicate, QueryError> {
+        parse_log_query_with(self.query.as_deref().unwrap_or(""), limits).map_err(bad)
     }
 
-    fn window(&self) -> Result<TimeRange, QueryError> {
-        time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)
+    fn window(&self, limits: &QueryLimits) -> Result<TimeRange, QueryError> {
+        let r = time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)?;
+        limits.check_range(r).map_err(bad)?;
+        Ok(r)
     }
 }
 
@@ -557,17 +681,28 @@ impl LogParams {
 fn parse_cursor(c: &str) -> Result<(u64, usize), QueryError> {
     let err = || bad(format!("cursor {c:?} is not one this API returned"));
     let (t, skip) = c.split_once('.').ok_or_else(err)?;
-    Ok((t.parse().map_err(|_| err())?, skip.parse().map_err(|_| err())?))
+    let skip: usize = skip.parse().map_err(|_| err())?;
+    if skip > MAX_CURSOR_SKIP {
+        return Err(err());
+    }
+    Ok((t.parse().map_err(|_| err())?, skip))
 }
 
 /// Log search, newest first, with cursor pagination.
-#[utoipa::path(get, path = "/api/v1/logs", params(LogParams), responses((status = 200, body = LogsResponse), (status = 400, body = ErrorJson)))]
-async fn search_logs(State(s): State<AppState>, Query(p): Query<LogParams>) -> Result<Json<LogsResponse>, QueryError> {
-    let limit = p.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_LOG_LIMIT {
-        return Err(bad(format!("limit must be between 1 and {MAX_LOG_LIMIT}")));
-    }
-    let mut time = p.window()?;
+#[utoipa::path(get, path = "/api/v1/logs", params(LogParams), responses((status = 200, body = LogsResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
+async fn search_logs(
+    State(s): State<AppState>,
+    ApiQuery(p): ApiQuery<LogParams>,
+) -> Result<Json<LogsResponse>, QueryError> {
+    let limits = s.query.limits();
+    let limit = QueryLimits::check_limit(
+        "limit",
+        p.limit.unwrap_or(100.min(limits.max_log_lines)),
+        limits.max_log_lines,
+        "max_log_lines",
+    )
+    .map_err(bad)?;
+    let mut time = p.window(limits)?;
     let mut skip = 0;
     if let Some(c) = &p.cursor {
         let (t, k) = parse_cursor(c)?;
@@ -577,7 +712,8 @@ async fn search_logs(State(s): State<AppState>, Query(p): Query<LogParams>) -> R
             return Ok(Json(LogsResponse { logs: Vec::new(), next_cursor: None }));
         }
     }
-    let entries = s.query.find_logs(LogQuery { predicate: p.predicate()?, time, limit: limit + skip + 1 }).await?;
+    let entries =
+        s.query.find_logs(LogQuery { predicate: p.predicate(limits)?, time, limit: limit + skip + 1 }).await?;
     let more = entries.len() > limit + skip;
     let page: Vec<&LogEntry> = entries.iter().skip(skip).take(limit).collect();
     let next_cursor = match (more, page.last()) {
@@ -603,16 +739,19 @@ async fn search_logs(State(s): State<AppState>, Query(p): Query<LogParams>) -> R
 #[serde(rename_all = "camelCase")]
 struct TraceLogParams {
     /// Only the logs of this span (16 hex digits).
+    #[param(pattern = "^[0-9a-fA-F]{16}$")]
     span_id: Option<String>,
+    /// Most records (default 1000, at most `[query] max_log_lines`, default 5000).
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<usize>,
 }
 
 /// The logs of a trace, or of one of its spans, newest first.
-#[utoipa::path(get, path = "/api/v1/traces/{trace_id}/logs", params(("trace_id" = String, Path), TraceLogParams), responses((status = 200, body = LogsResponse), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/traces/{trace_id}/logs", params(("trace_id" = String, Path, description = "32 hex digits", pattern = "^[0-9a-fA-F]{32}$"), TraceLogParams), responses((status = 200, body = LogsResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn trace_logs(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(p): Query<TraceLogParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<TraceLogParams>,
 ) -> Result<Json<LogsResponse>, QueryError> {
     let mut predicate = LogPredicate::TraceId(trace_id_param(&id)?);
     if let Some(span) = &p.span_id {
@@ -622,7 +761,9 @@ async fn trace_logs(
         };
         predicate = LogPredicate::And(vec![predicate, LogPredicate::SpanId(span)]);
     }
-    let limit = p.limit.unwrap_or(1000).clamp(1, MAX_LOG_LIMIT);
+    let max = s.query.limits().max_log_lines;
+    let limit =
+        QueryLimits::check_limit("limit", p.limit.unwrap_or(1000.min(max)), max, "max_log_lines").map_err(bad)?;
     let logs = s.query.find_logs(LogQuery { predicate, time: TimeRange::ALL, limit }).await?;
     Ok(Json(LogsResponse { logs: logs.iter().map(log_json).collect(), next_cursor: None }))
 }
@@ -668,14 +809,16 @@ pub(crate) fn bucket_for(range: TimeRange) -> u64 {
 }
 
 /// Matching log records per time bucket (bucket size chosen from the range).
-#[utoipa::path(get, path = "/api/v1/logs/histogram", params(LogParams), responses((status = 200, body = HistogramResponse), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/logs/histogram", params(LogFilterParams), responses((status = 200, body = HistogramResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn log_histogram(
     State(s): State<AppState>,
-    Query(p): Query<LogParams>,
+    ApiQuery(p): ApiQuery<LogFilterParams>,
 ) -> Result<Json<HistogramResponse>, QueryError> {
-    let time = p.window()?;
+    let p = LogParams::from(p);
+    let time = p.window(s.query.limits())?;
     let bucket = bucket_for(time);
-    let counts: HashMap<u64, u64> = s.query.log_histogram(p.predicate()?, time, bucket).await?.into_iter().collect();
+    let counts: HashMap<u64, u64> =
+        s.query.log_histogram(p.predicate(s.query.limits())?, time, bucket).await?.into_iter().collect();
     let first = time.start_ns / bucket * bucket;
     let buckets: Vec<Bucket> = (0..)
         .map(|i| first + i * bucket)
@@ -686,14 +829,21 @@ async fn log_histogram(
     Ok(Json(HistogramResponse { bucket_ns: bucket, buckets, total }))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TailParams {
+    /// The log query, as in `GET /api/v1/logs`.
+    query: Option<String>,
+}
+
 /// Live tail: new matching records as Server-Sent Events (`event: log`, data = a log object),
 /// polled every second; the stream ends after an hour (reconnect to continue).
-#[utoipa::path(get, path = "/api/v1/logs/tail", params(LogParams), responses((status = 200, description = "text/event-stream of log objects"), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/logs/tail", params(TailParams), responses((status = 200, description = "Server-Sent Events: `event: log` with a log object as data", content_type = "text/event-stream"), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn tail_logs(
     State(s): State<AppState>,
-    Query(p): Query<LogParams>,
+    ApiQuery(p): ApiQuery<TailParams>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, QueryError> {
-    let predicate = p.predicate()?;
+    let predicate = parse_log_query_with(p.query.as_deref().unwrap_or(""), s.query.limits()).map_err(bad)?;
     let query = s.query.clone();
     let started = std::time::Instant::now();
     let stream = futures::stream::unfold((now_ns(), 0usize), move |(mut since, mut seen_at)| {
@@ -740,18 +890,56 @@ async fn tail_logs(
 #[into_params(parameter_in = Query)]
 struct AttrParams {
     /// `traces` (default) or `logs`.
+    #[param(pattern = "^(traces|logs)$")]
     signal: Option<String>,
     /// `item` (span or record attributes, default) or `resource`.
+    #[param(pattern = "^(item|span|record|resource)$")]
     scope: Option<String>,
     /// Most values (default 20, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     start: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     end: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
     lookback: Option<String>,
 }
 
+/// [`AttrParams`] without `limit` (attribute keys).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct KeyParams {
+    /// `traces` (default) or `logs`.
+    #[param(pattern = "^(traces|logs)$")]
+    signal: Option<String>,
+    /// `item` (span or record attributes, default) or `resource`.
+    #[param(pattern = "^(item|span|record|resource)$")]
+    scope: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
+    start: Option<String>,
+    #[param(
+        pattern = r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
+    end: Option<String>,
+    #[param(pattern = r"^([0-9]{1,18}|[0-9]{1,6}(\.[0-9]{1,6})?s|([0-9]{1,6}(ns|us|ms|s|m|h|d)){1,4})$")]
+    lookback: Option<String>,
+}
+
+impl From<KeyParams> for AttrParams {
+    fn from(k: KeyParams) -> Self {
+        AttrParams { signal: k.signal, scope: k.scope, limit: None, start: k.start, end: k.end, lookback: k.lookback }
+    }
+}
+
 impl AttrParams {
-    fn parts(&self) -> Result<(Signal, AttrScope, TimeRange), QueryError> {
+    fn parts(&self, limits: &QueryLimits) -> Result<(Signal, AttrScope, TimeRange), QueryError> {
         let signal = match self.signal.as_deref().unwrap_or("traces") {
             "traces" => Signal::Traces,
             "logs" => Signal::Logs,
@@ -763,6 +951,7 @@ impl AttrParams {
             other => return Err(bad(format!("scope: {other:?} is not item or resource"))),
         };
         let time = time_range(self.start.as_deref(), self.end.as_deref(), self.lookback.as_deref()).map_err(bad)?;
+        limits.check_range(time).map_err(bad)?;
         Ok((signal, scope, time))
     }
 }
@@ -773,19 +962,19 @@ struct KeysResponse {
 }
 
 /// Attribute keys, for autocomplete.
-#[utoipa::path(get, path = "/api/v1/attributes", params(AttrParams), responses((status = 200, body = KeysResponse), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/attributes", params(KeyParams), responses((status = 200, body = KeysResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn attribute_keys(
     State(s): State<AppState>,
-    Query(p): Query<AttrParams>,
+    ApiQuery(p): ApiQuery<KeyParams>,
 ) -> Result<Json<KeysResponse>, QueryError> {
-    let (signal, scope, time) = p.parts()?;
+    let p = AttrParams::from(p);
+    let (signal, scope, time) = p.parts(s.query.limits())?;
     Ok(Json(KeysResponse { keys: s.query.attribute_keys(signal, scope, time).await? }))
 }
 
 #[derive(Serialize, ToSchema)]
 struct ValueCount {
     /// The value as JSON (string, number or boolean).
-    #[schema(value_type = Object)]
     value: serde_json::Value,
     count: u64,
 }
@@ -796,14 +985,17 @@ struct ValuesResponse {
 }
 
 /// The most frequent values of an attribute.
-#[utoipa::path(get, path = "/api/v1/attributes/{key}/values", params(("key" = String, Path), AttrParams), responses((status = 200, body = ValuesResponse), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/attributes/{key}/values", params(("key" = String, Path), AttrParams), responses((status = 200, body = ValuesResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn attribute_values(
     State(s): State<AppState>,
-    Path(key): Path<String>,
-    Query(p): Query<AttrParams>,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(p): ApiQuery<AttrParams>,
 ) -> Result<Json<ValuesResponse>, QueryError> {
-    let (signal, scope, time) = p.parts()?;
-    let limit = p.limit.unwrap_or(20).clamp(1, 1000);
+    let (signal, scope, time) = p.parts(s.query.limits())?;
+    let limit = p.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit must be between 1 and 1000".into()));
+    }
     let values = s.query.attribute_values(signal, scope, key, time, limit).await?;
     Ok(Json(ValuesResponse {
         values: values
@@ -836,12 +1028,12 @@ struct DependenciesResponse {
 }
 
 /// Service dependency graph: caller -> callee edges (messaging hops included).
-#[utoipa::path(get, path = "/api/v1/dependencies", params(Window), responses((status = 200, body = DependenciesResponse), (status = 400, body = ErrorJson)))]
+#[utoipa::path(get, path = "/api/v1/dependencies", params(Window), responses((status = 200, body = DependenciesResponse), (status = 400, body = ErrorJson), (status = 503, body = ErrorJson, description = "the store is busy or the query ran past `[query] timeout`: retry later")))]
 async fn dependencies(
     State(s): State<AppState>,
-    Query(w): Query<Window>,
+    ApiQuery(w): ApiQuery<Window>,
 ) -> Result<Json<DependenciesResponse>, QueryError> {
-    let deps = s.query.dependencies(w.range()?).await?;
+    let deps = s.query.dependencies(w.range(s.query.limits())?).await?;
     Ok(Json(DependenciesResponse {
         dependencies: deps
             .into_iter()
@@ -875,7 +1067,7 @@ async fn list_slos(State(s): State<AppState>) -> axum::response::Response {
 
 /// One SLO: summary, budget, burn-down and SLI series, burn rate per tier, alerts and history.
 #[utoipa::path(get, path = "/api/v1/slos/{name}", params(("name" = String, Path)), responses((status = 200, description = "the SLO's detail (docs/slo.md)"), (status = 404, body = ErrorJson)))]
-async fn get_slo(State(s): State<AppState>, Path(name): Path<String>) -> axum::response::Response {
+async fn get_slo(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> axum::response::Response {
     let Some(e) = &s.slos else { return slos_off() };
     match e.detail(&name) {
         Some(d) => Json(d).into_response(),
@@ -890,5 +1082,19 @@ async fn list_alerts(State(s): State<AppState>) -> axum::response::Response {
     match &s.slos {
         Some(e) => Json(serde_json::json!({ "alerts": e.alerts() })).into_response(),
         None => slos_off(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_skip_a_bounded_number_of_records() {
+        assert_eq!(parse_cursor("1700000000000000000.3").unwrap(), (1_700_000_000_000_000_000, 3));
+        // A forged skip once asked the store for as many records (limit + skip + 1).
+        for c in ["1.99999999999999", "1.100001", "99999999999999999999999.1", "1", "a.b"] {
+            assert!(parse_cursor(c).is_err(), "{c}");
+        }
     }
 }

@@ -15,10 +15,10 @@ use obsbox_storage::{
 };
 use tokio::sync::Semaphore;
 
+use crate::limits::QueryLimits;
+
 /// Store reads running at once; more wait their turn.
 const READ_CONCURRENCY: usize = 8;
-/// Most traces one search returns.
-pub const MAX_TRACE_LIMIT: usize = 1000;
 /// Most spans scanned to compute dependencies.
 const DEPENDENCY_SPAN_LIMIT: usize = 200_000;
 /// Most traces fetched when trace-level predicates filter candidates.
@@ -125,7 +125,7 @@ pub struct TraceSearch {
     pub min_trace_duration_ns: Option<u64>,
     /// Maximum trace duration (ns).
     pub max_trace_duration_ns: Option<u64>,
-    /// Most traces returned (at most [`MAX_TRACE_LIMIT`]).
+    /// Most traces returned (at most `[query] max_traces`).
     pub limit: usize,
 }
 
@@ -344,12 +344,23 @@ fn shift(s: &mut SpanRecord, delta: i128) {
 pub struct QueryService {
     reader: Arc<dyn Reader>,
     permits: Arc<Semaphore>,
+    limits: Arc<QueryLimits>,
 }
 
 impl QueryService {
-    /// A service over `reader`.
+    /// A service over `reader` with the default limits.
     pub fn new(reader: Arc<dyn Reader>) -> QueryService {
-        QueryService { reader, permits: Arc::new(Semaphore::new(READ_CONCURRENCY)) }
+        Self::with_limits(reader, QueryLimits::default())
+    }
+
+    /// A service over `reader` applying `limits` to every query.
+    pub fn with_limits(reader: Arc<dyn Reader>, limits: QueryLimits) -> QueryService {
+        QueryService { reader, permits: Arc::new(Semaphore::new(READ_CONCURRENCY)), limits: Arc::new(limits) }
+    }
+
+    /// The limits every API applies.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
     }
 
     /// The underlying store.
@@ -357,18 +368,23 @@ impl QueryService {
         &self.reader
     }
 
-    /// Runs a store read on the blocking pool, at most [`READ_CONCURRENCY`] at once.
+    /// Runs a store read on the blocking pool, at most [`READ_CONCURRENCY`] at once. The read
+    /// holds its permit until it ends, even when the request that started it was abandoned (its
+    /// time budget spent): runaway reads keep counting against the concurrency.
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, QueryError> {
-        let _permit =
+        let permit =
             self.permits.clone().acquire_owned().await.map_err(|_| QueryError::Unavailable("shutting down".into()))?;
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&*reader))
-            .await
-            .map_err(|e| QueryError::Internal(format!("read task failed: {e}")))?
-            .map_err(QueryError::from)
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&*reader)
+        })
+        .await
+        .map_err(|e| QueryError::Internal(format!("read task failed: {e}")))?
+        .map_err(QueryError::from)
     }
 
     /// Services with spans in `time`, sorted.
@@ -406,12 +422,12 @@ impl QueryService {
     /// Traces with a span matching `search.span` in `search.time` and matching the trace-level
     /// predicates, newest first.
     pub async fn search_traces(&self, search: &TraceSearch) -> Result<Vec<Trace>, QueryError> {
-        if search.limit == 0 || search.limit > MAX_TRACE_LIMIT {
-            return Err(QueryError::BadRequest(format!("limit must be between 1 and {MAX_TRACE_LIMIT}")));
-        }
+        QueryLimits::check_limit("limit", search.limit, self.limits.max_traces, "max_traces")
+            .map_err(QueryError::BadRequest)?;
         if search.time.start_ns >= search.time.end_ns {
             return Err(QueryError::BadRequest("end must be after start".into()));
         }
+        self.limits.check_range(search.time).map_err(QueryError::BadRequest)?;
         let candidates =
             if search.has_trace_predicates() { search.limit * TRACE_CANDIDATE_FACTOR } else { search.limit };
         let query = SpanQuery { predicate: search.span.clone(), time: search.time, limit: candidates };

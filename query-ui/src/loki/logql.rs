@@ -10,9 +10,11 @@ use std::fmt;
 
 use regex::Regex;
 
-/// Longest query text accepted, in bytes.
-pub(crate) const MAX_QUERY_LEN: usize = 16 * 1024;
-/// Deepest nesting of parentheses and sub-expressions accepted.
+/// Longest query text the parser accepts, in bytes (a backstop: the APIs apply `[query]
+/// max_query_bytes` first).
+pub(crate) const MAX_QUERY_LEN: usize = 1 << 20;
+/// Deepest nesting of parentheses and sub-expressions the parser accepts (a bound on its
+/// recursion; `[query] max_query_depth` applies to the parsed tree too, see [`shape`]).
 const MAX_DEPTH: usize = 64;
 /// Compiled size limit of one regular expression (the `regex` crate runs in linear time; this
 /// bounds its memory).
@@ -1106,6 +1108,58 @@ struct Parser<'a> {
     toks: Vec<(Tok, usize)>,
     i: usize,
     depth: usize,
+}
+
+/// The size of a parsed query: nesting depth, stream selectors, and clauses (pipeline stages,
+/// line filter alternatives and label filter comparisons).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub depth: usize,
+    pub selectors: usize,
+    pub clauses: usize,
+}
+
+/// Measures `e` (see [`Shape`]).
+pub(crate) fn shape(e: &Expr) -> Shape {
+    fn label_filter(f: &LabelFilter, depth: usize, s: &mut Shape) {
+        s.depth = s.depth.max(depth);
+        match f {
+            LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
+                label_filter(a, depth + 1, s);
+                label_filter(b, depth + 1, s);
+            }
+            LabelFilter::Str(_) | LabelFilter::Num { .. } => s.clauses += 1,
+        }
+    }
+    fn log(l: &LogExpr, depth: usize, s: &mut Shape) {
+        s.depth = s.depth.max(depth);
+        s.selectors += 1;
+        for stage in &l.stages {
+            match stage {
+                Stage::Line(f) => s.clauses += f.alts.len().max(1),
+                Stage::Label(f) => label_filter(f, depth + 1, s),
+                _ => s.clauses += 1,
+            }
+        }
+    }
+    fn metric(m: &MetricExpr, depth: usize, s: &mut Shape) {
+        s.depth = s.depth.max(depth);
+        match m {
+            MetricExpr::Range { log: l, .. } => log(l, depth + 1, s),
+            MetricExpr::Agg { inner, .. } => metric(inner, depth + 1, s),
+            MetricExpr::Binary { lhs, rhs, .. } => {
+                metric(lhs, depth + 1, s);
+                metric(rhs, depth + 1, s);
+            }
+            MetricExpr::Number(..) | MetricExpr::Vector(..) => {}
+        }
+    }
+    let mut s = Shape::default();
+    match e {
+        Expr::Log(l) => log(l, 1, &mut s),
+        Expr::Metric(m) => metric(m, 1, &mut s),
+    }
+    s
 }
 
 /// Parses a LogQL query.
@@ -2342,5 +2396,24 @@ mod tests {
         ] {
             round_trip(q);
         }
+    }
+
+    #[test]
+    fn long_chains_are_measured_and_dropped_on_a_worker_stack() {
+        // Binary chains and `and` chains parse into trees as deep as they are long; measuring and
+        // dropping one as long as the largest query text allowed must fit a runtime worker's stack.
+        let run = |q: String| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || parse(&q).map(|e| shape(&e)))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        let chain = "1".to_string() + &" + 1".repeat(64 * 1024 / 4);
+        assert!(run(chain).unwrap().depth > 16_000);
+        let labels = r#"{a="b"} | x="1""#.to_string() + &r#" and x="1""#.repeat(64 * 1024 / 10);
+        let s = run(labels).unwrap();
+        assert!(s.clauses > 6000 && s.depth > 6000, "{s:?}");
     }
 }

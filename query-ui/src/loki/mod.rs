@@ -32,14 +32,11 @@ use serde_json::{Value as Json, json};
 use self::eval::{Direction, Grid, Series, Stats, Value};
 use self::labels::Labels;
 use self::logql::{Expr, LogqlError, Matcher};
+use crate::limits::QueryLimits;
 use crate::{AppState, QueryError};
 
 /// Lines returned when `limit` is not given.
 const DEFAULT_LIMIT: usize = 100;
-/// Most lines one query may ask for (Loki's `max_entries_limit_per_query` default).
-const MAX_LIMIT: usize = 5000;
-/// Most points per series of a range query (as Loki).
-const MAX_POINTS: u64 = 11_000;
 /// Look-back of query_range without `start`.
 const DEFAULT_QUERY_SINCE_NS: u64 = 3600 * 1_000_000_000;
 /// Look-back of the metadata endpoints without `start`.
@@ -116,14 +113,16 @@ async fn not_served(Path(rest): Path<String>) -> LokiError {
 // Parameters
 // ---------------------------------------------------------------------------------------------
 
-/// Request parameters from the query string and, for a POST, a form body (as Loki reads them).
-pub(crate) struct Params(Vec<(String, String)>);
+/// Request parameters from the query string and, for a POST, a form body (as Loki reads them),
+/// with the limits they are checked against.
+pub(crate) struct Params(Vec<(String, String)>, QueryLimits);
 
-impl<S: Send + Sync> FromRequest<S> for Params {
+impl FromRequest<AppState> for Params {
     type Rejection = LokiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Params, LokiError> {
-        crate::form::query_and_form(req).await.map(Params).map_err(LokiError::bad)
+    async fn from_request(req: Request, state: &AppState) -> Result<Params, LokiError> {
+        let limits = state.query.limits().clone();
+        crate::form::query_and_form(req).await.map(|p| Params(p, limits)).map_err(LokiError::bad)
     }
 }
 
@@ -140,8 +139,61 @@ impl Params {
         self.0.iter().filter(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str()).collect()
     }
 
+    /// `query`, within `[query] max_query_bytes`.
     fn query(&self) -> Result<&str, LokiError> {
-        self.get("query").ok_or_else(|| LokiError::bad("missing query parameter"))
+        let q = self.get("query").ok_or_else(|| LokiError::bad("missing query parameter"))?;
+        self.1.check_text("the query", q).map_err(LokiError::bad)?;
+        Ok(q)
+    }
+
+    /// `query` parsed as LogQL within the limits (length, nesting, selectors, clauses).
+    fn logql(&self) -> Result<Expr, LokiError> {
+        self.parse_logql(self.query()?)
+    }
+
+    fn parse_logql(&self, q: &str) -> Result<Expr, LokiError> {
+        let l = &self.1;
+        l.check_text("the query", q).map_err(LokiError::bad)?;
+        let expr = logql::parse(q)?;
+        let shape = logql::shape(&expr);
+        if shape.depth > l.max_query_depth {
+            return Err(LokiError::bad(format!(
+                "the query is nested more than {} levels deep ([query] max_query_depth)",
+                l.max_query_depth
+            )));
+        }
+        if shape.selectors > l.max_selectors {
+            return Err(LokiError::bad(format!(
+                "the query has {} stream selectors, more than the limit of {} ([query] max_selectors)",
+                shape.selectors, l.max_selectors
+            )));
+        }
+        if shape.clauses > l.max_query_clauses {
+            return Err(LokiError::bad(format!(
+                "the query has {} filters and stages, more than the limit of {} ([query] max_query_clauses)",
+                shape.clauses, l.max_query_clauses
+            )));
+        }
+        Ok(expr)
+    }
+
+    /// A stream selector within `[query] max_query_bytes`.
+    fn parse_selector(&self, q: &str) -> Result<Vec<Matcher>, LokiError> {
+        self.1.check_text("the selector", q).map_err(LokiError::bad)?;
+        Ok(logql::parse_selector(q)?)
+    }
+
+    /// Points of a range query within `[query] max_points_per_series` (the message is Loki's).
+    fn check_points(&self, points: u64) -> Result<(), LokiError> {
+        let max = self.1.max_points_per_series as u64;
+        if points > max {
+            return Err(LokiError::bad(format!(
+                "exceeded maximum resolution of {} points per timeseries ({points}). Try decreasing the query \
+                 resolution (?step=XX)",
+                crate::limits::thousands(max)
+            )));
+        }
+        Ok(())
     }
 
     fn time(&self, key: &str) -> Result<Option<u64>, LokiError> {
@@ -153,24 +205,27 @@ impl Params {
         let end = self.time("end")?.unwrap_or_else(now_ns);
         let since = match self.get("since") {
             Some(v) => parse_seconds_or_duration("since", v)?,
-            None => default_since,
+            // The default window shrinks to fit `[query] max_time_range`; an explicit one does not.
+            None => self.1.default_window_ns(default_since),
         };
         let start = self.time("start")?.unwrap_or_else(|| end.saturating_sub(since));
         if end < start {
             return Err(LokiError::bad("end timestamp must not be before start time"));
         }
+        self.1.check_range(TimeRange { start_ns: start, end_ns: end }).map_err(LokiError::bad)?;
         Ok((start, end))
     }
 
     fn limit(&self) -> Result<usize, LokiError> {
-        let Some(v) = self.get("limit") else { return Ok(DEFAULT_LIMIT) };
+        let Some(v) = self.get("limit") else { return Ok(DEFAULT_LIMIT.min(self.1.max_log_lines)) };
         let n: i64 = v.trim().parse().map_err(|_| LokiError::bad(format!("invalid limit parameter: {v:?}")))?;
         if n <= 0 {
             return Err(LokiError::bad("limit must be a positive value"));
         }
-        if n as u64 > MAX_LIMIT as u64 {
+        let max = self.1.max_log_lines;
+        if n as u64 > max as u64 {
             return Err(LokiError::bad(format!(
-                "max entries limit per query exceeded, limit > max_entries_limit ({n} > {MAX_LIMIT})"
+                "max entries limit per query exceeded, limit > max_entries_limit ({n} > {max}) ([query] max_log_lines)"
             )));
         }
         Ok(n as usize)
@@ -205,7 +260,7 @@ impl Params {
     }
 
     fn selector(&self) -> Result<Option<Vec<Matcher>>, LokiError> {
-        self.get("query").map(|q| logql::parse_selector(q).map_err(LokiError::from)).transpose()
+        self.get("query").map(|q| self.parse_selector(q)).transpose()
     }
 }
 
@@ -417,7 +472,7 @@ fn vector_json(series: Vec<Series>, t: u64) -> Json {
 // ---------------------------------------------------------------------------------------------
 
 async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, LokiError> {
-    let expr = logql::parse(p.query()?)?;
+    let expr = p.logql()?;
     let (start, end) = p.range(DEFAULT_QUERY_SINCE_NS)?;
     let limit = p.limit()?;
     let dir = p.direction()?;
@@ -446,12 +501,7 @@ async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, 
             // As Loki's query frontend: evaluation times aligned to the step.
             let (s, e) = (start / step * step, end / step * step);
             let points = (e - s) / step + 1;
-            if points > MAX_POINTS {
-                return Err(LokiError::bad(format!(
-                    "exceeded maximum resolution of 11,000 points per timeseries ({points}). Try decreasing the \
-                     query resolution (?step=XX)"
-                )));
-            }
+            p.check_points(points)?;
             let grid = Grid { start: s, step, n: points as usize };
             let v = eval::metric_query(&st.query, &m, &grid, &mut stats).await?;
             let result = matrix_json(v, &grid);
@@ -465,7 +515,7 @@ async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, 
 }
 
 async fn query(State(st): State<AppState>, p: Params) -> Result<Response, LokiError> {
-    let expr = logql::parse(p.query()?)?;
+    let expr = p.logql()?;
     let t = p.time("time")?.unwrap_or_else(now_ns);
     p.limit()?;
     p.direction()?;
@@ -508,7 +558,13 @@ async fn series(State(st): State<AppState>, p: Params) -> Result<Response, LokiE
     let range = meta_range(&p)?;
     let mut sels = Vec::new();
     for m in p.all("match[]").into_iter().chain(p.all("match")) {
-        sels.push(logql::parse_selector(m)?);
+        sels.push(p.parse_selector(m)?);
+    }
+    if sels.len() > p.1.max_selectors {
+        return Err(LokiError::bad(format!(
+            "more than {} match[] selectors ([query] max_selectors)",
+            p.1.max_selectors
+        )));
     }
     if sels.is_empty() {
         return Err(LokiError::bad("missing match[] parameter: at least one stream selector is required"));
@@ -518,7 +574,7 @@ async fn series(State(st): State<AppState>, p: Params) -> Result<Response, LokiE
 
 async fn index_stats(State(st): State<AppState>, p: Params) -> Result<Response, LokiError> {
     let range = meta_range(&p)?;
-    let ms = logql::parse_selector(p.query()?)?;
+    let ms = p.parse_selector(p.query()?)?;
     let s = meta::index_stats(&st.query, range, &ms).await?;
     Ok(axum::Json(json!({ "streams": s.streams, "chunks": s.chunks, "entries": s.entries, "bytes": s.bytes }))
         .into_response())
@@ -526,7 +582,7 @@ async fn index_stats(State(st): State<AppState>, p: Params) -> Result<Response, 
 
 /// Parameters shared by the two volume endpoints: (selector, group labels, limit).
 fn volume_params(p: &Params) -> Result<(Vec<Matcher>, Vec<String>, usize), LokiError> {
-    let ms = logql::parse_selector(p.query()?)?;
+    let ms = p.parse_selector(p.query()?)?;
     match p.get("aggregateBy") {
         None | Some("series") => {}
         Some(other) => {
@@ -572,12 +628,7 @@ async fn volume_range(State(st): State<AppState>, p: Params) -> Result<Response,
     let step = p.step(start, end)?;
     let (s, e) = (start / step * step, end / step * step);
     let points = (e - s) / step + 1;
-    if points > MAX_POINTS {
-        return Err(LokiError::bad(format!(
-            "exceeded maximum resolution of 11,000 points per timeseries ({points}). Try decreasing the query \
-             resolution (?step=XX)"
-        )));
-    }
+    p.check_points(points)?;
     let grid = Grid { start: s, step, n: points as usize };
     let range = TimeRange { start_ns: start, end_ns: end.saturating_add(1) };
     let series = meta::volume(&st.query, range, &ms, &labels, &grid, step).await?;
@@ -597,7 +648,7 @@ async fn detected_labels(State(st): State<AppState>, p: Params) -> Result<Respon
 async fn detected_fields(State(st): State<AppState>, p: Params) -> Result<Response, LokiError> {
     let range = meta_range(&p)?;
     let log = match p.get("query") {
-        Some(q) => match logql::parse(q)? {
+        Some(q) => match p.parse_logql(q)? {
             Expr::Log(l) => Some(l),
             Expr::Metric(_) => return Err(LokiError::bad("detected_fields needs a log query, not a metric query")),
         },
@@ -619,7 +670,7 @@ async fn detected_fields(State(st): State<AppState>, p: Params) -> Result<Respon
 }
 
 async fn format_query(p: Params) -> Result<Response, LokiError> {
-    let expr = logql::parse(p.query()?)?;
+    let expr = p.logql()?;
     Ok(success(json!(expr.to_string())))
 }
 

@@ -40,6 +40,9 @@ pub(crate) enum EvalError {
     /// The store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The query ran past its time budget (503, `timeout`).
+    #[error("query timed out in expression evaluation ([query] timeout)")]
+    Timeout,
 }
 
 /// Limits of one query.
@@ -49,12 +52,34 @@ pub(crate) struct Limits {
     pub max_samples: usize,
     /// Most points in the result (series × steps).
     pub max_points: usize,
+    /// Most series one selector may read.
+    pub max_series: usize,
+    /// When evaluation gives up (`timeout` error); checked while loading and between steps.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_samples: 20_000_000, max_points: 5_000_000 }
+        Limits { max_samples: 20_000_000, max_points: 20_000_000, max_series: 100_000, deadline: None }
     }
+}
+
+impl Limits {
+    /// `Err(Timeout)` once the deadline has passed.
+    pub fn check_deadline(&self) -> Result<(), EvalError> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() > d => Err(EvalError::Timeout),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a query may still read: samples left, and the limits of its selectors.
+pub(crate) struct Budget {
+    /// Samples the query may still read.
+    pub samples: usize,
+    /// The query's limits.
+    pub limits: Limits,
 }
 
 /// One series read from the store, points oldest first.
@@ -167,7 +192,12 @@ pub(crate) fn check_supported(expr: &Expr) -> Result<(), EvalError> {
         Expr::Paren(p) => check_supported(&p.expr),
         Expr::Unary(u) => check_supported(&u.expr),
         Expr::VectorSelector(vs) => check_selector(vs),
-        Expr::MatrixSelector(ms) => check_selector(&ms.vs),
+        Expr::MatrixSelector(ms) => {
+            if millis(&ms.range) > MAX_SPAN_MS {
+                return Err(EvalError::BadData(format!("the range [{:?}] is longer than 100 years", ms.range)));
+            }
+            check_selector(&ms.vs)
+        }
         Expr::Subquery(_) => bad("a subquery".to_string()),
         Expr::Extension(_) => bad("an extension expression".to_string()),
         Expr::Aggregate(a) => {
@@ -202,9 +232,21 @@ pub(crate) fn check_supported(expr: &Expr) -> Result<(), EvalError> {
     }
 }
 
+/// Longest range, offset and distance of an `@` time from 1970 accepted (100 years, in ms): with
+/// request times bounded as well (`parse_time`), time arithmetic cannot overflow.
+pub(crate) const MAX_SPAN_MS: i64 = 100 * 366 * 86_400_000;
+
 fn check_selector(vs: &VectorSelector) -> Result<(), EvalError> {
     if !vs.matchers.or_matchers.is_empty() {
         return Err(EvalError::BadData("`or` inside a selector is not supported by obsbox's PromQL subset".into()));
+    }
+    if offset_ms(&vs.offset).abs() > MAX_SPAN_MS {
+        return Err(EvalError::BadData("an offset longer than 100 years is not supported".into()));
+    }
+    if let Some(AtModifier::At(t)) = &vs.at
+        && system_time_ms(t).abs() > MAX_SPAN_MS * 100
+    {
+        return Err(EvalError::BadData("an @ time more than 10,000 years from 1970 is not supported".into()));
     }
     Ok(())
 }
@@ -298,8 +340,9 @@ pub(crate) fn read_series(
     matchers: &[Matcher],
     mint: i64,
     maxt: i64,
-    budget: &mut usize,
+    budget: &mut Budget,
 ) -> Result<Vec<Series>, EvalError> {
+    budget.limits.check_deadline()?;
     if !matchers.iter().any(|m| !m.is_match("")) {
         return Err(EvalError::BadData("vector selector must contain at least one non-empty matcher".to_string()));
     }
@@ -312,14 +355,21 @@ pub(crate) fn read_series(
     let opts = ViewOptions { native_histograms: true, target_info: true };
     let view = reader.find_metrics_view(&query, &label_pushdown(matchers), &opts)?;
     let mut out = Vec::new();
+    let max_series = budget.limits.max_series;
     let mut take = |n: usize| -> Result<(), EvalError> {
-        if n > *budget {
+        if n > budget.samples {
             return Err(EvalError::Execution(
-                "query processing would load too many samples into memory in query execution".to_string(),
+                "query processing would load too many samples into memory in query execution ([query] max_samples)"
+                    .to_string(),
             ));
         }
-        *budget -= n;
+        budget.samples -= n;
         Ok(())
+    };
+    let too_many_series = || {
+        EvalError::Execution(format!(
+            "a selector of the query matches more than {max_series} series ([query] max_series): add label matchers"
+        ))
     };
     for fam in view.families {
         for s in fam.series {
@@ -330,6 +380,9 @@ pub(crate) fn read_series(
                 s.samples.iter().filter(|p| p.t_ms >= mint && p.t_ms <= maxt).map(|p| (p.t_ms, p.value)).collect();
             if floats.is_empty() {
                 continue;
+            }
+            if out.len() >= max_series {
+                return Err(too_many_series());
             }
             take(floats.len())?;
             let metric = Arc::new(s.labels);
@@ -347,6 +400,9 @@ pub(crate) fn read_series(
                 .collect();
             if hists.is_empty() {
                 continue;
+            }
+            if out.len() >= max_series {
+                return Err(too_many_series());
             }
             take(hists.len() * 8)?;
             let metric = Arc::new(s.labels);
@@ -416,12 +472,12 @@ impl Evaluator {
         limits: &Limits,
     ) -> Result<Evaluator, EvalError> {
         let mut ev = Evaluator { start, end, lookback, data: HashMap::new(), groups: RefCell::default() };
-        let mut budget = limits.max_samples;
+        let mut budget = Budget { samples: limits.max_samples, limits: *limits };
         ev.load_expr(reader, expr, &mut budget)?;
         Ok(ev)
     }
 
-    fn load_expr(&mut self, reader: &dyn Reader, expr: &Expr, budget: &mut usize) -> Result<(), EvalError> {
+    fn load_expr(&mut self, reader: &dyn Reader, expr: &Expr, budget: &mut Budget) -> Result<(), EvalError> {
         match expr {
             Expr::VectorSelector(vs) => self.load_selector(reader, vs, self.lookback, budget),
             Expr::MatrixSelector(ms) => self.load_selector(reader, &ms.vs, millis(&ms.range), budget),
@@ -463,7 +519,7 @@ impl Evaluator {
         reader: &dyn Reader,
         vs: &VectorSelector,
         window: i64,
-        budget: &mut usize,
+        budget: &mut Budget,
     ) -> Result<(), EvalError> {
         let a = self.selector_time(vs, self.start);
         let b = self.selector_time(vs, self.end);

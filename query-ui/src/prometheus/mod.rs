@@ -35,14 +35,11 @@ use promql_parser::parser::{Expr, parse};
 
 use self::eval::{EvalError, Evaluator, Limits, Metric, Sample, Series, Value};
 use self::hist::FloatHist;
+use crate::limits::QueryLimits;
 use crate::{AppState, QueryError};
 
 /// Default look-back of instant selectors.
 const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
-/// Most steps of a range query (Prometheus' limit).
-const MAX_STEPS: i64 = 11_000;
-/// Longest query text accepted.
-const MAX_QUERY_BYTES: usize = 64 * 1024;
 /// Look-back of the metadata endpoints without `start`.
 const DEFAULT_META_SINCE_MS: i64 = 6 * 3600 * 1000;
 /// The Prometheus version reported by `status/buildinfo`: the release whose query semantics
@@ -88,6 +85,9 @@ impl From<EvalError> for PromError {
                 PromError { status: StatusCode::UNPROCESSABLE_ENTITY, kind: "execution", message: m }
             }
             EvalError::Store(e) => QueryError::from(e).into(),
+            EvalError::Timeout => {
+                PromError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "timeout", message: e.to_string() }
+            }
         }
     }
 }
@@ -154,14 +154,9 @@ impl Params {
             .transpose()
     }
 
-    fn expr(&self) -> Result<Expr, PromError> {
+    fn expr(&self, limits: &QueryLimits) -> Result<Expr, PromError> {
         let q = self.get("query").ok_or_else(|| PromError::bad("invalid parameter \"query\": missing query"))?;
-        if q.len() > MAX_QUERY_BYTES {
-            return Err(PromError::bad(format!("invalid parameter \"query\": longer than {MAX_QUERY_BYTES} bytes")));
-        }
-        let expr = parse(q).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))?;
-        eval::check_supported(&expr)?;
-        Ok(expr)
+        parse_checked(q, limits).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))
     }
 
     fn lookback(&self) -> Result<i64, PromError> {
@@ -178,10 +173,20 @@ impl Params {
         Ok((start, end))
     }
 
-    fn matchers(&self) -> Result<Vec<Vec<Matcher>>, PromError> {
+    fn matchers(&self, limits: &QueryLimits) -> Result<Vec<Vec<Matcher>>, PromError> {
         let mut out = Vec::new();
-        for m in self.all("match[]") {
-            let expr = parse(m).map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?;
+        let all = self.all("match[]");
+        if all.len() > limits.max_selectors {
+            return Err(PromError::bad(format!(
+                "invalid parameter \"match[]\": more than {} selectors ([query] max_selectors)",
+                limits.max_selectors
+            )));
+        }
+        for m in all {
+            let bad = |e: String| PromError::bad(format!("invalid parameter \"match[]\": {e}"));
+            limits.check_text("match[]", m).map_err(bad)?;
+            prescan(m, limits.max_query_depth, limits.max_query_clauses).map_err(bad)?;
+            let expr = parse(m).map_err(bad)?;
             let Expr::VectorSelector(vs) = expr else {
                 return Err(PromError::bad("invalid parameter \"match[]\": not a vector selector"));
             };
@@ -198,10 +203,88 @@ impl Params {
     }
 }
 
+/// Parses a PromQL expression within `limits` (text length, nesting, selectors) and checks
+/// that obsbox evaluates it. The message is for `invalid parameter "query": ...`.
+fn parse_checked(q: &str, limits: &QueryLimits) -> Result<Expr, String> {
+    limits.check_text("the query", q)?;
+    prescan(q, limits.max_query_depth, limits.max_query_clauses)?;
+    let expr = parse(q)?;
+    limits.check_promql(&expr)?;
+    eval::check_supported(&expr).map_err(|e| e.to_string())?;
+    Ok(expr)
+}
+
+/// A look at the text before parsing it, so that the parser never sees what would exhaust its
+/// stack or time: brackets nested at most `max_depth` deep, and at most `max_ops` operators
+/// (`+ - * / % ^ < > = !` characters and `and`/`or`/`unless` outside strings and label
+/// braces). Binary chains parse into trees as deep as they are long, and runs of unary minus
+/// nest one level each: both are bounded by the operator count.
+fn prescan(q: &str, max_depth: usize, max_ops: usize) -> Result<(), String> {
+    let (mut depth, mut braces, mut ops) = (0usize, 0usize, 0usize);
+    let (mut quote, mut escaped) = (None::<char>, false);
+    let mut word = String::new();
+    let count_word = |word: &mut String, ops: &mut usize| {
+        if matches!(word.to_ascii_lowercase().as_str(), "and" | "or" | "unless") {
+            *ops += 1;
+        }
+        word.clear();
+    };
+    for c in q.chars() {
+        if quote.is_none() && (c.is_alphanumeric() || c == '_') {
+            word.push(c);
+            continue;
+        }
+        count_word(&mut word, &mut ops);
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(qc) if c == qc => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' | '`' => quote = Some(c),
+                '(' | '{' | '[' => {
+                    depth += 1;
+                    braces += (c == '{') as usize;
+                    if depth > max_depth {
+                        return Err(format!(
+                            "the expression is nested more than {max_depth} levels deep ([query] max_query_depth)"
+                        ));
+                    }
+                }
+                ')' | '}' | ']' => {
+                    depth = depth.saturating_sub(1);
+                    braces = braces.saturating_sub((c == '}') as usize);
+                }
+                '+' | '-' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '!' if braces == 0 => ops += 1,
+                _ => {}
+            },
+        }
+        if ops > max_ops {
+            return Err(format!("the expression has more than {max_ops} operators ([query] max_query_clauses)"));
+        }
+    }
+    count_word(&mut word, &mut ops);
+    if ops > max_ops {
+        return Err(format!("the expression has more than {max_ops} operators ([query] max_query_clauses)"));
+    }
+    Ok(())
+}
+
+/// The evaluator's limits from `[query]`.
+fn eval_limits(limits: &QueryLimits) -> Limits {
+    Limits {
+        max_samples: limits.max_samples,
+        max_points: limits.max_samples,
+        max_series: limits.max_series,
+        deadline: Some(std::time::Instant::now() + limits.timeout),
+    }
+}
+
 /// A time as Prometheus accepts it: Unix seconds (with fraction) or RFC 3339; to milliseconds.
 pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(f) = s.parse::<f64>() {
-        if !f.is_finite() || f.abs() > 9.2e15 {
+        // Within 10,000 years of 1970 (time arithmetic cannot overflow, see eval::MAX_SPAN_MS).
+        if !f.is_finite() || f.abs() > 3.2e11 {
             return Err(format!("cannot parse {s:?} to a valid timestamp"));
         }
         return Ok((f * 1000.0).round() as i64);
@@ -225,7 +308,7 @@ fn system_ms(t: &SystemTime) -> i64 {
 /// A duration: float seconds or a Prometheus duration (`1h30m`, `5m`, `250ms`); to milliseconds.
 pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
     if let Ok(f) = s.parse::<f64>() {
-        if !f.is_finite() || f.abs() > 9.2e15 {
+        if !f.is_finite() || f.abs() > 3.2e11 {
             return Err(format!("cannot parse {s:?} to a valid duration"));
         }
         return Ok((f * 1000.0).round() as i64);
@@ -255,6 +338,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
             _ => return Err(err()),
         };
         total = total.checked_add(n.checked_mul(ms).ok_or_else(err)?).ok_or_else(err)?;
+        if total > 100 * eval::MAX_SPAN_MS {
+            return Err(err());
+        }
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -420,7 +506,9 @@ fn is_sorting(expr: &Expr) -> bool {
 }
 
 fn too_many_points() -> EvalError {
-    EvalError::Execution("query processing would load too many samples into memory in query execution".to_string())
+    EvalError::Execution(
+        "query processing would load too many samples into memory in query execution ([query] max_samples)".to_string(),
+    )
 }
 
 /// Evaluates a range query: one evaluation per step, collected into series sorted by labels.
@@ -441,6 +529,7 @@ pub(crate) fn range_query(
     let mut points = 0usize;
     let mut ts = start;
     while ts <= end {
+        limits.check_deadline()?;
         let samples = match ev.eval(expr, ts)? {
             Value::Scalar(v) => vec![Sample { metric: Arc::new(Vec::new()), f: v, h: None }],
             Value::Vector(v) => v,
@@ -498,10 +587,11 @@ pub(crate) fn range_query(
 }
 
 async fn query(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let expr = p.expr()?;
+    let limits = eval_limits(st.query.limits());
+    let expr = p.expr(st.query.limits())?;
     let ts = p.time("time")?.unwrap_or_else(now_ms);
     let lookback = p.lookback()?;
-    let v = blocking(&st, move |r| instant_query(r, &expr, ts, lookback, &Limits::default())).await?;
+    let v = blocking(&st, move |r| instant_query(r, &expr, ts, lookback, &limits)).await?;
     let mut out = String::new();
     let kind = v.type_name();
     match &v {
@@ -536,7 +626,7 @@ async fn query(State(st): State<AppState>, p: Params) -> Result<Response, PromEr
 }
 
 async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let expr = p.expr()?;
+    let expr = p.expr(st.query.limits())?;
     let start = p.time("start")?.ok_or_else(|| PromError::bad("invalid parameter \"start\": missing"))?;
     let end = p.time("end")?.ok_or_else(|| PromError::bad("invalid parameter \"end\": missing"))?;
     if end < start {
@@ -548,13 +638,21 @@ async fn query_range(State(st): State<AppState>, p: Params) -> Result<Response, 
             "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
         ));
     }
-    if (end - start) / step > MAX_STEPS {
-        return Err(PromError::bad(
-            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
-        ));
+    let max_points = st.query.limits().max_points_per_series as i64;
+    if end.saturating_sub(start) / step > max_points {
+        return Err(PromError::bad(format!(
+            "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+            crate::limits::thousands(max_points as u64)
+        )));
     }
+    let range_ns = TimeRange {
+        start_ns: u64::try_from(start.max(0)).unwrap_or(0).saturating_mul(1_000_000),
+        end_ns: u64::try_from(end.max(0)).unwrap_or(0).saturating_mul(1_000_000),
+    };
+    st.query.limits().check_range(range_ns).map_err(|e| PromError::bad(format!("invalid parameter \"end\": {e}")))?;
+    let limits = eval_limits(st.query.limits());
     let lookback = p.lookback()?;
-    let series = blocking(&st, move |r| range_query(r, &expr, start, end, step, lookback, &Limits::default())).await?;
+    let series = blocking(&st, move |r| range_query(r, &expr, start, end, step, lookback, &limits)).await?;
     let mut out = String::from("[");
     for (i, s) in series.iter().enumerate() {
         if i > 0 {
@@ -614,7 +712,7 @@ fn series_in(
 }
 
 async fn series(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let selectors = p.matchers()?;
+    let selectors = p.matchers(st.query.limits())?;
     if selectors.is_empty() {
         return Err(PromError::bad("no match[] parameter provided"));
     }
@@ -637,7 +735,7 @@ fn string_list(items: impl IntoIterator<Item = String>) -> String {
 }
 
 async fn label_names(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let selectors = p.matchers()?;
+    let selectors = p.matchers(st.query.limits())?;
     let (start, end) = p.meta_range()?;
     let found = blocking(&st, move |r| series_in(r, &selectors, start, end)).await?;
     let names: BTreeSet<String> = found.keys().flat_map(|l| l.iter().map(|(k, _)| k.clone())).collect();
@@ -648,7 +746,7 @@ async fn label_values(State(st): State<AppState>, Path(name): Path<String>, p: P
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(PromError::bad(format!("invalid label name: {name:?}")));
     }
-    let selectors = p.matchers()?;
+    let selectors = p.matchers(st.query.limits())?;
     let (start, end) = p.meta_range()?;
     let found = blocking(&st, move |r| series_in(r, &selectors, start, end)).await?;
     let values: BTreeSet<String> =
@@ -690,7 +788,7 @@ async fn metadata(State(st): State<AppState>, p: Params) -> Result<Response, Pro
 
 /// Exemplars (trace and span ids) of the series the query's selectors select, in `[start, end]`.
 async fn query_exemplars(State(st): State<AppState>, p: Params) -> Result<Response, PromError> {
-    let expr = p.expr()?;
+    let expr = p.expr(st.query.limits())?;
     let end = p.time("end")?.unwrap_or_else(now_ms);
     let start = p.time("start")?.unwrap_or(end - 3600 * 1000);
     if end < start {
@@ -830,15 +928,10 @@ pub(crate) async fn explore_range(
     end_ms: i64,
     step_ms: i64,
 ) -> Result<Vec<ChartSeries>, (StatusCode, String)> {
-    if query.len() > MAX_QUERY_BYTES {
-        return Err((StatusCode::BAD_REQUEST, format!("the expression is longer than {MAX_QUERY_BYTES} bytes")));
-    }
-    let expr = parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    eval::check_supported(&expr).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let expr = parse_checked(query, st.query.limits()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let step = step_ms.max(1);
-    let res =
-        blocking(st, move |r| range_query(r, &expr, start_ms, end_ms, step, DEFAULT_LOOKBACK_MS, &Limits::default()))
-            .await;
+    let limits = eval_limits(st.query.limits());
+    let res = blocking(st, move |r| range_query(r, &expr, start_ms, end_ms, step, DEFAULT_LOOKBACK_MS, &limits)).await;
     match res {
         Ok(series) => Ok(series
             .into_iter()
@@ -848,5 +941,74 @@ pub(crate) async fn explore_range(
         Err(e) if e.status.is_server_error() => Err((e.status, e.message)),
         // an execution error (422 in the API) is still the expression's fault
         Err(e) => Err((StatusCode::BAD_REQUEST, e.message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread with a runtime worker's stack (2 MiB), as the handlers do.
+    fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(2 << 20).spawn(f).unwrap().join().unwrap()
+    }
+
+    #[test]
+    fn hostile_expressions_are_refused_before_they_reach_the_parser() {
+        // Each of these once overflowed the stack (aborting obsbox) or took seconds to parse.
+        let cases = [
+            ("-".repeat(30_000) + "time()", "operators"),
+            ("1".to_string() + &"+1".repeat(20_000), "operators"),
+            ("up".to_string() + &" or up".repeat(300), "operators"),
+            ("(".repeat(10_000) + "1" + &")".repeat(10_000), "nested"),
+            ("sum(".repeat(100) + "up" + &")".repeat(100), "nested"),
+        ];
+        for (q, why) in cases {
+            let err = on_worker_stack(move || parse_checked(&q, &QueryLimits::default()).unwrap_err());
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn match_selectors_are_scanned_before_parsing() {
+        let p = Params(vec![("match[]".into(), "-".repeat(30_000) + "up")]);
+        let e = on_worker_stack(move || p.matchers(&QueryLimits::default()).unwrap_err());
+        assert!(e.message.contains("operators"), "{}", e.message);
+    }
+
+    #[test]
+    fn label_matchers_and_strings_are_not_operators() {
+        let limits = QueryLimits { max_query_clauses: 3, ..Default::default() };
+        let q = r#"sum by (code) (rate(http_requests_total{code!~"5..", path=~"/a|/b", x!="-+*"}[5m])) / 2"#;
+        parse_checked(q, &limits).unwrap();
+        assert!(parse_checked("a + b - c * d / e", &limits).unwrap_err().contains("max_query_clauses"));
+        assert!(parse_checked("a and b or c unless d and e", &limits).unwrap_err().contains("max_query_clauses"));
+        assert!(
+            parse_checked("a + b", &QueryLimits { max_selectors: 1, ..Default::default() })
+                .unwrap_err()
+                .contains("max_selectors")
+        );
+        assert!(
+            parse_checked(&"x".repeat(100), &QueryLimits { max_query_bytes: 99, ..Default::default() })
+                .unwrap_err()
+                .contains("max_query_bytes")
+        );
+    }
+
+    #[test]
+    fn times_and_spans_stay_where_arithmetic_cannot_overflow() {
+        // Each of these once panicked (debug) or wrapped (release) in time arithmetic.
+        for t in ["-9e15", "9e15", "1e300"] {
+            assert!(parse_time(t).is_err(), "{t}");
+        }
+        assert_eq!(parse_time("0001-01-01T00:00:00Z"), Ok(i64::MIN / 2));
+        assert!(parse_duration("100000000y").is_err());
+        assert!(parse_duration("9e15").is_err());
+        assert_eq!(parse_duration("1y"), Ok(365 * 86_400_000));
+        let limits = QueryLimits::default();
+        for q in ["up[1000y]", "up offset 1000y", "up offset -1000y", "up @ 1e300"] {
+            assert!(parse_checked(q, &limits).is_err(), "{q}");
+        }
+        parse_checked("rate(up[30d] offset 1y)", &limits).unwrap();
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::range::{RangeParams, UiRange, display_time, input_value, url};
 use super::{Layout, Nav, ScriptJson, UiError, fmt, render_with, svc_class};
 use crate::AppState;
-use crate::filters::parse_log_query;
+use crate::filters::parse_log_query_with;
 
 /// Records per page by default, and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -255,7 +255,11 @@ fn record(e: &LogEntry) -> Record {
 fn parse_cursor(c: &str) -> Result<(u64, usize), String> {
     let err = || format!("cursor {c:?} is not one this page made");
     let (t, skip) = c.split_once('.').ok_or_else(err)?;
-    Ok((t.parse().map_err(|_| err())?, skip.parse().map_err(|_| err())?))
+    let skip: usize = skip.parse().map_err(|_| err())?;
+    if skip > crate::native::MAX_CURSOR_SKIP {
+        return Err(err());
+    }
+    Ok((t.parse().map_err(|_| err())?, skip))
 }
 
 /// The URL of this page with `query` and `range` (and extra pairs).
@@ -396,20 +400,21 @@ fn histogram(counts: &[(u64, u64)], time: TimeRange, bucket: u64, query: &str) -
 async fn page(State(state): State<AppState>, Query(params): Query<Params>) -> Result<Response, UiError> {
     let query = params.query.clone().unwrap_or_default();
     let mut problem: Option<String> = None;
-    let range = match params.range.parse("1h") {
+    let range = match params.range.parse("1h").and_then(|r| state.query.limits().check_range(r.time).map(|_| r)) {
         Ok(r) => r,
         Err(e) => {
             problem = Some(e);
             RangeParams::default().parse("1h").expect("the default range parses")
         }
     };
+    let max_limit = MAX_LIMIT.min(state.query.limits().max_log_lines);
     let limit = match params.limit.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => DEFAULT_LIMIT,
+        None => DEFAULT_LIMIT.min(max_limit),
         Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Ok(n) if (1..=max_limit).contains(&n) => n,
             _ => {
-                problem.get_or_insert(format!("limit must be a number between 1 and {MAX_LIMIT}"));
-                DEFAULT_LIMIT
+                problem.get_or_insert(format!("limit must be a number between 1 and {max_limit}"));
+                DEFAULT_LIMIT.min(max_limit)
             }
         },
     };
@@ -420,7 +425,7 @@ async fn page(State(state): State<AppState>, Query(params): Query<Params>) -> Re
             None
         }
     };
-    let predicate = match parse_log_query(&query) {
+    let predicate = match parse_log_query_with(&query, state.query.limits()) {
         Ok(p) => Some(p),
         Err(e) => {
             problem.get_or_insert(e);

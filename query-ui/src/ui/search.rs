@@ -281,7 +281,7 @@ async fn page(
     if problem.is_none() {
         match api_params(&params, &range).map_err(UiError::bad_request) {
             Err(e) => problem = Some(e.message),
-            Ok(api) => match api.search() {
+            Ok(api) => match api.search(state.query.limits()) {
                 Err(e) => problem = Some(e.to_string()),
                 Ok(search) => match state.query.search_traces(&search).await {
                     Ok(traces) => results = traces.iter().map(|t| t.summary()).collect(),

@@ -14,6 +14,7 @@ mod browser;
 mod common;
 
 mod alertmanager_webhook;
+mod api_schemathesis;
 mod compose_files;
 mod compose_stack;
 mod crash;
@@ -26,6 +27,7 @@ mod e2e_slo_demo;
 mod overload;
 mod prometheus_exposition;
 mod prometheus_remote_write;
+mod query_limits;
 mod slo_reload;
 mod ui_browser_explore;
 mod ui_browser_pages;

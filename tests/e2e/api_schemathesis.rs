@@ -8,7 +8,7 @@
 //! reason, are in `tests/schemathesis/schemathesis.toml`. A failure prints schemathesis' report,
 //! with a `curl` line reproducing each failing request.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

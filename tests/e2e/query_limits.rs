@@ -5,7 +5,7 @@
 //! just inside the limits succeed, and a query past its time budget answers 503 while the server
 //! keeps serving.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

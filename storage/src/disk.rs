@@ -28,7 +28,9 @@ use crate::api::*;
 use crate::logs::{self, LogFields};
 use crate::metrics::MetricsStore;
 use crate::prometheus::{PromView, ViewOptions};
+use crate::quarantine::Quarantine;
 use crate::segments::{SegmentOptions, SegmentedIndex};
+use crate::space::{DiskSpace, is_disk_full_error};
 use crate::spans::{self, SpanFields};
 use crate::wal::{Wal, WalOptions, WalRecord, WalSize};
 use crate::{StoreConfig, StoreError};
@@ -46,6 +48,8 @@ const MAX_BACKLOG: Duration = Duration::from_millis(300);
 const MIN_BACKLOG_ITEMS: u64 = 8192;
 /// Time between retention passes.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// First and longest wait before rebuilding an index whose commit failed.
+const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
 struct Job {
     seq: u64,
@@ -70,6 +74,11 @@ struct Inner {
     index_rate: [AtomicU64; 3],
     /// Times at which the batches waiting for each indexer were acknowledged, oldest first.
     queued_since: [Mutex<std::collections::VecDeque<Instant>>; 3],
+    /// The signal's index writer failed (a full disk, an I/O error); writes of the signal are
+    /// refused until the indexer has rebuilt it from the WAL.
+    index_failed: [AtomicBool; 3],
+    space: Arc<DiskSpace>,
+    quarantine: Quarantine,
     closed: AtomicBool,
 }
 
@@ -115,6 +124,8 @@ impl DiskStore {
         config.validate().map_err(StoreError::InvalidConfig)?;
         let root: PathBuf = config.data_dir.clone();
         std::fs::create_dir_all(&root)?;
+        let quarantine = Quarantine::default();
+        let space = Arc::new(DiskSpace::new(&root, config.min_free_bytes));
         let seg_opts = SegmentOptions {
             memory_bytes: config.index_memory_bytes as usize,
             max_age: config.segment_max_age,
@@ -129,6 +140,7 @@ impl DiskStore {
             spans::TIME_FIELD,
             span_fields.data,
             seg_opts.clone(),
+            &quarantine,
         )?;
         let (log_schema, log_fields) = logs::schema();
         let logs_idx = SegmentedIndex::open(
@@ -139,14 +151,17 @@ impl DiskStore {
             logs::TIME_FIELD,
             log_fields.data,
             seg_opts,
+            &quarantine,
         )?;
-        let metrics = MetricsStore::open(&root.join("metrics"))?;
+        let metrics = MetricsStore::open(&root.join("metrics"), &quarantine)?;
 
         let wal_opts = |s: Signal| WalOptions {
             fsync: config.fsync,
             fsync_interval: config.fsync_interval,
             file_bytes: config.wal_file_bytes,
             thread_name: format!("obsbox-wal-{}", s.as_str()),
+            space: Some(space.clone()),
+            quarantine: quarantine.clone(),
         };
         let wal_dir = root.join("wal");
         let (span_wal, span_replay) =
@@ -206,6 +221,9 @@ impl DiskStore {
             pending_items: Default::default(),
             queued_since: Default::default(),
             index_rate: Default::default(),
+            index_failed: Default::default(),
+            space,
+            quarantine,
             closed: AtomicBool::new(false),
         });
         let store = DiskStore { inner, threads: Mutex::new(Vec::new()), stop: Arc::new(AtomicBool::new(false)) };
@@ -290,6 +308,17 @@ impl Writer for DiskStore {
             Batch::Metrics(r) => r.encoded_len(),
         } as u64;
         let items = batch.item_count() as u64;
+        if let Err(e) = inner.space.admit() {
+            return Box::pin(futures::future::ready(Err(e)));
+        }
+        if inner.index_failed[idx(signal)].load(Ordering::SeqCst) {
+            let e = if inner.space.is_full() {
+                inner.space.error()
+            } else {
+                StoreError::Unavailable(format!("the {} index is being rebuilt after a failed commit", signal.as_str()))
+            };
+            return Box::pin(futures::future::ready(Err(e)));
+        }
         // Admit at most about MAX_BACKLOG of indexing work, at the measured capacity, so bursts
         // cannot queue more than the indexer clears within the searchable bound.
         let pending = inner.pending_items[idx(signal)].load(Ordering::SeqCst);
@@ -359,6 +388,13 @@ fn release(inner: &Inner, signal: Signal, bytes: u64, items: u64) {
     inner.pending_items[idx(signal)].fetch_sub(items, Ordering::SeqCst);
 }
 
+/// An indexer whose index writer failed: what it had added since the last commit is gone and
+/// is added again from the WAL once the writer is rebuilt.
+struct Failed {
+    retry_at: Instant,
+    backoff: Duration,
+}
+
 fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
     let interval = match signal {
         Signal::Metrics => METRICS_FLUSH_INTERVAL,
@@ -369,6 +405,9 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
     // Capacity estimate: items per second of busy time (indexing and committing), not per
     // second of wall time, so an idle indexer does not look slow.
     let (mut busy, mut done, mut window) = (Duration::ZERO, 0u64, Instant::now());
+    // Highest seq taken from the queue, and whether the index writer failed.
+    let mut last_seq = 0u64;
+    let mut failed: Option<Failed> = None;
     loop {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let msg = rx.recv_timeout(timeout);
@@ -386,8 +425,13 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
         if let Ok(job) = msg {
             inner.queued_since[idx(signal)].lock().pop_front();
             let (seq, bytes, items) = (job.seq, job.bytes, job.items);
-            if let Err(e) = index_job(inner, signal, job, &mut docs) {
+            last_seq = last_seq.max(seq);
+            // With a failed writer the record is only in the WAL; the rebuild adds it.
+            if failed.is_none()
+                && let Err(e) = index_job(inner, signal, job, &mut docs)
+            {
                 tracing::error!(signal = signal.as_str(), seq, error = %e, "indexing failed; the record stays in the write-ahead log");
+                failed = Some(fail(inner, signal, &e));
             }
             release(inner, signal, bytes, items);
             done += items;
@@ -398,8 +442,39 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
             }
         }
         let commit_started = Instant::now();
-        if let Err(e) = commit(inner, signal) {
-            tracing::error!(signal = signal.as_str(), error = %e, "commit failed");
+        if let Some(f) = &mut failed
+            && (disconnected || (Instant::now() >= f.retry_at && !inner.space.is_full()))
+        {
+            match recover(inner, signal, last_seq) {
+                Ok(n) => {
+                    tracing::info!(
+                        signal = signal.as_str(),
+                        records = n,
+                        "index rebuilt from the write-ahead log; accepting writes again"
+                    );
+                    failed = None;
+                    inner.index_failed[idx(signal)].store(false, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    if is_disk_full_error(&e) {
+                        inner.space.note_full();
+                    }
+                    tracing::warn!(signal = signal.as_str(), error = %e, "index rebuild failed; retrying");
+                    f.backoff = (f.backoff * 2).min(RECOVERY_BACKOFF.1);
+                    f.retry_at = Instant::now() + f.backoff;
+                }
+            }
+        } else if failed.is_none()
+            && let Err(e) = commit(inner, signal)
+        {
+            if is_disk_full_error(&e) {
+                inner.space.note_full();
+            }
+            match signal {
+                // A failed flush puts the head back; the next one retries.
+                Signal::Metrics => tracing::error!(signal = signal.as_str(), error = %e, "metrics flush failed"),
+                _ => failed = Some(fail(inner, signal, &e)),
+            }
         }
         busy += started.elapsed();
         // Commits start every `interval` however long they take, which bounds the time from
@@ -409,6 +484,58 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
             return;
         }
     }
+}
+
+/// Marks the signal's index as failed: its writes are refused until [`recover`] works.
+fn fail(inner: &Inner, signal: Signal, e: &StoreError) -> Failed {
+    if is_disk_full_error(e) {
+        inner.space.note_full();
+    }
+    inner.index_failed[idx(signal)].store(true, Ordering::SeqCst);
+    tracing::error!(
+        signal = signal.as_str(),
+        error = %e,
+        "index commit failed; refusing writes of this signal until the index is rebuilt from the write-ahead log"
+    );
+    Failed { retry_at: Instant::now() + RECOVERY_BACKOFF.0, backoff: RECOVERY_BACKOFF.0 }
+}
+
+/// Rebuilds a failed index: a new writer on the active segment at its last commit, the WAL
+/// records after that commit (up to `last_seq`, the last one the indexer took) added again,
+/// then a commit. Returns the number of records added.
+fn recover(inner: &Inner, signal: Signal, last_seq: u64) -> Result<usize, StoreError> {
+    let index = match signal {
+        Signal::Traces => &inner.spans,
+        Signal::Logs => &inner.logs,
+        Signal::Metrics => return Ok(0),
+    };
+    let committed = index.reset()?;
+    let Some(wal) = inner.wals[idx(signal)].lock().clone() else {
+        // Closing: the records replay at the next open.
+        return Err(StoreError::Unavailable("store is closing".into()));
+    };
+    let records = wal.read_range(committed, last_seq)?;
+    let mut docs = Vec::new();
+    for r in &records {
+        match signal {
+            Signal::Traces => {
+                if let Some(req) = decode_record::<ExportTraceServiceRequest>(signal, r) {
+                    spans::documents(&inner.span_fields, r.seq, req, &mut docs);
+                }
+            }
+            _ => {
+                if let Some(req) = decode_record::<ExportLogsServiceRequest>(signal, r) {
+                    logs::documents(&inner.log_fields, req, &mut docs);
+                }
+            }
+        }
+        for (d, t) in docs.drain(..) {
+            index.add(d, t)?;
+        }
+        index.advance(r.seq);
+    }
+    commit(inner, signal)?;
+    Ok(records.len())
 }
 
 fn index_job(
@@ -440,16 +567,21 @@ fn index_job(
     Ok(())
 }
 
+/// Commits the signal's index (or flushes the metrics head), seals the active segment when
+/// due, and truncates the WAL through what is now committed. Only a failed commit is an error:
+/// a failed seal (no room for the new segment or the metastore) leaves the active segment as
+/// it was and is retried at the next commit.
 fn commit(inner: &Inner, signal: Signal) -> Result<(), StoreError> {
     let seq = match signal {
-        Signal::Traces => {
-            let s = inner.spans.commit()?;
-            inner.spans.seal_if_due()?;
-            s
-        }
-        Signal::Logs => {
-            let s = inner.logs.commit()?;
-            inner.logs.seal_if_due()?;
+        Signal::Traces | Signal::Logs => {
+            let index = if signal == Signal::Traces { &inner.spans } else { &inner.logs };
+            let s = index.commit()?;
+            if let Err(e) = index.seal_if_due() {
+                if is_disk_full_error(&e) {
+                    inner.space.note_full();
+                }
+                tracing::error!(signal = signal.as_str(), error = %e, "sealing the active segment failed; retrying later");
+            }
             s
         }
         Signal::Metrics => {
@@ -457,8 +589,10 @@ fn commit(inner: &Inner, signal: Signal) -> Result<(), StoreError> {
             inner.metrics.committed_seq()
         }
     };
-    if let Some(w) = inner.wals[idx(signal)].lock().as_ref() {
-        w.truncate_through(seq)?;
+    if let Some(w) = inner.wals[idx(signal)].lock().as_ref()
+        && let Err(e) = w.truncate_through(seq)
+    {
+        tracing::warn!(signal = signal.as_str(), error = %e, "cannot delete write-ahead log files already indexed");
     }
     Ok(())
 }
@@ -467,6 +601,8 @@ fn housekeeping(inner: &Inner) -> Result<(), StoreError> {
     let min_time = now_ns().saturating_sub(inner.config.retention.as_nanos() as u64);
     inner.spans.drop_older_than(min_time)?;
     inner.logs.drop_older_than(min_time)?;
+    inner.spans.verify_sealed()?;
+    inner.logs.verify_sealed()?;
     inner.metrics.apply_retention(min_time, 0)?;
     let max = inner.config.max_disk_bytes;
     if max == 0 {
@@ -649,6 +785,8 @@ impl Reader for DiskStore {
             ],
             commits: i.spans.commit_stats().0 + i.logs.commit_stats().0,
             commit_seconds: i.spans.commit_stats().1 + i.logs.commit_stats().1,
+            damaged_files: i.quarantine.count(),
+            disk_full: i.space.is_full(),
         }
     }
 }

@@ -922,6 +922,143 @@ mod tests {
         assert!(msg.contains("schema version 1") && msg.contains("reads version 2"), "{msg}");
     }
 
+    /// Segment directories of a signal, oldest first.
+    fn seg_dirs(root: &std::path::Path, signal: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(root.join(signal))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The biggest tantivy file with extension `ext` in a segment directory.
+    fn seg_file(seg: &std::path::Path, ext: &str) -> PathBuf {
+        std::fs::read_dir(seg)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap_or_else(|| panic!("no .{ext} file in {}", seg.display()))
+    }
+
+    fn trace_len(store: &DiskStore, n: u8) -> usize {
+        store.trace(&crate::testsuite::full_span(n, 1, None).trace_id).unwrap().len()
+    }
+
+    /// Three segments: trace 1 and trace 2 sealed, trace 3 in the active one (committed).
+    fn three_segments(dir: &std::path::Path) {
+        let store = DiskStore::open(config(dir)).unwrap();
+        for n in 1..=3u8 {
+            write_indexed(&store, spans_at(n, now_ns()));
+            if n < 3 {
+                store.inner.spans.seal().unwrap();
+            }
+        }
+        store.inner.spans.commit().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_metastore_is_rebuilt_from_the_segments() {
+        for damage in ["garbage", "truncated"] {
+            let dir = tempfile::tempdir().unwrap();
+            three_segments(dir.path());
+            let path = dir.path().join("traces/metastore");
+            match damage {
+                "garbage" => std::fs::write(&path, b"\x00\x01 not a metastore at all").unwrap(),
+                _ => {
+                    let raw = std::fs::read(&path).unwrap();
+                    std::fs::write(&path, &raw[..raw.len() / 2]).unwrap();
+                }
+            }
+            let store = DiskStore::open(config(dir.path())).unwrap();
+            for n in 1..=3 {
+                assert_eq!(trace_len(&store, n), 200, "{damage}: trace {n} after the rebuild");
+            }
+            assert_eq!(store.stats().damaged_files, 1, "{damage}");
+            assert_eq!(store.stats().segments[0].1, 3, "{damage}: two sealed segments and the active one");
+            assert!(dir.path().join("traces/quarantine/metastore").exists(), "{damage}: the damaged file kept");
+            // New writes go on, and the rebuilt metastore holds after another restart.
+            write_indexed(&store, spans_at(4, now_ns()));
+            drop(store);
+            let store = DiskStore::open(config(dir.path())).unwrap();
+            assert_eq!(store.stats().damaged_files, 0, "{damage}: repaired for good");
+            for n in 1..=4 {
+                assert_eq!(trace_len(&store, n), 200, "{damage}: trace {n} after a second restart");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreadable_sealed_segment_is_set_aside_and_the_rest_served() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments(dir.path());
+        let segs = seg_dirs(dir.path(), "traces");
+        assert_eq!(segs.len(), 3);
+        let store_file = seg_file(&segs[0], "store");
+        let len = std::fs::metadata(&store_file).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&store_file).unwrap().set_len(len / 2).unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        assert_eq!(trace_len(&store, 1), 0, "the damaged segment's spans are gone");
+        assert_eq!(trace_len(&store, 2), 200);
+        assert_eq!(trace_len(&store, 3), 200);
+        assert_eq!(store.stats().damaged_files, 1);
+        let aside = dir.path().join("traces/quarantine").join(segs[0].file_name().unwrap());
+        assert!(aside.is_dir(), "segment moved to quarantine");
+        drop(store);
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        assert_eq!(store.stats().damaged_files, 0, "the metastore no longer lists it");
+        assert_eq!(trace_len(&store, 2), 200);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_sealed_segment_is_found_by_the_checksum_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments(dir.path());
+        let segs = seg_dirs(dir.path(), "traces");
+        let store_file = seg_file(&segs[1], "store");
+        let mut data = std::fs::read(&store_file).unwrap();
+        data[100] ^= 0x10;
+        std::fs::write(&store_file, &data).unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        store.apply_retention().unwrap();
+        assert_eq!(store.stats().damaged_files, 1);
+        assert_eq!(trace_len(&store, 1), 200);
+        assert_eq!(trace_len(&store, 2), 0, "set aside");
+        assert_eq!(trace_len(&store, 3), 200);
+        store.apply_retention().unwrap();
+        assert_eq!(store.stats().damaged_files, 1, "verified segments are not read again");
+    }
+
+    #[test]
+    fn an_unreadable_active_segment_is_set_aside_and_the_wal_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        {
+            let store =
+                DiskStore::open(StoreConfig { commit_interval: Duration::from_secs(2), ..config(dir.path()) }).unwrap();
+            write_indexed(&store, spans_at(1, now_ns()));
+            store.inner.spans.seal().unwrap();
+            write_indexed(&store, spans_at(2, now_ns()));
+            store.inner.spans.commit().unwrap();
+            // Acknowledged after the last commit: only in the WAL.
+            futures::executor::block_on(store.write(spans_at(3, now_ns()))).unwrap();
+            copy_dir(dir.path(), crashed.path());
+        }
+        let active = seg_dirs(crashed.path(), "traces").pop().unwrap();
+        std::fs::write(active.join("meta.json"), b"{ damaged").unwrap();
+        let store = DiskStore::open(config(crashed.path())).unwrap();
+        assert_eq!(store.stats().damaged_files, 1);
+        assert_eq!(trace_len(&store, 1), 200, "sealed segment served");
+        assert_eq!(trace_len(&store, 3), 200, "the WAL records after the last commit replayed");
+        assert!(crashed.path().join("traces/quarantine").join(active.file_name().unwrap()).is_dir());
+        write_indexed(&store, spans_at(4, now_ns()));
+        assert_eq!(trace_len(&store, 4), 0, "not visible before the next commit");
+        store.inner.spans.commit().unwrap();
+        assert_eq!(trace_len(&store, 4), 200, "the new active segment takes writes");
+    }
+
     #[test]
     fn retention_drops_whole_old_segments_by_age() {
         let dir = tempfile::tempdir().unwrap();

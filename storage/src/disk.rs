@@ -1060,6 +1060,22 @@ mod tests {
     }
 
     #[test]
+    fn files_of_a_newer_obsbox_are_refused_not_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        drop(store);
+        let path = dir.path().join("traces/metastore");
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[8..12].copy_from_slice(&7u32.to_le_bytes());
+        std::fs::write(&path, &raw).unwrap();
+        let err = DiskStore::open(config(dir.path())).err().expect("refused");
+        assert!(matches!(err, StoreError::Incompatible(_)), "{err}");
+        assert!(err.to_string().contains("written by a newer obsbox"), "{err}");
+        assert!(path.exists(), "left where it is");
+    }
+
+    #[test]
     fn retention_drops_whole_old_segments_by_age() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(config(dir.path())).unwrap();

@@ -32,6 +32,9 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A store file was written by a newer obsbox; it is refused, never repaired or set aside.
+    #[error("incompatible store file: {0}")]
+    Incompatible(String),
     /// An I/O error.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -1650,6 +1650,14 @@ impl Block {
     fn load(path: PathBuf) -> Result<Block, StoreError> {
         let mut f = File::open(&path)?;
         let file_len = f.metadata()?.len();
+        let mut head = [0u8; format::HEADER_LEN];
+        if f.read_exact(&mut head).is_ok()
+            && let Some(v) = format::newer_version(&head, &BLOCK_MAGIC, BLOCK_VERSION)
+        {
+            // Refused (not set aside): a newer obsbox wrote it.
+            return Err(format::newer_error(&path, v, BLOCK_VERSION));
+        }
+        f.seek(SeekFrom::Start(0))?;
         format::read_header(&mut f, &path, &BLOCK_MAGIC, BLOCK_VERSION)?;
         let mut lens = [0u8; 8];
         f.read_exact(&mut lens).map_err(|e| corrupt_eof(&path, "index length", e))?;

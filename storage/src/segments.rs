@@ -834,8 +834,13 @@ fn write_metastore(dir: &Path, meta: &Metastore) -> Result<(), StoreError> {
     Ok(result?)
 }
 
+/// Reads the metastore. A damaged one is [`StoreError::Corrupt`]; one of a newer obsbox is
+/// [`StoreError::Incompatible`] (refused, not set aside).
 fn read_metastore(path: &Path) -> Result<Metastore, StoreError> {
     let raw = fs::read(path)?;
+    if let Some(v) = format::newer_version(&raw, META_MAGIC, META_VERSION) {
+        return Err(format::newer_error(path, v, META_VERSION));
+    }
     format::check_header(&raw, path, META_MAGIC, META_VERSION)?;
     serde_json::from_slice::<Metastore>(&raw[format::HEADER_LEN..])
         .map_err(|e| StoreError::corrupt(path, e.to_string()))

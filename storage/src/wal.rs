@@ -282,11 +282,10 @@ fn record_at(data: &[u8], pos: usize, after: u64) -> Option<(WalRecord, usize)> 
 /// or stale bytes pass by chance about once in 2^32 tries.
 fn scan(data: &[u8], path: &Path, first_seq: u64) -> Result<Scan, StoreError> {
     let mut out = Scan { records: Vec::new(), good: Vec::new(), damaged: Vec::new(), tail: None };
-    if let Err(e) = format::check_header(data, path, MAGIC, VERSION) {
-        if data.get(..8) == Some(MAGIC.as_slice()) {
-            // Our magic with a version we do not know: written by a newer obsbox.
-            return Err(e);
-        }
+    if let Some(v) = format::newer_version(data, MAGIC, VERSION) {
+        return Err(format::newer_error(path, v, VERSION));
+    }
+    if format::check_header(data, path, MAGIC, VERSION).is_err() {
         out.damaged.push((0, format::HEADER_LEN));
     }
     let mut pos = format::HEADER_LEN;
@@ -334,9 +333,10 @@ fn repair(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine) -> Res
         let before = scan.good.iter().rposition(|g| g.1 <= start).map(|i| scan.records[i].seq);
         let after = scan.good.iter().position(|g| g.0 >= end).map(|i| scan.records[i].seq);
         lost.push(match (before, after) {
-            (Some(b), Some(a)) if a > b + 1 => format!("records {}..={}", b + 1, a - 1),
+            _ if start == 0 => "nothing (the file header, rewritten)".to_string(),
+            (Some(b), Some(a)) if a == b + 2 => format!("record {}", b + 1),
+            (Some(b), Some(a)) if a > b + 2 => format!("records {}..={}", b + 1, a - 1),
             (None, Some(a)) => format!("records before {a}"),
-            _ if start == 0 => "the file header only".to_string(),
             _ => "no whole record".to_string(),
         });
     }
@@ -683,7 +683,7 @@ mod tests {
         data[8] = 99;
         fs::write(&path, &data).unwrap();
         let err = Wal::open(dir.path(), opts(), 0).err().expect("refused");
-        assert!(err.to_string().contains("unsupported format version 99"), "{err}");
+        assert!(err.to_string().contains("format version 99 was written by a newer obsbox"), "{err}");
     }
 
     #[test]

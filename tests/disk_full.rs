@@ -3,9 +3,10 @@
 //! until the file system runs out (`storage.min_free_bytes = 0`, so every writer meets a real
 //! `ENOSPC`). Checked: refusals are retryable and say the disk is full (gRPC `UNAVAILABLE` with
 //! `RetryInfo`, HTTP 503 with `Retry-After`), never an internal error; searches, trace by id and
-//! `/metrics` keep answering; once the filler is deleted, writes succeed again without a restart;
-//! after `kill -9` the binary restarts on the same directory, finds nothing damaged, and every
-//! acknowledged span and log record is in the store.
+//! `/metrics` keep answering; after `kill -9` while the disk is full the binary starts again and
+//! serves reads; once the filler is deleted, writes succeed again without a restart; after
+//! another `kill -9` it restarts, finds nothing damaged, and every acknowledged span and log
+//! record is in the store.
 //!
 //! Mounting a tmpfs needs root (CI and this machine run as root); when it fails the test fails,
 //! unless `OBSBOX_SKIP_EXTERNAL=1`.
@@ -233,6 +234,19 @@ async fn a_full_disk_refuses_retryably_serves_reads_and_recovers_by_itself() {
     let (status, metrics) = get(&http, addrs.http, "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("obsbox_store_disk_full 1"), "/metrics shows the full disk");
+
+    // kill -9 while the disk is full: it starts again (no crash loop) and serves reads.
+    process.kill();
+    let mut process = common::spawn_binary(&data, &["--config", &config]);
+    let addrs = process.addrs;
+    let mut clients = common::grpc_clients(addrs.otlp_grpc).await;
+    let (status, body) = get(&http, addrs.http, &format!("/api/v1/traces/{first_trace}")).await;
+    assert_eq!(status, 200, "trace by id after a restart on the full disk: {body}");
+    let (_, metrics) = get(&http, addrs.http, "/metrics").await;
+    assert!(metrics.contains("obsbox_store_disk_full 1"), "still full after the restart");
+    n += 1;
+    send(&mut clients, &http, addrs, n, &mut seen).await;
+    assert!(seen.failures.is_empty(), "after the restart on the full disk: {:?}", seen.failures);
 
     // Space returns: writes succeed again by themselves.
     std::fs::remove_file(&filler).expect("delete the filler");

@@ -77,6 +77,8 @@ struct Inner {
     /// The signal's index writer failed (a full disk, an I/O error); writes of the signal are
     /// refused until the indexer has rebuilt it from the WAL.
     index_failed: [AtomicBool; 3],
+    /// Highest seq replayed at open, where each indexer starts counting.
+    replayed_through: [AtomicU64; 3],
     space: Arc<DiskSpace>,
     quarantine: Quarantine,
     closed: AtomicBool,
@@ -170,34 +172,56 @@ impl DiskStore {
         let (metric_wal, metric_replay) =
             Wal::open(&wal_dir.join("metrics"), wal_opts(Signal::Metrics), metrics.committed_seq())?;
 
-        // Replay what the indexes do not have yet, then make it visible before returning.
+        // Replay what the indexes do not have yet, then make it visible before returning. A
+        // replay that cannot be committed (a full disk) does not stop the open: the index
+        // serves what it has, the signal's writes are refused, and its indexer rebuilds it
+        // from the WAL once it can.
         let replayed = (span_replay.len(), log_replay.len(), metric_replay.len());
-        let mut docs = Vec::new();
-        for r in &span_replay {
-            if let Some(req) = decode_record::<ExportTraceServiceRequest>(Signal::Traces, r) {
-                spans::documents(&span_fields, r.seq, req, &mut docs);
-                for (d, t) in docs.drain(..) {
-                    spans_idx.add(d, t)?;
+        let replay_index = |index: &SegmentedIndex, wal: &Wal, records: &[WalRecord], signal: Signal| {
+            let mut docs = Vec::new();
+            let result = (|| {
+                for r in records {
+                    match signal {
+                        Signal::Traces => {
+                            if let Some(req) = decode_record::<ExportTraceServiceRequest>(signal, r) {
+                                spans::documents(&span_fields, r.seq, req, &mut docs);
+                            }
+                        }
+                        _ => {
+                            if let Some(req) = decode_record::<ExportLogsServiceRequest>(signal, r) {
+                                logs::documents(&log_fields, req, &mut docs);
+                            }
+                        }
+                    }
+                    for (d, t) in docs.drain(..) {
+                        index.add(d, t)?;
+                    }
+                    index.advance(r.seq);
                 }
-            }
-            spans_idx.advance(r.seq);
-        }
-        for r in &log_replay {
-            if let Some(req) = decode_record::<ExportLogsServiceRequest>(Signal::Logs, r) {
-                logs::documents(&log_fields, req, &mut docs);
-                for (d, t) in docs.drain(..) {
-                    logs_idx.add(d, t)?;
+                wal.truncate_through(index.commit()?)
+            })();
+            if let Err(e) = &result {
+                if is_disk_full_error(e) {
+                    space.note_full();
+                } else {
+                    space.suspect();
                 }
+                tracing::error!(
+                    signal = signal.as_str(),
+                    error = %e,
+                    "replayed write-ahead log records cannot be committed; serving what the index holds and \
+                     refusing writes of this signal until it is rebuilt"
+                );
             }
-            logs_idx.advance(r.seq);
-        }
+            (result.is_err(), records.last().map_or(0, |r| r.seq))
+        };
+        let span_state = replay_index(&spans_idx, &span_wal, &span_replay, Signal::Traces);
+        let log_state = replay_index(&logs_idx, &log_wal, &log_replay, Signal::Logs);
         for r in &metric_replay {
             if let Some(req) = decode_record::<ExportMetricsServiceRequest>(Signal::Metrics, r) {
                 metrics.append(r.seq, &req);
             }
         }
-        span_wal.truncate_through(spans_idx.commit()?)?;
-        log_wal.truncate_through(logs_idx.commit()?)?;
         if replayed != (0, 0, 0) {
             tracing::info!(
                 traces = replayed.0,
@@ -206,6 +230,7 @@ impl DiskStore {
                 "replayed write-ahead log records"
             );
         }
+        drop((span_replay, log_replay, metric_replay));
 
         let inner = Arc::new(Inner {
             wal_sizes: [span_wal.size(), log_wal.size(), metric_wal.size()],
@@ -221,7 +246,8 @@ impl DiskStore {
             pending_items: Default::default(),
             queued_since: Default::default(),
             index_rate: Default::default(),
-            index_failed: Default::default(),
+            index_failed: [AtomicBool::new(span_state.0), AtomicBool::new(log_state.0), AtomicBool::new(false)],
+            replayed_through: [AtomicU64::new(span_state.1), AtomicU64::new(log_state.1), AtomicU64::new(0)],
             space,
             quarantine,
             closed: AtomicBool::new(false),
@@ -406,8 +432,10 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
     // second of wall time, so an idle indexer does not look slow.
     let (mut busy, mut done, mut window) = (Duration::ZERO, 0u64, Instant::now());
     // Highest seq taken from the queue, and whether the index writer failed.
-    let mut last_seq = 0u64;
-    let mut failed: Option<Failed> = None;
+    let mut last_seq = inner.replayed_through[idx(signal)].load(Ordering::SeqCst);
+    let mut failed = inner.index_failed[idx(signal)]
+        .load(Ordering::SeqCst)
+        .then(|| Failed { retry_at: Instant::now() + RECOVERY_BACKOFF.0, backoff: RECOVERY_BACKOFF.0 });
     loop {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let msg = rx.recv_timeout(timeout);
@@ -458,6 +486,8 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
                 Err(e) => {
                     if is_disk_full_error(&e) {
                         inner.space.note_full();
+                    } else {
+                        inner.space.suspect();
                     }
                     tracing::warn!(signal = signal.as_str(), error = %e, "index rebuild failed; retrying");
                     f.backoff = (f.backoff * 2).min(RECOVERY_BACKOFF.1);
@@ -490,6 +520,8 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
 fn fail(inner: &Inner, signal: Signal, e: &StoreError) -> Failed {
     if is_disk_full_error(e) {
         inner.space.note_full();
+    } else {
+        inner.space.suspect();
     }
     inner.index_failed[idx(signal)].store(true, Ordering::SeqCst);
     tracing::error!(

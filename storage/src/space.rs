@@ -112,6 +112,16 @@ impl DiskSpace {
         self.checked_at.store(u64::MAX, Ordering::Release);
     }
 
+    /// After a failure whose error does not say why (tantivy reports a killed writer, not the
+    /// `ENOSPC` that killed it): reads free space now and counts the disk as full when almost
+    /// nothing is left.
+    pub fn suspect(&self) {
+        self.refresh(true);
+        if self.free.load(Ordering::Relaxed) < self.reserve.max(RESUME_MARGIN) {
+            self.note_full();
+        }
+    }
+
     /// Whether writes are refused right now (as of the last check).
     pub fn is_full(&self) -> bool {
         self.refresh(false);

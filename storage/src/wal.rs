@@ -158,15 +158,29 @@ impl Wal {
         if files.last().is_some_and(|f: &FileInfo| f.first_seq == next_seq) {
             files.pop();
         }
+        let (file, file_bytes) = match open_new_file(dir, next_seq) {
+            Ok((file, path)) => {
+                files.push(FileInfo {
+                    path,
+                    first_seq: next_seq,
+                    last_seq: next_seq - 1,
+                    bytes: format::HEADER_LEN as u64,
+                });
+                (file, format::HEADER_LEN as u64)
+            }
+            // On a full disk, go on appending to the last file rather than fail to start.
+            Err(StoreError::Io(e)) if crate::space::is_disk_full(&e) && !files.is_empty() => {
+                let _ = fs::remove_file(dir.join(format!("{next_seq:020}.wal")));
+                let last = files.last().expect("not empty");
+                let mut file = OpenOptions::new().write(true).open(&last.path)?;
+                file.seek(SeekFrom::Start(last.bytes))?;
+                tracing::warn!(path = %last.path.display(), "disk full at open: appending to the last write-ahead log file");
+                (file, last.bytes)
+            }
+            Err(e) => return Err(e),
+        };
         let shared = Arc::new(Shared { files: Mutex::new(files), dir: dir.to_path_buf() });
-        let current = open_new_file(dir, next_seq)?;
-        shared.files.lock().push(FileInfo {
-            path: current.1.clone(),
-            first_seq: next_seq,
-            last_seq: next_seq - 1,
-            bytes: format::HEADER_LEN as u64,
-        });
-        let wal = Wal { tx: spawn_writer(current.0, next_seq, opts, shared.clone())?, shared };
+        let wal = Wal { tx: spawn_writer(file, file_bytes, next_seq, opts, shared.clone())?, shared };
         wal.truncate_through(after_seq)?;
         Ok((wal, replay))
     }
@@ -365,6 +379,7 @@ fn repair(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine) -> Res
 
 fn spawn_writer(
     file: File,
+    file_bytes: u64,
     next_seq: u64,
     opts: WalOptions,
     shared: Arc<Shared>,
@@ -372,7 +387,7 @@ fn spawn_writer(
     let (tx, rx) = mpsc::channel::<Append>();
     std::thread::Builder::new()
         .name(opts.thread_name.clone())
-        .spawn(move || writer_loop(rx, file, next_seq, opts, shared))?;
+        .spawn(move || writer_loop(rx, file, file_bytes, next_seq, opts, shared))?;
     Ok(tx)
 }
 
@@ -403,10 +418,16 @@ fn cut_back(file: &mut File, len: u64) -> std::io::Result<()> {
 // nothing. Records acknowledged before were made durable by earlier successful fsyncs and stay.
 // When the cut itself fails, the file's tail is unknown: the next group starts a new file (the
 // reader stops at the damage in the old one, which holds nothing acknowledged past it).
-fn writer_loop(rx: mpsc::Receiver<Append>, mut file: File, mut next_seq: u64, opts: WalOptions, shared: Arc<Shared>) {
+fn writer_loop(
+    rx: mpsc::Receiver<Append>,
+    mut file: File,
+    mut file_bytes: u64,
+    mut next_seq: u64,
+    opts: WalOptions,
+    shared: Arc<Shared>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut group: Vec<(u64, OnDurable)> = Vec::new();
-    let mut file_bytes = format::HEADER_LEN as u64;
     let mut unsynced = false;
     let mut last_sync = Instant::now();
     // Why the open file cannot take more records (a cut-back failed).

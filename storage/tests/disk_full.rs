@@ -224,3 +224,47 @@ fn a_full_disk_refuses_writes_retryably_and_they_resume_when_space_returns() {
     assert_eq!(missing(&store, &acked), 0, "every acknowledged span after reopening");
     eprintln!("disk full: {} batches acked, {} refusals: {:?}", acked.len(), refusals.len(), &refusals[..3]);
 }
+
+#[test]
+fn the_store_opens_on_a_full_disk_and_serves_what_it_holds() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let Some(fs) = Tmpfs::mount(48) else { return };
+    let data = fs.dir.join("data");
+    let slow_commits = StoreConfig { commit_interval: Duration::from_secs(2), ..config(&data) };
+    let mut acked = Vec::new();
+    {
+        let store = DiskStore::open(slow_commits.clone()).expect("open");
+        for n in 1..=20 {
+            futures::executor::block_on(store.write(batch(n))).expect("write");
+            acked.push(n);
+        }
+        // The disk fills up before the next commit; closing cannot commit either.
+        let _filler = fill(&fs.dir, 0);
+    }
+    // A restart on the full disk: the WAL records replay, the commit fails, the store opens.
+    let store = DiskStore::open(slow_commits).expect("opens on a full disk");
+    assert!(store.stats().disk_full);
+    assert!(matches!(futures::executor::block_on(store.write(batch(99))), Err(StoreError::DiskFull(_))));
+    std::fs::remove_file(fs.dir.join("filler")).expect("delete filler");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 20;
+    loop {
+        n += 1;
+        match futures::executor::block_on(store.write(batch(n))) {
+            Ok(_) => {
+                acked.push(n);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(Instant::now() < deadline, "writes did not resume: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while missing(&store, &acked) > 0 {
+        assert!(Instant::now() < deadline, "{} acknowledged spans not searchable", missing(&store, &acked));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

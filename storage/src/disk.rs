@@ -1108,6 +1108,22 @@ mod tests {
     }
 
     #[test]
+    fn below_the_free_space_reserve_writes_are_refused_and_reads_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        store.inner.spans.commit().unwrap();
+        drop(store);
+        // No disk has an exabyte free.
+        let store = DiskStore::open(StoreConfig { min_free_bytes: 1 << 60, ..config(dir.path()) }).unwrap();
+        let err = futures::executor::block_on(store.write(spans_at(2, now_ns()))).unwrap_err();
+        assert!(matches!(err, StoreError::DiskFull(_)) && err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("below the reserve") && err.to_string().contains("min_free_bytes"), "{err}");
+        assert!(store.stats().disk_full);
+        assert_eq!(trace_len(&store, 1), 200, "reads are served");
+    }
+
+    #[test]
     fn retention_drops_whole_old_segments_by_age() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(config(dir.path())).unwrap();

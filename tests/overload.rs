@@ -28,6 +28,8 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 
 const FLOOD: Duration = Duration::from_secs(8);
+/// The tests of this file run one at a time: each measures a process on a shared 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const GRPC_CLIENTS: u64 = 6;
 const HTTP_CLIENTS: u64 = 6;
 /// Items per request and padding per item: requests of about 300 KiB.
@@ -196,6 +198,7 @@ async fn normal_request_succeeds(addrs: common::Addrs, deadline: Duration) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_retryably_with_bounded_memory() {
+    let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().expect("temp dir");
     let config_path = tmp.path().join("obsbox.toml");
     std::fs::write(&config_path, CONFIG).expect("write config");
@@ -447,6 +450,7 @@ fn flood_duration() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_at_three_times_capacity_is_refused_and_full_speed_returns() {
+    let _serial = SERIAL.lock().await;
     let flood = flood_duration();
     let tmp = tempfile::tempdir().expect("temp dir");
     let data_dir = tmp.path().join("data");

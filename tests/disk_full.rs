@@ -244,6 +244,7 @@ async fn a_full_disk_refuses_retryably_serves_reads_and_recovers_by_itself() {
     assert_eq!(status, 200, "trace by id after a restart on the full disk: {body}");
     let (_, metrics) = get(&http, addrs.http, "/metrics").await;
     assert!(metrics.contains("obsbox_store_disk_full 1"), "still full after the restart");
+    assert!(metrics.contains("obsbox_store_damaged_files_total 0"), "a full disk is not damage: nothing set aside");
     n += 1;
     send(&mut clients, &http, addrs, n, &mut seen).await;
     assert!(seen.failures.is_empty(), "after the restart on the full disk: {:?}", seen.failures);

@@ -297,6 +297,10 @@ impl DiskStore {
         for w in &self.inner.wals {
             w.lock().take();
         }
+        // The WAL threads finish what was queued; their callbacks hold references to the store.
+        for size in &self.inner.wal_sizes {
+            size.join_writer();
+        }
         // Indexers stop once their channel is drained and every sender (the WAL callbacks hold
         // clones until the WAL threads finish) is gone.
         self.inner.senders.lock().take();

@@ -203,7 +203,8 @@ impl SegmentedIndex {
         for e in meta.segments.iter().filter(|s| s.sealed) {
             match open_sealed(dir, e) {
                 Ok(segment) => sealed.push(Arc::new(segment)),
-                Err(err) => {
+                Err(OpenFailure { error, damaged: false }) => return Err(error),
+                Err(OpenFailure { error: err, .. }) => {
                     let lost = lost_docs(signal, e);
                     quarantine.move_aside(&seg_dir(dir, e.id), &format!("sealed segment unreadable: {err}"), &lost)?;
                     damaged.push(e.id);
@@ -213,7 +214,10 @@ impl SegmentedIndex {
         let active_entry = meta.segments.iter().find(|s| !s.sealed).cloned();
         let active = match active_entry.map(|e| (e.id, Self::open_active(dir, e.id, &schema, &opts))) {
             Some((_, Ok(active))) => Some(active),
-            Some((id, Err(err))) => {
+            // Not the segment's fault (a full disk, permissions): refuse to start rather than
+            // set good data aside.
+            Some((_, Err(OpenFailure { error, damaged: false }))) => return Err(error),
+            Some((id, Err(OpenFailure { error: err, .. }))) => {
                 quarantine.move_aside(
                     &seg_dir(dir, id),
                     &format!("active segment unreadable: {err}"),
@@ -233,7 +237,7 @@ impl SegmentedIndex {
             None => {
                 let id = meta.next_id;
                 meta.next_id += 1;
-                Self::open_active(dir, id, &schema, &opts)?
+                Self::open_active(dir, id, &schema, &opts).map_err(|f| f.error)?
             }
         };
         meta.segments.retain(|s| !damaged.contains(&s.id));
@@ -273,16 +277,29 @@ impl SegmentedIndex {
         Ok(this)
     }
 
-    fn open_active(dir: &Path, id: u64, schema: &Schema, opts: &SegmentOptions) -> Result<Active, StoreError> {
+    /// Opens (creating) a segment as the active one. On a full disk the segment opens without
+    /// a writer (it serves reads; [`SegmentedIndex::reset`] makes the writer later).
+    fn open_active(dir: &Path, id: u64, schema: &Schema, opts: &SegmentOptions) -> Result<Active, OpenFailure> {
         let path = seg_dir(dir, id);
         fs::create_dir_all(&path)?;
-        let mmap = tantivy::directory::MmapDirectory::open(&path).map_err(|e| StoreError::Index(e.to_string()))?;
+        let mmap = tantivy::directory::MmapDirectory::open(&path)
+            .map_err(|e| OpenFailure { error: StoreError::Index(e.to_string()), damaged: false })?;
         let index = Index::builder().schema(schema.clone()).settings(settings()).open_or_create(mmap)?;
-        let writer = index.writer_with_num_threads(2, opts.memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let committed = read_payload(&index, &path)?;
+        let writer = match index.writer_with_num_threads(2, opts.memory_bytes) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let e = StoreError::from(e);
+                if !crate::space::is_disk_full_error(&e) {
+                    return Err(OpenFailure { error: e, damaged: false });
+                }
+                tracing::warn!(path = %path.display(), "disk full: the active segment opens read-only until space returns");
+                None
+            }
+        };
         let pending = CommitPayload { ..committed };
-        Ok(Active { id, index, writer: Some(writer), reader, created: Instant::now(), pending, committed })
+        Ok(Active { id, index, writer, reader, created: Instant::now(), pending, committed })
     }
 
     /// Publishes a new reader snapshot: `sealed` plus the active segment.
@@ -407,8 +424,18 @@ impl SegmentedIndex {
         // Create the new active segment before the metastore names it; change the metastore in
         // memory only once the new one is on disk, so a failure (a full disk) leaves both as
         // they were and the next commit retries.
-        let new_active = Self::open_active(&self.dir, new_id, &self.schema, &self.opts)
-            .inspect_err(|_| remove_new_segment(&self.dir, new_id))?;
+        let new_active = match Self::open_active(&self.dir, new_id, &self.schema, &self.opts) {
+            Ok(a) if a.writer.is_some() => a,
+            Ok(a) => {
+                drop(a);
+                remove_new_segment(&self.dir, new_id);
+                return Err(StoreError::DiskFull("no room for a new segment".into()));
+            }
+            Err(f) => {
+                remove_new_segment(&self.dir, new_id);
+                return Err(f.error);
+            }
+        };
         let mut next = meta.clone();
         next.next_id += 1;
         for s in next.segments.iter_mut() {
@@ -865,11 +892,13 @@ fn rebuild_metastore(
     for id in ids {
         meta.next_id = meta.next_id.max(id + 1);
         let path = seg_dir(dir, id);
-        let payload = Index::open_in_dir(&path).map_err(StoreError::from).and_then(|index| {
+        let payload = (|| -> Result<CommitPayload, OpenFailure> {
+            let index = Index::open_in_dir(&path)?;
             let _: IndexReader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-            read_payload(&index, &path)
-        });
+            Ok(read_payload(&index, &path)?)
+        })();
         match payload {
+            Err(OpenFailure { error, damaged: false }) => return Err(error),
             Ok(p) => meta.segments.push(SegmentEntry {
                 id,
                 sealed: true,
@@ -879,8 +908,8 @@ fn rebuild_metastore(
                 last_seq: p.seq,
                 bytes: 0,
             }),
-            Err(e) => {
-                quarantine.move_aside(&path, &format!("segment unreadable: {e}"), "the segment's documents")?;
+            Err(OpenFailure { error, .. }) => {
+                quarantine.move_aside(&path, &format!("segment unreadable: {error}"), "the segment's documents")?;
             }
         }
     }
@@ -904,7 +933,44 @@ fn read_payload(index: &Index, path: &Path) -> Result<CommitPayload, StoreError>
     })
 }
 
-fn open_sealed(dir: &Path, e: &SegmentEntry) -> Result<Segment, StoreError> {
+/// Why a segment could not be opened, and whether that is the segment's damage (set it aside)
+/// or the environment's (a full disk, permissions: leave it alone).
+struct OpenFailure {
+    error: StoreError,
+    damaged: bool,
+}
+
+impl From<tantivy::TantivyError> for OpenFailure {
+    fn from(e: tantivy::TantivyError) -> Self {
+        use tantivy::TantivyError as T;
+        use tantivy::directory::error::OpenReadError as R;
+        let bad_data = |e: &std::io::Error| {
+            matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof)
+        };
+        let damaged = match &e {
+            T::DataCorruption(_) | T::IncompatibleIndex(_) | T::DeserializeError(_) | T::SchemaError(_) => true,
+            T::OpenReadError(R::FileDoesNotExist(_) | R::IncompatibleIndex(_)) => true,
+            T::OpenReadError(R::IoError { io_error, .. }) => bad_data(io_error),
+            T::IoError(io) => bad_data(io),
+            _ => false,
+        };
+        OpenFailure { error: e.into(), damaged }
+    }
+}
+
+impl From<std::io::Error> for OpenFailure {
+    fn from(e: std::io::Error) -> Self {
+        OpenFailure { error: e.into(), damaged: false }
+    }
+}
+
+impl From<StoreError> for OpenFailure {
+    fn from(e: StoreError) -> Self {
+        OpenFailure { damaged: matches!(e, StoreError::Corrupt { .. }), error: e }
+    }
+}
+
+fn open_sealed(dir: &Path, e: &SegmentEntry) -> Result<Segment, OpenFailure> {
     let path = seg_dir(dir, e.id);
     let index = Index::open_in_dir(&path)?;
     let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;

@@ -73,6 +73,8 @@ struct Shared {
     /// Closed files, oldest first, then the open one last.
     files: Mutex<Vec<FileInfo>>,
     dir: PathBuf,
+    /// The writer thread, joined by [`WalSize::join_writer`].
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Handle to a signal's write-ahead log. Cloning shares the same log.
@@ -89,6 +91,15 @@ impl WalSize {
     /// Bytes of log on disk.
     pub fn bytes(&self) -> u64 {
         self.0.files.lock().iter().map(|f| f.bytes).sum()
+    }
+
+    /// Waits until the writer thread has written what was queued and stopped, which it does
+    /// once every [`Wal`] handle is dropped; so the callbacks it runs are done, too.
+    pub fn join_writer(&self) {
+        let handle = self.0.thread.lock().take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 }
 
@@ -179,7 +190,7 @@ impl Wal {
             }
             Err(e) => return Err(e),
         };
-        let shared = Arc::new(Shared { files: Mutex::new(files), dir: dir.to_path_buf() });
+        let shared = Arc::new(Shared { files: Mutex::new(files), dir: dir.to_path_buf(), thread: Mutex::new(None) });
         let wal = Wal { tx: spawn_writer(file, file_bytes, next_seq, opts, shared.clone())?, shared };
         wal.truncate_through(after_seq)?;
         Ok((wal, replay))
@@ -385,9 +396,11 @@ fn spawn_writer(
     shared: Arc<Shared>,
 ) -> Result<mpsc::Sender<Append>, StoreError> {
     let (tx, rx) = mpsc::channel::<Append>();
-    std::thread::Builder::new()
+    let thread_shared = shared.clone();
+    let handle = std::thread::Builder::new()
         .name(opts.thread_name.clone())
-        .spawn(move || writer_loop(rx, file, file_bytes, next_seq, opts, shared))?;
+        .spawn(move || writer_loop(rx, file, file_bytes, next_seq, opts, thread_shared))?;
+    *shared.thread.lock() = Some(handle);
     Ok(tx)
 }
 

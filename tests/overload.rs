@@ -346,6 +346,8 @@ fn flood_request(c: u64, seq: u64) -> opentelemetry_proto::tonic::collector::tra
 struct Tally {
     /// (client, seq) of acknowledged requests.
     acked: Vec<(u64, u64)>,
+    /// When each was acknowledged.
+    acked_at: Vec<Instant>,
     refused: u64,
     failures: Vec<String>,
 }
@@ -353,7 +355,10 @@ struct Tally {
 impl Tally {
     fn record(&mut self, c: u64, seq: u64, result: Result<(), tonic::Status>) {
         match result {
-            Ok(()) => self.acked.push((c, seq)),
+            Ok(()) => {
+                self.acked.push((c, seq));
+                self.acked_at.push(Instant::now());
+            }
             Err(status) => match status.code() {
                 tonic::Code::ResourceExhausted | tonic::Code::Unavailable => self.refused += 1,
                 code => self.failures.push(format!("{code:?}: {}", status.message())),
@@ -363,6 +368,7 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.acked.extend(other.acked);
+        self.acked_at.extend(other.acked_at);
         self.refused += other.refused;
         self.failures.extend(other.failures);
     }
@@ -479,7 +485,16 @@ async fn a_flood_at_three_times_capacity_is_refused_and_full_speed_returns() {
             }
         }
     });
+    let flood_started = Instant::now();
     let (flooded, unsent) = open_loop(addr, 1_000, 3.0 * capacity, flood).await;
+    // Acknowledged spans/s in each 5 s of the flood: goodput under overload should not collapse.
+    let mut windows = vec![0u64; flood.as_secs().div_ceil(5).max(1) as usize];
+    for t in &flooded.acked_at {
+        let last = windows.len() - 1;
+        let w = ((t.duration_since(flood_started).as_secs() / 5) as usize).min(last);
+        windows[w] += FLOOD_SPANS;
+    }
+    let windows: Vec<u64> = windows.iter().map(|n| n / 5).collect();
     let flood_rate = (flooded.acked.len() as u64 * FLOOD_SPANS) as f64 / flood.as_secs_f64();
 
     // Right after: the same closed loop as the capacity measurement.
@@ -493,7 +508,7 @@ async fn a_flood_at_three_times_capacity_is_refused_and_full_speed_returns() {
     eprintln!(
         "flood: capacity {capacity:.0} spans/s; offered {:.0} spans/s for {flood:?}: {} requests acked \
          ({flood_rate:.0} spans/s), {} refused, {unsent} not sent (client bound); after: {after_rate:.0} spans/s \
-         ({:.0}% of capacity); max RSS {} MiB",
+         ({:.0}% of capacity); max RSS {} MiB; acked spans/s per 5 s of the flood: {windows:?}",
         3.0 * capacity,
         flooded.acked.len(),
         flooded.refused,

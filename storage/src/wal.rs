@@ -341,12 +341,15 @@ fn scan(data: &[u8], path: &Path, first_seq: u64) -> Result<Scan, StoreError> {
 fn repair(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine) -> Result<u64, StoreError> {
     if scan.damaged.is_empty() {
         let Some(tail) = scan.tail else { return Ok(data.len() as u64) };
-        quarantine.keep_bytes(
+        if let Err(e) = quarantine.keep_bytes(
             path,
             &format!("tail-at-{tail}"),
             &data[tail..],
             "torn write-ahead log tail (a crash during a write; nothing in it was acknowledged)",
-        )?;
+        ) {
+            // A full disk must not keep the store from starting: the tail holds nothing acknowledged.
+            tracing::warn!(path = %path.display(), error = %e, bytes = data.len() - tail, "cannot keep a copy of a torn write-ahead log tail; cutting it off without one");
+        }
         let f = OpenOptions::new().write(true).open(path)?;
         f.set_len(tail as u64)?;
         f.sync_all()?;
@@ -365,6 +368,24 @@ fn repair(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine) -> Res
             _ => "no whole record".to_string(),
         });
     }
+    match rewrite(path, data, scan, quarantine, &lost) {
+        Ok(len) => Ok(len),
+        Err(e) => {
+            // On a full disk the repair waits: the intact records replay anyway, new records go
+            // to a new file, and the next start tries again.
+            tracing::error!(
+                path = %path.display(),
+                error = %e,
+                lost = %lost.join(", "),
+                "damaged write-ahead log file cannot be repaired now; replaying its intact records"
+            );
+            Ok(data.len() as u64)
+        }
+    }
+}
+
+/// Keeps the damaged file in quarantine and replaces it with its intact records.
+fn rewrite(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine, lost: &[String]) -> Result<u64, StoreError> {
     quarantine.link_aside(
         path,
         &format!("damaged write-ahead log ranges {:?}", scan.damaged),
@@ -376,12 +397,17 @@ fn repair(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine) -> Res
         repaired.extend_from_slice(&data[start..end]);
     }
     let tmp = path.with_extension("wal.tmp");
-    {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(&repaired)?;
         f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
     }
-    fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }

@@ -474,8 +474,11 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
             }
         }
         let commit_started = Instant::now();
+        // A failed index is not rebuilt while closing: its WAL records replay at the next open.
         if let Some(f) = &mut failed
-            && (disconnected || (Instant::now() >= f.retry_at && !inner.space.is_full()))
+            && !disconnected
+            && Instant::now() >= f.retry_at
+            && !inner.space.is_full()
         {
             match recover(inner, signal, last_seq) {
                 Ok(n) => {

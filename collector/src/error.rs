@@ -106,6 +106,8 @@ pub(crate) struct IngestError {
 
 /// Delay suggested when the collector's own in-flight budget is exhausted.
 pub(crate) const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Delay suggested while the store's disk is full: freeing space takes an operator or retention.
+pub(crate) const DISK_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl IngestError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -142,6 +144,14 @@ impl IngestError {
                     code: ErrorCode::Unavailable,
                     message: "the store is unavailable, retry later".into(),
                     retry_after: Some(BUSY_RETRY_AFTER),
+                }
+            }
+            StoreError::DiskFull(reason) => {
+                tracing::debug!(%reason, "store disk full, refusing export");
+                IngestError {
+                    code: ErrorCode::Unavailable,
+                    message: "the store's disk is full, retry later".into(),
+                    retry_after: Some(DISK_FULL_RETRY_AFTER),
                 }
             }
             other => {
@@ -238,6 +248,12 @@ mod tests {
         assert_eq!(e.code.statuses(), (http::StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable));
         assert!(!e.message.contains("/secret/path"));
         assert_eq!(e.retry_after_secs(), Some(1));
+
+        let e = IngestError::from_store(StoreError::DiskFull("3 MiB free under /secret/path".into()));
+        assert_eq!(e.code.statuses(), (http::StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable));
+        assert!(e.message.contains("disk is full") && !e.message.contains("/secret/path"), "{}", e.message);
+        assert_eq!(e.retry_after_secs(), Some(5));
+        assert!(!RpcStatus::decode(e.to_grpc_status().details()).expect("details").details.is_empty());
 
         let e = IngestError::from_store(StoreError::Index("tantivy exploded in /secret".into()));
         assert_eq!(e.code.statuses(), (http::StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal));

@@ -163,7 +163,7 @@ impl Collector {
             if let Err(e) = self.inner.writer.write(batch).await {
                 let reason = match e {
                     StoreError::Overloaded { .. } => RejectReason::Overloaded,
-                    StoreError::Unavailable(_) => RejectReason::Unavailable,
+                    StoreError::Unavailable(_) | StoreError::DiskFull(_) => RejectReason::Unavailable,
                     _ => RejectReason::Error,
                 };
                 telemetry.items_rejected(signal, reason, valid);

@@ -19,6 +19,8 @@ pub struct StoreMetrics {
     segments: IntGaugeVec,
     commits: prometheus::IntGauge,
     commit_seconds: prometheus::Gauge,
+    damaged_files: prometheus::IntCounter,
+    disk_full: prometheus::IntGauge,
 }
 
 impl StoreMetrics {
@@ -43,6 +45,14 @@ impl StoreMetrics {
                 "obsbox_store_index_commit_seconds",
                 "Time spent in index commits since start (divide by commits for the mean latency)",
             )?,
+            damaged_files: prometheus::IntCounter::new(
+                "obsbox_store_damaged_files_total",
+                "Damaged store files found since start: set aside in a quarantine/ directory or skipped",
+            )?,
+            disk_full: prometheus::IntGauge::new(
+                "obsbox_store_disk_full",
+                "1 while writes are refused because the data directory's disk is full (or below storage.min_free_bytes)",
+            )?,
         };
         registry.register(Box::new(m.wal_bytes.clone()))?;
         registry.register(Box::new(m.index_bytes.clone()))?;
@@ -50,6 +60,8 @@ impl StoreMetrics {
         registry.register(Box::new(m.segments.clone()))?;
         registry.register(Box::new(m.commits.clone()))?;
         registry.register(Box::new(m.commit_seconds.clone()))?;
+        registry.register(Box::new(m.damaged_files.clone()))?;
+        registry.register(Box::new(m.disk_full.clone()))?;
         Ok(m)
     }
 
@@ -66,6 +78,12 @@ impl StoreMetrics {
         }
         self.commits.set(stats.commits as i64);
         self.commit_seconds.set(stats.commit_seconds);
+        // The store's count only grows; the counter follows it.
+        let seen = self.damaged_files.get();
+        if stats.damaged_files > seen {
+            self.damaged_files.inc_by(stats.damaged_files - seen);
+        }
+        self.disk_full.set(i64::from(stats.disk_full));
     }
 }
 
@@ -135,5 +153,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("obsbox_store_queue_items{signal=\"traces\"} 0"), "{body}");
         assert!(body.contains("obsbox_store_wal_bytes"), "{body}");
+        assert!(body.contains("obsbox_store_damaged_files_total 0"), "{body}");
+        assert!(body.contains("obsbox_store_disk_full 0"), "{body}");
     }
 }

@@ -387,6 +387,11 @@ pub struct StoreStats {
     pub commits: u64,
     /// Seconds spent in those commits.
     pub commit_seconds: f64,
+    /// Damaged files found since the store opened: set aside in a `quarantine/` directory (a
+    /// torn write-ahead log tail after a crash counts too) or skipped in place.
+    pub damaged_files: u64,
+    /// Whether writes are refused because the disk is full (or below the free-space reserve).
+    pub disk_full: bool,
 }
 
 /// Refuses a histogram bucket of zero length, as every [`Reader`] histogram must.

@@ -44,6 +44,10 @@ pub struct StoreConfig {
     pub segment_max_age: Duration,
     /// An active segment is sealed once it holds this many documents.
     pub segment_max_docs: u64,
+    /// Writes are refused (retryably) while the data directory's file system has less than this
+    /// many bytes free, so that commits, merges and metastore rewrites of data already
+    /// acknowledged still have room. 0: refuse only when a write fails with `ENOSPC`.
+    pub min_free_bytes: u64,
     /// A WAL file is closed and a new one started at this size.
     pub wal_file_bytes: u64,
 }
@@ -62,6 +66,7 @@ impl Default for StoreConfig {
             segment_max_age: Duration::from_secs(3600),
             segment_max_docs: 10_000_000,
             wal_file_bytes: 64 << 20,
+            min_free_bytes: 256 << 20,
         }
     }
 }

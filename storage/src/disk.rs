@@ -28,7 +28,9 @@ use crate::api::*;
 use crate::logs::{self, LogFields};
 use crate::metrics::MetricsStore;
 use crate::prometheus::{PromView, ViewOptions};
+use crate::quarantine::Quarantine;
 use crate::segments::{SegmentOptions, SegmentedIndex};
+use crate::space::{DiskSpace, is_disk_full_error};
 use crate::spans::{self, SpanFields};
 use crate::wal::{Wal, WalOptions, WalRecord, WalSize};
 use crate::{StoreConfig, StoreError};
@@ -46,6 +48,8 @@ const MAX_BACKLOG: Duration = Duration::from_millis(300);
 const MIN_BACKLOG_ITEMS: u64 = 8192;
 /// Time between retention passes.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// First and longest wait before rebuilding an index whose commit failed.
+const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
 struct Job {
     seq: u64,
@@ -70,6 +74,13 @@ struct Inner {
     index_rate: [AtomicU64; 3],
     /// Times at which the batches waiting for each indexer were acknowledged, oldest first.
     queued_since: [Mutex<std::collections::VecDeque<Instant>>; 3],
+    /// The signal's index writer failed (a full disk, an I/O error); writes of the signal are
+    /// refused until the indexer has rebuilt it from the WAL.
+    index_failed: [AtomicBool; 3],
+    /// Highest seq replayed at open, where each indexer starts counting.
+    replayed_through: [AtomicU64; 3],
+    space: Arc<DiskSpace>,
+    quarantine: Quarantine,
     closed: AtomicBool,
 }
 
@@ -115,6 +126,8 @@ impl DiskStore {
         config.validate().map_err(StoreError::InvalidConfig)?;
         let root: PathBuf = config.data_dir.clone();
         std::fs::create_dir_all(&root)?;
+        let quarantine = Quarantine::default();
+        let space = Arc::new(DiskSpace::new(&root, config.min_free_bytes));
         let seg_opts = SegmentOptions {
             memory_bytes: config.index_memory_bytes as usize,
             max_age: config.segment_max_age,
@@ -129,6 +142,7 @@ impl DiskStore {
             spans::TIME_FIELD,
             span_fields.data,
             seg_opts.clone(),
+            &quarantine,
         )?;
         let (log_schema, log_fields) = logs::schema();
         let logs_idx = SegmentedIndex::open(
@@ -139,14 +153,17 @@ impl DiskStore {
             logs::TIME_FIELD,
             log_fields.data,
             seg_opts,
+            &quarantine,
         )?;
-        let metrics = MetricsStore::open(&root.join("metrics"))?;
+        let metrics = MetricsStore::open(&root.join("metrics"), &quarantine)?;
 
         let wal_opts = |s: Signal| WalOptions {
             fsync: config.fsync,
             fsync_interval: config.fsync_interval,
             file_bytes: config.wal_file_bytes,
             thread_name: format!("obsbox-wal-{}", s.as_str()),
+            space: Some(space.clone()),
+            quarantine: quarantine.clone(),
         };
         let wal_dir = root.join("wal");
         let (span_wal, span_replay) =
@@ -155,34 +172,56 @@ impl DiskStore {
         let (metric_wal, metric_replay) =
             Wal::open(&wal_dir.join("metrics"), wal_opts(Signal::Metrics), metrics.committed_seq())?;
 
-        // Replay what the indexes do not have yet, then make it visible before returning.
+        // Replay what the indexes do not have yet, then make it visible before returning. A
+        // replay that cannot be committed (a full disk) does not stop the open: the index
+        // serves what it has, the signal's writes are refused, and its indexer rebuilds it
+        // from the WAL once it can.
         let replayed = (span_replay.len(), log_replay.len(), metric_replay.len());
-        let mut docs = Vec::new();
-        for r in &span_replay {
-            if let Some(req) = decode_record::<ExportTraceServiceRequest>(Signal::Traces, r) {
-                spans::documents(&span_fields, r.seq, req, &mut docs);
-                for (d, t) in docs.drain(..) {
-                    spans_idx.add(d, t)?;
+        let replay_index = |index: &SegmentedIndex, wal: &Wal, records: &[WalRecord], signal: Signal| {
+            let mut docs = Vec::new();
+            let result = (|| {
+                for r in records {
+                    match signal {
+                        Signal::Traces => {
+                            if let Some(req) = decode_record::<ExportTraceServiceRequest>(signal, r) {
+                                spans::documents(&span_fields, r.seq, req, &mut docs);
+                            }
+                        }
+                        _ => {
+                            if let Some(req) = decode_record::<ExportLogsServiceRequest>(signal, r) {
+                                logs::documents(&log_fields, req, &mut docs);
+                            }
+                        }
+                    }
+                    for (d, t) in docs.drain(..) {
+                        index.add(d, t)?;
+                    }
+                    index.advance(r.seq);
                 }
-            }
-            spans_idx.advance(r.seq);
-        }
-        for r in &log_replay {
-            if let Some(req) = decode_record::<ExportLogsServiceRequest>(Signal::Logs, r) {
-                logs::documents(&log_fields, req, &mut docs);
-                for (d, t) in docs.drain(..) {
-                    logs_idx.add(d, t)?;
+                wal.truncate_through(index.commit()?)
+            })();
+            if let Err(e) = &result {
+                if is_disk_full_error(e) {
+                    space.note_full();
+                } else {
+                    space.suspect();
                 }
+                tracing::error!(
+                    signal = signal.as_str(),
+                    error = %e,
+                    "replayed write-ahead log records cannot be committed; serving what the index holds and \
+                     refusing writes of this signal until it is rebuilt"
+                );
             }
-            logs_idx.advance(r.seq);
-        }
+            (result.is_err(), records.last().map_or(0, |r| r.seq))
+        };
+        let span_state = replay_index(&spans_idx, &span_wal, &span_replay, Signal::Traces);
+        let log_state = replay_index(&logs_idx, &log_wal, &log_replay, Signal::Logs);
         for r in &metric_replay {
             if let Some(req) = decode_record::<ExportMetricsServiceRequest>(Signal::Metrics, r) {
                 metrics.append(r.seq, &req);
             }
         }
-        span_wal.truncate_through(spans_idx.commit()?)?;
-        log_wal.truncate_through(logs_idx.commit()?)?;
         if replayed != (0, 0, 0) {
             tracing::info!(
                 traces = replayed.0,
@@ -191,6 +230,7 @@ impl DiskStore {
                 "replayed write-ahead log records"
             );
         }
+        drop((span_replay, log_replay, metric_replay));
 
         let inner = Arc::new(Inner {
             wal_sizes: [span_wal.size(), log_wal.size(), metric_wal.size()],
@@ -206,6 +246,10 @@ impl DiskStore {
             pending_items: Default::default(),
             queued_since: Default::default(),
             index_rate: Default::default(),
+            index_failed: [AtomicBool::new(span_state.0), AtomicBool::new(log_state.0), AtomicBool::new(false)],
+            replayed_through: [AtomicU64::new(span_state.1), AtomicU64::new(log_state.1), AtomicU64::new(0)],
+            space,
+            quarantine,
             closed: AtomicBool::new(false),
         });
         let store = DiskStore { inner, threads: Mutex::new(Vec::new()), stop: Arc::new(AtomicBool::new(false)) };
@@ -253,6 +297,10 @@ impl DiskStore {
         for w in &self.inner.wals {
             w.lock().take();
         }
+        // The WAL threads finish what was queued; their callbacks hold references to the store.
+        for size in &self.inner.wal_sizes {
+            size.join_writer();
+        }
         // Indexers stop once their channel is drained and every sender (the WAL callbacks hold
         // clones until the WAL threads finish) is gone.
         self.inner.senders.lock().take();
@@ -290,6 +338,17 @@ impl Writer for DiskStore {
             Batch::Metrics(r) => r.encoded_len(),
         } as u64;
         let items = batch.item_count() as u64;
+        if let Err(e) = inner.space.admit() {
+            return Box::pin(futures::future::ready(Err(e)));
+        }
+        if inner.index_failed[idx(signal)].load(Ordering::SeqCst) {
+            let e = if inner.space.is_full() {
+                inner.space.error()
+            } else {
+                StoreError::Unavailable(format!("the {} index is being rebuilt after a failed commit", signal.as_str()))
+            };
+            return Box::pin(futures::future::ready(Err(e)));
+        }
         // Admit at most about MAX_BACKLOG of indexing work, at the measured capacity, so bursts
         // cannot queue more than the indexer clears within the searchable bound.
         let pending = inner.pending_items[idx(signal)].load(Ordering::SeqCst);
@@ -359,6 +418,13 @@ fn release(inner: &Inner, signal: Signal, bytes: u64, items: u64) {
     inner.pending_items[idx(signal)].fetch_sub(items, Ordering::SeqCst);
 }
 
+/// An indexer whose index writer failed: what it had added since the last commit is gone and
+/// is added again from the WAL once the writer is rebuilt.
+struct Failed {
+    retry_at: Instant,
+    backoff: Duration,
+}
+
 fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
     let interval = match signal {
         Signal::Metrics => METRICS_FLUSH_INTERVAL,
@@ -369,6 +435,11 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
     // Capacity estimate: items per second of busy time (indexing and committing), not per
     // second of wall time, so an idle indexer does not look slow.
     let (mut busy, mut done, mut window) = (Duration::ZERO, 0u64, Instant::now());
+    // Highest seq taken from the queue, and whether the index writer failed.
+    let mut last_seq = inner.replayed_through[idx(signal)].load(Ordering::SeqCst);
+    let mut failed = inner.index_failed[idx(signal)]
+        .load(Ordering::SeqCst)
+        .then(|| Failed { retry_at: Instant::now() + RECOVERY_BACKOFF.0, backoff: RECOVERY_BACKOFF.0 });
     loop {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let msg = rx.recv_timeout(timeout);
@@ -386,8 +457,13 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
         if let Ok(job) = msg {
             inner.queued_since[idx(signal)].lock().pop_front();
             let (seq, bytes, items) = (job.seq, job.bytes, job.items);
-            if let Err(e) = index_job(inner, signal, job, &mut docs) {
+            last_seq = last_seq.max(seq);
+            // With a failed writer the record is only in the WAL; the rebuild adds it.
+            if failed.is_none()
+                && let Err(e) = index_job(inner, signal, job, &mut docs)
+            {
                 tracing::error!(signal = signal.as_str(), seq, error = %e, "indexing failed; the record stays in the write-ahead log");
+                failed = Some(fail(inner, signal, &e));
             }
             release(inner, signal, bytes, items);
             done += items;
@@ -398,8 +474,44 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
             }
         }
         let commit_started = Instant::now();
-        if let Err(e) = commit(inner, signal) {
-            tracing::error!(signal = signal.as_str(), error = %e, "commit failed");
+        // A failed index is not rebuilt while closing: its WAL records replay at the next open.
+        if let Some(f) = &mut failed
+            && !disconnected
+            && Instant::now() >= f.retry_at
+            && !inner.space.is_full()
+        {
+            match recover(inner, signal, last_seq) {
+                Ok(n) => {
+                    tracing::info!(
+                        signal = signal.as_str(),
+                        records = n,
+                        "index rebuilt from the write-ahead log; accepting writes again"
+                    );
+                    failed = None;
+                    inner.index_failed[idx(signal)].store(false, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    if is_disk_full_error(&e) {
+                        inner.space.note_full();
+                    } else {
+                        inner.space.suspect();
+                    }
+                    tracing::warn!(signal = signal.as_str(), error = %e, "index rebuild failed; retrying");
+                    f.backoff = (f.backoff * 2).min(RECOVERY_BACKOFF.1);
+                    f.retry_at = Instant::now() + f.backoff;
+                }
+            }
+        } else if failed.is_none()
+            && let Err(e) = commit(inner, signal)
+        {
+            if is_disk_full_error(&e) {
+                inner.space.note_full();
+            }
+            match signal {
+                // A failed flush puts the head back; the next one retries.
+                Signal::Metrics => tracing::error!(signal = signal.as_str(), error = %e, "metrics flush failed"),
+                _ => failed = Some(fail(inner, signal, &e)),
+            }
         }
         busy += started.elapsed();
         // Commits start every `interval` however long they take, which bounds the time from
@@ -409,6 +521,60 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
             return;
         }
     }
+}
+
+/// Marks the signal's index as failed: its writes are refused until [`recover`] works.
+fn fail(inner: &Inner, signal: Signal, e: &StoreError) -> Failed {
+    if is_disk_full_error(e) {
+        inner.space.note_full();
+    } else {
+        inner.space.suspect();
+    }
+    inner.index_failed[idx(signal)].store(true, Ordering::SeqCst);
+    tracing::error!(
+        signal = signal.as_str(),
+        error = %e,
+        "index commit failed; refusing writes of this signal until the index is rebuilt from the write-ahead log"
+    );
+    Failed { retry_at: Instant::now() + RECOVERY_BACKOFF.0, backoff: RECOVERY_BACKOFF.0 }
+}
+
+/// Rebuilds a failed index: a new writer on the active segment at its last commit, the WAL
+/// records after that commit (up to `last_seq`, the last one the indexer took) added again,
+/// then a commit. Returns the number of records added.
+fn recover(inner: &Inner, signal: Signal, last_seq: u64) -> Result<usize, StoreError> {
+    let index = match signal {
+        Signal::Traces => &inner.spans,
+        Signal::Logs => &inner.logs,
+        Signal::Metrics => return Ok(0),
+    };
+    let committed = index.reset()?;
+    let Some(wal) = inner.wals[idx(signal)].lock().clone() else {
+        // Closing: the records replay at the next open.
+        return Err(StoreError::Unavailable("store is closing".into()));
+    };
+    let records = wal.read_range(committed, last_seq)?;
+    let mut docs = Vec::new();
+    for r in &records {
+        match signal {
+            Signal::Traces => {
+                if let Some(req) = decode_record::<ExportTraceServiceRequest>(signal, r) {
+                    spans::documents(&inner.span_fields, r.seq, req, &mut docs);
+                }
+            }
+            _ => {
+                if let Some(req) = decode_record::<ExportLogsServiceRequest>(signal, r) {
+                    logs::documents(&inner.log_fields, req, &mut docs);
+                }
+            }
+        }
+        for (d, t) in docs.drain(..) {
+            index.add(d, t)?;
+        }
+        index.advance(r.seq);
+    }
+    commit(inner, signal)?;
+    Ok(records.len())
 }
 
 fn index_job(
@@ -440,16 +606,21 @@ fn index_job(
     Ok(())
 }
 
+/// Commits the signal's index (or flushes the metrics head), seals the active segment when
+/// due, and truncates the WAL through what is now committed. Only a failed commit is an error:
+/// a failed seal (no room for the new segment or the metastore) leaves the active segment as
+/// it was and is retried at the next commit.
 fn commit(inner: &Inner, signal: Signal) -> Result<(), StoreError> {
     let seq = match signal {
-        Signal::Traces => {
-            let s = inner.spans.commit()?;
-            inner.spans.seal_if_due()?;
-            s
-        }
-        Signal::Logs => {
-            let s = inner.logs.commit()?;
-            inner.logs.seal_if_due()?;
+        Signal::Traces | Signal::Logs => {
+            let index = if signal == Signal::Traces { &inner.spans } else { &inner.logs };
+            let s = index.commit()?;
+            if let Err(e) = index.seal_if_due() {
+                if is_disk_full_error(&e) {
+                    inner.space.note_full();
+                }
+                tracing::error!(signal = signal.as_str(), error = %e, "sealing the active segment failed; retrying later");
+            }
             s
         }
         Signal::Metrics => {
@@ -457,14 +628,28 @@ fn commit(inner: &Inner, signal: Signal) -> Result<(), StoreError> {
             inner.metrics.committed_seq()
         }
     };
-    if let Some(w) = inner.wals[idx(signal)].lock().as_ref() {
-        w.truncate_through(seq)?;
+    if let Some(w) = inner.wals[idx(signal)].lock().as_ref()
+        && let Err(e) = w.truncate_through(seq)
+    {
+        tracing::warn!(signal = signal.as_str(), error = %e, "cannot delete write-ahead log files already indexed");
     }
     Ok(())
 }
 
 fn housekeeping(inner: &Inner) -> Result<(), StoreError> {
     let min_time = now_ns().saturating_sub(inner.config.retention.as_nanos() as u64);
+    let retention = apply_retention(inner, min_time);
+    // After retention (which frees space), and whatever it did: a damaged sealed segment is
+    // set aside once found, the others are not read again.
+    for (signal, index) in [(Signal::Traces, &inner.spans), (Signal::Logs, &inner.logs)] {
+        if let Err(e) = index.verify_sealed() {
+            tracing::error!(signal = signal.as_str(), error = %e, "checking sealed segments failed");
+        }
+    }
+    retention
+}
+
+fn apply_retention(inner: &Inner, min_time: u64) -> Result<(), StoreError> {
     inner.spans.drop_older_than(min_time)?;
     inner.logs.drop_older_than(min_time)?;
     inner.metrics.apply_retention(min_time, 0)?;
@@ -649,6 +834,8 @@ impl Reader for DiskStore {
             ],
             commits: i.spans.commit_stats().0 + i.logs.commit_stats().0,
             commit_seconds: i.spans.commit_stats().1 + i.logs.commit_stats().1,
+            damaged_files: i.quarantine.count(),
+            disk_full: i.space.is_full(),
         }
     }
 }
@@ -782,6 +969,175 @@ mod tests {
         let err = DiskStore::open(config(dir.path())).err().expect("refused");
         let msg = err.to_string();
         assert!(msg.contains("schema version 1") && msg.contains("reads version 2"), "{msg}");
+    }
+
+    /// Segment directories of a signal, oldest first.
+    fn seg_dirs(root: &std::path::Path, signal: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(root.join(signal))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The biggest tantivy file with extension `ext` in a segment directory.
+    fn seg_file(seg: &std::path::Path, ext: &str) -> PathBuf {
+        std::fs::read_dir(seg)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap_or_else(|| panic!("no .{ext} file in {}", seg.display()))
+    }
+
+    fn trace_len(store: &DiskStore, n: u8) -> usize {
+        store.trace(&crate::testsuite::full_span(n, 1, None).trace_id).unwrap().len()
+    }
+
+    /// Three segments: trace 1 and trace 2 sealed, trace 3 in the active one (committed).
+    fn three_segments(dir: &std::path::Path) {
+        let store = DiskStore::open(config(dir)).unwrap();
+        for n in 1..=3u8 {
+            write_indexed(&store, spans_at(n, now_ns()));
+            if n < 3 {
+                store.inner.spans.seal().unwrap();
+            }
+        }
+        store.inner.spans.commit().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_metastore_is_rebuilt_from_the_segments() {
+        for damage in ["garbage", "truncated"] {
+            let dir = tempfile::tempdir().unwrap();
+            three_segments(dir.path());
+            let path = dir.path().join("traces/metastore");
+            match damage {
+                "garbage" => std::fs::write(&path, b"\x00\x01 not a metastore at all").unwrap(),
+                _ => {
+                    let raw = std::fs::read(&path).unwrap();
+                    std::fs::write(&path, &raw[..raw.len() / 2]).unwrap();
+                }
+            }
+            let store = DiskStore::open(config(dir.path())).unwrap();
+            for n in 1..=3 {
+                assert_eq!(trace_len(&store, n), 200, "{damage}: trace {n} after the rebuild");
+            }
+            assert_eq!(store.stats().damaged_files, 1, "{damage}");
+            assert_eq!(store.stats().segments[0].1, 3, "{damage}: two sealed segments and the active one");
+            assert!(dir.path().join("traces/quarantine/metastore").exists(), "{damage}: the damaged file kept");
+            // New writes go on, and the rebuilt metastore holds after another restart.
+            write_indexed(&store, spans_at(4, now_ns()));
+            drop(store);
+            let store = DiskStore::open(config(dir.path())).unwrap();
+            assert_eq!(store.stats().damaged_files, 0, "{damage}: repaired for good");
+            for n in 1..=4 {
+                assert_eq!(trace_len(&store, n), 200, "{damage}: trace {n} after a second restart");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreadable_sealed_segment_is_set_aside_and_the_rest_served() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments(dir.path());
+        let segs = seg_dirs(dir.path(), "traces");
+        assert_eq!(segs.len(), 3);
+        let store_file = seg_file(&segs[0], "store");
+        let len = std::fs::metadata(&store_file).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&store_file).unwrap().set_len(len / 2).unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        assert_eq!(trace_len(&store, 1), 0, "the damaged segment's spans are gone");
+        assert_eq!(trace_len(&store, 2), 200);
+        assert_eq!(trace_len(&store, 3), 200);
+        assert_eq!(store.stats().damaged_files, 1);
+        let aside = dir.path().join("traces/quarantine").join(segs[0].file_name().unwrap());
+        assert!(aside.is_dir(), "segment moved to quarantine");
+        drop(store);
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        assert_eq!(store.stats().damaged_files, 0, "the metastore no longer lists it");
+        assert_eq!(trace_len(&store, 2), 200);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_sealed_segment_is_found_by_the_checksum_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments(dir.path());
+        let segs = seg_dirs(dir.path(), "traces");
+        let store_file = seg_file(&segs[1], "store");
+        let mut data = std::fs::read(&store_file).unwrap();
+        data[100] ^= 0x10;
+        std::fs::write(&store_file, &data).unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        store.apply_retention().unwrap();
+        assert_eq!(store.stats().damaged_files, 1);
+        assert_eq!(trace_len(&store, 1), 200);
+        assert_eq!(trace_len(&store, 2), 0, "set aside");
+        assert_eq!(trace_len(&store, 3), 200);
+        store.apply_retention().unwrap();
+        assert_eq!(store.stats().damaged_files, 1, "verified segments are not read again");
+    }
+
+    #[test]
+    fn an_unreadable_active_segment_is_set_aside_and_the_wal_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        {
+            let store =
+                DiskStore::open(StoreConfig { commit_interval: Duration::from_secs(2), ..config(dir.path()) }).unwrap();
+            write_indexed(&store, spans_at(1, now_ns()));
+            store.inner.spans.seal().unwrap();
+            write_indexed(&store, spans_at(2, now_ns()));
+            store.inner.spans.commit().unwrap();
+            // Acknowledged after the last commit: only in the WAL.
+            futures::executor::block_on(store.write(spans_at(3, now_ns()))).unwrap();
+            copy_dir(dir.path(), crashed.path());
+        }
+        let active = seg_dirs(crashed.path(), "traces").pop().unwrap();
+        std::fs::write(active.join("meta.json"), b"{ damaged").unwrap();
+        let store = DiskStore::open(config(crashed.path())).unwrap();
+        assert_eq!(store.stats().damaged_files, 1);
+        assert_eq!(trace_len(&store, 1), 200, "sealed segment served");
+        assert_eq!(trace_len(&store, 3), 200, "the WAL records after the last commit replayed");
+        assert!(crashed.path().join("traces/quarantine").join(active.file_name().unwrap()).is_dir());
+        write_indexed(&store, spans_at(4, now_ns()));
+        assert_eq!(trace_len(&store, 4), 0, "not visible before the next commit");
+        store.inner.spans.commit().unwrap();
+        assert_eq!(trace_len(&store, 4), 200, "the new active segment takes writes");
+    }
+
+    #[test]
+    fn files_of_a_newer_obsbox_are_refused_not_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        drop(store);
+        let path = dir.path().join("traces/metastore");
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[8..12].copy_from_slice(&7u32.to_le_bytes());
+        std::fs::write(&path, &raw).unwrap();
+        let err = DiskStore::open(config(dir.path())).err().expect("refused");
+        assert!(matches!(err, StoreError::Incompatible(_)), "{err}");
+        assert!(err.to_string().contains("written by a newer obsbox"), "{err}");
+        assert!(path.exists(), "left where it is");
+    }
+
+    #[test]
+    fn below_the_free_space_reserve_writes_are_refused_and_reads_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        store.inner.spans.commit().unwrap();
+        drop(store);
+        // No disk has an exabyte free.
+        let store = DiskStore::open(StoreConfig { min_free_bytes: 1 << 60, ..config(dir.path()) }).unwrap();
+        let err = futures::executor::block_on(store.write(spans_at(2, now_ns()))).unwrap_err();
+        assert!(matches!(err, StoreError::DiskFull(_)) && err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("below the reserve") && err.to_string().contains("min_free_bytes"), "{err}");
+        assert!(store.stats().disk_full);
+        assert_eq!(trace_len(&store, 1), 200, "reads are served");
     }
 
     #[test]

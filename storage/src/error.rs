@@ -14,6 +14,10 @@ pub enum StoreError {
     /// The store cannot accept writes now (disk full, shutting down); retryable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The data directory's disk is full (or below `storage.min_free_bytes`); retryable: writes
+    /// are admitted again by themselves once space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// A configuration value is out of range; the message names the key.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -28,6 +32,9 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A store file was written by a newer obsbox; it is refused, never repaired or set aside.
+    #[error("incompatible store file: {0}")]
+    Incompatible(String),
     /// An I/O error.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -39,7 +46,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether a client should retry the same request later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Overloaded { .. } | StoreError::Unavailable(_))
+        matches!(self, StoreError::Overloaded { .. } | StoreError::Unavailable(_) | StoreError::DiskFull(_))
     }
 
     pub(crate) fn corrupt(path: impl AsRef<std::path::Path>, reason: impl Into<String>) -> Self {

@@ -38,3 +38,40 @@ pub fn check_header(buf: &[u8], path: &Path, magic: &[u8; 8], max_version: u32) 
     }
     Ok(version)
 }
+
+/// Versions above this are taken for damage, not for a newer format: formats change rarely.
+const PLAUSIBLE_VERSIONS: u32 = 1 << 16;
+
+/// `Some(version)` when `buf` starts with `magic` and a version newer than `max_version` (but
+/// plausible): a file of a newer obsbox, to be refused rather than repaired or set aside.
+pub fn newer_version(buf: &[u8], magic: &[u8; 8], max_version: u32) -> Option<u32> {
+    if buf.len() < HEADER_LEN || &buf[..8] != magic {
+        return None;
+    }
+    let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    (version > max_version && version < PLAUSIBLE_VERSIONS).then_some(version)
+}
+
+/// The refusal of a file written by a newer obsbox.
+pub fn newer_error(path: &Path, version: u32, max_version: u32) -> StoreError {
+    StoreError::Incompatible(format!(
+        "{}: format version {version} was written by a newer obsbox (this one reads up to {max_version}); upgrade obsbox",
+        path.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_version_is_told_apart_from_damage() {
+        let mut buf = Vec::new();
+        write_header(&mut buf, b"OBXTEST\0", 3).unwrap();
+        assert_eq!(newer_version(&buf, b"OBXTEST\0", 2), Some(3));
+        assert_eq!(newer_version(&buf, b"OBXTEST\0", 3), None);
+        assert_eq!(newer_version(&buf, b"OBXOTHR\0", 2), None);
+        buf[8..12].copy_from_slice(b"garb");
+        assert_eq!(newer_version(&buf, b"OBXTEST\0", 2), None, "an implausible version is damage");
+    }
+}

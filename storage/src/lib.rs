@@ -17,6 +17,8 @@
 //! - `memory`: [`MemStore`], the in-memory reference implementation.
 //! - [`testsuite`]: the contract tests every implementation runs.
 //! - `format`: the magic number + version header every file of ours starts with.
+//! - `space`: free disk space and the refusal of writes when the disk is full.
+//! - `quarantine`: damaged files are moved aside (and counted) so that the store still opens.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -29,7 +31,9 @@ mod logs;
 mod memory;
 pub(crate) mod metrics;
 pub mod prometheus;
+mod quarantine;
 mod segments;
+mod space;
 mod spans;
 pub mod testsuite;
 mod wal;

@@ -64,6 +64,7 @@ use crate::StoreError;
 use crate::api::{LabelMatcher, MatchOp, MetricQuery, TimeRange};
 use crate::format;
 use crate::prometheus::{self, PromView, SeriesLabeler, ViewOptions};
+use crate::quarantine::Quarantine;
 
 /// Magic number of block files.
 const BLOCK_MAGIC: [u8; 8] = *b"OBXMETB1";
@@ -1632,6 +1633,8 @@ struct Block {
     index: BlockIndexPb,
     /// Set by retention before the file is deleted, so a concurrent query skips it.
     removed: AtomicBool,
+    /// A damaged section was reported already.
+    damage_reported: AtomicBool,
 }
 
 fn corrupt_eof(path: &Path, what: &str, e: io::Error) -> StoreError {
@@ -1647,6 +1650,14 @@ impl Block {
     fn load(path: PathBuf) -> Result<Block, StoreError> {
         let mut f = File::open(&path)?;
         let file_len = f.metadata()?.len();
+        let mut head = [0u8; format::HEADER_LEN];
+        if f.read_exact(&mut head).is_ok()
+            && let Some(v) = format::newer_version(&head, &BLOCK_MAGIC, BLOCK_VERSION)
+        {
+            // Refused (not set aside): a newer obsbox wrote it.
+            return Err(format::newer_error(&path, v, BLOCK_VERSION));
+        }
+        f.seek(SeekFrom::Start(0))?;
         format::read_header(&mut f, &path, &BLOCK_MAGIC, BLOCK_VERSION)?;
         let mut lens = [0u8; 8];
         f.read_exact(&mut lens).map_err(|e| corrupt_eof(&path, "index length", e))?;
@@ -1676,7 +1687,20 @@ impl Block {
                 return Err(StoreError::corrupt(&path, format!("section {:?} out of bounds", s.name)));
             }
         }
-        Ok(Block { path, file_len, data_start: BLOCK_PREFIX_LEN + index_len, index, removed: AtomicBool::new(false) })
+        Ok(Block {
+            path,
+            file_len,
+            data_start: BLOCK_PREFIX_LEN + index_len,
+            index,
+            removed: AtomicBool::new(false),
+            damage_reported: AtomicBool::new(false),
+        })
+    }
+
+    fn report_damage(&self, quarantine: &Quarantine, s: &SectionRefPb, reason: &str) {
+        if !self.damage_reported.swap(true, Ordering::AcqRel) {
+            quarantine.note(&self.path, reason, &format!("the points of metric {:?} in this block", s.name));
+        }
     }
 
     /// Reads, checks and decompresses one section.
@@ -1700,7 +1724,15 @@ impl Block {
     }
 
     /// Adds the block's matching points to `col`, reading only sections that can match.
-    fn collect(&self, sel: &Selection, time: TimeRange, col: &mut Collector) -> Result<(), StoreError> {
+    /// A damaged section is skipped (reported once per block through `quarantine`); the
+    /// query answers with the rest.
+    fn collect(
+        &self,
+        sel: &Selection,
+        time: TimeRange,
+        col: &mut Collector,
+        quarantine: &Quarantine,
+    ) -> Result<(), StoreError> {
         if !time.overlaps(self.index.min_time, self.index.max_time) {
             return Ok(());
         }
@@ -1720,9 +1752,21 @@ impl Block {
                     Err(e) => return Err(e.into()),
                 },
             };
-            let section = self.read_section(f, s)?;
-            collect_section(&s.name, section, sel, time, col)
-                .map_err(|reason| StoreError::corrupt(&self.path, format!("section {:?}: {reason}", s.name)))?;
+            let section = match self.read_section(f, s) {
+                Ok(section) => section,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    self.report_damage(quarantine, s, &e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // Points are collected into a scratch collector first, so that a section failing
+            // half-way adds nothing.
+            let mut part = Collector::default();
+            match collect_section(&s.name, section, sel, time, &mut part) {
+                Ok(()) => col.merge(part),
+                Err(reason) => self.report_damage(quarantine, s, &format!("section {:?}: {reason}", s.name)),
+            }
         }
         Ok(())
     }
@@ -1816,6 +1860,7 @@ fn write_block(dir: &Path, head: &MetricsHead, first_seq: u64, committed_seq: u6
         data_start: BLOCK_PREFIX_LEN + u64::from(index_len),
         index,
         removed: AtomicBool::new(false),
+        damage_reported: AtomicBool::new(false),
     })
 }
 
@@ -1844,20 +1889,10 @@ fn write_committed(dir: &Path, seq: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Renames a file that cannot be read to `<name>.corrupt`, so start-up goes on without it.
-fn set_aside(path: &Path, err: &StoreError) {
-    let mut target = OsString::from(path.as_os_str());
-    target.push(".corrupt");
-    match fs::rename(path, &target) {
-        Ok(()) => {
-            tracing::warn!(path = %path.display(), error = %err, "set aside unreadable metrics file")
-        }
-        Err(e) => tracing::warn!(
-            path = %path.display(),
-            error = %err,
-            rename_error = %e,
-            "ignoring unreadable metrics file, could not rename it"
-        ),
+/// Moves a file that cannot be read to `quarantine/`, so start-up goes on without it.
+fn set_aside(quarantine: &Quarantine, path: &Path, err: &StoreError, lost: &str) {
+    if let Err(e) = quarantine.move_aside(path, &err.to_string(), lost) {
+        tracing::error!(path = %path.display(), error = %err, move_error = %e, "ignoring unreadable metrics file, could not move it aside");
     }
 }
 
@@ -1889,6 +1924,7 @@ pub(crate) struct MetricsStore {
     dir: PathBuf,
     state: RwLock<StoreState>,
     maintenance: Mutex<()>,
+    quarantine: Quarantine,
 }
 
 impl MetricsStore {
@@ -1896,9 +1932,10 @@ impl MetricsStore {
     /// headers/indexes, not all data).
     ///
     /// Leftover temporary files of an interrupted flush are deleted. A corrupt or truncated
-    /// block is reported with `tracing::warn!` and renamed with a `.corrupt` suffix; it does
-    /// not fail the open. I/O errors (other than a short read) do.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// block is reported and moved to `quarantine/` (counted in `quarantine`); it does not
+    /// fail the open. A block section found damaged by a query later is skipped (and reported
+    /// once), the block's other sections stay readable. I/O errors (other than a short read) do.
+    pub fn open(dir: &Path, quarantine: &Quarantine) -> Result<Self, StoreError> {
         fs::create_dir_all(dir)?;
         let mut blocks = Vec::new();
         let mut committed = 0u64;
@@ -1914,13 +1951,20 @@ impl MetricsStore {
             } else if name == COMMITTED_FILE {
                 match read_committed(&path) {
                     Ok(seq) => committed = committed.max(seq),
-                    Err(e @ StoreError::Corrupt { .. }) => set_aside(&path, &e),
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        set_aside(quarantine, &path, &e, "nothing: the blocks name their committed seq too")
+                    }
                     Err(e) => return Err(e),
                 }
             } else if name.starts_with("block-") && name.ends_with(".obm") {
                 match Block::load(path.clone()) {
                     Ok(b) => blocks.push(Arc::new(b)),
-                    Err(e @ StoreError::Corrupt { .. }) => set_aside(&path, &e),
+                    Err(e @ StoreError::Corrupt { .. }) => set_aside(
+                        quarantine,
+                        &path,
+                        &e,
+                        "the block's metric points (the write-ahead log no longer holds them)",
+                    ),
                     Err(e) => return Err(e),
                 }
             }
@@ -1938,6 +1982,7 @@ impl MetricsStore {
                 committed_seq: committed,
             }),
             maintenance: Mutex::new(()),
+            quarantine: quarantine.clone(),
         })
     }
 
@@ -2039,7 +2084,7 @@ impl MetricsStore {
         };
         let mut col = Collector::default();
         for b in &blocks {
-            b.collect(sel, time, &mut col)?;
+            b.collect(sel, time, &mut col, &self.quarantine)?;
         }
         if let Some(f) = frozen {
             f.collect(sel, time, &mut col);
@@ -2443,7 +2488,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reqs = [all_types_request(T0), all_types_request(T0 + 100 * SEC)];
         {
-            let store = MetricsStore::open(dir.path()).unwrap();
+            let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
             assert_eq!(store.committed_seq(), 0);
             store.append(1, &reqs[0]);
             store.flush().unwrap();
@@ -2454,7 +2499,7 @@ mod tests {
             assert_eq!(store.head_bytes(), 0);
             check_round_trip(&store.query(&all()).unwrap(), &reqs);
         }
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         assert_eq!(store.block_count(), 2);
         assert_eq!(store.committed_seq(), 2);
         assert!(store.disk_bytes() > 0);
@@ -2478,7 +2523,7 @@ mod tests {
             vec![counter("c", vec![num(ab.clone(), 0, T0, AsInt(1)), num(ba.clone(), 0, T0 + 1, AsInt(2))])],
         );
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         store.append(1, &req);
         for _ in 0..2 {
             let got = store.query(&all()).unwrap();
@@ -2499,7 +2544,7 @@ mod tests {
         let mut m2 = counter("c", vec![num(vec![], 0, T0 + 1, AsInt(2))]);
         m2.description = "new".into();
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         store.append(1, &request(None, None, vec![m1]));
         store.flush().unwrap();
         store.append(2, &request(None, None, vec![m2]));
@@ -2607,7 +2652,7 @@ mod tests {
     #[test]
     fn label_matchers_in_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         for (i, r) in matcher_requests().iter().enumerate() {
             store.append(i as u64 + 1, r);
             store.flush().unwrap();
@@ -2621,7 +2666,7 @@ mod tests {
     fn view_reads_match_the_reference_view() {
         use MatchOp::*;
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         let mut reqs = matcher_requests();
         reqs.push(all_types_request(T0));
         reqs.push(all_types_request(T0 + 100 * SEC));
@@ -2714,7 +2759,7 @@ mod tests {
             other => panic!("expected InvalidQuery, got {other:?}"),
         }
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         let q = query_with(vec![matcher("__name__", MatchOp::NotRe, "a{2,1}")]);
         assert!(matches!(store.query(&q), Err(StoreError::InvalidQuery(m)) if m.contains("__name__!~")));
     }
@@ -2729,7 +2774,7 @@ mod tests {
     fn time_range_filtering() {
         let range = |a, b| MetricQuery { matchers: vec![], time: TimeRange { start_ns: a, end_ns: b } };
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         store.append(1, &ten_points(T0)); // T0 .. T0 + 90
         let mut head = MetricsHead::new();
         head.append(&ten_points(T0));
@@ -2747,7 +2792,7 @@ mod tests {
     #[test]
     fn head_and_blocks_merge() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         // The block holds the later points, the head the earlier ones: the result is sorted.
         store.append(1, &ten_points(T0 + 100));
         store.flush().unwrap();
@@ -2760,7 +2805,7 @@ mod tests {
         assert_eq!(times(ms[0]), expected);
         // Restart: the head is gone, the caller replays the WAL records after committed_seq.
         drop(store);
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         assert_eq!(store.committed_seq(), 1);
         store.append(2, &ten_points(T0));
         store.append(3, &ten_points(T0 + 200));
@@ -2770,7 +2815,7 @@ mod tests {
     #[test]
     fn retention_by_age_and_size() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         for i in 0..4u64 {
             store.append(i + 1, &ten_points(T0 + i * 1000)); // block i: T0+1000i .. +90
             store.flush().unwrap();
@@ -2798,7 +2843,7 @@ mod tests {
         assert_eq!(store.disk_bytes(), 0);
         // The committed sequence survives the deletion of every block.
         drop(store);
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         assert_eq!(store.committed_seq(), 4);
         assert_eq!(store.block_count(), 0);
     }
@@ -2817,7 +2862,7 @@ mod tests {
     fn corrupt_block_is_set_aside_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = MetricsStore::open(dir.path()).unwrap();
+            let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
             for i in 0..3u64 {
                 store.append(i + 1, &ten_points(T0 + i * 1000));
                 store.flush().unwrap();
@@ -2830,17 +2875,15 @@ mod tests {
         File::options().write(true).open(&paths[0]).unwrap().set_len(len - 3).unwrap();
         fs::write(&paths[1], b"not a block at all").unwrap();
         fs::write(dir.path().join("block-00000000000000000009-00000000000000000009.obm.tmp"), b"partial").unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         assert_eq!(store.block_count(), 1);
         assert_eq!(store.committed_seq(), 3);
         let t = times(metrics_of(&store.query(&all()).unwrap())[0]);
         assert_eq!(t.first(), Some(&(T0 + 2000)));
-        let mut corrupt: Vec<String> = fs::read_dir(dir.path())
+        let corrupt: Vec<String> = fs::read_dir(dir.path().join("quarantine"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".corrupt"))
             .collect();
-        corrupt.sort();
         assert_eq!(corrupt.len(), 2, "{corrupt:?}");
         assert!(!dir.path().join("block-00000000000000000009-00000000000000000009.obm.tmp").exists());
     }
@@ -2848,7 +2891,7 @@ mod tests {
     #[test]
     fn corrupt_section_is_detected_at_query() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         store.append(1, &ten_points(T0));
         let mut other = ten_points(T0);
         other.resource_metrics[0].scope_metrics[0].metrics[0].name = "other".into();
@@ -2860,12 +2903,16 @@ mod tests {
         let last = bytes.len() - 2;
         bytes[last] ^= 0xff; // in the last section ("other")
         fs::write(path, &bytes).unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let q = Quarantine::default();
+        let store = MetricsStore::open(dir.path(), &q).unwrap();
         assert_eq!(store.block_count(), 1, "the index is intact");
-        assert!(matches!(store.query(&all()), Err(StoreError::Corrupt { .. })));
-        // The intact section can still be read on its own.
-        let q = query_with(vec![matcher("__name__", MatchOp::Eq, "c")]);
-        assert_eq!(metrics_of(&store.query(&q).unwrap()).len(), 1);
+        // The damaged section is skipped and reported once; the intact one still answers.
+        let names = |d: &MetricsData| metrics_of(d).iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&store.query(&all()).unwrap()), vec!["c"]);
+        assert_eq!(names(&store.query(&all()).unwrap()), vec!["c"]);
+        assert_eq!(q.count(), 1);
+        let only_c = query_with(vec![matcher("__name__", MatchOp::Eq, "c")]);
+        assert_eq!(metrics_of(&store.query(&only_c).unwrap()).len(), 1);
     }
 
     #[test]
@@ -2895,7 +2942,7 @@ mod tests {
     #[test]
     fn concurrent_appends_queries_and_flushes_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(MetricsStore::open(dir.path()).unwrap());
+        let store = Arc::new(MetricsStore::open(dir.path(), &Quarantine::default()).unwrap());
         let writer = {
             let store = store.clone();
             std::thread::spawn(move || {
@@ -2951,7 +2998,7 @@ mod tests {
         const SERIES: u64 = 10;
         const POINTS: u64 = 8640; // one day
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricsStore::open(dir.path()).unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let start = T0 - 3600 * SEC;
         for i in 0..POINTS {

@@ -10,6 +10,7 @@
 //! atomically (write, fsync, rename, fsync dir). The active segment's progress (last WAL seq,
 //! time range) travels in its tantivy commit payload, so one atomic commit covers both.
 
+use std::collections::HashSet;
 use std::fs;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use tantivy::{
 use crate::StoreError;
 use crate::api::{Signal, TimeRange};
 use crate::format;
+use crate::quarantine::Quarantine;
 use crate::wal::sync_dir;
 
 const META_MAGIC: &[u8; 8] = b"OBXMETA\0";
@@ -54,7 +56,7 @@ struct SegmentEntry {
     bytes: u64,
 }
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Metastore {
     signal: Option<Signal>,
     /// Version of the signal's tantivy schema the segments were written with (1 when absent:
@@ -81,7 +83,9 @@ pub(crate) struct Segment {
 
 struct Active {
     id: u64,
-    writer: IndexWriter,
+    index: Index,
+    /// None after a failure dropped it, until [`SegmentedIndex::reset`] makes a new one.
+    writer: Option<IndexWriter>,
     reader: IndexReader,
     created: Instant,
     /// Progress including uncommitted documents.
@@ -104,6 +108,9 @@ pub(crate) struct SegmentedIndex {
     view: RwLock<Arc<Vec<Arc<Segment>>>>,
     commits: AtomicU64,
     commit_nanos: AtomicU64,
+    quarantine: Quarantine,
+    /// Sealed segments whose checksums were verified since open.
+    verified: Mutex<HashSet<u64>>,
 }
 
 fn settings() -> IndexSettings {
@@ -130,6 +137,13 @@ impl SegmentedIndex {
     /// Opens or creates the index in `dir`. `data_field` is the stored bytes field readers get
     /// back; `time_field` a u64 fast field holding each document's time. `schema_version`
     /// identifies `schema`: a directory written with another version is refused, not misread.
+    /// Damage does not stop the open: a metastore that cannot be read is set aside and rebuilt
+    /// from the segment directories (each one's last commit payload holds its time range,
+    /// document count and WAL seq); a sealed segment that cannot be opened is set aside (its
+    /// documents are lost: the WAL holds only what no commit covered); an active segment that
+    /// cannot be opened is set aside and a new one started (its committed documents are lost,
+    /// the WAL records after its last commit replay). Each case logs one line naming the
+    /// directory and counts in `quarantine`.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: &Path,
@@ -139,29 +153,39 @@ impl SegmentedIndex {
         time_field: &str,
         data_field: Field,
         opts: SegmentOptions,
+        quarantine: &Quarantine,
     ) -> Result<SegmentedIndex, StoreError> {
         fs::create_dir_all(dir)?;
         let meta_path = dir.join("metastore");
         let mut meta = if meta_path.exists() {
-            let raw = fs::read(&meta_path)?;
-            format::check_header(&raw, &meta_path, META_MAGIC, META_VERSION)?;
-            let meta = serde_json::from_slice::<Metastore>(&raw[format::HEADER_LEN..])
-                .map_err(|e| StoreError::corrupt(&meta_path, e.to_string()))?;
-            if meta.schema_version != schema_version {
-                return Err(StoreError::corrupt(
-                    &meta_path,
-                    format!(
-                        "{} index written with schema version {}, this obsbox reads version {schema_version}; \
-                         move the data directory aside to start a new store",
-                        signal.as_str(),
-                        meta.schema_version
-                    ),
-                ));
+            match read_metastore(&meta_path) {
+                Ok(meta) => meta,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    quarantine.move_aside(
+                        &meta_path,
+                        &e.to_string(),
+                        "nothing: the metastore is rebuilt from the segment directories",
+                    )?;
+                    let meta = rebuild_metastore(dir, signal, schema_version, quarantine)?;
+                    write_metastore(dir, &meta)?;
+                    meta
+                }
+                Err(e) => return Err(e),
             }
-            meta
         } else {
             Metastore { signal: Some(signal), schema_version, next_id: 1, segments: Vec::new() }
         };
+        if meta.schema_version != schema_version {
+            return Err(StoreError::corrupt(
+                &meta_path,
+                format!(
+                    "{} index written with schema version {}, this obsbox reads version {schema_version}; \
+                     move the data directory aside to start a new store",
+                    signal.as_str(),
+                    meta.schema_version
+                ),
+            ));
+        }
         // Segment directories the metastore does not list were being created during a crash.
         let listed: Vec<PathBuf> = meta.segments.iter().map(|s| seg_dir(dir, s.id)).collect();
         for entry in fs::read_dir(dir)? {
@@ -175,22 +199,48 @@ impl SegmentedIndex {
             }
         }
         let mut sealed = Vec::new();
+        let mut damaged = Vec::new();
         for e in meta.segments.iter().filter(|s| s.sealed) {
-            let index = Index::open_in_dir(seg_dir(dir, e.id))?;
-            let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-            let mut entry = e.clone();
-            entry.bytes = dir_bytes(&seg_dir(dir, e.id));
-            sealed.push(Arc::new(Segment { entry, reader }));
+            match open_sealed(dir, e) {
+                Ok(segment) => sealed.push(Arc::new(segment)),
+                Err(OpenFailure { error, damaged: false }) => return Err(error),
+                Err(OpenFailure { error: err, .. }) => {
+                    let lost = lost_docs(signal, e);
+                    quarantine.move_aside(&seg_dir(dir, e.id), &format!("sealed segment unreadable: {err}"), &lost)?;
+                    damaged.push(e.id);
+                }
+            }
         }
         let active_entry = meta.segments.iter().find(|s| !s.sealed).cloned();
-        let (active, fresh) = match active_entry {
-            Some(e) => (Self::open_active(dir, e.id, &schema, &opts)?, false),
+        let active = match active_entry.map(|e| (e.id, Self::open_active(dir, e.id, &schema, &opts))) {
+            Some((_, Ok(active))) => Some(active),
+            // Not the segment's fault (a full disk, permissions): refuse to start rather than
+            // set good data aside.
+            Some((_, Err(OpenFailure { error, damaged: false }))) => return Err(error),
+            Some((id, Err(OpenFailure { error: err, .. }))) => {
+                quarantine.move_aside(
+                    &seg_dir(dir, id),
+                    &format!("active segment unreadable: {err}"),
+                    &format!(
+                        "its committed {} documents (those still in the write-ahead log are replayed)",
+                        signal.as_str()
+                    ),
+                )?;
+                damaged.push(id);
+                None
+            }
+            None => None,
+        };
+        let fresh = active.is_none();
+        let active = match active {
+            Some(a) => a,
             None => {
                 let id = meta.next_id;
                 meta.next_id += 1;
-                (Self::open_active(dir, id, &schema, &opts)?, true)
+                Self::open_active(dir, id, &schema, &opts).map_err(|f| f.error)?
             }
         };
+        meta.segments.retain(|s| !damaged.contains(&s.id));
         if fresh {
             meta.segments.push(SegmentEntry {
                 id: active.id,
@@ -201,6 +251,8 @@ impl SegmentedIndex {
                 last_seq: 0,
                 bytes: 0,
             });
+        }
+        if fresh || !damaged.is_empty() {
             write_metastore(dir, &meta)?;
         }
         let this = SegmentedIndex {
@@ -215,6 +267,8 @@ impl SegmentedIndex {
             view: RwLock::new(Arc::new(Vec::new())),
             commits: AtomicU64::new(0),
             commit_nanos: AtomicU64::new(0),
+            quarantine: quarantine.clone(),
+            verified: Mutex::new(HashSet::new()),
         };
         {
             let active = this.active.lock();
@@ -223,20 +277,29 @@ impl SegmentedIndex {
         Ok(this)
     }
 
-    fn open_active(dir: &Path, id: u64, schema: &Schema, opts: &SegmentOptions) -> Result<Active, StoreError> {
+    /// Opens (creating) a segment as the active one. On a full disk the segment opens without
+    /// a writer (it serves reads; [`SegmentedIndex::reset`] makes the writer later).
+    fn open_active(dir: &Path, id: u64, schema: &Schema, opts: &SegmentOptions) -> Result<Active, OpenFailure> {
         let path = seg_dir(dir, id);
         fs::create_dir_all(&path)?;
-        let mmap = tantivy::directory::MmapDirectory::open(&path).map_err(|e| StoreError::Index(e.to_string()))?;
+        let mmap = tantivy::directory::MmapDirectory::open(&path)
+            .map_err(|e| OpenFailure { error: StoreError::Index(e.to_string()), damaged: false })?;
         let index = Index::builder().schema(schema.clone()).settings(settings()).open_or_create(mmap)?;
-        let writer = index.writer_with_num_threads(2, opts.memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        let committed = match index.load_metas()?.payload {
-            Some(p) => serde_json::from_str::<CommitPayload>(&p)
-                .map_err(|e| StoreError::corrupt(&path, format!("commit payload: {e}")))?,
-            None => CommitPayload { min_time: u64::MAX, ..Default::default() },
+        let committed = read_payload(&index, &path)?;
+        let writer = match index.writer_with_num_threads(2, opts.memory_bytes) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let e = StoreError::from(e);
+                if !crate::space::is_disk_full_error(&e) {
+                    return Err(OpenFailure { error: e, damaged: false });
+                }
+                tracing::warn!(path = %path.display(), "disk full: the active segment opens read-only until space returns");
+                None
+            }
         };
         let pending = CommitPayload { ..committed };
-        Ok(Active { id, writer, reader, created: Instant::now(), pending, committed })
+        Ok(Active { id, index, writer, reader, created: Instant::now(), pending, committed })
     }
 
     /// Publishes a new reader snapshot: `sealed` plus the active segment.
@@ -276,7 +339,7 @@ impl SegmentedIndex {
     /// Adds one document with time `time_ns` to the active segment (not yet visible).
     pub fn add(&self, doc: TantivyDocument, time_ns: u64) -> Result<(), StoreError> {
         let mut a = self.active.lock();
-        a.writer.add_document(doc)?;
+        a.writer.as_ref().ok_or_else(writer_gone)?.add_document(doc)?;
         a.pending.docs += 1;
         a.pending.min_time = a.pending.min_time.min(time_ns);
         a.pending.max_time = a.pending.max_time.max(time_ns);
@@ -298,7 +361,7 @@ impl SegmentedIndex {
         }
         let started = Instant::now();
         let payload = serde_json::to_string(&a.pending).map_err(|e| StoreError::Index(e.to_string()))?;
-        let mut prepared = a.writer.prepare_commit()?;
+        let mut prepared = a.writer.as_mut().ok_or_else(writer_gone)?.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
         a.reader.reload()?;
@@ -307,6 +370,26 @@ impl SegmentedIndex {
         self.publish(&a, sealed);
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.commit_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(a.committed.seq)
+    }
+
+    /// Throws away what was added since the last successful commit and starts a new writer on
+    /// the active segment (after a failed `add` or `commit`: tantivy kills a writer whose
+    /// indexing thread hit an I/O error, such as a full disk). Returns the committed WAL seq:
+    /// the caller adds the records after it again, from the WAL.
+    pub fn reset(&self) -> Result<u64, StoreError> {
+        let mut guard = self.active.lock();
+        let a = &mut *guard;
+        // The old writer holds the directory lock: drop it before making the new one.
+        drop(a.writer.take());
+        a.writer = Some(a.index.writer_with_num_threads(2, self.opts.memory_bytes)?);
+        // A commit that failed after writing its metadata is on disk: take what is there.
+        let path = seg_dir(&self.dir, a.id);
+        a.committed = read_payload(&a.index, &path)?;
+        a.pending = CommitPayload { ..a.committed };
+        a.reader.reload()?;
+        let sealed = self.sealed_snapshot();
+        self.publish(a, sealed);
         Ok(a.committed.seq)
     }
 
@@ -328,7 +411,6 @@ impl SegmentedIndex {
         }
         let mut meta = self.meta.lock();
         let new_id = meta.next_id;
-        meta.next_id += 1;
         let path = seg_dir(&self.dir, a.id);
         let entry = SegmentEntry {
             id: a.id,
@@ -339,14 +421,29 @@ impl SegmentedIndex {
             last_seq: a.committed.seq,
             bytes: 0,
         };
-        // Create the new active segment before the metastore names it.
-        let new_active = Self::open_active(&self.dir, new_id, &self.schema, &self.opts)?;
-        for s in meta.segments.iter_mut() {
+        // Create the new active segment before the metastore names it; change the metastore in
+        // memory only once the new one is on disk, so a failure (a full disk) leaves both as
+        // they were and the next commit retries.
+        let new_active = match Self::open_active(&self.dir, new_id, &self.schema, &self.opts) {
+            Ok(a) if a.writer.is_some() => a,
+            Ok(a) => {
+                drop(a);
+                remove_new_segment(&self.dir, new_id);
+                return Err(StoreError::DiskFull("no room for a new segment".into()));
+            }
+            Err(f) => {
+                remove_new_segment(&self.dir, new_id);
+                return Err(f.error);
+            }
+        };
+        let mut next = meta.clone();
+        next.next_id += 1;
+        for s in next.segments.iter_mut() {
             if s.id == a.id {
                 *s = entry.clone();
             }
         }
-        meta.segments.push(SegmentEntry {
+        next.segments.push(SegmentEntry {
             id: new_id,
             sealed: false,
             min_time: u64::MAX,
@@ -355,7 +452,12 @@ impl SegmentedIndex {
             last_seq: 0,
             bytes: 0,
         });
-        write_metastore(&self.dir, &meta)?;
+        if let Err(e) = write_metastore(&self.dir, &next) {
+            drop(new_active);
+            remove_new_segment(&self.dir, new_id);
+            return Err(e);
+        }
+        *meta = next;
         let old = std::mem::replace(&mut *a, new_active);
         let reader = old.reader.clone();
         drop(old.writer); // waits for merges of the sealed segment
@@ -389,8 +491,10 @@ impl SegmentedIndex {
         if !meta.segments.iter().any(|s| s.id == id && s.sealed) {
             return Ok(0);
         }
-        meta.segments.retain(|s| s.id != id);
-        write_metastore(&self.dir, &meta)?;
+        let mut next = meta.clone();
+        next.segments.retain(|s| s.id != id);
+        write_metastore(&self.dir, &next)?;
+        *meta = next;
         let sealed: Vec<Arc<Segment>> = self.sealed_snapshot().into_iter().filter(|s| s.entry.id != id).collect();
         self.publish(&a, sealed);
         let path = seg_dir(&self.dir, id);
@@ -399,6 +503,55 @@ impl SegmentedIndex {
         fs::remove_dir_all(&path)?;
         tracing::info!(signal = self.signal.as_str(), segment = id, bytes, "retention dropped segment");
         Ok(bytes)
+    }
+
+    /// Checks the checksums of the sealed segments not checked since open (reading each file
+    /// once; run off the request path). A damaged segment is set aside as at open: removed
+    /// from the metastore and the reader view, its directory moved to `quarantine/`. Returns
+    /// how many were set aside.
+    pub fn verify_sealed(&self) -> Result<usize, StoreError> {
+        let todo: Vec<Arc<Segment>> = {
+            let verified = self.verified.lock();
+            self.sealed_snapshot().into_iter().filter(|s| !verified.contains(&s.entry.id)).collect()
+        };
+        let mut set_aside = 0;
+        for seg in todo {
+            let index = seg.reader.searcher().index().clone();
+            let problem = match index.validate_checksum() {
+                Ok(damaged) if damaged.is_empty() => None,
+                Ok(damaged) => Some(format!("checksum mismatch in {damaged:?}")),
+                Err(e) => Some(format!("cannot verify: {e}")),
+            };
+            match problem {
+                None => {
+                    self.verified.lock().insert(seg.entry.id);
+                }
+                Some(reason) => {
+                    if self.set_aside_sealed(seg.entry.id, &format!("sealed segment damaged: {reason}"))? {
+                        set_aside += 1;
+                    }
+                }
+            }
+        }
+        Ok(set_aside)
+    }
+
+    /// Removes a sealed segment from the metastore and the view and moves it to quarantine.
+    /// False when it is no longer listed (retention dropped it meanwhile).
+    fn set_aside_sealed(&self, id: u64, reason: &str) -> Result<bool, StoreError> {
+        let a = self.active.lock();
+        let mut meta = self.meta.lock();
+        let Some(entry) = meta.segments.iter().find(|s| s.id == id && s.sealed).cloned() else {
+            return Ok(false);
+        };
+        let mut next = meta.clone();
+        next.segments.retain(|s| s.id != id);
+        write_metastore(&self.dir, &next)?;
+        *meta = next;
+        let sealed: Vec<Arc<Segment>> = self.sealed_snapshot().into_iter().filter(|s| s.entry.id != id).collect();
+        self.publish(&a, sealed);
+        self.quarantine.move_aside(&seg_dir(&self.dir, id), reason, &lost_docs(self.signal, &entry))?;
+        Ok(true)
     }
 
     /// Bytes on disk of all segments.
@@ -692,13 +845,170 @@ fn write_metastore(dir: &Path, meta: &Metastore) -> Result<(), StoreError> {
     format::write_header(&mut buf, META_MAGIC, META_VERSION)?;
     serde_json::to_writer_pretty(&mut buf, meta).map_err(|e| StoreError::Index(e.to_string()))?;
     let tmp = dir.join("metastore.tmp");
-    {
+    let result = (|| {
         use std::io::Write;
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&buf)?;
         f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, dir.join("metastore"))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // A partial temporary file would only hold on to the space a full disk lacks.
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, dir.join("metastore"))?;
-    sync_dir(dir)?;
-    Ok(())
+    Ok(result?)
+}
+
+/// Reads the metastore. A damaged one is [`StoreError::Corrupt`]; one of a newer obsbox is
+/// [`StoreError::Incompatible`] (refused, not set aside).
+fn read_metastore(path: &Path) -> Result<Metastore, StoreError> {
+    let raw = fs::read(path)?;
+    if let Some(v) = format::newer_version(&raw, META_MAGIC, META_VERSION) {
+        return Err(format::newer_error(path, v, META_VERSION));
+    }
+    format::check_header(&raw, path, META_MAGIC, META_VERSION)?;
+    serde_json::from_slice::<Metastore>(&raw[format::HEADER_LEN..])
+        .map_err(|e| StoreError::corrupt(path, e.to_string()))
+}
+
+/// A metastore made from the segment directories: each one's last commit payload has its
+/// range, count and seq; the newest becomes the active segment, the others are sealed.
+/// Directories that cannot be opened are set aside.
+fn rebuild_metastore(
+    dir: &Path,
+    signal: Signal,
+    schema_version: u32,
+    quarantine: &Quarantine,
+) -> Result<Metastore, StoreError> {
+    let mut ids: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("seg-")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    let mut meta = Metastore { signal: Some(signal), schema_version, next_id: 1, segments: Vec::new() };
+    for id in ids {
+        meta.next_id = meta.next_id.max(id + 1);
+        let path = seg_dir(dir, id);
+        let payload = (|| -> Result<CommitPayload, OpenFailure> {
+            let index = Index::open_in_dir(&path)?;
+            let _: IndexReader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+            Ok(read_payload(&index, &path)?)
+        })();
+        match payload {
+            Err(OpenFailure { error, damaged: false }) => return Err(error),
+            Ok(p) => meta.segments.push(SegmentEntry {
+                id,
+                sealed: true,
+                min_time: p.min_time,
+                max_time: p.max_time,
+                docs: p.docs,
+                last_seq: p.seq,
+                bytes: 0,
+            }),
+            Err(OpenFailure { error, .. }) => {
+                quarantine.move_aside(&path, &format!("segment unreadable: {error}"), "the segment's documents")?;
+            }
+        }
+    }
+    if let Some(last) = meta.segments.last_mut() {
+        last.sealed = false;
+    }
+    tracing::warn!(
+        signal = signal.as_str(),
+        segments = meta.segments.len(),
+        "metastore rebuilt from the segment directories"
+    );
+    Ok(meta)
+}
+
+/// The progress recorded with the index's last commit.
+fn read_payload(index: &Index, path: &Path) -> Result<CommitPayload, StoreError> {
+    Ok(match index.load_metas()?.payload {
+        Some(p) => serde_json::from_str::<CommitPayload>(&p)
+            .map_err(|e| StoreError::corrupt(path, format!("commit payload: {e}")))?,
+        None => CommitPayload { min_time: u64::MAX, ..Default::default() },
+    })
+}
+
+/// Why a segment could not be opened, and whether that is the segment's damage (set it aside)
+/// or the environment's (a full disk, permissions: leave it alone).
+struct OpenFailure {
+    error: StoreError,
+    damaged: bool,
+}
+
+impl From<tantivy::TantivyError> for OpenFailure {
+    fn from(e: tantivy::TantivyError) -> Self {
+        use tantivy::TantivyError as T;
+        use tantivy::directory::error::OpenReadError as R;
+        let bad_data = |e: &std::io::Error| {
+            matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof)
+        };
+        let damaged = match &e {
+            T::DataCorruption(_) | T::IncompatibleIndex(_) | T::DeserializeError(_) | T::SchemaError(_) => true,
+            T::OpenReadError(R::FileDoesNotExist(_) | R::IncompatibleIndex(_)) => true,
+            T::OpenReadError(R::IoError { io_error, .. }) => bad_data(io_error),
+            T::IoError(io) => bad_data(io),
+            _ => false,
+        };
+        OpenFailure { error: e.into(), damaged }
+    }
+}
+
+impl From<std::io::Error> for OpenFailure {
+    fn from(e: std::io::Error) -> Self {
+        OpenFailure { error: e.into(), damaged: false }
+    }
+}
+
+impl From<StoreError> for OpenFailure {
+    fn from(e: StoreError) -> Self {
+        OpenFailure { damaged: matches!(e, StoreError::Corrupt { .. }), error: e }
+    }
+}
+
+fn open_sealed(dir: &Path, e: &SegmentEntry) -> Result<Segment, OpenFailure> {
+    let path = seg_dir(dir, e.id);
+    let index = Index::open_in_dir(&path)?;
+    let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+    let mut entry = e.clone();
+    entry.bytes = dir_bytes(&path);
+    Ok(Segment { entry, reader })
+}
+
+/// Removes the directory of a segment that a failed seal created but no metastore names.
+fn remove_new_segment(dir: &Path, id: u64) {
+    let path = seg_dir(dir, id);
+    if let Err(e) = fs::remove_dir_all(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the directory of an unused segment");
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Index("the index writer failed and is being rebuilt".into())
+}
+
+/// What setting a sealed segment aside loses, for the log line.
+fn lost_docs(signal: Signal, e: &SegmentEntry) -> String {
+    format!(
+        "{} {} documents from {} to {} (WAL seq up to {}; the WAL no longer holds them)",
+        e.docs,
+        signal.as_str(),
+        fmt_time(e.min_time),
+        fmt_time(e.max_time),
+        e.last_seq
+    )
+}
+
+/// A Unix-nanosecond time for log lines (`-` for none).
+fn fmt_time(ns: u64) -> String {
+    match ns {
+        0 | u64::MAX => "-".into(),
+        ns => format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000),
+    }
 }

@@ -13,13 +13,17 @@
 //!
 //! A dedicated thread owns the open file and does group commit: it takes every append waiting
 //! in its queue, writes them with one `write`, makes them durable with one `fdatasync` (policy
-//! `group`), and only then reports each append as durable. On open, a torn or corrupt tail (a
-//! crash in the middle of a write) is cut off at the last whole record and set aside in a
-//! `.corrupt` file; no acknowledged record can be in it, because acknowledgement follows the
-//! fsync of the whole record.
+//! `group`), and only then reports each append as durable. A failed write or fsync refuses its
+//! group and cuts it off the file again (see `writer_loop` for why an fsync is never retried);
+//! a full disk refuses with [`StoreError::DiskFull`] and tells [`DiskSpace`].
+//!
+//! On open, a torn tail (a crash in the middle of a write) is cut off at the last whole record
+//! and set aside in `quarantine/`; no acknowledged record can be in it, because acknowledgement
+//! follows the fsync of the whole record. Damage in the middle of a file (a bad disk, not a
+//! crash) is skipped over, see [`Wal::open`].
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -30,6 +34,8 @@ use parking_lot::Mutex;
 use crate::StoreError;
 use crate::config::FsyncPolicy;
 use crate::format;
+use crate::quarantine::Quarantine;
+use crate::space::DiskSpace;
 
 const MAGIC: &[u8; 8] = b"OBXWAL\0\0";
 const VERSION: u32 = 1;
@@ -67,6 +73,8 @@ struct Shared {
     /// Closed files, oldest first, then the open one last.
     files: Mutex<Vec<FileInfo>>,
     dir: PathBuf,
+    /// The writer thread, joined by [`WalSize::join_writer`].
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Handle to a signal's write-ahead log. Cloning shares the same log.
@@ -84,21 +92,42 @@ impl WalSize {
     pub fn bytes(&self) -> u64 {
         self.0.files.lock().iter().map(|f| f.bytes).sum()
     }
+
+    /// Waits until the writer thread has written what was queued and stopped, which it does
+    /// once every [`Wal`] handle is dropped; so the callbacks it runs are done, too.
+    pub fn join_writer(&self) {
+        let handle = self.0.thread.lock().take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
 }
 
 /// Settings of one log.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct WalOptions {
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
     pub file_bytes: u64,
     /// Name of the writer thread.
     pub thread_name: String,
+    /// Told about full-disk errors, so that the store refuses writes until space returns.
+    pub space: Option<Arc<DiskSpace>>,
+    /// Where damaged files go.
+    pub quarantine: Quarantine,
 }
 
 impl Wal {
     /// Opens (creating) the log in `dir`, returns the handle and every intact record whose seq is
     /// greater than `after_seq`, in order. Records up to `after_seq` are already in an index.
+    ///
+    /// Damage is repaired rather than refused, so the store always starts: a torn tail (a crash
+    /// in the middle of a write; nothing in it was acknowledged) is cut off and its bytes set
+    /// aside; a damaged record in the middle of a file, or a damaged file header, is skipped:
+    /// the file is rewritten with its intact records (every record after the damage included,
+    /// found again by its header, checksum and increasing seq) and the original is set aside in
+    /// `quarantine/`. The records in the damaged range are lost and the log line names their
+    /// seqs. A file written by a newer format version is refused, not repaired.
     pub fn open(dir: &Path, opts: WalOptions, after_seq: u64) -> Result<(Wal, Vec<WalRecord>), StoreError> {
         fs::create_dir_all(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
@@ -118,20 +147,20 @@ impl Wal {
         let mut replay = Vec::new();
         let mut next_seq = after_seq + 1;
         for (first_seq, path) in names {
-            let (records, good_len, bytes_total) = read_file(&path)?;
-            if good_len < bytes_total {
-                set_aside_tail(&path, good_len)?;
-            }
-            if good_len == 0 {
+            let data = fs::read(&path)?;
+            if data.len() < format::HEADER_LEN {
+                // Crash while creating the file: nothing was ever acknowledged from it.
+                tracing::warn!(path = %path.display(), bytes = data.len(), "removing a write-ahead log file cut short at creation");
+                fs::remove_file(&path)?;
                 continue;
             }
-            let last_seq = records.last().map(|r| r.seq).unwrap_or(first_seq.saturating_sub(1));
-            for r in records {
+            let scan = scan(&data, &path, first_seq)?;
+            let good_len = repair(&path, &data, &scan, &opts.quarantine)?;
+            let last_seq = scan.records.last().map(|r| r.seq).unwrap_or(first_seq.saturating_sub(1));
+            for r in scan.records {
+                next_seq = next_seq.max(r.seq + 1);
                 if r.seq > after_seq {
-                    next_seq = next_seq.max(r.seq + 1);
                     replay.push(r);
-                } else {
-                    next_seq = next_seq.max(r.seq + 1);
                 }
             }
             files.push(FileInfo { path, first_seq, last_seq, bytes: good_len });
@@ -140,15 +169,29 @@ impl Wal {
         if files.last().is_some_and(|f: &FileInfo| f.first_seq == next_seq) {
             files.pop();
         }
-        let shared = Arc::new(Shared { files: Mutex::new(files), dir: dir.to_path_buf() });
-        let current = open_new_file(dir, next_seq)?;
-        shared.files.lock().push(FileInfo {
-            path: current.1.clone(),
-            first_seq: next_seq,
-            last_seq: next_seq - 1,
-            bytes: format::HEADER_LEN as u64,
-        });
-        let wal = Wal { tx: spawn_writer(current.0, next_seq, opts, shared.clone())?, shared };
+        let (file, file_bytes) = match open_new_file(dir, next_seq) {
+            Ok((file, path)) => {
+                files.push(FileInfo {
+                    path,
+                    first_seq: next_seq,
+                    last_seq: next_seq - 1,
+                    bytes: format::HEADER_LEN as u64,
+                });
+                (file, format::HEADER_LEN as u64)
+            }
+            // On a full disk, go on appending to the last file rather than fail to start.
+            Err(StoreError::Io(e)) if crate::space::is_disk_full(&e) && !files.is_empty() => {
+                let _ = fs::remove_file(dir.join(format!("{next_seq:020}.wal")));
+                let last = files.last().expect("not empty");
+                let mut file = OpenOptions::new().write(true).open(&last.path)?;
+                file.seek(SeekFrom::Start(last.bytes))?;
+                tracing::warn!(path = %last.path.display(), "disk full at open: appending to the last write-ahead log file");
+                (file, last.bytes)
+            }
+            Err(e) => return Err(e),
+        };
+        let shared = Arc::new(Shared { files: Mutex::new(files), dir: dir.to_path_buf(), thread: Mutex::new(None) });
+        let wal = Wal { tx: spawn_writer(file, file_bytes, next_seq, opts, shared.clone())?, shared };
         wal.truncate_through(after_seq)?;
         Ok((wal, replay))
     }
@@ -179,6 +222,40 @@ impl Wal {
         Ok(())
     }
 
+    /// Reads back the acknowledged records with `after < seq <= through`, in order, from the
+    /// files on disk (while the writer goes on appending). An index that lost uncommitted
+    /// documents (a failed commit) rebuilds them from here: the log is truncated only through
+    /// the last successful commit, so they are all still in it.
+    pub fn read_range(&self, after: u64, through: u64) -> Result<Vec<WalRecord>, StoreError> {
+        let paths: Vec<(PathBuf, u64)> = self
+            .shared
+            .files
+            .lock()
+            .iter()
+            .filter(|f| f.last_seq > after && f.first_seq <= through)
+            .map(|f| (f.path.clone(), f.first_seq))
+            .collect();
+        let mut out = Vec::new();
+        for (path, first_seq) in paths {
+            let data = fs::read(&path)?;
+            // Only acknowledged (whole, fsynced) records are asked for: the scan's tail is the
+            // group being written right now.
+            for r in scan(&data, &path, first_seq)?.records {
+                if r.seq > after && r.seq <= through {
+                    out.push(r);
+                }
+            }
+        }
+        // The record `through` was acknowledged, so it must be there.
+        if through > after && out.last().map(|r| r.seq) != Some(through) {
+            return Err(StoreError::Unavailable(format!(
+                "write-ahead log lacks acknowledged record {through} (read {} records after {after})",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
     /// A handle that reads the log's size without keeping the writer thread alive.
     pub fn size(&self) -> WalSize {
         WalSize(self.shared.clone())
@@ -198,92 +275,202 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads a whole file: the intact records, the byte length up to the last intact record and the
-/// file's full length.
-fn read_file(path: &Path) -> Result<(Vec<WalRecord>, u64, u64), StoreError> {
-    let total = fs::metadata(path)?.len();
-    let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
-    if total < format::HEADER_LEN as u64 {
-        // Crash while creating the file: nothing was ever acknowledged from it.
-        return Ok((Vec::new(), 0, total));
-    }
-    format::read_header(&mut r, path, MAGIC, VERSION)?;
-    let mut good = format::HEADER_LEN as u64;
-    let mut records = Vec::new();
-    let mut head = [0u8; RECORD_HEADER];
-    loop {
-        if good + RECORD_HEADER as u64 > total {
-            break;
-        }
-        if r.read_exact(&mut head).is_err() {
-            break;
-        }
-        let len = u32::from_le_bytes(head[0..4].try_into().expect("4")) as usize;
-        let crc = u32::from_le_bytes(head[4..8].try_into().expect("4"));
-        let seq = u64::from_le_bytes(head[8..16].try_into().expect("8"));
-        if len > MAX_RECORD || good + (RECORD_HEADER + len) as u64 > total {
-            break;
-        }
-        let mut payload = vec![0u8; len];
-        if r.read_exact(&mut payload).is_err() {
-            break;
-        }
-        let mut h = crc32fast::Hasher::new();
-        h.update(&head[8..16]);
-        h.update(&payload);
-        if h.finalize() != crc {
-            break;
-        }
-        good += (RECORD_HEADER + len) as u64;
-        records.push(WalRecord { seq, payload });
-    }
-    Ok((records, good, total))
+/// What a file holds: its intact records, where they are, and what is damaged.
+struct Scan {
+    records: Vec<WalRecord>,
+    /// Byte ranges of the intact records, in file order.
+    good: Vec<(usize, usize)>,
+    /// Damaged ranges followed by intact records (or a damaged header): acknowledged data lost.
+    damaged: Vec<(usize, usize)>,
+    /// Start of a torn tail: from here to the end no intact record follows.
+    tail: Option<usize>,
 }
 
-fn set_aside_tail(path: &Path, good_len: u64) -> Result<(), StoreError> {
-    let mut data = Vec::new();
-    File::open(path)?.read_to_end(&mut data)?;
-    let start = (good_len as usize).min(data.len());
-    let aside = path.with_extension(format!("wal.{good_len}.corrupt"));
-    fs::write(&aside, &data[start..])?;
-    let f = OpenOptions::new().write(true).open(path)?;
-    if good_len == 0 {
-        // Not even a header: the file was being created.
-        drop(f);
-        fs::remove_file(path)?;
-    } else {
-        f.set_len(good_len)?;
-        f.sync_all()?;
+/// Parses the record at `pos` when it is intact and its seq lies in `(after, after + 2^32]`.
+fn record_at(data: &[u8], pos: usize, after: u64) -> Option<(WalRecord, usize)> {
+    let head = data.get(pos..pos + RECORD_HEADER)?;
+    let len = u32::from_le_bytes(head[0..4].try_into().expect("4")) as usize;
+    let crc = u32::from_le_bytes(head[4..8].try_into().expect("4"));
+    let seq = u64::from_le_bytes(head[8..16].try_into().expect("8"));
+    if len > MAX_RECORD || seq <= after || seq - after > 1 << 32 {
+        return None;
     }
-    tracing::warn!(
-        path = %path.display(),
-        bytes = data.len() - start,
-        aside = %aside.display(),
-        "write-ahead log had a torn or corrupt tail; set aside"
-    );
-    Ok(())
+    let payload = data.get(pos + RECORD_HEADER..pos + RECORD_HEADER + len)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[8..16]);
+    h.update(payload);
+    (h.finalize() == crc).then(|| (WalRecord { seq, payload: payload.to_vec() }, pos + RECORD_HEADER + len))
+}
+
+/// Reads a whole file. Past a damaged record, the next intact record is looked for byte by
+/// byte: its header, CRC32 and a seq above the last good one all have to match, which damage
+/// or stale bytes pass by chance about once in 2^32 tries.
+fn scan(data: &[u8], path: &Path, first_seq: u64) -> Result<Scan, StoreError> {
+    let mut out = Scan { records: Vec::new(), good: Vec::new(), damaged: Vec::new(), tail: None };
+    if let Some(v) = format::newer_version(data, MAGIC, VERSION) {
+        return Err(format::newer_error(path, v, VERSION));
+    }
+    if format::check_header(data, path, MAGIC, VERSION).is_err() {
+        out.damaged.push((0, format::HEADER_LEN));
+    }
+    let mut pos = format::HEADER_LEN;
+    let mut last = first_seq.saturating_sub(1);
+    while pos < data.len() {
+        if let Some((r, end)) = record_at(data, pos, last) {
+            last = r.seq;
+            out.good.push((pos, end));
+            out.records.push(r);
+            pos = end;
+            continue;
+        }
+        match (pos + 1..data.len()).find(|&p| record_at(data, p, last).is_some()) {
+            Some(next) => {
+                out.damaged.push((pos, next));
+                pos = next;
+            }
+            None => {
+                out.tail = Some(pos);
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the file hold exactly its intact records (see [`Wal::open`]); returns its new length.
+fn repair(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine) -> Result<u64, StoreError> {
+    if scan.damaged.is_empty() {
+        let Some(tail) = scan.tail else { return Ok(data.len() as u64) };
+        if let Err(e) = quarantine.keep_bytes(
+            path,
+            &format!("tail-at-{tail}"),
+            &data[tail..],
+            "torn write-ahead log tail (a crash during a write; nothing in it was acknowledged)",
+        ) {
+            // A full disk must not keep the store from starting: the tail holds nothing acknowledged.
+            tracing::warn!(path = %path.display(), error = %e, bytes = data.len() - tail, "cannot keep a copy of a torn write-ahead log tail; cutting it off without one");
+        }
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(tail as u64)?;
+        f.sync_all()?;
+        return Ok(tail as u64);
+    }
+    // Seqs lost: the gaps between the intact records around each damaged range.
+    let mut lost = Vec::new();
+    for &(start, end) in &scan.damaged {
+        let before = scan.good.iter().rposition(|g| g.1 <= start).map(|i| scan.records[i].seq);
+        let after = scan.good.iter().position(|g| g.0 >= end).map(|i| scan.records[i].seq);
+        lost.push(match (before, after) {
+            _ if start == 0 => "nothing (the file header, rewritten)".to_string(),
+            (Some(b), Some(a)) if a == b + 2 => format!("record {}", b + 1),
+            (Some(b), Some(a)) if a > b + 2 => format!("records {}..={}", b + 1, a - 1),
+            (None, Some(a)) => format!("records before {a}"),
+            _ => "no whole record".to_string(),
+        });
+    }
+    match rewrite(path, data, scan, quarantine, &lost) {
+        Ok(len) => Ok(len),
+        Err(e) => {
+            // On a full disk the repair waits: the intact records replay anyway, new records go
+            // to a new file, and the next start tries again.
+            tracing::error!(
+                path = %path.display(),
+                error = %e,
+                lost = %lost.join(", "),
+                "damaged write-ahead log file cannot be repaired now; replaying its intact records"
+            );
+            Ok(data.len() as u64)
+        }
+    }
+}
+
+/// Keeps the damaged file in quarantine and replaces it with its intact records.
+fn rewrite(path: &Path, data: &[u8], scan: &Scan, quarantine: &Quarantine, lost: &[String]) -> Result<u64, StoreError> {
+    quarantine.link_aside(
+        path,
+        &format!("damaged write-ahead log ranges {:?}", scan.damaged),
+        &format!("{} (kept: {} intact records)", lost.join(", "), scan.records.len()),
+    )?;
+    let mut repaired = Vec::with_capacity(data.len());
+    format::write_header(&mut repaired, MAGIC, VERSION)?;
+    for &(start, end) in &scan.good {
+        repaired.extend_from_slice(&data[start..end]);
+    }
+    let tmp = path.with_extension("wal.tmp");
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&repaired)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(repaired.len() as u64)
 }
 
 fn spawn_writer(
     file: File,
+    file_bytes: u64,
     next_seq: u64,
     opts: WalOptions,
     shared: Arc<Shared>,
 ) -> Result<mpsc::Sender<Append>, StoreError> {
     let (tx, rx) = mpsc::channel::<Append>();
-    std::thread::Builder::new()
+    let thread_shared = shared.clone();
+    let handle = std::thread::Builder::new()
         .name(opts.thread_name.clone())
-        .spawn(move || writer_loop(rx, file, next_seq, opts, shared))?;
+        .spawn(move || writer_loop(rx, file, file_bytes, next_seq, opts, thread_shared))?;
+    *shared.thread.lock() = Some(handle);
     Ok(tx)
 }
 
-fn writer_loop(rx: mpsc::Receiver<Append>, mut file: File, mut next_seq: u64, opts: WalOptions, shared: Arc<Shared>) {
+/// The error a refused append gets: a full disk says so (retryable either way).
+fn write_error(opts: &WalOptions, e: &std::io::Error) -> impl Fn() -> StoreError + use<> {
+    let full = opts.space.as_ref().is_some_and(|s| s.note(e)) || crate::space::is_disk_full(e);
+    let message = e.to_string();
+    move || {
+        if full {
+            StoreError::DiskFull("no space left for the write-ahead log".into())
+        } else {
+            StoreError::Unavailable(format!("write-ahead log write failed: {message}"))
+        }
+    }
+}
+
+/// Cuts the file back to `len` (the end of the last acknowledged record) and makes the cut
+/// durable, so that the file ends with a whole record again.
+fn cut_back(file: &mut File, len: u64) -> std::io::Result<()> {
+    file.set_len(len)?;
+    file.seek(SeekFrom::Start(len))?;
+    file.sync_all()
+}
+
+// On a failed write or fsync the group is refused and cut off the file, and nothing is ever
+// retried and then trusted for the same pages: after a failed fsync Linux may have dropped the
+// dirty pages and report the next fsync as successful ("fsyncgate"), so a retried fsync proves
+// nothing. Records acknowledged before were made durable by earlier successful fsyncs and stay.
+// When the cut itself fails, the file's tail is unknown: the next group starts a new file (the
+// reader stops at the damage in the old one, which holds nothing acknowledged past it).
+fn writer_loop(
+    rx: mpsc::Receiver<Append>,
+    mut file: File,
+    mut file_bytes: u64,
+    mut next_seq: u64,
+    opts: WalOptions,
+    shared: Arc<Shared>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut group: Vec<(u64, OnDurable)> = Vec::new();
-    let mut file_bytes = format::HEADER_LEN as u64;
     let mut unsynced = false;
     let mut last_sync = Instant::now();
-    let mut failed: Option<String> = None;
+    // Why the open file cannot take more records (a cut-back failed).
+    let mut broken: Option<String> = None;
     loop {
         // Wait for work; with the interval policy, wake up to fsync in time.
         let first = if unsynced {
@@ -301,30 +488,52 @@ fn writer_loop(rx: mpsc::Receiver<Append>, mut file: File, mut next_seq: u64, op
         };
         if unsynced && last_sync.elapsed() >= opts.fsync_interval {
             if let Err(e) = file.sync_data() {
-                tracing::error!(error = %e, "write-ahead log fsync failed");
+                // Records acknowledged since the last fsync survive a process crash (they are
+                // in the page cache) but maybe not a power loss; nothing can un-acknowledge them.
+                if let Some(space) = &opts.space {
+                    space.note(&e);
+                }
+                tracing::error!(error = %e, "write-ahead log background fsync failed; records acknowledged in the last interval may not survive a power loss");
             }
             unsynced = false;
             last_sync = Instant::now();
         }
         let Some(first) = first else { continue };
+        if let Some(reason) = &broken {
+            match rotate(&shared, &mut file, next_seq) {
+                Ok(()) => {
+                    tracing::info!(previous = %reason, "write-ahead log continues in a new file");
+                    file_bytes = format::HEADER_LEN as u64;
+                    broken = None;
+                }
+                Err(e) => {
+                    let error: Box<dyn Fn() -> StoreError> = match &e {
+                        StoreError::Io(io) => Box::new(write_error(&opts, io)),
+                        other => {
+                            let text = other.to_string();
+                            Box::new(move || StoreError::Unavailable(format!("write-ahead log unavailable: {text}")))
+                        }
+                    };
+                    (first.on_durable)(Err(error()));
+                    while let Ok(a) = rx.try_recv() {
+                        (a.on_durable)(Err(error()));
+                    }
+                    continue;
+                }
+            }
+        }
         buf.clear();
         group.clear();
+        let group_first = next_seq;
         let mut pending = Some(first);
         while let Some(a) = pending.take() {
-            if let Some(reason) = &failed {
-                (a.on_durable)(Err(StoreError::Unavailable(reason.clone())));
-            } else {
-                let seq = next_seq;
-                next_seq += 1;
-                encode_record(&mut buf, seq, a.encode);
-                group.push((seq, a.on_durable));
-            }
+            let seq = next_seq;
+            next_seq += 1;
+            encode_record(&mut buf, seq, a.encode);
+            group.push((seq, a.on_durable));
             if buf.len() < 16 << 20 {
                 pending = rx.try_recv().ok();
             }
-        }
-        if group.is_empty() {
-            continue;
         }
         let result = file.write_all(&buf).and_then(|()| match opts.fsync {
             FsyncPolicy::Group => file.sync_data(),
@@ -346,15 +555,20 @@ fn writer_loop(rx: mpsc::Receiver<Append>, mut file: File, mut next_seq: u64, op
                 }
             }
             Err(e) => {
-                // The file's tail is now unknown: refuse everything until a new file is open.
-                tracing::error!(error = %e, "write-ahead log write failed");
-                let retry = StoreError::Unavailable(format!("write-ahead log write failed: {e}"));
-                for (_, cb) in group.drain(..) {
-                    cb(Err(StoreError::Unavailable(retry.to_string())));
+                let error = write_error(&opts, &e);
+                if !matches!(error(), StoreError::DiskFull(_)) {
+                    tracing::error!(error = %e, "write-ahead log write failed");
                 }
-                match rotate(&shared, &mut file, next_seq) {
-                    Ok(()) => file_bytes = format::HEADER_LEN as u64,
-                    Err(e2) => failed = Some(format!("write-ahead log unavailable: {e2}")),
+                for (_, cb) in group.drain(..) {
+                    cb(Err(error()));
+                }
+                match cut_back(&mut file, file_bytes) {
+                    // The refused records are gone from the file: their seqs are free again.
+                    Ok(()) => next_seq = group_first,
+                    Err(e2) => {
+                        tracing::error!(error = %e2, "cannot cut the write-ahead log back after a failed write; starting a new file");
+                        broken = Some(format!("cut-back failed: {e2}"));
+                    }
                 }
                 continue;
             }
@@ -375,7 +589,6 @@ fn rotate(shared: &Shared, file: &mut File, next_seq: u64) -> Result<(), StoreEr
     let (f, path) = open_new_file(&shared.dir, next_seq)?;
     *file = f;
     let mut files = shared.files.lock();
-    // A failed write may have left a partial record in the old file; readers stop at it.
     files.push(FileInfo { path, first_seq: next_seq, last_seq: next_seq - 1, bytes: format::HEADER_LEN as u64 });
     Ok(())
 }
@@ -402,6 +615,8 @@ mod tests {
             fsync_interval: Duration::from_millis(10),
             file_bytes: 1 << 20,
             thread_name: "wal-test".into(),
+            space: None,
+            quarantine: Quarantine::default(),
         }
     }
 
@@ -444,28 +659,104 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
         drop(f);
-        let (wal, replay) = Wal::open(dir.path(), opts(), 0).unwrap();
+        let o = opts();
+        let (wal, replay) = Wal::open(dir.path(), o.clone(), 0).unwrap();
         assert_eq!(replay.len(), 10);
-        assert!(fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().path().to_string_lossy().ends_with(".corrupt")));
+        let aside = dir.path().join(format!("quarantine/{:020}.wal.tail-at-{}", 1, fs::metadata(&path).unwrap().len()));
+        assert_eq!(fs::read(aside).unwrap(), [200, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(o.quarantine.count(), 1);
         assert_eq!(append_sync(&wal, vec![1]), 11);
     }
 
-    #[test]
-    fn flipped_bit_stops_replay_at_the_bad_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), opts(), 0).unwrap();
+    fn write_five(dir: &Path) -> PathBuf {
+        let (wal, _) = Wal::open(dir, opts(), 0).unwrap();
         for i in 0..5u8 {
             append_sync(&wal, vec![i; 10]);
         }
         drop(wal);
         std::thread::sleep(Duration::from_millis(50));
-        let path = dir.path().join(format!("{:020}.wal", 1));
+        dir.join(format!("{:020}.wal", 1))
+    }
+
+    #[test]
+    fn a_flipped_bit_loses_only_the_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_five(dir.path());
         let mut data = fs::read(&path).unwrap();
+        let original = data.clone();
         let third = format::HEADER_LEN + 2 * (RECORD_HEADER + 10) + RECORD_HEADER + 3;
         data[third] ^= 0xff;
-        fs::write(&path, data).unwrap();
+        fs::write(&path, &data).unwrap();
+        let o = opts();
+        let (wal, replay) = Wal::open(dir.path(), o.clone(), 0).unwrap();
+        assert_eq!(replay.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 4, 5]);
+        assert_eq!(replay[3].payload, vec![4u8; 10]);
+        assert_eq!(o.quarantine.count(), 1);
+        assert_eq!(fs::read(dir.path().join(format!("quarantine/{:020}.wal", 1))).unwrap(), data, "original kept");
+        assert_eq!(fs::read(&path).unwrap().len(), original.len() - RECORD_HEADER - 10, "file repaired");
+        assert_eq!(append_sync(&wal, vec![9]), 6);
+        drop(wal);
+        std::thread::sleep(Duration::from_millis(50));
+        let o = opts();
+        let (_, replay) = Wal::open(dir.path(), o.clone(), 0).unwrap();
+        assert_eq!(replay.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 4, 5, 6]);
+        assert_eq!(o.quarantine.count(), 0, "the repair holds");
+    }
+
+    #[test]
+    fn a_damaged_length_field_is_skipped_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_five(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        // Record 2's length says 4 GiB: nothing tells where record 3 starts but its own header.
+        let second = format::HEADER_LEN + RECORD_HEADER + 10;
+        data[second + 3] = 0xff;
+        fs::write(&path, &data).unwrap();
         let (_, replay) = Wal::open(dir.path(), opts(), 0).unwrap();
-        assert_eq!(replay.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(replay.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_garbage_header_is_rewritten_and_the_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_five(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        data[..format::HEADER_LEN].copy_from_slice(b"garbage!");
+        fs::write(&path, &data).unwrap();
+        let o = opts();
+        let (_, replay) = Wal::open(dir.path(), o.clone(), 0).unwrap();
+        assert_eq!(replay.len(), 5);
+        assert_eq!(o.quarantine.count(), 1);
+        assert_eq!(&fs::read(&path).unwrap()[..8], MAGIC);
+    }
+
+    #[test]
+    fn a_file_cut_inside_its_header_is_dropped_and_a_newer_version_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_five(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        let later = dir.path().join(format!("{:020}.wal", 6));
+        fs::write(&later, &data[..5]).unwrap();
+        let (_, replay) = Wal::open(dir.path(), opts(), 0).unwrap();
+        assert_eq!(replay.len(), 5);
+        std::thread::sleep(Duration::from_millis(50));
+        data[8] = 99;
+        fs::write(&path, &data).unwrap();
+        let err = Wal::open(dir.path(), opts(), 0).err().expect("refused");
+        assert!(err.to_string().contains("format version 99 was written by a newer obsbox"), "{err}");
+    }
+
+    #[test]
+    fn read_range_returns_acknowledged_records_while_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), opts(), 0).unwrap();
+        for i in 0..30u32 {
+            append_sync(&wal, vec![i as u8; 50_000]);
+        }
+        let got = wal.read_range(10, 25).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), (11..=25).collect::<Vec<_>>());
+        assert_eq!(got[0].payload, vec![10u8; 50_000]);
+        assert!(wal.read_range(25, 31).is_err(), "record 31 was never acknowledged");
     }
 
     #[test]

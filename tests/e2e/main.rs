@@ -1,8 +1,9 @@
 //! obsbox's end-to-end tests: one test binary (linking obsbox once, not once per file), one
 //! module per area. Each drives the real binary or an in-process `Obsbox` with real clients and
-//! peers: the Rust and Python OpenTelemetry SDKs, kill -9, overload, bad input, headless Chromium
+//! peers: the Rust and Python OpenTelemetry SDKs, kill -9, full disks, damaged files, headless Chromium
 //! through WebDriver, Prometheus, Alertmanager, RabbitMQ, the demo and the compose stack outside
-//! Docker. (`tests/bad_input.rs` is a binary of its own: its peak-RSS checks must see it alone.)
+//! Docker. (`tests/bad_input.rs` and `tests/overload.rs` are binaries of their own: their memory and
+//! throughput checks must not share the machine with other tests.)
 //! Run one area with `cargo test --test e2e <module>::`.
 //!
 //! # Where things are
@@ -17,14 +18,15 @@ mod alertmanager_webhook;
 mod api_schemathesis;
 mod compose_files;
 mod compose_stack;
+mod corrupt_files;
 mod crash;
 mod dashboards_model;
 mod derived_metrics;
+mod disk_full;
 mod e2e_demo;
 mod e2e_python_sdk;
 mod e2e_rust_sdk;
 mod e2e_slo_demo;
-mod overload;
 mod prometheus_exposition;
 mod prometheus_remote_write;
 mod query_limits;

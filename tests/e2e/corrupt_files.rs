@@ -8,7 +8,7 @@
 //! `obsbox_store_damaged_files_total`, move what it cannot use into `quarantine/`, and serve the
 //! rest; a second restart finds nothing left to repair (no crash loop, no repair loop).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -11,7 +11,7 @@
 //! Mounting a tmpfs needs root (CI and this machine run as root); when it fails the test fails,
 //! unless `OBSBOX_SKIP_EXTERNAL=1`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::Write;

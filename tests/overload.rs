@@ -12,8 +12,12 @@
 //!   `OBSBOX_FLOOD_SECS` (15 when unset; the documented run uses 60) while the RSS is sampled:
 //!   refusals are retryable, RSS stays <= 256 MiB, every acknowledged span is stored, and the
 //!   throughput of the 5 s after the flood is at least 80% of the measured capacity.
+//!
+//! A test binary of its own (not a module of `tests/e2e`): its throughput and RSS figures must
+//! not share the machine with other tests.
 
-use crate::common;
+#[path = "e2e/common/mod.rs"]
+mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -5,8 +5,16 @@
 //!
 //! # Where things are
 //! - `error`: [`NetError`].
+//! - `tls`: [`TlsConfig`] (`[tls]`), PEM loading ([`Tls::load`]) and one rustls server
+//!   configuration per [`Port`] (ALPN, client certificates for the ingest ports).
+//! - `serve`: [`ListenConfig`] (`[listen]`: addresses, timeouts, connection limit) and
+//!   [`Listener`], the one accept/serve loop all three listeners run.
 #![warn(missing_docs)]
 
 mod error;
+mod serve;
+mod tls;
 
 pub use error::NetError;
+pub use serve::{BodyTimeout, ListenConfig, Listener, RequestBody};
+pub use tls::{Port, Tls, TlsConfig};

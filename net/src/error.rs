@@ -19,4 +19,12 @@ pub enum NetError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A token file cannot be read or holds no valid token.
+    #[error("token file {}: {reason}", path.display())]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (never the token itself).
+        reason: String,
+    },
 }

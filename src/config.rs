@@ -6,14 +6,17 @@ use std::path::Path;
 use obsbox_collector::{DeriveConfig, Limits, RemoteWriteConfig};
 use obsbox_slo::SloConfig;
 use obsbox_storage::StoreConfig;
+pub use obsbox_net::{ListenConfig, TlsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration. `Default` is the embedded defaults `cargo run` starts with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Listen addresses.
+    /// Listen addresses, timeouts and connection limits.
     pub listen: ListenConfig,
+    /// TLS on every listener, client certificates for ingest.
+    pub tls: TlsConfig,
     /// The embedded store.
     pub storage: StoreConfig,
     /// Limits on OTLP input.
@@ -24,28 +27,6 @@ pub struct Config {
     pub remote_write: RemoteWriteConfig,
     /// SLO definitions, evaluation and alert notifications.
     pub slo: SloConfig,
-}
-
-/// Where obsbox listens.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenConfig {
-    /// OTLP/gRPC.
-    pub otlp_grpc: String,
-    /// OTLP/HTTP.
-    pub otlp_http: String,
-    /// Web UI, query APIs, `/metrics`, `/healthz`, `/readyz`.
-    pub http: String,
-}
-
-impl Default for ListenConfig {
-    fn default() -> Self {
-        ListenConfig {
-            otlp_grpc: "0.0.0.0:4317".into(),
-            otlp_http: "0.0.0.0:4318".into(),
-            http: "0.0.0.0:16686".into(),
-        }
-    }
 }
 
 impl Config {
@@ -63,15 +44,8 @@ impl Config {
 
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (key, addr) in [
-            ("listen.otlp_grpc", &self.listen.otlp_grpc),
-            ("listen.otlp_http", &self.listen.otlp_http),
-            ("listen.http", &self.listen.http),
-        ] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                anyhow::bail!("{key}: {addr:?} is not an IP:port address");
-            }
-        }
+        self.listen.validate()?;
+        self.tls.validate().map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         self.storage.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.limits.validate().map_err(|e| anyhow::anyhow!("limits.{e}"))?;
         self.derive.validate().map_err(|e| anyhow::anyhow!("derive: {e}"))?;
@@ -117,6 +91,12 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("remote_write: invalid setting `url`"));
         c = Config::from_toml("[slo]\ntime_scale = 7\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("slo: invalid setting `time_scale`"));
+        c = Config::from_toml("[listen]\nidle_timeout = \"10ms\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`listen.idle_timeout`"));
+        c = Config::from_toml("[tls]\ncert = \"chain.pem\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("tls: invalid setting `key`"));
+        let err = Config::from_toml("[tls]\ncertificate = \"chain.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("certificate"), "{err}");
         let err = Config::from_toml("[slo.notify]\nwebhook = []\n").unwrap_err().to_string();
         assert!(err.contains("webhook"), "{err}");
     }

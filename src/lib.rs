@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, ListenConfig};
+pub use config::{Config, ListenConfig, TlsConfig};
 pub use obsbox_collector as collector;
 pub use obsbox_storage as storage;
 use obsbox_storage::DiskStore;
@@ -53,6 +53,7 @@ impl Obsbox {
     /// and starts serving. Port 0 binds a free port; the `*_addr` methods tell which.
     pub async fn start(config: Config) -> anyhow::Result<Obsbox> {
         config.validate()?;
+        let tls = obsbox_net::Tls::load(&config.tls).context("invalid [tls] settings")?;
         let registry = prometheus::Registry::new();
         let storage_config = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || DiskStore::open(storage_config))
@@ -61,9 +62,12 @@ impl Obsbox {
             .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
         let store = Arc::new(store);
 
-        let grpc = bind(&config.listen.otlp_grpc, "listen.otlp_grpc").await?;
-        let http = bind(&config.listen.otlp_http, "listen.otlp_http").await?;
-        let ui = bind(&config.listen.http, "listen.http").await?;
+        let listener = |tcp, port| {
+            obsbox_net::Listener::new(tcp, &config.listen, tls.as_ref(), port).context("cannot set up a listener")
+        };
+        let grpc = listener(bind(&config.listen.otlp_grpc, "listen.otlp_grpc").await?, obsbox_net::Port::OtlpGrpc)?;
+        let http = listener(bind(&config.listen.otlp_http, "listen.otlp_http").await?, obsbox_net::Port::OtlpHttp)?;
+        let ui = listener(bind(&config.listen.http, "listen.http").await?, obsbox_net::Port::Ui)?;
         let (otlp_grpc_addr, otlp_http_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?, ui.local_addr()?);
 
         let remote_write = match config.remote_write.enabled() {

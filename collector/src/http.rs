@@ -42,11 +42,11 @@ pub fn http_router(collector: Collector) -> Router {
 
 /// Serves [`http_router`] on `listener` until `shutdown` resolves, then drains open requests.
 pub async fn serve_http(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<obsbox_net::Listener>,
     collector: Collector,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
-    axum::serve(listener, http_router(collector)).with_graceful_shutdown(shutdown).await.map_err(CollectorError::Http)
+    listener.into().serve(http_router(collector), shutdown).await.map_err(CollectorError::Http)
 }
 
 /// Browsers may post OTLP from any origin; they send these headers (the OpenTelemetry JS

@@ -155,13 +155,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` resolves.
+/// Serves [`router`] on `listener` (a bare `TcpListener` converts to a plain-text listener with
+/// the default limits) until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<obsbox_net::Listener>,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    listener.into().serve(router(state), shutdown).await
 }
 
 #[cfg(test)]

@@ -109,6 +109,12 @@ impl<S: OtlpService> tower::Service<http::Request<Body>> for ExportService<S> {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // Before anything else, so an unauthenticated peer learns nothing, not even the methods.
+        if let Some(guard) = self.collector.grpc_guard()
+            && !guard.admits(req.headers())
+        {
+            return Box::pin(async { Ok(Status::unauthenticated(obsbox_net::REFUSAL_MESSAGE).into_http()) });
+        }
         if req.uri().path() != S::EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use obsbox_collector::{DeriveConfig, Limits, RemoteWriteConfig};
+pub use obsbox_net::{AuthConfig, ListenConfig, TlsConfig};
 use obsbox_slo::SloConfig;
 use obsbox_storage::StoreConfig;
-pub use obsbox_net::{ListenConfig, TlsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration. `Default` is the embedded defaults `cargo run` starts with.
@@ -17,6 +17,8 @@ pub struct Config {
     pub listen: ListenConfig,
     /// TLS on every listener, client certificates for ingest.
     pub tls: TlsConfig,
+    /// Bearer tokens for ingest and for the UI/query APIs (off unless set).
+    pub auth: AuthConfig,
     /// The embedded store.
     pub storage: StoreConfig,
     /// Limits on OTLP input.
@@ -46,6 +48,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen.validate()?;
         self.tls.validate().map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        self.auth.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.storage.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.limits.validate().map_err(|e| anyhow::anyhow!("limits.{e}"))?;
         self.derive.validate().map_err(|e| anyhow::anyhow!("derive: {e}"))?;
@@ -99,6 +102,20 @@ mod tests {
         assert!(err.contains("certificate"), "{err}");
         let err = Config::from_toml("[slo.notify]\nwebhook = []\n").unwrap_err().to_string();
         assert!(err.contains("webhook"), "{err}");
+        c = Config::from_toml("[auth]\nquery_token = \"has space\"\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`auth.query_token`") && !err.contains("has space"), "{err}");
+        let err = Config::from_toml("[auth]\ningest_tokens = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("ingest_tokens"), "{err}");
+    }
+
+    #[test]
+    fn printing_the_config_never_shows_a_token() {
+        let c =
+            Config::from_toml("[auth]\ningest_token = \"ingest-s3cret\"\nquery_token = \"query-s3cret\"\n").unwrap();
+        c.validate().unwrap();
+        let printed = format!("{c:?} {c:#?} {}", toml::to_string(&c).unwrap());
+        assert!(!printed.contains("s3cret"), "{printed}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, ListenConfig, TlsConfig};
+pub use config::{AuthConfig, Config, ListenConfig, TlsConfig};
 pub use obsbox_collector as collector;
 pub use obsbox_storage as storage;
 use obsbox_storage::DiskStore;
@@ -54,7 +54,15 @@ impl Obsbox {
     pub async fn start(config: Config) -> anyhow::Result<Obsbox> {
         config.validate()?;
         let tls = obsbox_net::Tls::load(&config.tls).context("invalid [tls] settings")?;
+        let ingest_tokens = config.auth.ingest_tokens().context("invalid [auth] settings")?;
+        let query_tokens = config.auth.query_tokens().context("invalid [auth] settings")?;
+        tracing::info!(
+            ingest = ingest_tokens.is_some(),
+            query = query_tokens.is_some(),
+            "listeners requiring a token"
+        );
         let registry = prometheus::Registry::new();
+        let auth_failures = obsbox_net::AuthFailures::register(&registry).context("registering self-metrics")?;
         let storage_config = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || DiskStore::open(storage_config))
             .await
@@ -85,8 +93,12 @@ impl Obsbox {
             false => None,
         };
         let taps = obsbox_collector::Taps { deriver: deriver.clone(), remote_write: remote_write.clone() };
-        let collector = obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
-            .context("invalid limits")?;
+        let mut collector =
+            obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
+                .context("invalid limits")?;
+        if let Some(tokens) = ingest_tokens {
+            collector = collector.with_auth(tokens, &auth_failures);
+        }
         let slo = match &config.slo.dir {
             Some(dir) => {
                 let notifier = Arc::new(
@@ -111,6 +123,9 @@ impl Obsbox {
             .context("registering self-metrics")?;
         if let Some(slo) = &slo {
             state = state.with_slos(slo.engine.clone());
+        }
+        if let Some(tokens) = query_tokens {
+            state = state.with_auth(tokens, &auth_failures);
         }
 
         let (stop, stop_rx) = watch::channel(false);

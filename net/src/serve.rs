@@ -85,7 +85,8 @@ impl Default for ListenConfig {
             idle_timeout: Duration::from_secs(120),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),
-            max_connections: 4096,
+            // An idle connection costs ~10 KiB (tests/slowloris.rs): 20 MiB per full listener.
+            max_connections: 2048,
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The serve loop drops a connection that has been shut down but has nothing in flight after 1 s.
 const GRACE: Duration = Duration::from_millis(2500);
 
@@ -42,10 +43,11 @@ fn start(dir: &Path, listen: &str) -> Process {
 fn listen_config(max_connections: usize) -> String {
     format!(
         "header_read_timeout = \"{}ms\"\nidle_timeout = \"{}ms\"\ntls_handshake_timeout = \"{}ms\"\n\
-         max_connections = {max_connections}\n",
+         request_body_timeout = \"{}ms\"\nmax_connections = {max_connections}\n",
         HEADER_READ_TIMEOUT.as_millis(),
         IDLE_TIMEOUT.as_millis(),
-        TLS_HANDSHAKE_TIMEOUT.as_millis()
+        TLS_HANDSHAKE_TIMEOUT.as_millis(),
+        REQUEST_BODY_TIMEOUT.as_millis()
     )
 }
 
@@ -268,4 +270,38 @@ async fn silent_tls_clients_are_closed_after_the_handshake_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(started.elapsed() >= TLS_HANDSHAKE_TIMEOUT, "closed before the handshake timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_the_body_timeout_gets_a_400() {
+    use tokio::io::AsyncReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let process = start(dir.path(), &listen_config(100));
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(process.addrs.otlp_http).await.unwrap();
+    let head =
+        "POST /v1/traces HTTP/1.1\r\nHost: obsbox\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // One byte of body every 250 ms: the whole body would take over 4 minutes.
+    while started.elapsed() < REQUEST_BODY_TIMEOUT + GRACE {
+        if stream.write_all(b" ").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(250), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let lasted = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "after {lasted:?}: {answer:?}");
+    assert!(lasted >= REQUEST_BODY_TIMEOUT - Duration::from_millis(300), "answered after {lasted:?}");
+    otlp_http_serves(&process, "after-slow-body").await;
 }

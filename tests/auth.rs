@@ -175,6 +175,19 @@ async fn refusals_say_nothing_about_what_was_wrong() {
         bodies.push(resp.text().await.unwrap());
     }
     assert!(bodies.iter().all(|b| b == &bodies[0]), "{bodies:?}");
+    // A big batch with a wrong token still reads the 401, not a reset connection.
+    for _ in 0..3 {
+        let big = vec![b'x'; 3 << 20];
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/x-protobuf")
+            .bearer_auth("nope")
+            .body(big)
+            .send()
+            .await
+            .expect("the refusal arrives");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
     // Alertmanager's webhook is ingest too.
     let resp = client
         .post(format!("http://{}/v1/alertmanager", obsbox.otlp_http_addr()))
@@ -416,4 +429,52 @@ fn bad_token_settings_stop_start_up_with_a_message_that_names_them() {
     let (status, out) = Binary::start(dir.path(), &[], &[("OBSBOX_QUERY_TOKEN", "two words")]).exit();
     assert!(!status.success());
     assert!(out.contains("auth.query_token") && !out.contains("two words"), "{out}");
+}
+
+/// The scrape settings `docs/security.md` gives, in a real Prometheus: `authorization` with a
+/// credentials file, and `basic_auth` with the token as password, scrape `/metrics`; a job
+/// without either is refused (its `up` is 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_metrics_with_the_documented_settings() {
+    use common::prometheus::Prometheus;
+
+    let dir = tempfile::tempdir().unwrap();
+    let obsbox = start(dir.path()).await;
+    let credentials = token_file(dir.path(), "prometheus-token", QUERY);
+    let target = obsbox.http_addr();
+    let job = |name: &str, auth: &str| {
+        format!(
+            "  - job_name: '{name}'\n    scrape_interval: 500ms\n    scrape_timeout: 500ms\n    \
+             static_configs:\n      - targets: ['{target}']\n{auth}"
+        )
+    };
+    let configs = [
+        job("bearer", &format!("    authorization:\n      credentials_file: '{}'\n", credentials.display())),
+        job(
+            "basic",
+            &format!("    basic_auth:\n      username: prometheus\n      password_file: '{}'\n", credentials.display()),
+        ),
+        job("anonymous", ""),
+    ]
+    .concat();
+    // Prometheus's blocking HTTP client lives (and is dropped) off the async context.
+    tokio::task::block_in_place(|| {
+        let Some(prometheus) = Prometheus::start_with_scrape_configs(&configs, &[]) else { return };
+        let ups = |r: &[serde_json::Value]| {
+            let mut v: Vec<(String, String)> = r
+                .iter()
+                .map(|s| (s["metric"]["job"].as_str().unwrap().into(), s["value"][1].as_str().unwrap().into()))
+                .collect();
+            v.sort();
+            v
+        };
+        let want = vec![("anonymous".into(), "0".into()), ("basic".into(), "1".into()), ("bearer".into(), "1".into())];
+        prometheus.wait_for("up", Duration::from_secs(20), |r| ups(r) == want);
+        prometheus.wait_for(
+            "obsbox_auth_failures_total{job=\"bearer\",listener=\"http\"}",
+            Duration::from_secs(20),
+            |r| r.first().is_some_and(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 1.0),
+        );
+    });
+    obsbox.shutdown().await.unwrap();
 }

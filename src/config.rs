@@ -125,6 +125,8 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.storage.retention, std::time::Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.derive, DeriveConfig::default());
+        assert_eq!(c.listen, ListenConfig::default(), "the sample lists the listener defaults");
+        assert_eq!(c.tls, TlsConfig::default());
         assert_eq!(c.remote_write, RemoteWriteConfig::default());
         assert_eq!(c.slo.evaluation_interval, SloConfig::default().evaluation_interval);
     }

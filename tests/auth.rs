@@ -155,6 +155,12 @@ async fn refusals_say_nothing_about_what_was_wrong() {
         messages.push(status.message().to_string());
     }
     assert!(messages.iter().all(|m| m == &messages[0]), "{messages:?}");
+    // A big batch with a wrong token: the refusal, not a reset stream.
+    let mut big = request.clone();
+    big.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(3 << 20);
+    let mut req = tonic::Request::new(big);
+    req.metadata_mut().insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(clients.traces.export(req).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     let mut req = tonic::Request::new(request.clone());
     req.metadata_mut().insert("authorization", format!("Bearer {NEW_INGEST}").parse().unwrap());
     clients.traces.export(req).await.expect("a valid token is accepted");

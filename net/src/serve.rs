@@ -537,6 +537,43 @@ mod tests {
         check(&|c| c.max_connections = 0, "listen.max_connections");
     }
 
+    /// A response body streamed for longer than `idle_timeout` is in flight and not cut; once
+    /// it is done, the connection is closed after `idle_timeout`.
+    #[tokio::test]
+    async fn streaming_responses_are_in_flight_and_idle_connections_close() {
+        use http_body_util::BodyExt;
+
+        let config = ListenConfig { idle_timeout: Duration::from_millis(300), ..ListenConfig::default() };
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = Listener::new(tcp, &config, None, Port::Ui).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = tower::service_fn(|_req: Request<RequestBody>| async {
+            let chunks = futures::stream::unfold(0, |i| async move {
+                if i == 12 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"chunk "))), i + 1))
+            });
+            Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(chunks)))
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(listener.serve(service, async {
+            let _ = stopped.await;
+        }));
+
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get("/").body(http_body_util::Empty::<Bytes>::new()).unwrap();
+        let body = sender.send_request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "chunk ".repeat(12), "1.8 s of streaming outlives the 300 ms idle timeout");
+        let closed = tokio::time::timeout(Duration::from_secs(3), conn).await;
+        assert!(closed.is_ok(), "the idle keep-alive connection is closed");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn durations_are_human_readable_and_unknown_keys_refused() {
         let c: ListenConfig = toml::from_str("idle_timeout = \"5s\"\nmax_connections = 10\n").unwrap();

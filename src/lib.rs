@@ -44,6 +44,34 @@ struct Slo {
     notifier: Arc<obsbox_slo::Notifier>,
 }
 
+/// Raises this process's soft limit on open files to the hard limit: each connection is one, and
+/// distributions start services with a soft limit of 1024. Warns when the result cannot hold
+/// three full listeners plus the store's files.
+fn raise_open_files_limit(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    };
+    let wanted = 3 * max_connections as u64 + 512;
+    if soft < wanted {
+        tracing::warn!(
+            open_files_limit = soft,
+            wanted,
+            "the open files limit is below 3 x listen.max_connections + 512; raise it (ulimit -n, LimitNOFILE=)"
+        );
+    }
+}
+
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
 }
@@ -70,6 +98,7 @@ impl Obsbox {
             .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
         let store = Arc::new(store);
 
+        raise_open_files_limit(config.listen.max_connections);
         let listener = |tcp, port| {
             obsbox_net::Listener::new(tcp, &config.listen, tls.as_ref(), port).context("cannot set up a listener")
         };

@@ -5,6 +5,7 @@
 //!
 //! Python comes from `$OBSBOX_TEST_PYTHON`, else `<workspace>/.venv/bin/python`.
 
+mod browser;
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -483,4 +484,44 @@ async fn prometheus_scrapes_metrics_with_the_documented_settings() {
         );
     });
     obsbox.shutdown().await.unwrap();
+}
+
+/// What a user does at the browser's login prompt (any user name, the token as password):
+/// headless Chromium has no prompt, so the credentials go in the URL of a first page, which
+/// Chromium then keeps for the site like typed ones. The trace view's scripts, styles and its
+/// data fetch all pass with them; without them the page is the 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logged_in_with_basic_auth_uses_the_trace_view() {
+    use browser::{ShopTrace, UiTest, span_hex};
+
+    let Some(ui) = UiTest::start_configured(|c| c.auth.query_token = Some(obsbox_net::Token::new(QUERY))).await else {
+        return;
+    };
+    let shop = ShopTrace::new(common::trace_id(9, 9), common::now_ns() - 60_000_000_000, false);
+    shop.send(&ui).await;
+    let path = format!("/trace/{}", shop.hex());
+
+    ui.goto(&path).await;
+    // Chromium answers a Basic challenge with its prompt; headless, that is an empty page.
+    let body = ui.wait_for("body").await.text().await.unwrap();
+    assert!(!body.contains("GET /checkout") && ui.find_all(".row").await.is_empty(), "no credentials: {body}");
+
+    let refused = ui.console_errors().await;
+    assert!(refused.iter().any(|e| e.contains("401")), "{refused:?}");
+
+    // Log in on one page; credentials in a document's URL would also end up in the URLs its
+    // scripts fetch (which `fetch` refuses), so the trace view is opened afterwards without
+    // them, as after a login prompt.
+    let login = format!("http://someone:{QUERY}@{}/services", ui.obsbox.as_ref().unwrap().http_addr());
+    ui.client().goto(&login).await.unwrap();
+    ui.wait_for("nav").await;
+    ui.goto(&path).await;
+    let row = |id: u64| format!(".row[data-span=\"{}\"]", span_hex(id));
+    ui.wait_for(&row(ShopTrace::FRAUD)).await;
+    assert_eq!(ui.find_all(".row").await.len(), shop.spans.len(), "every span rendered by the page's script");
+    ui.assert_no_console_errors("trace view with basic auth").await;
+    // The live tail and the search form of another page use the same login.
+    ui.goto("/logs").await;
+    ui.wait_for("form").await;
+    ui.assert_no_console_errors("logs page with basic auth").await;
 }

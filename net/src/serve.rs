@@ -574,6 +574,37 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    /// An HTTP/2 peer that stops answering pings is disconnected after the keep-alive interval
+    /// and timeout, long before the idle timeout.
+    #[tokio::test]
+    async fn http2_peers_that_do_not_answer_pings_are_disconnected() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let config = ListenConfig {
+            http2_keepalive_interval: Duration::from_millis(200),
+            http2_keepalive_timeout: Duration::from_millis(300),
+            ..ListenConfig::default()
+        };
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = Listener::new(tcp, &config, None, Port::OtlpGrpc).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = tower::service_fn(|_req: Request<RequestBody>| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+        });
+        tokio::spawn(listener.serve(service, std::future::pending()));
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // The preface and an empty SETTINGS frame; then read everything and answer nothing.
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        let started = std::time::Instant::now();
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "still connected after 5 s without answering pings");
+        // A PING frame header: payload length 8, type 6.
+        assert!(received.windows(4).any(|w| w == [0, 0, 8, 6]), "the server pinged");
+        assert!(started.elapsed() >= Duration::from_millis(400), "closed after {:?}", started.elapsed());
+    }
+
     #[test]
     fn durations_are_human_readable_and_unknown_keys_refused() {
         let c: ListenConfig = toml::from_str("idle_timeout = \"5s\"\nmax_connections = 10\n").unwrap();

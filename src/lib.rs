@@ -84,11 +84,7 @@ impl Obsbox {
         let tls = obsbox_net::Tls::load(&config.tls).context("invalid [tls] settings")?;
         let ingest_tokens = config.auth.ingest_tokens().context("invalid [auth] settings")?;
         let query_tokens = config.auth.query_tokens().context("invalid [auth] settings")?;
-        tracing::info!(
-            ingest = ingest_tokens.is_some(),
-            query = query_tokens.is_some(),
-            "listeners requiring a token"
-        );
+        tracing::info!(ingest = ingest_tokens.is_some(), query = query_tokens.is_some(), "listeners requiring a token");
         let registry = prometheus::Registry::new();
         let auth_failures = obsbox_net::AuthFailures::register(&registry).context("registering self-metrics")?;
         let storage_config = config.storage.clone();

@@ -284,3 +284,36 @@ async fn no_redirect_leaves_the_site() {
         }
     }
 }
+
+#[tokio::test]
+async fn form_posts_to_the_query_apis_refuse_malformed_bodies() {
+    let app = app();
+    let cases: [(&str, &str, &[u8]); 8] = [
+        ("/prometheus/api/v1/query", "application/x-www-form-urlencoded", b"query=sum("),
+        ("/prometheus/api/v1/query", "application/x-www-form-urlencoded", b"query=up&time=yesterday"),
+        ("/prometheus/api/v1/query_range", "application/x-www-form-urlencoded", b"query=up&start=0&end=10&step=0"),
+        ("/prometheus/api/v1/series", "application/x-www-form-urlencoded", b"match[]=%7B"),
+        ("/prometheus/api/v1/query", "application/x-www-form-urlencoded", b"\xff\xfe=\xff"),
+        ("/loki/api/v1/query_range", "application/x-www-form-urlencoded", b"query=%7B"),
+        ("/loki/api/v1/query", "application/x-www-form-urlencoded", b"query=sum("),
+        ("/loki/api/v1/labels", "application/x-www-form-urlencoded", b"start=yesterday"),
+    ];
+    for (path, content_type, body) in cases {
+        let req = Request::post(path).header(header::CONTENT_TYPE, content_type).body(Body::from(body)).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(status.is_client_error() && !text.is_empty(), "{path} {body:?}: {status} {text:?}");
+    }
+    // Another content type or a huge body: refused or ignored, never a 5xx.
+    for (content_type, body) in
+        [("application/json", b"{\"query\":\"up\"}".to_vec()), ("text/plain", vec![b'a'; 8 << 20])]
+    {
+        let req = Request::post("/prometheus/api/v1/query")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert!(!resp.status().is_server_error(), "{content_type}: {}", resp.status());
+    }
+}

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use obsbox_collector::{DeriveConfig, Limits, RemoteWriteConfig};
+pub use obsbox_net::{AuthConfig, ListenConfig, TlsConfig};
 use obsbox_query_ui::QueryLimits;
 use obsbox_slo::SloConfig;
 use obsbox_storage::StoreConfig;
@@ -13,8 +14,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Listen addresses.
+    /// Listen addresses, timeouts and connection limits.
     pub listen: ListenConfig,
+    /// TLS on every listener, client certificates for ingest.
+    pub tls: TlsConfig,
+    /// Bearer tokens for ingest and for the UI/query APIs (off unless set).
+    pub auth: AuthConfig,
     /// The embedded store.
     pub storage: StoreConfig,
     /// Limits on OTLP input.
@@ -27,28 +32,6 @@ pub struct Config {
     pub slo: SloConfig,
     /// Limits on queries (text, complexity, time range, result size, time budget).
     pub query: QueryLimits,
-}
-
-/// Where obsbox listens.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenConfig {
-    /// OTLP/gRPC.
-    pub otlp_grpc: String,
-    /// OTLP/HTTP.
-    pub otlp_http: String,
-    /// Web UI, query APIs, `/metrics`, `/healthz`, `/readyz`.
-    pub http: String,
-}
-
-impl Default for ListenConfig {
-    fn default() -> Self {
-        ListenConfig {
-            otlp_grpc: "0.0.0.0:4317".into(),
-            otlp_http: "0.0.0.0:4318".into(),
-            http: "0.0.0.0:16686".into(),
-        }
-    }
 }
 
 impl Config {
@@ -66,15 +49,9 @@ impl Config {
 
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (key, addr) in [
-            ("listen.otlp_grpc", &self.listen.otlp_grpc),
-            ("listen.otlp_http", &self.listen.otlp_http),
-            ("listen.http", &self.listen.http),
-        ] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                anyhow::bail!("{key}: {addr:?} is not an IP:port address");
-            }
-        }
+        self.listen.validate()?;
+        self.tls.validate().map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        self.auth.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.storage.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.limits.validate().map_err(|e| anyhow::anyhow!("limits.{e}"))?;
         self.derive.validate().map_err(|e| anyhow::anyhow!("derive: {e}"))?;
@@ -121,6 +98,12 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("remote_write: invalid setting `url`"));
         c = Config::from_toml("[slo]\ntime_scale = 7\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("slo: invalid setting `time_scale`"));
+        c = Config::from_toml("[listen]\nidle_timeout = \"10ms\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`listen.idle_timeout`"));
+        c = Config::from_toml("[tls]\ncert = \"chain.pem\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("tls: invalid setting `key`"));
+        let err = Config::from_toml("[tls]\ncertificate = \"chain.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("certificate"), "{err}");
         let err = Config::from_toml("[slo.notify]\nwebhook = []\n").unwrap_err().to_string();
         assert!(err.contains("webhook"), "{err}");
         c = Config::from_toml("[query]\nmax_traces = 0\n").unwrap();
@@ -131,6 +114,20 @@ mod tests {
         assert!(err.contains("max_trace"), "{err}");
         let err = Config::from_toml("[query]\ntimeout = \"soon\"\n").unwrap_err().to_string();
         assert!(err.contains("timeout"), "{err}");
+        c = Config::from_toml("[auth]\nquery_token = \"has space\"\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`auth.query_token`") && !err.contains("has space"), "{err}");
+        let err = Config::from_toml("[auth]\ningest_tokens = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("ingest_tokens"), "{err}");
+    }
+
+    #[test]
+    fn printing_the_config_never_shows_a_token() {
+        let c =
+            Config::from_toml("[auth]\ningest_token = \"ingest-s3cret\"\nquery_token = \"query-s3cret\"\n").unwrap();
+        c.validate().unwrap();
+        let printed = format!("{c:?} {c:#?} {}", toml::to_string(&c).unwrap());
+        assert!(!printed.contains("s3cret"), "{printed}");
     }
 
     #[test]
@@ -140,6 +137,8 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.storage.retention, std::time::Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.derive, DeriveConfig::default());
+        assert_eq!(c.listen, ListenConfig::default(), "the sample lists the listener defaults");
+        assert_eq!(c.tls, TlsConfig::default());
         assert_eq!(c.remote_write, RemoteWriteConfig::default());
         assert_eq!(c.slo.evaluation_interval, SloConfig::default().evaluation_interval);
         assert_eq!(c.query, QueryLimits::default(), "the sample file states the defaults");

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, ListenConfig};
+pub use config::{AuthConfig, Config, ListenConfig, TlsConfig};
 pub use obsbox_collector as collector;
 pub use obsbox_storage as storage;
 use obsbox_storage::DiskStore;
@@ -44,6 +44,34 @@ struct Slo {
     notifier: Arc<obsbox_slo::Notifier>,
 }
 
+/// Raises this process's soft limit on open files to the hard limit: each connection is one, and
+/// distributions start services with a soft limit of 1024. Warns when the result cannot hold
+/// three full listeners plus the store's files.
+fn raise_open_files_limit(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    };
+    let wanted = 3 * max_connections as u64 + 512;
+    if soft < wanted {
+        tracing::warn!(
+            open_files_limit = soft,
+            wanted,
+            "the open files limit is below 3 x listen.max_connections + 512; raise it (ulimit -n, LimitNOFILE=)"
+        );
+    }
+}
+
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
 }
@@ -53,7 +81,12 @@ impl Obsbox {
     /// and starts serving. Port 0 binds a free port; the `*_addr` methods tell which.
     pub async fn start(config: Config) -> anyhow::Result<Obsbox> {
         config.validate()?;
+        let tls = obsbox_net::Tls::load(&config.tls).context("invalid [tls] settings")?;
+        let ingest_tokens = config.auth.ingest_tokens().context("invalid [auth] settings")?;
+        let query_tokens = config.auth.query_tokens().context("invalid [auth] settings")?;
+        tracing::info!(ingest = ingest_tokens.is_some(), query = query_tokens.is_some(), "listeners requiring a token");
         let registry = prometheus::Registry::new();
+        let auth_failures = obsbox_net::AuthFailures::register(&registry).context("registering self-metrics")?;
         let storage_config = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || DiskStore::open(storage_config))
             .await
@@ -61,9 +94,13 @@ impl Obsbox {
             .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
         let store = Arc::new(store);
 
-        let grpc = bind(&config.listen.otlp_grpc, "listen.otlp_grpc").await?;
-        let http = bind(&config.listen.otlp_http, "listen.otlp_http").await?;
-        let ui = bind(&config.listen.http, "listen.http").await?;
+        raise_open_files_limit(config.listen.max_connections);
+        let listener = |tcp, port| {
+            obsbox_net::Listener::new(tcp, &config.listen, tls.as_ref(), port).context("cannot set up a listener")
+        };
+        let grpc = listener(bind(&config.listen.otlp_grpc, "listen.otlp_grpc").await?, obsbox_net::Port::OtlpGrpc)?;
+        let http = listener(bind(&config.listen.otlp_http, "listen.otlp_http").await?, obsbox_net::Port::OtlpHttp)?;
+        let ui = listener(bind(&config.listen.http, "listen.http").await?, obsbox_net::Port::Ui)?;
         let (otlp_grpc_addr, otlp_http_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?, ui.local_addr()?);
 
         let remote_write = match config.remote_write.enabled() {
@@ -81,8 +118,12 @@ impl Obsbox {
             false => None,
         };
         let taps = obsbox_collector::Taps { deriver: deriver.clone(), remote_write: remote_write.clone() };
-        let collector = obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
-            .context("invalid limits")?;
+        let mut collector =
+            obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
+                .context("invalid limits")?;
+        if let Some(tokens) = ingest_tokens {
+            collector = collector.with_auth(tokens, &auth_failures);
+        }
         let slo = match &config.slo.dir {
             Some(dir) => {
                 let notifier = Arc::new(
@@ -108,6 +149,9 @@ impl Obsbox {
             .with_limits(config.query.clone());
         if let Some(slo) = &slo {
             state = state.with_slos(slo.engine.clone());
+        }
+        if let Some(tokens) = query_tokens {
+            state = state.with_auth(tokens, &auth_failures);
         }
 
         let (stop, stop_rx) = watch::channel(false);

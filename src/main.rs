@@ -42,6 +42,14 @@ struct Cli {
     /// Directory of OpenSLO YAML files to evaluate (reloaded on change and on SIGHUP).
     #[arg(long, env = "OBSBOX_SLO_DIR")]
     slo_dir: Option<PathBuf>,
+    /// File of tokens OTLP clients must send (`Authorization: Bearer <token>`), one per line. A
+    /// single token can also come from $OBSBOX_INGEST_TOKEN (never a flag: argv is public).
+    #[arg(long, env = "OBSBOX_INGEST_TOKEN_FILE")]
+    ingest_token_file: Option<PathBuf>,
+    /// File of tokens the UI and query APIs require (Bearer, or Basic with the token as
+    /// password), one per line. A single token can also come from $OBSBOX_QUERY_TOKEN.
+    #[arg(long, env = "OBSBOX_QUERY_TOKEN_FILE")]
+    query_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -188,12 +196,35 @@ impl Cli {
         if let Some(v) = &self.slo_dir {
             c.slo.dir = Some(v.clone());
         }
+        if let Some(v) = &self.ingest_token_file {
+            c.auth.ingest_token_file = Some(v.clone());
+        }
+        if let Some(v) = &self.query_token_file {
+            c.auth.query_token_file = Some(v.clone());
+        }
+        if let Some(t) = token_from_env("OBSBOX_INGEST_TOKEN")? {
+            c.auth.ingest_token = Some(t);
+        }
+        if let Some(t) = token_from_env("OBSBOX_QUERY_TOKEN")? {
+            c.auth.query_token = Some(t);
+        }
         if let Some(v) = &self.fsync {
             c.storage.fsync =
                 if v == "group" { obsbox::storage::FsyncPolicy::Group } else { obsbox::storage::FsyncPolicy::Interval };
         }
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// A token from the environment. Set but empty is an error, not "no token": a deployment that
+/// means to set one (`OBSBOX_INGEST_TOKEN=${TOKEN}` with `TOKEN` unset) must not start open.
+fn token_from_env(var: &str) -> anyhow::Result<Option<obsbox_net::Token>> {
+    match std::env::var(var) {
+        Ok(v) if v.trim().is_empty() => anyhow::bail!("{var} is set but empty"),
+        Ok(v) => Ok(Some(obsbox_net::Token::new(v.trim()))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("{var} is not valid UTF-8"),
     }
 }
 

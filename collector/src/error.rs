@@ -34,7 +34,7 @@ pub enum CollectorError {
     Metrics(#[from] prometheus::Error),
     /// The OTLP/gRPC server failed.
     #[error("otlp/grpc server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
+    Grpc(#[source] std::io::Error),
     /// The OTLP/HTTP server failed.
     #[error("otlp/http server failed: {0}")]
     Http(#[source] std::io::Error),

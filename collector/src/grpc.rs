@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use obsbox_storage::Signal;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic::{Status, body::Body};
 
 use crate::CollectorError;
@@ -29,20 +29,23 @@ use crate::telemetry::Transport;
 /// Length of the gRPC message prefix (compressed flag + length) counted in the body limit.
 const GRPC_HEADER_BYTES: usize = 5;
 
-/// Serves the three OTLP `Export` services on `listener` until `shutdown` resolves.
+/// Serves the three OTLP `Export` services on `listener` (HTTP/2 only; a bare `TcpListener`
+/// converts to a plain-text listener with the default limits) until `shutdown` resolves.
+///
+/// The services run on `obsbox-net`'s accept loop rather than tonic's `Server`: TLS with
+/// client certificates, the handshake, idle and body timeouts and the connection limit are then
+/// the same code on all three ports, and tonic's `Server` has no connection limit or handshake
+/// timeout of its own.
 pub async fn serve_grpc(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<obsbox_net::Listener>,
     collector: Collector,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(ExportService::<TraceService>::new(collector.clone()))
+    let routes = Routes::new(ExportService::<TraceService>::new(collector.clone()))
         .add_service(ExportService::<LogsService>::new(collector.clone()))
         .add_service(ExportService::<MetricsService>::new(collector))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+        .prepare();
+    listener.into().serve(routes, shutdown).await.map_err(CollectorError::Grpc)
 }
 
 /// The static description of one OTLP export service.
@@ -106,6 +109,12 @@ impl<S: OtlpService> tower::Service<http::Request<Body>> for ExportService<S> {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // Before anything else, so an unauthenticated peer learns nothing, not even the methods.
+        if let Some(guard) = self.collector.grpc_guard()
+            && !guard.admits(req.headers())
+        {
+            return Box::pin(async { Ok(Status::unauthenticated(obsbox_net::REFUSAL_MESSAGE).into_http()) });
+        }
         if req.uri().path() != S::EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }

@@ -29,24 +29,28 @@ use crate::telemetry::Transport;
 /// The OTLP/HTTP router: `POST /v1/traces`, `/v1/logs`, `/v1/metrics` (and CORS preflight), and
 /// `POST /v1/alertmanager`, Alertmanager's webhook (`docs/alertmanager.md`).
 ///
-/// Other methods on those paths get 405, other paths 404.
+/// Other methods on those paths get 405, other paths 404. With [`Collector::with_auth`], requests
+/// without a valid `Authorization: Bearer` token get 401 (CORS preflights pass).
 pub fn http_router(collector: Collector) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/logs", post(logs))
         .route("/v1/metrics", post(metrics))
         .route("/v1/alertmanager", post(alertmanager::receive))
+        // Inside CORS: a preflight (which carries no credentials) is answered before the token
+        // check, and a 401 still carries the CORS headers a browser needs to read it.
+        .layer(obsbox_net::RequireTokenLayer::optional(collector.http_guard().cloned()))
         .layer(cors())
         .with_state(collector)
 }
 
 /// Serves [`http_router`] on `listener` until `shutdown` resolves, then drains open requests.
 pub async fn serve_http(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<obsbox_net::Listener>,
     collector: Collector,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
-    axum::serve(listener, http_router(collector)).with_graceful_shutdown(shutdown).await.map_err(CollectorError::Http)
+    listener.into().serve(http_router(collector), shutdown).await.map_err(CollectorError::Http)
 }
 
 /// Browsers may post OTLP from any origin; they send these headers (the OpenTelemetry JS
@@ -276,5 +280,52 @@ mod tests {
         let err = ce("br").unwrap_err();
         assert_eq!(err.code.http_status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert_eq!(err.message, "unsupported Content-Encoding \"br\", expected gzip or identity");
+    }
+
+    #[tokio::test]
+    async fn with_auth_every_route_wants_a_bearer_token_but_preflights_pass() {
+        use tower::ServiceExt;
+
+        let registry = prometheus::Registry::new();
+        let failures = obsbox_net::AuthFailures::register(&registry).unwrap();
+        let tokens = obsbox_net::TokenSet::new(&[obsbox_net::Token::new("ingest-t0ken")]);
+        let store = std::sync::Arc::new(obsbox_storage::MemStore::new());
+        let collector =
+            Collector::new(store, crate::Limits::default(), &registry).unwrap().with_auth(tokens, &failures);
+        let router = http_router(collector);
+        let post = |path: &str, auth: Option<&str>| {
+            let mut req = http::Request::post(path)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ORIGIN, "https://app.example")
+                .body(Body::from("{}"))
+                .unwrap();
+            if let Some(a) = auth {
+                req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+            }
+            req
+        };
+        for path in ["/v1/traces", "/v1/logs", "/v1/metrics", "/v1/alertmanager"] {
+            for auth in [None, Some("Bearer wrong"), Some("Basic aW5nZXN0LXQwa2Vu")] {
+                let resp = router.clone().oneshot(post(path, auth)).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path} {auth:?}");
+                assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+                assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*", "a browser can read the 401");
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, obsbox_net::REFUSAL_MESSAGE, "no detail on what was wrong");
+            }
+        }
+        let resp = router.clone().oneshot(post("/v1/traces", Some("Bearer ingest-t0ken"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let preflight = http::Request::options("/v1/traces")
+            .header(header::ORIGIN, "https://app.example")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type")
+            .body(Body::empty())
+            .unwrap();
+        let resp = router.oneshot(preflight).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap().contains("authorization"));
+        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        assert!(text.contains("obsbox_auth_failures_total{listener=\"otlp_http\"} 12"), "{text}");
     }
 }

@@ -30,6 +30,14 @@ use crate::{CollectorError, Limits};
 #[derive(Clone)]
 pub struct Collector {
     inner: Arc<Inner>,
+    /// Token checks of the two receivers, when ingest requires a token.
+    auth: Option<Arc<IngestAuth>>,
+}
+
+/// One guard per receiver, so refusals are counted by listener.
+struct IngestAuth {
+    grpc: obsbox_net::Guard,
+    http: obsbox_net::Guard,
 }
 
 struct Inner {
@@ -99,7 +107,29 @@ impl Collector {
                 telemetry,
                 taps,
             }),
+            auth: None,
         })
+    }
+
+    /// The same collector requiring one of `tokens` on both receivers (gRPC `authorization`
+    /// metadata, HTTP `Authorization` header: `Bearer <token>`); refusals are counted in
+    /// `failures` with listener `otlp_grpc` or `otlp_http`.
+    pub fn with_auth(mut self, tokens: obsbox_net::TokenSet, failures: &obsbox_net::AuthFailures) -> Self {
+        use obsbox_net::Scheme::Bearer;
+        let grpc = failures.guard(tokens.clone(), "otlp_grpc", Bearer);
+        let http = failures.guard(tokens, "otlp_http", Bearer);
+        self.auth = Some(Arc::new(IngestAuth { grpc, http }));
+        self
+    }
+
+    /// The gRPC receiver's token check, if any.
+    pub(crate) fn grpc_guard(&self) -> Option<&obsbox_net::Guard> {
+        self.auth.as_deref().map(|a| &a.grpc)
+    }
+
+    /// The HTTP receiver's token check, if any.
+    pub(crate) fn http_guard(&self) -> Option<&obsbox_net::Guard> {
+        self.auth.as_deref().map(|a| &a.http)
     }
 
     pub(crate) fn limits(&self) -> &Limits {

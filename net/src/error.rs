@@ -11,4 +11,20 @@ pub enum NetError {
         /// Why it is invalid.
         reason: String,
     },
+    /// A TLS file (certificate, key or CA) is missing or unusable.
+    #[error("tls file {}: {reason}", path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A token file cannot be read or holds no valid token.
+    #[error("token file {}: {reason}", path.display())]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (never the token itself).
+        reason: String,
+    },
 }

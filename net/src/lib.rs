@@ -4,9 +4,24 @@
 //! written once and applies to all three ports.
 //!
 //! # Where things are
+//! - `auth`: bearer-token authentication: [`AuthConfig`] (`[auth]`), [`TokenSet`] (constant-time
+//!   checks), [`Guard`] per listener and its tower layer [`RequireTokenLayer`].
 //! - `error`: [`NetError`].
+//! - `tls`: [`TlsConfig`] (`[tls]`), PEM loading ([`Tls::load`]) and one rustls server
+//!   configuration per [`Port`] (ALPN, client certificates for the ingest ports).
+//! - `serve`: [`ListenConfig`] (`[listen]`: addresses, timeouts, connection limit) and
+//!   [`Listener`], the one accept/serve loop all three listeners run.
 #![warn(missing_docs)]
 
+mod auth;
 mod error;
+mod serve;
+mod tls;
 
+pub use auth::{
+    AuthConfig, AuthFailures, Guard, REFUSAL_MESSAGE, RequireToken, RequireTokenLayer, Scheme, Token, TokenSet,
+    read_token_file,
+};
 pub use error::NetError;
+pub use serve::{BodyTimeout, ListenConfig, Listener, RequestBody};
+pub use tls::{Port, Tls, TlsConfig};

@@ -57,6 +57,8 @@ pub struct AppState {
     pub slos: Option<Arc<dyn obsbox_slo::SloStatus>>,
     /// Request latency by API.
     request_metrics: RequestMetrics,
+    /// The token check of the UI port, when it requires one.
+    auth: Option<obsbox_net::Guard>,
 }
 
 impl AppState {
@@ -78,12 +80,23 @@ impl AppState {
             trace_cache: Default::default(),
             request_metrics,
             slos: None,
+            auth: None,
         })
     }
 
     /// The same state applying `limits` to every query (`[query]`).
     pub fn with_limits(mut self, limits: QueryLimits) -> Self {
         self.query = QueryService::with_limits(self.reader.clone(), limits);
+        self
+    }
+
+    /// The same state requiring one of `tokens` on every request but `/healthz` and `/readyz`:
+    /// `Authorization: Bearer <token>`, or HTTP Basic with the token as password (any user), so
+    /// browsers show their login prompt and Grafana datasources can use basic auth. Refusals are
+    /// counted in `failures` with listener `http`.
+    pub fn with_auth(mut self, tokens: obsbox_net::TokenSet, failures: &obsbox_net::AuthFailures) -> Self {
+        let guard = failures.guard(tokens, "http", obsbox_net::Scheme::BearerOrBasic);
+        self.auth = Some(guard.with_open_paths(&["/healthz", "/readyz"]));
         self
     }
 
@@ -153,7 +166,9 @@ async fn observe(
     response
 }
 
-/// Everything served on the UI port.
+/// Everything served on the UI port. Every response, errors and 404s included, carries the
+/// browser-safety headers (`nosniff`, no framing, a referrer policy, a CSP); with
+/// [`AppState::with_auth`] every request but the health checks needs the token first.
 pub fn router(state: AppState) -> Router {
     ops::routes()
         .merge(native::routes())
@@ -161,18 +176,22 @@ pub fn router(state: AppState) -> Router {
         .merge(loki::routes())
         .merge(ui::routes())
         .merge(prometheus::routes())
+        .fallback(ui::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::guard))
+        .layer(obsbox_net::RequireTokenLayer::optional(state.auth.clone()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::middleware::map_response(ui::browser_safety))
         .with_state(state)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` resolves.
+/// Serves [`router`] on `listener` (a bare `TcpListener` converts to a plain-text listener with
+/// the default limits) until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<obsbox_net::Listener>,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    listener.into().serve(router(state), shutdown).await
 }
 
 #[cfg(test)]
@@ -202,6 +221,97 @@ mod tests {
         assert!(body.contains(r#"obsbox_query_duration_seconds_count{api="jaeger",code="2xx"} 2"#), "{body}");
         assert!(body.contains(r#"obsbox_query_duration_seconds_count{api="loki",code="4xx"} 1"#), "{body}");
         assert!(body.contains(r#"obsbox_query_duration_seconds_count{api="ui",code="4xx"} 1"#), "{body}");
+    }
+
+    fn app_with_token(token: &str) -> (Router, ::prometheus::Registry) {
+        let registry = ::prometheus::Registry::new();
+        let failures = obsbox_net::AuthFailures::register(&registry).unwrap();
+        let tokens = obsbox_net::TokenSet::new(&[obsbox_net::Token::new(token)]);
+        let state = AppState::new(Arc::new(MemStore::new()), registry.clone(), Arc::new(AtomicBool::new(true)))
+            .unwrap()
+            .with_auth(tokens, &failures);
+        (router(state), registry)
+    }
+
+    async fn call(app: &Router, path: &str, auth: Option<&str>) -> axum::response::Response {
+        let mut req = Request::get(path).body(Body::empty()).unwrap();
+        if let Some(a) = auth {
+            req.headers_mut().insert(axum::http::header::AUTHORIZATION, a.parse().unwrap());
+        }
+        app.clone().oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_a_query_token_everything_but_health_checks_needs_it() {
+        use axum::http::{StatusCode, header};
+        let (app, registry) = app_with_token("q-t0ken");
+        // "grafana:q-t0ken", "anyone:wrong", "q-t0ken" (no colon) in base64.
+        let (basic_ok, basic_wrong, basic_no_user) =
+            ("Basic Z3JhZmFuYTpxLXQwa2Vu", "Basic YW55b25lOndyb25n", "Basic cS10MGtlbg==");
+        let paths = ["/services", "/api/v1/services", "/api/services", "/metrics", "/static/style.css", "/nope"];
+        for path in paths {
+            for auth in [None, Some("Bearer wrong"), Some(basic_wrong), Some(basic_no_user), Some("q-t0ken")] {
+                let resp = call(&app, path, auth).await;
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path} {auth:?}");
+                assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"obsbox\", charset=\"UTF-8\"");
+                assert_eq!(resp.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, obsbox_net::REFUSAL_MESSAGE);
+            }
+            for auth in ["Bearer q-t0ken", basic_ok] {
+                let resp = call(&app, path, Some(auth)).await;
+                let expected = if path == "/nope" { StatusCode::NOT_FOUND } else { StatusCode::OK };
+                assert_eq!(resp.status(), expected, "{path} {auth}");
+            }
+        }
+        for path in ["/healthz", "/readyz"] {
+            assert_eq!(call(&app, path, None).await.status(), StatusCode::OK, "{path} stays open for load balancers");
+        }
+        let resp = call(&app, "/metrics", Some("Bearer q-t0ken")).await;
+        let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(body.contains("obsbox_auth_failures_total{listener=\"http\"} 30"), "{body}");
+        drop(registry);
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_the_browser_safety_headers() {
+        use axum::http::header;
+        let state =
+            AppState::new(Arc::new(MemStore::new()), ::prometheus::Registry::new(), Arc::new(AtomicBool::new(true)))
+                .unwrap();
+        let open = router(state);
+        let (locked, _) = app_with_token("q-t0ken");
+        let cases = [
+            (&open, "/services", 200, true),
+            (&open, "/static/style.css", 200, true),
+            (&open, "/trace/zz", 400, true),
+            (&open, "/no/such/page", 404, true),
+            (&open, "/api/v1/services", 200, false),
+            (&open, "/api/v1/traces/zz", 400, false),
+            (&open, "/api/v1/nope", 404, false),
+            (&open, "/loki/api/v1/query_range?query=%7B", 400, false),
+            (&open, "/metrics", 200, false),
+            (&open, "/healthz", 200, false),
+            (&open, "/", 303, true),
+            (&locked, "/services", 401, false),
+        ];
+        for (app, path, status, page) in cases {
+            let resp = call(app, path, None).await;
+            let h = resp.headers();
+            assert_eq!(resp.status().as_u16(), status, "{path}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+            assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "{path}");
+            assert_eq!(h[header::REFERRER_POLICY], "same-origin", "{path}");
+            let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+            assert_eq!(csp.contains("script-src 'self'"), page, "{path}: pages keep the UI's CSP: {csp}");
+        }
+        let resp = call(&open, "/no/such/page", None).await;
+        let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(body.contains("no page at this address"), "{body}");
+        let resp = call(&open, "/api/v1/nope", None).await;
+        let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(body.contains("\"error\""), "{body}");
     }
 
     #[test]

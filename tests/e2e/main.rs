@@ -1,6 +1,6 @@
 //! obsbox's end-to-end tests: one test binary (linking obsbox once, not once per file), one
 //! module per area. Each drives the real binary or an in-process `Obsbox` with real clients and
-//! peers: the Rust and Python OpenTelemetry SDKs, kill -9, full disks, damaged files, headless Chromium
+//! peers: the Rust and Python OpenTelemetry SDKs, kill -9, full disks, damaged files, TLS, tokens, slow clients, headless Chromium
 //! through WebDriver, Prometheus, Alertmanager, RabbitMQ, the demo and the compose stack outside
 //! Docker. (`tests/bad_input.rs` and `tests/overload.rs` are binaries of their own: their memory and
 //! throughput checks must not share the machine with other tests.)
@@ -16,6 +16,7 @@ mod common;
 
 mod alertmanager_webhook;
 mod api_schemathesis;
+mod auth;
 mod compose_files;
 mod compose_stack;
 mod corrupt_files;
@@ -31,6 +32,8 @@ mod prometheus_exposition;
 mod prometheus_remote_write;
 mod query_limits;
 mod slo_reload;
+mod slowloris;
+mod tls;
 mod ui_browser_explore;
 mod ui_browser_pages;
 mod ui_browser_slo;

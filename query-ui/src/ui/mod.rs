@@ -71,6 +71,35 @@ async fn security_headers(mut resp: Response) -> Response {
     resp
 }
 
+/// The CSP of responses that are not UI pages (JSON, text, metrics): nothing may load or run,
+/// nothing may frame them.
+const CSP_NOT_A_PAGE: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// Headers every response of the UI port carries, whichever route (or none) answered: no MIME
+/// sniffing (a JSON body holding markup is never rendered as HTML), no framing (clickjacking),
+/// no URLs with trace ids or queries leaking to other sites. Pages keep their own CSP.
+pub(crate) async fn browser_safety(mut resp: Response) -> Response {
+    let headers = resp.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_NOT_A_PAGE));
+    }
+    resp
+}
+
+/// Any path no route serves: a JSON error under the APIs' prefixes, the error page elsewhere.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let api = ["/api/", "/loki/", "/prometheus/"].iter().any(|p| path.starts_with(p));
+    if api {
+        let body = serde_json::json!({ "error": "no such API endpoint" });
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    }
+    security_headers(UiError::not_found("no page at this address").into_response()).await
+}
+
 /// The entries of the top navigation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Nav {

@@ -62,6 +62,21 @@ impl Prometheus {
     /// waits until it is ready. `None` only when the binary is missing and
     /// `OBSBOX_SKIP_EXTERNAL=1`.
     pub fn start(jobs: &[ScrapeJob], extra_flags: &[&str]) -> Option<Prometheus> {
+        let mut scrape_configs = String::new();
+        for j in jobs {
+            let secs = j.interval.as_millis();
+            scrape_configs.push_str(&format!(
+                "  - job_name: '{}'\n    scrape_interval: {secs}ms\n    scrape_timeout: {secs}ms\n    \
+                 honor_labels: true\n    metrics_path: '{}'\n    static_configs:\n      - targets: ['{}']\n",
+                j.job, j.path, j.target
+            ));
+        }
+        Self::start_with_scrape_configs(&scrape_configs, extra_flags)
+    }
+
+    /// [`Prometheus::start`] with the `scrape_configs:` entries given as YAML (each starting
+    /// with `  - job_name:`), for settings [`ScrapeJob`] does not have.
+    pub fn start_with_scrape_configs(scrape_configs: &str, extra_flags: &[&str]) -> Option<Prometheus> {
         if !std::path::Path::new(PROMETHEUS_BIN).exists() {
             if std::env::var("OBSBOX_SKIP_EXTERNAL").as_deref() == Ok("1") {
                 eprintln!("skipping: {PROMETHEUS_BIN} not found and OBSBOX_SKIP_EXTERNAL=1");
@@ -71,7 +86,7 @@ impl Prometheus {
         }
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(jobs, extra_flags) {
+            match Self::try_start(scrape_configs, extra_flags) {
                 Ok(p) => return Some(p),
                 Err(e) => last_error = e,
             }
@@ -79,17 +94,10 @@ impl Prometheus {
         panic!("prometheus did not start: {last_error}");
     }
 
-    fn try_start(jobs: &[ScrapeJob], extra_flags: &[&str]) -> Result<Prometheus, String> {
+    fn try_start(scrape_configs: &str, extra_flags: &[&str]) -> Result<Prometheus, String> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n");
-        for j in jobs {
-            let secs = j.interval.as_millis();
-            config.push_str(&format!(
-                "  - job_name: '{}'\n    scrape_interval: {secs}ms\n    scrape_timeout: {secs}ms\n    \
-                 honor_labels: true\n    metrics_path: '{}'\n    static_configs:\n      - targets: ['{}']\n",
-                j.job, j.path, j.target
-            ));
-        }
+        let config =
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{scrape_configs}");
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");

@@ -1,7 +1,7 @@
 //! The Loki-compatible API over a disk store: golden responses, the request sequence Grafana's
 //! Loki datasource sends, LogQL semantics, metadata endpoints and bad input.
 
-mod loki_common;
+use crate::loki_common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

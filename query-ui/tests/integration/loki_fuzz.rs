@@ -1,7 +1,7 @@
 //! Arbitrary and mutated LogQL and parameters against every Loki endpoint: the answer is a 200
 //! or a 400, never a server error or a panic.
 
-mod loki_common;
+use crate::loki_common;
 
 use loki_common::*;
 use proptest::prelude::*;

@@ -122,7 +122,7 @@ fn malformed() -> Vec<String> {
         "/api/v1/logs/tail?query=(((",
         "/api/v1/attributes?signal=metrics",
         "/api/v1/attributes?scope=sideways",
-        "/api/v1/attributes?limit=BIG",
+        "/api/v1/attributes/k/values?limit=BIG",
         "/api/v1/attributes/k/values?signal=bogus",
         "/api/v1/attributes/%FF/values",
         "/api/v1/services?lookback=soon",

@@ -3,7 +3,7 @@
 //! a message, never 500), with arbitrary parameter values.
 //!
 //! Golden files live in `tests/golden/jaeger/`; `UPDATE_GOLDEN=1 cargo test -p obsbox-query-ui
-//! --test jaeger_api` rewrites them (review the diff: they are the Jaeger wire format).
+//! --test integration jaeger_api::` rewrites them (review the diff: they are the Jaeger wire format).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -162,6 +162,9 @@ impl Collector {
     ) -> Result<Exported, IngestError> {
         let telemetry = &self.inner.telemetry;
         telemetry.request_received(signal, transport, body.len());
+        // Under overload, refusing before the decode keeps the decode pool's time for requests
+        // the store can take, so goodput holds up during a flood.
+        self.inner.writer.admission(signal).map_err(IngestError::from_store)?;
 
         // The decode pool: at most `decode_threads` requests are inflated/decoded at once, each
         // on a blocking thread. The slot and the budget permit move into the job, so they stay
@@ -428,6 +431,38 @@ mod tests {
             };
             Box::pin(async move { result })
         }
+    }
+
+    /// Refuses every write up front, through `admission`, and counts the writes it still gets.
+    struct Refusing(std::sync::atomic::AtomicUsize);
+
+    impl Writer for Refusing {
+        fn write(&self, _batch: Batch) -> obsbox_storage::WriteFuture {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Err(StoreError::Overloaded { retry_after: std::time::Duration::from_secs(1) }) })
+        }
+
+        fn admission(&self, _signal: Signal) -> Result<(), StoreError> {
+            Err(StoreError::Overloaded { retry_after: std::time::Duration::from_secs(1) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_take_the_write_refuses_before_the_decode() {
+        let registry = prometheus::Registry::new();
+        let store = Arc::new(Refusing(Default::default()));
+        let c = Collector::with_taps(store.clone(), Limits::default(), &registry, Taps::default()).unwrap();
+        // Not protobuf at all: decoding it would answer INVALID_ARGUMENT, not overloaded.
+        let body = Bytes::from_static(b"\xff\xff\xff not a request");
+        let permit = c.reserve(body.len()).unwrap();
+        let err = c
+            .export(Signal::Traces, Transport::Grpc, Format::Protobuf, Compression::Identity, body, permit)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code, crate::error::ErrorCode::Overloaded, "{err:?}");
+        assert!(err.retry_after.is_some(), "retryable");
+        assert_eq!(store.0.load(std::sync::atomic::Ordering::SeqCst), 0, "never reached write");
     }
 
     fn one_span() -> Bytes {

@@ -112,6 +112,15 @@ pub type WriteFuture = BoxFuture<'static, Result<WriteReceipt, StoreError>>;
 pub trait Writer: Send + Sync + 'static {
     /// Appends one batch. See the trait documentation for the contract.
     fn write(&self, batch: Batch) -> WriteFuture;
+
+    /// Whether a write of `signal` would be refused right now, whatever its size: the error
+    /// [`Writer::write`] would resolve to (retryable), or `Ok`. Cheap and non-blocking, so a
+    /// receiver can refuse a request before paying to decode it. Advisory only: `Ok` does not
+    /// reserve anything, and a later `write` may still be refused.
+    fn admission(&self, signal: Signal) -> Result<(), StoreError> {
+        let _ = signal;
+        Ok(())
+    }
 }
 
 /// A span together with the resource and scope it was exported with.

@@ -325,7 +325,49 @@ impl Drop for DiskStore {
     }
 }
 
+impl DiskStore {
+    /// Why a write of `items` items of `signal` would be refused now, whatever its size in
+    /// bytes: disk full or below the reserve, an index being rebuilt, or more indexing work
+    /// queued than the indexer clears within `MAX_BACKLOG` (or the oldest batch waiting past
+    /// `MAX_INDEX_LAG`).
+    fn refusal(&self, signal: Signal, items: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.space.admit()?;
+        if inner.index_failed[idx(signal)].load(Ordering::SeqCst) {
+            return Err(if inner.space.is_full() {
+                inner.space.error()
+            } else {
+                StoreError::Unavailable(format!("the {} index is being rebuilt after a failed commit", signal.as_str()))
+            });
+        }
+        // Admit at most about MAX_BACKLOG of indexing work, at the measured capacity, so bursts
+        // cannot queue more than the indexer clears within the searchable bound.
+        let pending = inner.pending_items[idx(signal)].load(Ordering::SeqCst);
+        let rate = inner.index_rate[idx(signal)].load(Ordering::Relaxed);
+        let backlog_cap = ((rate as f64 * MAX_BACKLOG.as_secs_f64()) as u64).max(MIN_BACKLOG_ITEMS);
+        if signal != Signal::Metrics
+            && ((pending > 0 && pending + items.max(1) > backlog_cap)
+                || inner.queued_since[idx(signal)].lock().front().is_some_and(|t| t.elapsed() > MAX_INDEX_LAG))
+        {
+            return Err(StoreError::Overloaded { retry_after: Duration::from_secs(1) });
+        }
+        Ok(())
+    }
+}
+
 impl Writer for DiskStore {
+    fn admission(&self, signal: Signal) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("store is shutting down".into()));
+        }
+        self.refusal(signal, 0)?;
+        let pending = self.inner.pending_bytes.load(Ordering::SeqCst);
+        if pending > 0 && pending >= self.inner.config.max_pending_bytes {
+            return Err(StoreError::Overloaded { retry_after: Duration::from_secs(1) });
+        }
+        Ok(())
+    }
+
     fn write(&self, batch: Batch) -> WriteFuture {
         let inner = &self.inner;
         let signal = batch.signal();
@@ -338,29 +380,8 @@ impl Writer for DiskStore {
             Batch::Metrics(r) => r.encoded_len(),
         } as u64;
         let items = batch.item_count() as u64;
-        if let Err(e) = inner.space.admit() {
+        if let Err(e) = self.refusal(signal, items) {
             return Box::pin(futures::future::ready(Err(e)));
-        }
-        if inner.index_failed[idx(signal)].load(Ordering::SeqCst) {
-            let e = if inner.space.is_full() {
-                inner.space.error()
-            } else {
-                StoreError::Unavailable(format!("the {} index is being rebuilt after a failed commit", signal.as_str()))
-            };
-            return Box::pin(futures::future::ready(Err(e)));
-        }
-        // Admit at most about MAX_BACKLOG of indexing work, at the measured capacity, so bursts
-        // cannot queue more than the indexer clears within the searchable bound.
-        let pending = inner.pending_items[idx(signal)].load(Ordering::SeqCst);
-        let rate = inner.index_rate[idx(signal)].load(Ordering::Relaxed);
-        let backlog_cap = ((rate as f64 * MAX_BACKLOG.as_secs_f64()) as u64).max(MIN_BACKLOG_ITEMS);
-        if signal != Signal::Metrics
-            && ((pending > 0 && pending + items > backlog_cap)
-                || inner.queued_since[idx(signal)].lock().front().is_some_and(|t| t.elapsed() > MAX_INDEX_LAG))
-        {
-            return Box::pin(futures::future::ready(Err(StoreError::Overloaded {
-                retry_after: Duration::from_secs(1),
-            })));
         }
         let max = inner.config.max_pending_bytes;
         let prev = inner.pending_bytes.fetch_add(bytes, Ordering::SeqCst);
@@ -1136,6 +1157,8 @@ mod tests {
         let err = futures::executor::block_on(store.write(spans_at(2, now_ns()))).unwrap_err();
         assert!(matches!(err, StoreError::DiskFull(_)) && err.is_retryable(), "{err}");
         assert!(err.to_string().contains("below the reserve") && err.to_string().contains("min_free_bytes"), "{err}");
+        let early = store.admission(Signal::Traces).unwrap_err();
+        assert_eq!(early.to_string(), err.to_string(), "admission says what write says");
         assert!(store.stats().disk_full);
         assert_eq!(trace_len(&store, 1), 200, "reads are served");
     }

@@ -458,8 +458,7 @@ mod tests {
         let err = c
             .export(Signal::Traces, Transport::Grpc, Format::Protobuf, Compression::Identity, body, permit)
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(err.code, crate::error::ErrorCode::Overloaded, "{err:?}");
         assert!(err.retry_after.is_some(), "retryable");
         assert_eq!(store.0.load(std::sync::atomic::Ordering::SeqCst), 0, "never reached write");

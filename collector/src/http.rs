@@ -155,20 +155,10 @@ pub(crate) async fn read_body(
 }
 
 /// Reads and drops what is left of a refused body (at most a few times `max`, for at most a few
-/// seconds, holding no more than one frame), so that the client, still sending, gets the
-/// error response instead of a connection reset.
-async fn discard(mut body: Body, max: usize) {
-    let cap = max.saturating_mul(4).max(16 << 20);
-    let drain = async {
-        let mut seen = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len());
-            if seen > cap {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+/// seconds), so that the client, still sending, gets the error response instead of a connection
+/// reset.
+async fn discard(body: Body, max: usize) {
+    obsbox_net::discard_body(body, max.saturating_mul(4).max(16 << 20), Duration::from_secs(5)).await;
 }
 
 fn body_too_large(max: usize) -> IngestError {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
-use futures::future::{Either, Ready, ready};
+use futures::future::{BoxFuture, Either};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -355,14 +355,20 @@ pub struct RequireToken<S> {
     guard: Option<Guard>,
 }
 
+/// How much of a refused request's body is read and dropped, and for how long, so a client still
+/// sending gets the 401 instead of a connection reset.
+const REFUSED_BODY_DRAIN: (usize, std::time::Duration) = (16 << 20, std::time::Duration::from_secs(5));
+
 impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for RequireToken<S>
 where
     S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: From<&'static str>,
+    S::Error: Send + 'static,
+    ReqB: http_body::Body + Send + 'static,
+    ResB: From<&'static str> + Send + 'static,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response<ResB>, S::Error>>, S::Future>;
+    type Future = Either<BoxFuture<'static, Result<Response<ResB>, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -370,7 +376,14 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match &self.guard {
-            Some(g) if !g.is_open(req.uri().path()) && !g.admits(req.headers()) => Either::Left(ready(Ok(g.refusal()))),
+            Some(g) if !g.is_open(req.uri().path()) && !g.admits(req.headers()) => {
+                let refusal = g.refusal();
+                let body = req.into_body();
+                Either::Left(Box::pin(async move {
+                    crate::discard_body(body, REFUSED_BODY_DRAIN.0, REFUSED_BODY_DRAIN.1).await;
+                    Ok(refusal)
+                }))
+            }
             _ => Either::Right(self.inner.call(req)),
         }
     }
@@ -484,11 +497,11 @@ mod tests {
     #[tokio::test]
     async fn the_layer_answers_401_with_a_challenge_and_no_detail() {
         let ok =
-            tower::service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(String::from("ok"))) });
+            tower::service_fn(|_req: Request<String>| async { Ok::<_, Infallible>(Response::new(String::from("ok"))) });
         let (g, _) = guard(Scheme::BearerOrBasic, &["t0ken"]);
         let mut svc = g.with_open_paths(&["/healthz"]).layer().layer(ok);
         let call = |path: &str, auth: Option<&str>| {
-            let mut req = Request::get(path).body(()).unwrap();
+            let mut req = Request::get(path).body(String::new()).unwrap();
             *req.headers_mut() = headers(auth);
             req
         };

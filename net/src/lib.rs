@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod body;
 mod error;
 mod serve;
 mod tls;
@@ -22,6 +23,7 @@ pub use auth::{
     AuthConfig, AuthFailures, Guard, REFUSAL_MESSAGE, RequireToken, RequireTokenLayer, Scheme, Token, TokenSet,
     read_token_file,
 };
+pub use body::discard_body;
 pub use error::NetError;
 pub use serve::{BodyTimeout, ListenConfig, Listener, RequestBody};
 pub use tls::{Port, Tls, TlsConfig};

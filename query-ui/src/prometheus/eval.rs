@@ -214,7 +214,10 @@ pub(crate) fn parse_bounded(q: &str) -> Result<Expr, String> {
             return Err(format!("the query has more than {MAX_OPERATORS} operators"));
         }
     }
-    promql_parser::parser::parse(q)
+    // promql-parser panics in some grammar actions (`offset NaN`: a NaN duration, found by the
+    // fuzzing campaign): a bad query, not a dropped connection.
+    std::panic::catch_unwind(|| promql_parser::parser::parse(q))
+        .unwrap_or_else(|_| Err("the query cannot be parsed (the PromQL parser failed on it)".into()))
 }
 
 /// Checks that `expr` only uses the supported subset and nests at most [`MAX_DEPTH`] deep; the

@@ -50,7 +50,7 @@ fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = store_dir();
         let config = StoreConfig {
             data_dir: dir.path().to_path_buf(),
             commit_interval: Duration::from_millis(50),
@@ -100,6 +100,23 @@ fn harness() -> &'static Harness {
         });
         Harness { runtime, app, _dir: dir }
     })
+}
+
+/// The store's directory, `$TMPDIR/obsbox-fuzz-store-<pid>.*`. The harness is a static, never
+/// dropped, so each run first removes the directories of runs whose process is gone.
+fn store_dir() -> tempfile::TempDir {
+    let tmp = std::env::temp_dir();
+    let prefix = "obsbox-fuzz-store-";
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(prefix).and_then(|rest| rest.split('.').next()).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    tempfile::Builder::new().prefix(&format!("{prefix}{}.", std::process::id())).tempdir().expect("tempdir")
 }
 
 fn kv(k: &str, v: Value) -> KeyValue {

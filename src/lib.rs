@@ -7,9 +7,14 @@
 //! - [`Obsbox`]: binds the three listeners, opens the store and runs the OTLP receivers
 //!   (`obsbox-collector`), the UI/API server (`obsbox-query-ui`) and, with `[slo] dir`, SLO
 //!   evaluation and notifications (`obsbox-slo`) until shut down.
+//! - `fuzz` (tests and the `fuzzing` feature only): the fuzz target of the config file
+//!   (`docs/fuzzing.md`).
 //! - `main.rs`: the command line.
 
 mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

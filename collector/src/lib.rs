@@ -24,6 +24,8 @@
 //! - `error`: [`CollectorError`], and the internal request error whose code maps to both an
 //!   HTTP status and a gRPC code in one function (`ErrorCode::statuses`).
 //! - `telemetry`: the `obsbox_ingest_*` Prometheus metrics.
+//! - `fuzz` (tests and the `fuzzing` feature only): the fuzz targets of the ingest path
+//!   (`docs/fuzzing.md`).
 //! - `derive`: [`Deriver`], span metrics and the service graph derived from acknowledged spans
 //!   on a thread of their own, written back as metrics (`docs/derived-metrics.md`).
 //! - `remote_write`: [`RemoteWrite`], Prometheus remote-write export of acknowledged metric
@@ -34,6 +36,9 @@ mod alertmanager;
 mod decode;
 mod derive;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod grpc;
 mod http;
 mod limits;

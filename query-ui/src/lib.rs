@@ -10,6 +10,8 @@
 //!   `docs/promql.md`).
 //! - `limits`: [`QueryLimits`] (`[query]`), the checks every API runs and the router layer
 //!   enforcing the time budget and the response size.
+//! - `fuzz` (tests and the `fuzzing` feature only): the fuzz targets of the query languages
+//!   and filters, through the router over a disk store (`docs/fuzzing.md`).
 //! - `RequestMetrics` (here): `obsbox_query_duration_seconds{api, code}`, the time to answer each
 //!   request on the UI port.
 //!
@@ -19,6 +21,9 @@
 
 mod filters;
 mod form;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod jaeger;
 mod limits;
 mod loki;

@@ -36,6 +36,8 @@
 //! - `rules`: [`prometheus_rules`] (the same SLOs as Prometheus recording and alerting rules) and
 //!   [`promtool_tests`] (`promtool test rules` fixtures for them).
 //! - [`spec`]: OpenSLO v1 YAML to [`Slo`] ([`spec::parse`], [`spec::resolve`]).
+//! - `fuzz` (tests and the `fuzzing` feature only): the fuzz target of OpenSLO files
+//!   (`docs/fuzzing.md`).
 //! - [`defs`]: [`Definitions`], the SLO directory: reload, what changed, errors for the UI.
 #![warn(missing_docs)]
 
@@ -46,6 +48,9 @@ mod counts;
 pub mod defs;
 mod engine;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod model;
 mod notify;
 mod rules;

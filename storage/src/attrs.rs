@@ -152,6 +152,25 @@ pub(crate) fn anchored_regex(re: &str) -> Result<regex::Regex, crate::StoreError
         .map_err(|e| crate::StoreError::InvalidQuery(format!("bad regular expression {re:?}: {e}")))
 }
 
+/// `re` without a leading `^` (after an optional flag group such as `(?i)`) and a trailing
+/// unescaped `$`: the attribute regexes match whole values anyway, and tantivy's regex queries
+/// refuse anchors ("empty match operators"), so `^(GET|HEAD)$` would fail only on disk.
+pub(crate) fn without_outer_anchors(re: &str) -> String {
+    let flags_end = re
+        .strip_prefix("(?")
+        .and_then(|rest| rest.find(')').filter(|&i| rest[..i].chars().all(|c| c.is_ascii_alphabetic() || c == '-')))
+        .map_or(0, |i| i + 3);
+    let (flags, mut body) = re.split_at(flags_end);
+    body = body.strip_prefix('^').unwrap_or(body);
+    if let Some(rest) = body.strip_suffix('$') {
+        let escapes = rest.chars().rev().take_while(|c| *c == '\\').count();
+        if escapes % 2 == 0 {
+            body = rest;
+        }
+    }
+    format!("{flags}{body}")
+}
+
 /// Whether the attributes have `key` (map entries count as `key.subkey`).
 pub(crate) fn attrs_have_key(attrs: &[KeyValue], key: &str) -> bool {
     let mut found = false;

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogsData, ResourceLogs, ScopeLogs};
 use prost::Message;
-use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
+};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
 };
@@ -179,13 +181,20 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             }
             let mut parser = QueryParser::new(schema.clone(), vec![f.body], TokenizerManager::default());
             parser.set_conjunction_by_default();
-            match parser.parse_query(text) {
+            let query = match parser.parse_query(text) {
                 // tantivy refuses a query of exclusions only (`-debug`): it means "all but".
                 Err(tantivy::query::QueryParserError::AllButQueryForbidden) => {
                     parser.parse_query(&format!("* {text}"))?
                 }
                 other => other?,
-            }
+            };
+            // tantivy checks the field of `field:*` only when searching: an unknown or unfit
+            // field is a bad query, refused here, not an index error of the search (found by
+            // fuzzing the log query).
+            query
+                .weight(EnableScoring::disabled_from_schema(schema))
+                .map_err(|e| StoreError::InvalidQuery(e.to_string()))?;
+            query
         }
         LogPredicate::Service(s) => term_query(Term::from_field_text(f.service, s)),
         LogPredicate::MinSeverity(n) => Box::new(RangeQuery::new(
@@ -220,4 +229,21 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             (Occur::MustNot, query(schema, f, p)?),
         ])),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_syntax_in_the_text_is_a_bad_query_not_an_index_error() {
+        let (schema, fields) = schema();
+        for text in ["a-b:*", "(body:*)", "x\u{f}_id:*", "payment nope:*"] {
+            let err = query(&schema, &fields, &LogPredicate::Text(text.into())).err();
+            assert!(matches!(err, Some(StoreError::InvalidQuery(_))), "{text:?}: {err:?}");
+        }
+        for text in ["payment", "\"cache miss\" OR tick", "-debug", "pay*"] {
+            query(&schema, &fields, &LogPredicate::Text(text.into())).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        }
+    }
 }

@@ -241,7 +241,7 @@ pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Result<Box<dyn Query>,
             // Validate with the regex crate first, for the same errors as the in-memory store.
             crate::attrs::anchored_regex(regex)?;
             let field = if *scope == AttrScope::Item { f.attr } else { f.res };
-            let pattern = format!("{}\\x00s(?:{regex})", regex::escape(key));
+            let pattern = format!("{}\\x00s(?:{})", regex::escape(key), crate::attrs::without_outer_anchors(regex));
             Box::new(
                 RegexQuery::from_pattern(&pattern, field)
                     .map_err(|e| StoreError::InvalidQuery(format!("bad regular expression {regex:?}: {e}")))?,

@@ -220,6 +220,10 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
     let re = |r: &str| SpanPredicate::AttributeRegex { scope: AttrScope::Item, key: "str".into(), regex: r.into() };
     assert_eq!(find(re("v1[0-2]")), vec![12, 11, 10], "anchored at both ends");
     assert_eq!(find(re("v1")), vec![1]);
+    // Explicit anchors are redundant, not an error (tantivy's regexes refuse them).
+    assert_eq!(find(re("^v1[0-2]$")), vec![12, 11, 10]);
+    assert_eq!(find(re("(?i)^V1$")), vec![1]);
+    assert!(find(re("v1\\$")).is_empty(), "an escaped $ is a dollar sign");
     assert_eq!(find(re("v.*")).len(), 20);
     assert_eq!(
         find(SpanPredicate::AttributeRegex { scope: AttrScope::Item, key: "arr".into(), regex: "a|z".into() }).len(),

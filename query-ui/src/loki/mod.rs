@@ -15,7 +15,7 @@
 
 mod eval;
 mod labels;
-mod logql;
+pub(crate) mod logql;
 mod meta;
 mod plan;
 

@@ -183,9 +183,30 @@ const OTHER_FUNCS: &[&str] = &[
 const AGGREGATIONS: &[&str] =
     &["sum", "avg", "min", "max", "count", "topk", "bottomk", "group", "stddev", "stdvar", "quantile"];
 
-/// Checks that `expr` only uses the supported subset; the error names the first construct
-/// that is not.
+/// Deepest expression tree accepted (nested brackets, operands of chained operators).
+/// promql-parser and this evaluator recurse on the tree: without a bound, a 2 KB query such as
+/// `1+1+...+1` overflowed the thread's stack and aborted the process (found by fuzzing).
+pub(crate) const MAX_DEPTH: usize = 128;
+/// Parses `q`. The text has been bounded first (`prescan` in `mod.rs`: bracket depth and
+/// operator count under `[query]`), so the parser's recursion is bounded too.
+pub(crate) fn parse(q: &str) -> Result<Expr, String> {
+    // promql-parser panics in some grammar actions (`offset NaN`: a NaN duration, found by the
+    // fuzzing campaign): a bad query, not a dropped connection.
+    std::panic::catch_unwind(|| promql_parser::parser::parse(q))
+        .unwrap_or_else(|_| Err("the query cannot be parsed (the PromQL parser failed on it)".into()))
+}
+
+/// Checks that `expr` only uses the supported subset and nests at most [`MAX_DEPTH`] deep; the
+/// error names the first construct that is not supported.
 pub(crate) fn check_supported(expr: &Expr) -> Result<(), EvalError> {
+    supported(expr, 0)
+}
+
+fn supported(expr: &Expr, depth: usize) -> Result<(), EvalError> {
+    if depth > MAX_DEPTH {
+        return Err(EvalError::BadData(format!("the query nests deeper than {MAX_DEPTH} levels")));
+    }
+    let check_supported = |e: &Expr| supported(e, depth + 1);
     let bad = |what: String| Err(EvalError::BadData(format!("{what} is not supported by obsbox's PromQL subset")));
     match expr {
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),

@@ -31,7 +31,7 @@ use axum::routing::get;
 use obsbox_storage::prometheus::{ViewOptions, format_float};
 use obsbox_storage::{MetricQuery, Reader, TimeRange};
 use promql_parser::label::Matcher;
-use promql_parser::parser::{Expr, parse};
+use promql_parser::parser::Expr;
 
 use self::eval::{EvalError, Evaluator, Limits, Metric, Sample, Series, Value};
 use self::hist::FloatHist;
@@ -186,7 +186,7 @@ impl Params {
             let bad = |e: String| PromError::bad(format!("invalid parameter \"match[]\": {e}"));
             limits.check_text("match[]", m).map_err(bad)?;
             prescan(m, limits.max_query_depth, limits.max_query_clauses).map_err(bad)?;
-            let expr = parse(m).map_err(bad)?;
+            let expr = eval::parse(m).map_err(bad)?;
             let Expr::VectorSelector(vs) = expr else {
                 return Err(PromError::bad("invalid parameter \"match[]\": not a vector selector"));
             };
@@ -208,7 +208,7 @@ impl Params {
 fn parse_checked(q: &str, limits: &QueryLimits) -> Result<Expr, String> {
     limits.check_text("the query", q)?;
     prescan(q, limits.max_query_depth, limits.max_query_clauses)?;
-    let expr = parse(q)?;
+    let expr = eval::parse(q)?;
     limits.check_promql(&expr)?;
     eval::check_supported(&expr).map_err(|e| e.to_string())?;
     Ok(expr)

@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    obsbox_collector::fuzz::otlp(obsbox_storage::Signal::Traces, true, data);
+});

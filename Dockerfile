@@ -15,6 +15,7 @@ COPY collector collector
 COPY query-ui query-ui
 COPY slo slo
 COPY net net
+COPY fuzz fuzz
 COPY instrumented-demo instrumented-demo
 COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -6,6 +6,7 @@
 //! # Where things are
 //! - `auth`: bearer-token authentication: [`AuthConfig`] (`[auth]`), [`TokenSet`] (constant-time
 //!   checks), [`Guard`] per listener and its tower layer [`RequireTokenLayer`].
+//! - `body`: [`discard_body`], draining a refused request so its client reads the refusal.
 //! - `error`: [`NetError`].
 //! - `tls`: [`TlsConfig`] (`[tls]`), PEM loading ([`Tls::load`]) and one rustls server
 //!   configuration per [`Port`] (ALPN, client certificates for the ingest ports).

@@ -2,7 +2,8 @@
 # The project's checks, as CI runs them (.ci/run): formatting, clippy, and every test, including
 # the end-to-end tests that drive the Python OpenTelemetry SDK (from .venv, created here from
 # tests/python/requirements.txt), headless Chromium, Prometheus and RabbitMQ (Debian packages,
-# installed here when missing). Runnable from any directory.
+# installed here when missing), schemathesis (in the same .venv) and a small tmpfs for the
+# full-disk test (mounted by the test itself: run as root, as CI does). Runnable from any directory.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

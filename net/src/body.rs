@@ -34,7 +34,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_is_read_to_its_end_but_never_past_the_cap_or_the_time() {
         let (mut tx, body) = tokio::io::duplex(64);
-        let stream = tokio_util_like(body);
+        let stream = streamed_body(body);
         // A sender that never stops: the cap ends the drain.
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -46,12 +46,12 @@ mod tests {
         // A sender that goes quiet: the time limit ends the drain.
         let (_tx, quiet) = tokio::io::duplex(64);
         let started = Instant::now();
-        discard_body(tokio_util_like(quiet), 1 << 16, Duration::from_millis(200)).await;
+        discard_body(streamed_body(quiet), 1 << 16, Duration::from_millis(200)).await;
         assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
     /// A body streaming what `reader` yields.
-    fn tokio_util_like(
+    fn streamed_body(
         reader: tokio::io::DuplexStream,
     ) -> http_body_util::StreamBody<impl futures::Stream<Item = Result<http_body::Frame<bytes::Bytes>, std::io::Error>>>
     {

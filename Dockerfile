@@ -16,6 +16,7 @@ COPY query-ui query-ui
 COPY slo slo
 COPY net net
 COPY fuzz fuzz
+COPY cluster cluster
 COPY instrumented-demo instrumented-demo
 COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -288,12 +288,18 @@ impl Inner {
         tokio::fs::create_dir_all(&path).await.map_err(|e| ClusterError::io("create download directory", &path, e))?;
         let tmp = TmpDir(Some(path.clone()));
         debug!(key = %entry.key, files = entry.files.len(), bytes = entry.bytes, "downloading segment");
-        let total: u64 = futures::stream::iter(&entry.files)
+        // Owned futures (no borrow of `entry` in the closure): keeps `get` Send for tokio::spawn.
+        let files: Vec<_> = entry
+            .files
+            .iter()
             .map(|f| {
                 let remote = self.metastore.file_path(entry.signal, &entry.key, &f.name);
                 let local = path.join(&f.name);
-                async move { download_file(&self.metastore, &remote, &local, f.bytes, &entry.key).await }
+                let (metastore, key, bytes) = (self.metastore.clone(), entry.key.clone(), f.bytes);
+                async move { download_file(&metastore, &remote, &local, bytes, &key).await }
             })
+            .collect();
+        let total: u64 = futures::stream::iter(files)
             .buffer_unordered(FILE_CONCURRENCY)
             .try_fold(0u64, |sum, n| futures::future::ready(Ok(sum + n)))
             .await?;

@@ -2,8 +2,9 @@
 # The project's checks, as CI runs them (.ci/run): formatting, clippy, and every test, including
 # the end-to-end tests that drive the Python OpenTelemetry SDK (from .venv, created here from
 # tests/python/requirements.txt), headless Chromium, Prometheus and RabbitMQ (Debian packages,
-# installed here when missing), schemathesis (in the same .venv) and a small tmpfs for the
-# full-disk test (mounted by the test itself: run as root, as CI does). Runnable from any directory.
+# installed here when missing), Garage (cargo install, kept in ~/.cargo/bin), schemathesis (in the
+# same .venv) and a small tmpfs for the full-disk test (mounted by the test itself: run as root, as
+# CI does). Runnable from any directory.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +42,14 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install the Rust toolchain (rustup) first" >&2
     exit 1
+fi
+
+# Garage, the S3-compatible object store of the object-storage tests (cluster/tests/garage.rs and
+# the cluster end-to-end test start a 3-node cluster on loopback): built from crates.io and kept in
+# ~/.cargo/bin between runs. The first build takes about 13 minutes on 2 cores.
+garage_version=2.5.0
+if ! "$HOME/.cargo/bin/garage" --version 2>/dev/null | grep -q "cargo:$garage_version"; then
+    cargo install garage --locked --version "$garage_version"
 fi
 
 # The Python environment of tests/e2e/e2e_python_sdk.rs, rebuilt when the requirements change.

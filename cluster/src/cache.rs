@@ -128,6 +128,16 @@ fn open_path(dir: &Path, entry: &SegmentEntry) -> PathBuf {
     }
 }
 
+impl std::fmt::Debug for SegmentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentCache")
+            .field("dir", &self.inner.dir)
+            .field("max_bytes", &self.inner.max_bytes)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 impl SegmentCache {
     /// Opens the cache in `dir` (created when missing), keeping at most `max_bytes` of unpinned
     /// segments. Deletes leftovers of interrupted downloads and evictions, and keeps the complete

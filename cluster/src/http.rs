@@ -93,13 +93,32 @@ struct HyperService {
 #[error("request timed out after {0:?}")]
 struct TimedOut(Duration);
 
+/// An error with its whole source chain in the message: hyper-util's own says only
+/// `client error (Connect)`, the cause (refused, certificate unknown) is in its sources.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Chain(String);
+
+impl Chain {
+    fn of(e: &(dyn std::error::Error + 'static)) -> Chain {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        Chain(text)
+    }
+}
+
 #[async_trait::async_trait]
 impl HttpService for HyperService {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(HttpError::new(HttpErrorKind::Timeout, TimedOut(self.timeout))),
-            Ok(Err(e)) if e.is_connect() => return Err(HttpError::new(HttpErrorKind::Connect, e)),
-            Ok(Err(e)) => return Err(HttpError::new(HttpErrorKind::Request, e)),
+            Ok(Err(e)) if e.is_connect() => return Err(HttpError::new(HttpErrorKind::Connect, Chain::of(&e))),
+            Ok(Err(e)) => return Err(HttpError::new(HttpErrorKind::Request, Chain::of(&e))),
             Ok(Ok(r)) => r,
         };
         let (parts, body) = response.into_parts();

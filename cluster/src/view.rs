@@ -93,6 +93,16 @@ impl MetastoreView {
     }
 }
 
+impl std::fmt::Debug for MetastoreView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snap = self.snapshot();
+        f.debug_struct("MetastoreView")
+            .field("signal", &self.shared.signal)
+            .field("entries", &snap.entries.len())
+            .finish()
+    }
+}
+
 impl Drop for MetastoreView {
     fn drop(&mut self) {
         self.task.abort();
@@ -100,6 +110,7 @@ impl Drop for MetastoreView {
 }
 
 /// Writes a node's heartbeat every `interval` in a background task; stopped when dropped.
+#[derive(Debug)]
 pub struct Heartbeat {
     metastore: Metastore,
     node: NodeInfo,

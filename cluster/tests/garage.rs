@@ -40,12 +40,16 @@ async fn keys(m: &Metastore) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garage_cluster_survives_one_node_down() {
+    let t0 = Instant::now();
+    let phase = |name: &str| eprintln!("[{:>6.1?}] {name}", t0.elapsed());
     let Some(mut garage) = tokio::task::spawn_blocking(GarageCluster::start).await.unwrap() else {
         return;
     };
+    phase("cluster started");
     let work = tempfile::tempdir().unwrap();
     let m = metastore(&garage, 0, "all-up");
     wait_ready(&m).await;
+    phase("ready");
 
     // Everything with the three nodes up; the big file (17 MiB) goes by multipart upload.
     let started = Instant::now();
@@ -61,6 +65,7 @@ async fn garage_cluster_survives_one_node_down() {
     let kept = upload_segment(&m, &kept, "ingester-k").await.unwrap();
 
     // One node down: writes and reads go on through the others.
+    phase("all-up checks done");
     garage.kill_node(2);
     let down = metastore(&garage, 0, "one-down");
     suite::upload_and_download(down.clone(), &work.path().join("d"), 9 << 20).await;
@@ -70,10 +75,12 @@ async fn garage_cluster_survives_one_node_down() {
     let listed = m.list(Some(Signal::Logs)).await.unwrap();
     let entry = listed.iter().find(|e| e.key == kept.key).expect("listed with a node down");
     assert!(cache.get(entry).await.unwrap().join("a.store").is_file(), "downloaded with a node down");
+    phase("one-down checks done");
     let during = keys(&metastore(&garage, 0, "writers-one-down")).await;
 
     // Back up: everything is still listed, also through the restarted node itself.
     garage.restart_node(2);
+    phase("node restarted");
     let via_restarted = metastore(&garage, 2, "writers-all-up");
     wait_ready(&via_restarted).await;
     assert_eq!(keys(&via_restarted).await, before);
@@ -84,4 +91,5 @@ async fn garage_cluster_survives_one_node_down() {
     let entry = m2.list(Some(Signal::Logs)).await.unwrap().into_iter().find(|e| e.key == kept.key).unwrap();
     let pinned = cache2.get(&entry).await.unwrap();
     assert_eq!(std::fs::metadata(pinned.join("a.store")).unwrap().len(), 3 << 20);
+    phase("after-restart checks done");
 }

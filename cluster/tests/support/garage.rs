@@ -268,11 +268,11 @@ impl GarageCluster {
         self.nodes[i].kill();
     }
 
-    /// Restarts node `i` with its data and waits until another node sees it up.
+    /// Restarts node `i` with its data and waits until it sees every running node up.
     pub fn restart_node(&mut self, i: usize) {
         let bin = self.bin.clone();
         self.nodes[i].start(&bin);
-        self.wait_all_up((i + 1) % self.nodes.len());
+        self.wait_all_up(i);
         self.wait_s3(i);
     }
 

@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use obsbox_cluster::object_store::memory::InMemory;
+use obsbox_cluster::object_store::{ObjectStoreExt, PutPayload};
 use obsbox_cluster::{Metastore, ObjectStoreConfig, SegmentCache, StoreKind, open_store, upload_segment};
 use obsbox_storage::api::Signal;
 use support::suite;
@@ -175,4 +176,39 @@ async fn cancelled_download_leaves_nothing() {
     // The next get works.
     let p = cache.get(&entry).await.unwrap();
     assert!(p.join("a.store").is_file());
+}
+
+#[tokio::test]
+async fn interrupted_upload_is_invisible_and_redone_under_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = local_dir(dir.path());
+    let seg = suite::index_segment(dir.path(), 30, 50_000);
+    // A crash after one (garbled) file and before the entry: nothing is listed.
+    let key = obsbox_cluster::segment_key(seg.min_time_ns, "n1", seg.id);
+    let half = m.file_path(Signal::Traces, &key, "a.store");
+    m.store().put(&half, PutPayload::from_static(b"garbage")).await.unwrap();
+    assert!(m.list(None).await.unwrap().is_empty());
+    // The retry writes every file again and then the entry.
+    let entry = upload_segment(&m, &seg, "n1").await.unwrap();
+    assert_eq!(entry.key, key);
+    assert_eq!(m.list(None).await.unwrap(), vec![entry.clone()]);
+    let cache = SegmentCache::open(m, dir.path().join("cache"), 1 << 30).unwrap();
+    let p = cache.get(&entry).await.unwrap();
+    assert_eq!(std::fs::read(p.join("a.store")).unwrap(), std::fs::read(seg.path.join("a.store")).unwrap());
+}
+
+#[tokio::test]
+async fn upload_refuses_a_segment_whose_files_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = in_memory();
+    let mut seg = suite::index_segment(dir.path(), 31, 1000);
+    seg.files[1].1 += 1;
+    let err = upload_segment(&m, &seg, "n1").await.unwrap_err();
+    assert!(matches!(err, obsbox_cluster::ClusterError::Mismatch { .. }), "{err}");
+    assert!(m.list(None).await.unwrap().is_empty(), "nothing registered");
+    let mut seg = suite::index_segment(dir.path(), 32, 1000);
+    seg.files.push(("missing.idx".into(), 5));
+    assert!(matches!(upload_segment(&m, &seg, "n1").await, Err(obsbox_cluster::ClusterError::Io { .. })));
+    assert!(upload_segment(&m, &suite::index_segment(dir.path(), 33, 10), "bad/node").await.is_err());
+    assert!(m.list(None).await.unwrap().is_empty());
 }

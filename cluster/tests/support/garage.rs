@@ -239,6 +239,7 @@ impl GarageCluster {
         for i in 0..3 {
             cluster.wait_s3(i);
         }
+        cluster.wait_healthy(0);
         Some(cluster)
     }
 
@@ -274,6 +275,7 @@ impl GarageCluster {
         self.nodes[i].start(&bin);
         self.wait_all_up(i);
         self.wait_s3(i);
+        self.wait_healthy(i);
     }
 
     /// Whether node `i` runs.
@@ -316,6 +318,17 @@ impl GarageCluster {
             let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             let up = status["nodes"].as_array()?.iter().filter(|n| n["isUp"] == true).count();
             (up >= want).then_some(())
+        });
+    }
+
+    /// Waits until node `via` reports the cluster healthy: the layout applied and every partition
+    /// with all its nodes up (so S3 answers at once, with no "layout not ready" refusals).
+    fn wait_healthy(&self, via: usize) {
+        wait_until("a healthy cluster", START_TIMEOUT, || {
+            let out = self.command(via).args(["json-api", "GetClusterHealth"]).output().ok()?;
+            let health: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let all_ok = health["partitions"].as_u64()? > 0 && health["partitionsAllOk"] == health["partitions"];
+            (health["status"] == "healthy" && all_ok).then_some(())
         });
     }
 

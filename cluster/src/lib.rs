@@ -14,6 +14,8 @@
 //! - `upload`: [`LocalSegment`] (a sealed local segment) and [`upload_segment`].
 //! - `cache`: [`SegmentCache`] and [`PinnedSegment`].
 //! - `view`: [`MetastoreView`] (the polled segment list) and [`Heartbeat`].
+//! - `compaction`: the compactor's decisions ([`plan_merges`], [`merge_id`], [`garbage`],
+//!   [`expired`]) as pure functions over entries.
 //!
 //! - `http`: the S3 client's transport, hyper + rustls (ring), http and https.
 //!
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod cache;
+mod compaction;
 mod config;
 mod error;
 mod http;
@@ -33,6 +36,7 @@ mod upload;
 mod view;
 
 pub use cache::{CacheStats, PinnedSegment, SegmentCache};
+pub use compaction::{MergePolicy, expired, garbage, merge_id, plan_merges};
 pub use config::{ObjectStoreConfig, Secret, StoreKind, open_store};
 pub use error::{ClusterError, Result};
 pub use metastore::{ENTRY_FORMAT, Metastore, NodeInfo, SegmentEntry, SegmentFile, segment_key};

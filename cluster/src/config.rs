@@ -59,6 +59,9 @@ pub struct ObjectStoreConfig {
     pub kind: StoreKind,
     /// S3: the endpoint URL (`http://127.0.0.1:3900` for a local Garage); empty means AWS itself.
     pub endpoint: Option<String>,
+    /// S3: other endpoints of the same store (the other nodes of a Garage or MinIO cluster), tried
+    /// in turn when connecting to the current one fails; requests stay signed for `endpoint`.
+    pub failover_endpoints: Vec<String>,
     /// S3: the region (Garage: `garage`).
     pub region: String,
     /// S3: the bucket.
@@ -96,6 +99,7 @@ impl Default for ObjectStoreConfig {
         ObjectStoreConfig {
             kind: StoreKind::Local,
             endpoint: None,
+            failover_endpoints: Vec::new(),
             region: "us-east-1".into(),
             bucket: None,
             prefix: String::new(),
@@ -171,6 +175,17 @@ impl ObjectStoreConfig {
                         return bad("object_store.endpoint", "is http://: set allow_http = true to allow it");
                     }
                 }
+                for e in &self.failover_endpoints {
+                    if !e.starts_with("http://") && !e.starts_with("https://") || e.parse::<http::Uri>().is_err() {
+                        return bad("object_store.failover_endpoints", "each must be an http:// or https:// URL");
+                    }
+                    if e.starts_with("http://") && !self.allow_http {
+                        return bad("object_store.failover_endpoints", "has an http:// one: set allow_http = true");
+                    }
+                }
+                if !self.failover_endpoints.is_empty() && self.endpoint.is_none() {
+                    return bad("object_store.failover_endpoints", "needs `endpoint` too");
+                }
                 if self.ca_file.as_deref().is_some_and(|p| !p.is_file()) {
                     return bad("object_store.ca_file", "is not a readable file");
                 }
@@ -195,7 +210,9 @@ pub fn open_store(cfg: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>> {
                 .with_timeout(cfg.request_timeout)
                 .with_connect_timeout(cfg.connect_timeout)
                 .with_allow_http(cfg.allow_http);
-            let connector = HyperConnector::new(cfg.ca_file.as_deref(), cfg.request_timeout, cfg.connect_timeout)?;
+            let failover = cfg.failover_endpoints.iter().map(|e| e.parse().expect("validated")).collect();
+            let connector =
+                HyperConnector::new(cfg.ca_file.as_deref(), cfg.request_timeout, cfg.connect_timeout, failover)?;
             let retry = RetryConfig {
                 backoff: BackoffConfig::default(),
                 max_retries: cfg.max_retries,
@@ -301,6 +318,9 @@ mod tests {
         cfg.validate().unwrap();
         cfg.ca_file = Some("/nonexistent/ca.pem".into());
         assert_eq!(invalid_key(&cfg), "object_store.ca_file");
+        let mut cfg = s3();
+        cfg.failover_endpoints = vec!["127.0.0.1:3901".into()];
+        assert_eq!(invalid_key(&cfg), "object_store.failover_endpoints");
         let mut cfg = s3();
         cfg.prefix = "/a".into();
         assert_eq!(invalid_key(&cfg), "object_store.prefix");

@@ -7,10 +7,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Uri;
 use http_body::{Body, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -32,15 +34,19 @@ pub(crate) struct HyperConnector {
     tls: Arc<rustls::ClientConfig>,
     request_timeout: Duration,
     connect_timeout: Duration,
+    failover: Arc<Vec<Uri>>,
 }
 
 impl HyperConnector {
     /// TLS trusts the Mozilla roots (compiled in: no system certificate store needed) plus the
     /// PEM certificates of `ca_file`, if any.
+    /// `failover`: other endpoints (scheme and authority) of the same store, tried in turn when
+    /// connecting fails.
     pub(crate) fn new(
         ca_file: Option<&std::path::Path>,
         request_timeout: Duration,
         connect_timeout: Duration,
+        failover: Vec<Uri>,
     ) -> Result<Self> {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         if let Some(path) = ca_file {
@@ -62,7 +68,7 @@ impl HyperConnector {
             .map_err(|e| ClusterError::Config { key: "object_store.endpoint", message: format!("tls: {e}") })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(HyperConnector { tls: Arc::new(tls), request_timeout, connect_timeout })
+        Ok(HyperConnector { tls: Arc::new(tls), request_timeout, connect_timeout, failover: Arc::new(failover) })
     }
 }
 
@@ -78,7 +84,12 @@ impl HttpConnector for HyperConnector {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
-        Ok(HttpClient::new(HyperService { client, timeout: self.request_timeout }))
+        Ok(HttpClient::new(HyperService {
+            client,
+            timeout: self.request_timeout,
+            failover: self.failover.clone(),
+            preferred: AtomicUsize::new(0),
+        }))
     }
 }
 
@@ -87,6 +98,46 @@ struct HyperService {
     client: Client<HttpsConnector<HyperHttpConnector>, HttpRequestBody>,
     /// Until the response headers, and then again as the longest pause between body chunks.
     timeout: Duration,
+    /// Other endpoints of the same store, tried when connecting fails (see `call`).
+    failover: Arc<Vec<Uri>>,
+    /// The target that answered last: 0 is the request's own endpoint, i > 0 is `failover[i - 1]`.
+    preferred: AtomicUsize,
+}
+
+impl HyperService {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(HttpError::new(HttpErrorKind::Timeout, TimedOut(self.timeout))),
+            Ok(Err(e)) if e.is_connect() => return Err(HttpError::new(HttpErrorKind::Connect, Chain::of(&e))),
+            Ok(Err(e)) => return Err(HttpError::new(HttpErrorKind::Request, Chain::of(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = response.into_parts();
+        let body = IdleTimeout { inner: body, sleep: tokio::time::sleep(self.timeout), idle: self.timeout };
+        Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+    }
+}
+
+/// `req` sent to `target`'s scheme and authority instead of its own, keeping its own `Host`: the
+/// request is signed for that host (SigV4 signs `host`), and the nodes of one store accept any.
+fn redirect(parts: &http::request::Parts, body: &HttpRequestBody, target: Option<&Uri>) -> HttpRequest {
+    let mut uri = parts.uri.clone();
+    let mut headers = parts.headers.clone();
+    if let Some(target) = target {
+        if let Some(value) = parts.uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(http::header::HOST, value);
+        }
+        let mut p = uri.into_parts();
+        p.scheme = target.scheme().cloned();
+        p.authority = target.authority().cloned();
+        uri = Uri::from_parts(p).unwrap_or_else(|_| parts.uri.clone());
+    }
+    let mut req = http::Request::new(body.clone());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = headers;
+    req
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,16 +165,31 @@ impl Chain {
 
 #[async_trait::async_trait]
 impl HttpService for HyperService {
+    /// With failover endpoints: starts at the one that answered last and moves on to the next only
+    /// when connecting fails (nothing was sent, so any request, idempotent or not, may go again).
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => return Err(HttpError::new(HttpErrorKind::Timeout, TimedOut(self.timeout))),
-            Ok(Err(e)) if e.is_connect() => return Err(HttpError::new(HttpErrorKind::Connect, Chain::of(&e))),
-            Ok(Err(e)) => return Err(HttpError::new(HttpErrorKind::Request, Chain::of(&e))),
-            Ok(Ok(r)) => r,
-        };
-        let (parts, body) = response.into_parts();
-        let body = IdleTimeout { inner: body, sleep: tokio::time::sleep(self.timeout), idle: self.timeout };
-        Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+        if self.failover.is_empty() {
+            return self.send(req).await;
+        }
+        let (parts, body) = req.into_parts();
+        let targets = self.failover.len() + 1;
+        let first = self.preferred.load(Ordering::Relaxed) % targets;
+        let mut last = None;
+        for step in 0..targets {
+            let i = (first + step) % targets;
+            let target = if i == 0 { None } else { Some(&self.failover[i - 1]) };
+            match self.send(redirect(&parts, &body, target)).await {
+                Err(e) if e.kind() == HttpErrorKind::Connect => {
+                    tracing::debug!(target = ?target.map(|t| t.to_string()), error = %e, "object store endpoint unreachable, trying the next");
+                    last = Some(e);
+                }
+                other => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return other;
+                }
+            }
+        }
+        Err(last.expect("at least one target"))
     }
 }
 

@@ -77,6 +77,14 @@ async fn garage_cluster_survives_one_node_down() {
     assert!(cache.get(entry).await.unwrap().join("a.store").is_file(), "downloaded with a node down");
     phase("one-down checks done");
     let during = keys(&metastore(&garage, 0, "writers-one-down")).await;
+    // A client whose own endpoint is the dead node goes on through the failover endpoints.
+    let via_dead = metastore(&garage, 2, "writers-one-down");
+    assert_eq!(keys(&via_dead).await, during);
+    let mut seg = suite::index_segment(&work.path().join("e"), 8, 1 << 20);
+    seg.signal = Signal::Logs;
+    let through_failover = upload_segment(&via_dead, &seg, "ingester-f").await.unwrap();
+    let during = keys(&metastore(&garage, 1, "writers-one-down")).await;
+    assert!(during.contains(&through_failover.key));
 
     // Back up: everything is still listed, also through the restarted node itself.
     garage.restart_node(2);

@@ -78,3 +78,24 @@ async fn https_with_a_private_ca() {
     assert!(err.to_lowercase().contains("certificate") || err.contains("invalid peer"), "{err}");
     server.abort();
 }
+
+#[tokio::test]
+async fn failover_endpoint_when_the_first_is_unreachable() {
+    let (port, pem, server) = tls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    // A port nobody listens on: bind, note it, release it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = config(dead, Some(ca));
+    cfg.failover_endpoints = vec![format!("https://localhost:{port}")];
+    let store = open_store(&cfg).unwrap();
+    for _ in 0..3 {
+        let got = store.get(&Path::from("x")).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&got[..], b"hello");
+    }
+    // Without the failover endpoint: an error.
+    cfg.failover_endpoints.clear();
+    assert!(open_store(&cfg).unwrap().get(&Path::from("x")).await.is_err());
+    server.abort();
+}

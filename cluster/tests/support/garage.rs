@@ -253,12 +253,17 @@ impl GarageCluster {
         (0..self.nodes.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// An `[object_store]` config section (TOML) for obsbox against node `i`'s endpoint.
+    /// An `[object_store]` config section (TOML) for obsbox against node `i`'s endpoint, with the
+    /// other nodes as `failover_endpoints` (so it goes on when node `i` is down).
     pub fn object_store_toml(&self, i: usize, prefix: &str) -> String {
+        let failover: Vec<String> =
+            (0..self.nodes.len()).filter(|&j| j != i).map(|j| format!("\"{}\"", self.endpoint(j))).collect();
         format!(
-            "kind = \"s3\"\nendpoint = \"{}\"\nregion = \"{REGION}\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\n\
-             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\n",
+            "kind = \"s3\"\nendpoint = \"{}\"\nfailover_endpoints = [{}]\nregion = \"{REGION}\"\n\
+             bucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
+             allow_http = true\n",
             self.endpoint(i),
+            failover.join(", "),
             self.key_id,
             self.secret
         )

@@ -170,6 +170,13 @@ admin_token = "obsbox-test-admin-token"
     }
 }
 
+/// Also when `start` fails half-way: no garage process outlives the test.
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl GarageCluster {
     /// Starts the cluster and sets it up (layout, bucket, key); `None` when garage is absent and
     /// `OBSBOX_SKIP_EXTERNAL=1`. Takes a few seconds.

@@ -16,8 +16,25 @@
 //! - `view`: [`MetastoreView`] (the polled segment list) and [`Heartbeat`].
 //! - `compaction`: the compactor's decisions ([`plan_merges`], [`merge_id`], [`garbage`],
 //!   [`expired`]) as pure functions over entries.
+//! - `http`: the S3 client's transport, hyper + rustls (ring), http and https, with
+//!   `failover_endpoints` (the other nodes of a Garage/MinIO cluster) tried when one is unreachable.
+//! - `tests/support/garage.rs`: a real 3-node Garage cluster for tests, includable by other test
+//!   crates with `#[path]`; `tests/support/suite.rs`: the checks every store passes.
 //!
-//! - `http`: the S3 client's transport, hyper + rustls (ring), http and https.
+//! # Use
+//! ```text
+//! let store = open_store(&cfg.with_env())?;                  // cfg: ObjectStoreConfig from the config file
+//! let metastore = Metastore::new(store, &cfg.prefix);
+//! // ingester, per sealed segment (LocalSegment from the store's SealedSegment), then release it:
+//! let entry = upload_segment(&metastore, &segment, node_id).await?;
+//! // searcher:
+//! let view = MetastoreView::start(metastore.clone(), None, Duration::from_secs(5));
+//! let cache = SegmentCache::open(metastore.clone(), cache_dir, max_bytes)?;
+//! for e in view.snapshot().overlapping(signal, start_ns, end_ns) { let local = cache.get(e).await?; /* open *local */ }
+//! // every node:
+//! let beat = Heartbeat::start(metastore.clone(), NodeInfo { node_id, role, url, updated_ms: 0 }, interval);
+//! let ingesters = metastore.live_nodes("ingester", 3 * interval).await?;
+//! ```
 //!
 //! # TLS
 //! `object_store`'s own transport (reqwest) is not used: reqwest's rustls backends either pull

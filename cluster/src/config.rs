@@ -285,6 +285,9 @@ mod tests {
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("very-secret"), "{debug}");
         assert!(debug.contains("***"), "{debug}");
+        let store = open_store(&cfg).unwrap();
+        let debug = format!("{store:?} {store}");
+        assert!(!debug.contains("very-secret"), "{debug}");
         assert_eq!(cfg.secret_access_key.unwrap().expose(), "very-secret");
     }
 

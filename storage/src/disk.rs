@@ -727,6 +727,10 @@ impl DiskStore {
 
 impl Reader for DiskStore {
     fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.find_trace_hits(query)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let q = spans::query(&self.inner.span_fields, &query.predicate)?;
         // Spans of one trace cluster in time: fetch a few spans per wanted trace, more if needed.
         let mut fetch = query.limit.saturating_mul(4).max(16);
@@ -734,16 +738,16 @@ impl Reader for DiskStore {
             let hits = self.inner.spans.newest_bytes(&*q, query.time, fetch, spans::TRACE_ID_FIELD)?;
             let exhausted = hits.len() < fetch;
             let mut seen = std::collections::HashSet::new();
-            let ids: Vec<Vec<u8>> = hits
+            let ids: Vec<(Vec<u8>, u64)> = hits
                 .into_iter()
                 .filter(|(_, id)| seen.insert(id.clone()))
-                .map(|(_, id)| id)
+                .map(|(start, id)| (id, start))
                 .take(query.limit)
                 .collect();
             if ids.len() >= query.limit || exhausted || fetch >= 1 << 20 {
                 return Ok(ids);
             }
-            fetch = fetch.saturating_mul(4);
+            fetch = fetch.saturating_mul(4).min(1 << 20);
         }
     }
 

@@ -15,6 +15,9 @@
 //!   the name index that maps a Prometheus metric name back to OTLP names.
 //! - `disk`: [`DiskStore`], which composes the above and runs the background threads.
 //! - `memory`: [`MemStore`], the in-memory reference implementation.
+//! - [`call`]: [`Reader`] calls as data ([`call::ReadCall`], [`call::ReadResult`]), run on one
+//!   store and merged over disjoint stores; `federated`: [`FederatedReader`], a reader over
+//!   several disjoint readers by that run + merge.
 //! - [`testsuite`]: the contract tests every implementation runs.
 //! - `format`: the magic number + version header every file of ours starts with.
 //! - `space`: free disk space and the refusal of writes when the disk is full.
@@ -23,9 +26,11 @@
 
 pub mod api;
 mod attrs;
+pub mod call;
 mod config;
 mod disk;
 mod error;
+mod federated;
 mod format;
 mod logs;
 mod memory;
@@ -46,6 +51,7 @@ pub use api::{
 pub use config::{FsyncPolicy, StoreConfig};
 pub use disk::DiskStore;
 pub use error::StoreError;
+pub use federated::FederatedReader;
 pub use memory::MemStore;
 
 pub use attrs::{any_value_text, service_name};

@@ -13,7 +13,11 @@
 //! - `metrics`: the compressed time-series store for metric points.
 //! - [`prometheus`]: the Prometheus view of OTLP metrics (names, units, labels, histograms) and
 //!   the name index that maps a Prometheus metric name back to OTLP names.
-//! - `disk`: [`DiskStore`], which composes the above and runs the background threads.
+//! - `disk`: [`DiskStore`], which composes the above and runs the background threads; it lists
+//!   its sealed segments ([`DiskStore::sealed_segments`]) and releases them once shipped.
+//! - `segment_set`: sealed segments away from their store: [`OpenSegment`] (opened read-only
+//!   from a directory or block file), [`SegmentSet`] (a [`Reader`] over them) and
+//!   [`merge_segments`].
 //! - `memory`: [`MemStore`], the in-memory reference implementation.
 //! - [`call`]: [`Reader`] calls as data ([`call::ReadCall`], [`call::ReadResult`]), run on one
 //!   store and merged over disjoint stores; `federated`: [`FederatedReader`], a reader over
@@ -37,6 +41,7 @@ mod memory;
 pub(crate) mod metrics;
 pub mod prometheus;
 mod quarantine;
+mod segment_set;
 mod segments;
 mod space;
 mod spans;
@@ -57,3 +62,4 @@ pub use memory::MemStore;
 pub use attrs::{any_value_text, service_name};
 pub use memory::log_time;
 pub use metrics::point_count as metric_point_count;
+pub use segment_set::{OpenSegment, SealedSegment, SegmentSet, merge_segments};

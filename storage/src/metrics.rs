@@ -452,6 +452,16 @@ impl Points {
         }
     }
 
+    /// Calls `f` with the time of every point.
+    fn for_each_time(&self, mut f: impl FnMut(u64)) {
+        match self {
+            Points::Number(v) => v.iter().for_each(|p| f(p.time())),
+            Points::Histogram(v) => v.iter().for_each(|p| f(p.time())),
+            Points::ExponentialHistogram(v) => v.iter().for_each(|p| f(p.time())),
+            Points::Summary(v) => v.iter().for_each(|p| f(p.time())),
+        }
+    }
+
     /// Clones the points whose time lies in `time`.
     fn filter_clone(&self, time: TimeRange) -> Points {
         fn f<P: DataPoint>(v: &[P], time: TimeRange) -> Vec<P> {
@@ -1625,7 +1635,7 @@ fn collect_section(
 
 /// An immutable block file, its index parsed.
 #[derive(Debug)]
-struct Block {
+pub(crate) struct Block {
     path: PathBuf,
     file_len: u64,
     /// Offset of the data area in the file.
@@ -1645,7 +1655,48 @@ fn corrupt_eof(path: &Path, what: &str, e: io::Error) -> StoreError {
     }
 }
 
+/// A block as the store lists it for shipping: the metrics "segment".
+pub(crate) struct BlockInfo {
+    /// The block's first WAL seq: unique within the store, also across restarts.
+    pub id: u64,
+    pub path: PathBuf,
+    pub min_time: u64,
+    pub max_time: u64,
+    pub points: u64,
+    pub bytes: u64,
+}
+
 impl Block {
+    /// Bytes of the block file.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    fn info(&self) -> BlockInfo {
+        BlockInfo {
+            id: self.index.first_seq,
+            path: self.path.clone(),
+            min_time: self.index.min_time,
+            max_time: self.index.max_time,
+            points: self.index.point_count,
+            bytes: self.file_len,
+        }
+    }
+
+    /// Opens a block file read-only, checking its header, format version and index (a block
+    /// of a newer obsbox is [`StoreError::Incompatible`], a damaged one
+    /// [`StoreError::Corrupt`]). `points` must be the number of points it holds.
+    pub fn open_read_only(path: &Path, points: u64) -> Result<Block, StoreError> {
+        let block = Block::load(path.to_path_buf())?;
+        if block.index.point_count != points {
+            return Err(StoreError::corrupt(
+                path,
+                format!("block holds {} points, its entry says {points}", block.index.point_count),
+            ));
+        }
+        Ok(block)
+    }
+
     /// Reads and checks a block's header and index (not its sections).
     fn load(path: PathBuf) -> Result<Block, StoreError> {
         let mut f = File::open(&path)?;
@@ -1806,8 +1857,26 @@ fn write_atomically(dir: &Path, path: &Path, parts: &[&[u8]]) -> io::Result<()> 
     result
 }
 
-/// Writes `head` as a block file in `dir`.
+/// Writes `head` as a block file in `dir`, named after its seqs.
 fn write_block(dir: &Path, head: &MetricsHead, first_seq: u64, committed_seq: u64) -> Result<Block, StoreError> {
+    let base = format!("block-{first_seq:020}-{committed_seq:020}");
+    let mut path = dir.join(format!("{base}.obm"));
+    let mut n = 1;
+    while path.exists() {
+        path = dir.join(format!("{base}-{n}.obm"));
+        n += 1;
+    }
+    write_block_at(dir, path, head, first_seq, committed_seq)
+}
+
+/// Writes `head` as the block file `path` in `dir` (atomically: a crash leaves no partial file).
+fn write_block_at(
+    dir: &Path,
+    path: PathBuf,
+    head: &MetricsHead,
+    first_seq: u64,
+    committed_seq: u64,
+) -> Result<Block, StoreError> {
     let mut by_name: BTreeMap<&str, Vec<&HeadSeries>> = BTreeMap::new();
     for s in head.series.iter().filter(|s| !s.points.is_empty()) {
         by_name.entry(&s.ident.name).or_default().push(s);
@@ -1845,13 +1914,6 @@ fn write_block(dir: &Path, head: &MetricsHead, first_seq: u64, committed_seq: u6
     prefix.extend_from_slice(&index_len.to_le_bytes());
     prefix.extend_from_slice(&crc32fast::hash(&idx).to_le_bytes());
 
-    let base = format!("block-{first_seq:020}-{committed_seq:020}");
-    let mut path = dir.join(format!("{base}.obm"));
-    let mut n = 1;
-    while path.exists() {
-        path = dir.join(format!("{base}-{n}.obm"));
-        n += 1;
-    }
     write_atomically(dir, &path, &[&prefix, &idx, &data])?;
     let file_len = (prefix.len() + idx.len() + data.len()) as u64;
     Ok(Block {
@@ -2148,6 +2210,46 @@ impl MetricsStore {
         Ok(freed)
     }
 
+    /// The block files, oldest first (blocks are immutable once listed: the metrics
+    /// "segments" an ingester ships).
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        self.state.read().blocks.iter().map(|b| b.info()).collect()
+    }
+
+    /// Stops serving the block `id` ([`BlockInfo::id`]) and deletes its file. Returns bytes
+    /// freed; an unknown id is [`StoreError::InvalidQuery`]. The committed seq is saved first
+    /// (as retention does), so a restart does not replay WAL records the block held; a crash
+    /// before the file is gone leaves the block served after the restart, which is safe.
+    pub fn release_block(&self, id: u64) -> Result<u64, StoreError> {
+        let _maintenance = self.maintenance.lock();
+        let (block, committed) = {
+            let st = self.state.read();
+            let block = st.blocks.iter().find(|b| b.index.first_seq == id).cloned();
+            (block, st.committed_seq)
+        };
+        let Some(block) = block else {
+            return Err(StoreError::InvalidQuery(format!("no metrics block {id} to release")));
+        };
+        write_committed(&self.dir, committed)?;
+        self.state.write().blocks.retain(|b| !Arc::ptr_eq(b, &block));
+        // Queries holding the block skip it once its file is gone.
+        block.removed.store(true, Ordering::Release);
+        match fs::remove_file(&block.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                block.removed.store(false, Ordering::Release);
+                let mut st = self.state.write();
+                st.blocks.push(block);
+                st.blocks.sort_by(|a, b| (a.index.first_seq, &a.path).cmp(&(b.index.first_seq, &b.path)));
+                return Err(e.into());
+            }
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(block = id, bytes = block.file_len, "released metrics block");
+        Ok(block.file_len)
+    }
+
     /// Bytes of block files on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.state.read().blocks.iter().map(|b| b.file_len).sum()
@@ -2157,6 +2259,77 @@ impl MetricsStore {
     pub fn block_count(&self) -> u64 {
         self.state.read().blocks.len() as u64
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks opened read-only (segment sets) and block merges
+// ---------------------------------------------------------------------------------------------
+
+/// The selected series' points in `time` from `blocks`, added oldest block first (so the newest
+/// metadata wins, as in the store). Damaged sections are skipped and reported to `quarantine`.
+fn collect_blocks(
+    blocks: &[Arc<Block>],
+    sel: &Selection,
+    time: TimeRange,
+    quarantine: &Quarantine,
+) -> Result<Collector, StoreError> {
+    let mut col = Collector::default();
+    for b in blocks {
+        b.collect(sel, time, &mut col, quarantine)?;
+    }
+    Ok(col)
+}
+
+/// [`MetricsStore::query`] over read-only blocks.
+pub(crate) fn query_blocks(
+    blocks: &[Arc<Block>],
+    q: &MetricQuery,
+    quarantine: &Quarantine,
+) -> Result<MetricsData, StoreError> {
+    let sel = Selection::compile(&q.matchers, &[])?;
+    Ok(collect_blocks(blocks, &sel, q.time, quarantine)?.into_metrics_data())
+}
+
+/// [`MetricsStore::query_view`] over read-only blocks.
+pub(crate) fn query_view_blocks(
+    blocks: &[Arc<Block>],
+    q: &MetricQuery,
+    labels: &[LabelMatcher],
+    opts: &ViewOptions,
+    quarantine: &Quarantine,
+) -> Result<PromView, StoreError> {
+    let sel = Selection::compile(&q.matchers, labels)?;
+    Ok(collect_blocks(blocks, &sel, q.time, quarantine)?.into_view(opts))
+}
+
+/// Writes one block file `out` holding every series and point of `blocks` (oldest first), with
+/// the store's block writer, so it answers every query as the inputs together do. A damaged
+/// input section is an error (a merge must not lose points silently).
+pub(crate) fn merge_blocks(blocks: &[Arc<Block>], out: &Path) -> Result<BlockInfo, StoreError> {
+    let sel = Selection::compile(&[], &[])?;
+    let quarantine = Quarantine::default();
+    let col = collect_blocks(blocks, &sel, TimeRange::ALL, &quarantine)?;
+    if quarantine.count() > 0 {
+        return Err(StoreError::corrupt(out, "an input block has a damaged section: merge refused"));
+    }
+    let mut head = MetricsHead::new();
+    for c in col.map.into_values().flatten() {
+        let (mut min_time, mut max_time) = (u64::MAX, 0);
+        c.points.for_each_time(|t| {
+            min_time = min_time.min(t);
+            max_time = max_time.max(t);
+        });
+        head.points += c.points.len() as u64;
+        head.series.push(HeadSeries { ident: c.ident, meta: c.meta, points: c.points, min_time, max_time });
+    }
+    let first_seq = blocks.iter().map(|b| b.index.first_seq).min().unwrap_or(0);
+    let committed_seq = blocks.iter().map(|b| b.index.committed_seq).max().unwrap_or(0);
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+    Ok(write_block_at(dir, out.to_path_buf(), &head, first_seq, committed_seq)?.info())
 }
 
 #[cfg(test)]

@@ -1197,6 +1197,40 @@ mod tests {
     }
 
     #[test]
+    fn a_read_that_started_before_a_release_finishes_on_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        store.seal_now().unwrap();
+        let sealed = store.sealed_segments(Signal::Traces);
+        assert_eq!(sealed.len(), 1);
+        let before = store.inner.spans.snapshot();
+        store.release_segment(Signal::Traces, sealed[0].id).unwrap();
+        assert!(!sealed[0].path.exists());
+        assert_eq!(trace_len(&store, 1), 0, "new reads no longer see it");
+        let q = spans::query(&store.inner.span_fields, &SpanPredicate::All).unwrap();
+        assert_eq!(before.search_all(q, spans::ORD_FIELD).unwrap().len(), 200, "the earlier snapshot still reads it");
+    }
+
+    #[test]
+    fn release_never_touches_the_active_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        store.inner.spans.commit().unwrap();
+        assert!(store.sealed_segments(Signal::Traces).is_empty());
+        // Ids 1.. include the active segment's.
+        for id in 0..4 {
+            let err = store.release_segment(Signal::Traces, id).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidQuery(_)), "{err}");
+        }
+        assert_eq!(trace_len(&store, 1), 200);
+        drop(store);
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        assert_eq!(trace_len(&store, 1), 200);
+    }
+
+    #[test]
     fn a_damaged_metastore_is_rebuilt_from_the_segments() {
         for damage in ["garbage", "truncated"] {
             let dir = tempfile::tempdir().unwrap();

@@ -3021,6 +3021,79 @@ mod tests {
         assert_eq!(store.block_count(), 0);
     }
 
+    #[test]
+    fn read_only_and_merged_blocks_answer_as_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let reqs = [all_types_request(T0), all_types_request(T0 + 100 * SEC), all_types_request(T0 + 50 * SEC)];
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
+        for (i, r) in reqs.iter().enumerate() {
+            store.append(i as u64 + 1, r);
+            store.flush().unwrap();
+        }
+        let infos = store.blocks();
+        assert_eq!(infos.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2, 3]);
+        let blocks: Vec<Arc<Block>> =
+            infos.iter().map(|b| Arc::new(Block::open_read_only(&b.path, b.points).unwrap())).collect();
+        let merged = merge_blocks(&blocks, &out.path().join("merged.obm")).unwrap();
+        assert_eq!(merged.points, infos.iter().map(|b| b.points).sum::<u64>());
+        assert_eq!((merged.min_time, merged.max_time), (infos[0].min_time, infos[1].max_time));
+        let merged = vec![Arc::new(Block::open_read_only(&merged.path, merged.points).unwrap())];
+        let q = Quarantine::default();
+        let ranges = [TimeRange::ALL, TimeRange { start_ns: T0 + 40 * SEC, end_ns: T0 + 120 * SEC }];
+        for time in ranges {
+            let matcher_sets = [all().matchers, vec![matcher("__name__", MatchOp::Re, "latency.*")]];
+            for matchers in matcher_sets {
+                let query = MetricQuery { matchers, time };
+                let want = store.query(&query).unwrap();
+                assert!(!want.resource_metrics.is_empty());
+                // Encoded: NaN values compare unequal as floats.
+                assert!(query_blocks(&blocks, &query, &q).unwrap().encode_to_vec() == want.encode_to_vec());
+                assert!(query_blocks(&merged, &query, &q).unwrap().encode_to_vec() == want.encode_to_vec());
+                let view = store.query_view(&query, &[], &ViewOptions::default()).unwrap();
+                let merged_view = query_view_blocks(&merged, &query, &[], &ViewOptions::default(), &q).unwrap();
+                assert!(!view.families.is_empty());
+                // Debug text: NaN samples compare unequal as floats.
+                assert_eq!(format!("{merged_view:?}"), format!("{view:?}"));
+            }
+        }
+        check_round_trip(
+            &query_blocks(&merged, &all(), &q).unwrap(),
+            &[reqs[0].clone(), reqs[2].clone(), reqs[1].clone()],
+        );
+        assert_eq!(q.count(), 0);
+        // Another item count than the block holds: not the block its entry describes.
+        assert!(matches!(Block::open_read_only(&infos[0].path, 1), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn released_blocks_are_gone_and_their_records_stay_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
+        for i in 0..3u64 {
+            store.append(i + 1, &ten_points(T0 + i * 1000));
+            store.flush().unwrap();
+        }
+        store.append(4, &ten_points(T0 + 5000)); // in the head
+        let ids: Vec<u64> = store.blocks().iter().map(|b| b.id).collect();
+        let newest = store.blocks().pop().unwrap();
+        assert!(store.release_block(newest.id).unwrap() > 0);
+        assert!(!newest.path.exists());
+        assert!(matches!(store.release_block(newest.id), Err(StoreError::InvalidQuery(_))));
+        assert!(matches!(store.release_block(999), Err(StoreError::InvalidQuery(_))));
+        let t = times(metrics_of(&store.query(&all()).unwrap())[0]);
+        assert_eq!(t.len(), 30, "two blocks and the head, not the released block");
+        assert!(!t.contains(&(T0 + 2000)));
+        assert_eq!(store.blocks().iter().map(|b| b.id).collect::<Vec<_>>(), ids[..2]);
+        // Retention goes on over what is left.
+        assert!(store.apply_retention(T0 + 500, 0).unwrap() > 0);
+        assert_eq!(store.block_count(), 1);
+        drop(store);
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
+        assert_eq!(store.committed_seq(), 3, "the released block's seq stays committed");
+        assert_eq!(store.block_count(), 1);
+    }
+
     fn block_paths(dir: &Path) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(dir)
             .unwrap()

@@ -754,6 +754,15 @@ fn released_segments_are_no_longer_read_also_after_a_restart() {
     for signal in Signal::ALL {
         assert_eq!(store.sealed_segments(signal).len(), PARTS as usize, "{signal:?}");
     }
+    // Retention goes on over what is left: by age the segments stay, a size limit drops them.
+    store.apply_retention().unwrap();
+    assert_eq!(store.sealed_segments(Signal::Logs).len(), PARTS as usize);
+    drop(store);
+    let store = DiskStore::open(StoreConfig { max_disk_bytes: 1, ..config(dir.path()) }).unwrap();
+    store.apply_retention().unwrap();
+    for signal in Signal::ALL {
+        assert!(store.sealed_segments(signal).is_empty(), "{signal:?}");
+    }
 }
 
 #[test]

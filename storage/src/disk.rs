@@ -862,10 +862,9 @@ fn apply_retention(inner: &Inner, min_time: u64) -> Result<(), StoreError> {
     }
 }
 
-/// Most terms a term listing (operations, field values, attribute keys and values) collects.
-pub(crate) const MAX_TERMS: usize = 100_000;
+const MAX_TERMS: usize = 100_000;
 
-pub(crate) fn terms_to_strings(terms: std::collections::BTreeMap<Vec<u8>, u64>) -> Vec<String> {
+fn terms_to_strings(terms: std::collections::BTreeMap<Vec<u8>, u64>) -> Vec<String> {
     terms.into_keys().filter_map(|k| String::from_utf8(k).ok()).collect()
 }
 

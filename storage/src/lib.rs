@@ -18,6 +18,7 @@
 //! - `segment_set`: sealed segments away from their store: [`OpenSegment`] (opened read-only
 //!   from a directory or block file), [`SegmentSet`] (a [`Reader`] over them) and
 //!   [`merge_segments`].
+//! - `reads`: the span and log reads over a snapshot of tantivy segments, shared by readers.
 //! - `memory`: [`MemStore`], the in-memory reference implementation.
 //! - [`call`]: [`Reader`] calls as data ([`call::ReadCall`], [`call::ReadResult`]), run on one
 //!   store and merged over disjoint stores; `federated`: [`FederatedReader`], a reader over
@@ -41,6 +42,7 @@ mod memory;
 pub(crate) mod metrics;
 pub mod prometheus;
 mod quarantine;
+mod reads;
 mod segment_set;
 mod segments;
 mod space;

@@ -6,12 +6,12 @@
 //! - [`OpenSegment`]: one such piece opened read-only from a local directory (traces, logs: a
 //!   tantivy index directory) or file (metrics: one block file). Nothing is written into it.
 //! - [`SegmentSet`]: a [`Reader`] over open segments of any signals, answering every call as a
-//!   `DiskStore` holding the same items does, with the store's own read code (the span and log
-//!   query builders, `segments::Snapshot` searches, the metric block readers).
+//!   `DiskStore` holding the same items does, with the store's own read code (`reads` over
+//!   `segments::Snapshot`, the metric block readers).
 //! - [`merge_segments`]: one new segment holding every item of several (the compactor's step).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -24,13 +24,13 @@ use tantivy::schema::{Field, Value};
 
 use crate::StoreError;
 use crate::api::*;
-use crate::disk::{MAX_TERMS, terms_to_strings};
-use crate::logs::{self, LogFields};
+use crate::logs;
 use crate::metrics::{self, Block};
 use crate::prometheus::{PromView, ViewOptions};
 use crate::quarantine::Quarantine;
-use crate::segments::{self, Layout, Segment, Snapshot};
-use crate::spans::{self, SpanFields};
+use crate::reads::{Indexes, SCHEMAS};
+use crate::segments::{self, Segment, Snapshot};
+use crate::spans;
 
 /// Indexing memory of a merge's tantivy writer (one thread).
 const MERGE_MEMORY_BYTES: usize = 64 << 20;
@@ -58,31 +58,6 @@ pub struct SealedSegment {
     /// Sum of the sizes of `files`.
     pub bytes: u64,
 }
-
-/// The span and log layouts and fields, the same for every segment of this obsbox version.
-struct Schemas {
-    spans: Arc<Layout>,
-    span_fields: SpanFields,
-    logs: Arc<Layout>,
-    log_fields: LogFields,
-}
-
-static SCHEMAS: LazyLock<Schemas> = LazyLock::new(|| {
-    let (span_schema, span_fields) = spans::schema();
-    let (log_schema, log_fields) = logs::schema();
-    Schemas {
-        spans: Arc::new(Layout::new(
-            Signal::Traces,
-            span_schema,
-            spans::SCHEMA_VERSION,
-            spans::TIME_FIELD,
-            span_fields.data,
-        )),
-        logs: Arc::new(Layout::new(Signal::Logs, log_schema, logs::SCHEMA_VERSION, logs::TIME_FIELD, log_fields.data)),
-        span_fields,
-        log_fields,
-    }
-});
 
 enum Opened {
     Index(Arc<Segment>),
@@ -216,34 +191,22 @@ impl SegmentSet {
         }
     }
 
-    fn attr_fields(&self, signal: Signal, scope: AttrScope) -> Result<(&Snapshot, Field, Field), StoreError> {
-        let (sf, lf) = (&SCHEMAS.span_fields, &SCHEMAS.log_fields);
-        Ok(match (signal, scope) {
-            (Signal::Traces, AttrScope::Item) => (&self.spans, sf.attr, sf.attr_key),
-            (Signal::Traces, AttrScope::Resource) => (&self.spans, sf.res, sf.res_key),
-            (Signal::Logs, AttrScope::Item) => (&self.logs, lf.attr, lf.attr_key),
-            (Signal::Logs, AttrScope::Resource) => (&self.logs, lf.res, lf.res_key),
-            (Signal::Metrics, _) => {
-                return Err(StoreError::InvalidQuery("metric attributes are labels: use find_metrics".into()));
-            }
-        })
+    fn indexes(&self) -> Indexes<'_> {
+        Indexes::of(&self.spans, &self.logs)
     }
 }
 
 impl Reader for SegmentSet {
     fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
-        let q = spans::query(&SCHEMAS.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()))?;
-        spans::decode(self.spans.search_all(q, spans::ORD_FIELD)?)
+        self.indexes().trace(trace_id)
     }
 
     fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
-        let q = spans::query(&SCHEMAS.span_fields, &query.predicate)?;
-        spans::decode(self.spans.search_newest(q, query.time, query.limit)?)
+        self.indexes().find_spans(query)
     }
 
     fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        let q = logs::query(self.logs.schema(), &SCHEMAS.log_fields, &query.predicate)?;
-        logs::decode(self.logs.search_newest(q, query.time, query.limit)?)
+        self.indexes().find_logs(query)
     }
 
     fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError> {
@@ -274,42 +237,23 @@ impl Reader for SegmentSet {
     }
 
     fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
-        let q = spans::query(&SCHEMAS.span_fields, &query.predicate)?;
-        // As the store does: a few spans per wanted trace, more if they were not enough.
-        let mut fetch = query.limit.saturating_mul(4).max(16);
-        loop {
-            let hits = self.spans.newest_bytes(&*q, query.time, fetch, spans::TRACE_ID_FIELD)?;
-            let exhausted = hits.len() < fetch;
-            let mut seen = std::collections::HashSet::new();
-            let ids: Vec<Vec<u8>> = hits
-                .into_iter()
-                .filter(|(_, id)| seen.insert(id.clone()))
-                .map(|(_, id)| id)
-                .take(query.limit)
-                .collect();
-            if ids.len() >= query.limit || exhausted || fetch >= 1 << 20 {
-                return Ok(ids);
-            }
-            fetch = fetch.saturating_mul(4);
-        }
+        self.indexes().find_trace_ids(query)
+    }
+
+    fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        self.indexes().find_trace_hits(query)
     }
 
     fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
-        let terms = self.spans.terms(SCHEMAS.span_fields.op, b"", time, MAX_TERMS)?;
-        Ok(terms.keys().filter_map(|k| spans::parse_op_term(k)).collect())
+        self.indexes().operations(time)
     }
 
     fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {
-        let f = match field {
-            LogField::Service => SCHEMAS.log_fields.service,
-            LogField::SeverityText => SCHEMAS.log_fields.severity_text,
-        };
-        Ok(terms_to_strings(self.logs.terms(f, b"", time, MAX_TERMS)?))
+        self.indexes().log_field_values(field, time)
     }
 
     fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
-        let (index, _, keys) = self.attr_fields(signal, scope)?;
-        Ok(terms_to_strings(index.terms(keys, b"", time, MAX_TERMS)?))
+        self.indexes().attribute_keys(signal, scope, time)
     }
 
     fn attribute_values(
@@ -320,19 +264,7 @@ impl Reader for SegmentSet {
         time: TimeRange,
         limit: usize,
     ) -> Result<Vec<(AttrValue, u64)>, StoreError> {
-        let (index, field, _) = self.attr_fields(signal, scope)?;
-        let prefix = format!("{key}\0");
-        let terms = index.terms(field, prefix.as_bytes(), time, MAX_TERMS)?;
-        let mut values: Vec<(AttrValue, u64)> = terms
-            .into_iter()
-            .filter_map(|(k, n)| {
-                let s = String::from_utf8(k).ok()?;
-                Some((crate::attrs::parse_term_value(&s[prefix.len()..])?, n))
-            })
-            .collect();
-        values.sort_by_key(|v| std::cmp::Reverse(v.1));
-        values.truncate(limit);
-        Ok(values)
+        self.indexes().attribute_values(signal, scope, key, time, limit)
     }
 
     fn span_histogram(
@@ -341,9 +273,7 @@ impl Reader for SegmentSet {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        check_bucket(bucket_ns)?;
-        let q = spans::query(&SCHEMAS.span_fields, predicate)?;
-        Ok(self.spans.histogram(q, time, bucket_ns)?.into_iter().collect())
+        self.indexes().span_histogram(predicate, time, bucket_ns)
     }
 
     fn log_histogram(
@@ -352,9 +282,7 @@ impl Reader for SegmentSet {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        check_bucket(bucket_ns)?;
-        let q = logs::query(self.logs.schema(), &SCHEMAS.log_fields, predicate)?;
-        Ok(self.logs.histogram(q, time, bucket_ns)?.into_iter().collect())
+        self.indexes().log_histogram(predicate, time, bucket_ns)
     }
 }
 

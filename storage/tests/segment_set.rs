@@ -391,6 +391,12 @@ fn check_same_answers(store: &dyn Reader, set: &dyn Reader, base: u64, parts: u8
                     set.find_trace_ids(&q),
                     Vec::len,
                 ));
+                count(same(
+                    &format!("find_trace_hits {q:?}"),
+                    store.find_trace_hits(&q),
+                    set.find_trace_hits(&q),
+                    Vec::len,
+                ));
             }
             for bucket in [SECOND, 7 * SECOND, 1000 * SECOND] {
                 count(same(

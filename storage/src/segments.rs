@@ -3,12 +3,20 @@
 //! Exactly one segment is active (receives documents, committed every commit interval); the
 //! others are sealed: immutable, self-describing (a tantivy index with its stored documents) and
 //! listed in the metastore with their time range, document count and the last WAL sequence
-//! number they contain. That is the unit a later version ships to object storage, and the unit
-//! retention deletes.
+//! number they contain. That is the unit an ingester ships to object storage
+//! ([`SegmentedIndex::sealed`], [`SegmentedIndex::release`]), the unit retention deletes, and
+//! the unit a searcher opens read-only ([`Segment::open_read_only`], through a directory that
+//! never writes) and a compactor writes ([`write_segment`]).
 //!
 //! The metastore is the file `metastore` (header `OBXMETA\0`, version 1, then JSON), replaced
-//! atomically (write, fsync, rename, fsync dir). The active segment's progress (last WAL seq,
-//! time range) travels in its tantivy commit payload, so one atomic commit covers both.
+//! atomically (write, fsync, rename, fsync dir). It also keeps the highest WAL seq of the
+//! segments released or dropped (`floor_seq`), below which nothing is replayed. The active
+//! segment's progress (last WAL seq, time range, count, schema version and signal) travels in
+//! its tantivy commit payload, so one atomic commit covers both; a sealed segment keeps it.
+//!
+//! Reads go through a [`Snapshot`]: the segments readers see at one instant, searched by
+//! `search_newest`, `search_all`, `terms`, `histogram` and `newest_bytes` (also over segments
+//! opened read-only, see `crate::reads`).
 
 use std::collections::HashSet;
 use std::fs;

@@ -248,6 +248,15 @@ fn write_parts_renamed(store: &DiskStore, base: u64, parts: std::ops::Range<u8>,
 /// Copies a sealed segment's listed files to `to` (as an ingester uploads them and a searcher
 /// downloads them) and opens the copy.
 fn copy_and_open(seg: &SealedSegment, to: &Path) -> Arc<OpenSegment> {
+    open(seg, &copy(seg, to))
+}
+
+fn open(seg: &SealedSegment, copy: &Path) -> Arc<OpenSegment> {
+    OpenSegment::open(seg.signal, copy, seg.min_time_ns, seg.max_time_ns, seg.items).expect("opens")
+}
+
+/// Copies a sealed segment's listed files to `to`; returns the copy's path.
+fn copy(seg: &SealedSegment, to: &Path) -> PathBuf {
     let target = match seg.signal {
         Signal::Metrics => {
             std::fs::create_dir_all(to).unwrap();
@@ -269,12 +278,14 @@ fn copy_and_open(seg: &SealedSegment, to: &Path) -> Arc<OpenSegment> {
         }
     };
     assert_eq!(seg.bytes, seg.files.iter().map(|f| f.1).sum::<u64>());
-    OpenSegment::open(seg.signal, &target, seg.min_time_ns, seg.max_time_ns, seg.items).expect("opens")
+    target
 }
 
-/// Every file under `dir` with its size and modification time.
+/// Every file and directory under `dir` with its size and modification time (a directory's
+/// changes when a file is created or deleted in it, such as a lock file taken and released).
 fn listing(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
     let mut out = BTreeMap::new();
+    out.insert(dir.to_path_buf(), (0, std::fs::metadata(dir).unwrap().modified().unwrap()));
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let m = e.metadata().unwrap();
@@ -552,17 +563,20 @@ fn a_segment_set_over_copied_sealed_segments_answers_as_the_store() {
     let base = base();
     let store = DiskStore::open(config(dir.path())).unwrap();
     write_parts(&store, base, 0..PARTS);
-    let mut opened = Vec::new();
+    let mut copied = Vec::new();
     for signal in Signal::ALL {
         let sealed = store.sealed_segments(signal);
         assert_eq!(sealed.len(), PARTS as usize, "{signal:?}: one sealed segment per part");
-        for seg in &sealed {
+        for seg in sealed {
             assert!(seg.items > 0 && seg.min_time_ns <= seg.max_time_ns && seg.bytes > 0, "{seg:?}");
-            opened.push(copy_and_open(seg, copies.path()));
+            let path = copy(&seg, copies.path());
+            copied.push((seg, path));
         }
     }
+    // Let a directory changed by opening have another modification time.
+    std::thread::sleep(Duration::from_millis(20));
     let before = listing(copies.path());
-    let set = SegmentSet::new(opened);
+    let set = SegmentSet::new(copied.iter().map(|(seg, path)| open(seg, path)).collect());
     let want = (PER_PART.0 * 3, PER_PART.1 * 3, PER_PART.2 * 3);
     assert_eq!(totals(&store), want);
     assert_eq!(totals(&set), want);

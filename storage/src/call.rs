@@ -18,10 +18,10 @@
 //!   largest over the sources. A trace in the overall top `limit` is in the top `limit` of the
 //!   source holding its newest matching span (every trace above it there is above it overall),
 //!   so the merge is exact. Equal starts are ordered by trace id.
-//! - **`trace`**: each source's spans keep their (write) order; sources are interleaved by the
-//!   start time of their next span, the earlier part first on equal times. A single store
-//!   answers in write order, which has no meaning across stores: this gives it whenever the
-//!   spans of a trace were written in start order, and a stable order otherwise.
+//! - **`trace`**: the parts one after the other, each in its own (write) order. A single store
+//!   answers in write order, which has no meaning across stores; listing older sources first
+//!   (the object store's segments, then the ingesters) keeps it whenever each source holds
+//!   later writes than the ones before it, as for one ingester and its uploaded segments.
 //! - **`find_metrics`**: series are merged by identity, as the store merges its blocks and head
 //!   (the same code): one `Metric` per series with all its points, oldest first (equal times: the
 //!   earlier part first). A series' description and metadata are those of the last part that has
@@ -31,7 +31,9 @@
 //!   with [`crate::prometheus::prometheus_view`]. Views themselves cannot be merged: a delta sum
 //!   split over two sources is accumulated from the first point of the whole series.
 //! - **`span_histogram`, `log_histogram`**: counts summed per bucket, oldest first.
-//! - **`operations`, `log_field_values`, `attribute_keys`**: the sorted union.
+//! - **`operations`, `log_field_values`, `attribute_keys`**: the sorted union; operations in the
+//!   order the disk store lists them (its index terms: service, kind, name), which is not
+//!   `Operation`'s `Ord` (service, name, kind) that `MemStore` sorts by.
 //! - **`attribute_values`**: counts summed per value, most frequent first (equal counts in the
 //!   order of the values' index terms, as the store), then the limit. A source's own cut-off
 //!   would make the sum approximate (a value just below the cut in every source), so [`run`]
@@ -341,7 +343,7 @@ pub fn merge(call: &ReadCall, parts: Vec<ReadResult>) -> Result<ReadResult, Stor
         return Ok(parts.into_iter().next().unwrap_or_else(|| call.empty()));
     }
     Ok(match call {
-        ReadCall::Trace { .. } => ReadResult::Spans(merge_trace(collect(parts, ReadResult::into_spans)?)),
+        ReadCall::Trace { .. } => ReadResult::Spans(collect(parts, ReadResult::into_spans)?.concat()),
         ReadCall::FindSpans(q) => {
             ReadResult::Spans(newest_first(collect(parts, ReadResult::into_spans)?, q.limit, |s| {
                 s.span.start_time_unix_nano
@@ -356,7 +358,15 @@ pub fn merge(call: &ReadCall, parts: Vec<ReadResult>) -> Result<ReadResult, Stor
         ReadCall::FindTraceIds(q) => {
             ReadResult::TraceHits(merge_trace_hits(collect(parts, ReadResult::into_trace_hits)?, q.limit))
         }
-        ReadCall::Operations { .. } => ReadResult::Operations(union(collect(parts, ReadResult::into_operations)?)),
+        ReadCall::Operations { .. } => {
+            // In the order of the index terms, as the disk store and segment sets list them.
+            let ops: BTreeMap<String, Operation> = collect(parts, ReadResult::into_operations)?
+                .into_iter()
+                .flatten()
+                .map(|o| (crate::spans::op_term(&o.service, o.kind, &o.name), o))
+                .collect();
+            ReadResult::Operations(ops.into_values().collect())
+        }
         ReadCall::LogFieldValues { .. } | ReadCall::AttributeKeys { .. } => {
             ReadResult::Strings(union(collect(parts, ReadResult::into_strings)?))
         }
@@ -389,20 +399,6 @@ fn newest_first<T>(parts: Vec<Vec<T>>, limit: usize, time_of: impl Fn(&T) -> u64
     all.sort_by_key(|x| std::cmp::Reverse(time_of(x)));
     all.truncate(limit);
     all
-}
-
-/// Interleaves the parts, each in its own order, by the start of their next span.
-fn merge_trace(parts: Vec<Vec<SpanRecord>>) -> Vec<SpanRecord> {
-    let total = parts.iter().map(Vec::len).sum();
-    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<SpanRecord>>> =
-        parts.into_iter().map(|p| p.into_iter().peekable()).collect();
-    let mut out = Vec::with_capacity(total);
-    loop {
-        let next =
-            heads.iter_mut().enumerate().filter_map(|(i, h)| h.peek().map(|s| (s.span.start_time_unix_nano, i))).min();
-        let Some((_, i)) = next else { return out };
-        out.extend(heads[i].next());
-    }
 }
 
 fn merge_trace_hits(parts: Vec<Vec<TraceHit>>, limit: usize) -> Vec<TraceHit> {
@@ -918,19 +914,18 @@ mod tests {
     }
 
     #[test]
-    fn a_trace_spread_over_sources_interleaves_by_start_keeping_each_sources_order() {
+    fn a_trace_spread_over_sources_keeps_the_sources_order_then_each_ones_own() {
         let a = vec![record("a", span_at(1, 1, 10)), record("a", span_at(1, 2, 40)), record("a", span_at(1, 3, 20))];
         let b = vec![record("b", span_at(1, 4, 10)), record("b", span_at(1, 5, 30))];
         let call = ReadCall::Trace { trace_id: full_span(1, 0, None).trace_id };
-        let got: Vec<u8> = merge(&call, vec![ReadResult::Spans(a), ReadResult::Spans(b)])
-            .unwrap()
-            .into_spans()
-            .unwrap()
-            .iter()
-            .map(|s| s.span.span_id[7])
-            .collect();
-        // a's 3 (start 20) stays after a's 2 (start 40): a source's own order is kept.
-        assert_eq!(got, vec![1, 4, 5, 2, 3]);
+        let ids = |parts| -> Vec<u8> {
+            merge(&call, parts).unwrap().into_spans().unwrap().iter().map(|s| s.span.span_id[7]).collect()
+        };
+        assert_eq!(ids(vec![ReadResult::Spans(a.clone()), ReadResult::Spans(b.clone())]), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            ids(vec![ReadResult::Spans(b), ReadResult::Spans(vec![]), ReadResult::Spans(a)]),
+            vec![4, 5, 1, 2, 3]
+        );
     }
 
     #[test]
@@ -1029,16 +1024,17 @@ mod tests {
         let strings = |v: &[&str]| ReadResult::Strings(v.iter().map(|s| s.to_string()).collect());
         let got = merge(&keys, vec![strings(&["a", "c"]), strings(&["b", "c"]), strings(&[])]).unwrap();
         assert_eq!(got, strings(&["a", "b", "c"]));
-        let op = |s: &str, k| Operation { service: s.into(), name: "n".into(), kind: k };
+        let op = |s: &str, n: &str, k| Operation { service: s.into(), name: n.into(), kind: k };
         let ops = ReadCall::Operations { time: TimeRange::ALL };
         let got = merge(
             &ops,
             vec![
-                ReadResult::Operations(vec![op("b", 1), op("c", 1)]),
-                ReadResult::Operations(vec![op("a", 2), op("b", 1)]),
+                ReadResult::Operations(vec![op("b", "n", 1), op("c", "n", 1)]),
+                ReadResult::Operations(vec![op("a", "z", 1), op("a", "n", 2), op("b", "n", 1)]),
             ],
         );
-        assert_eq!(got.unwrap(), ReadResult::Operations(vec![op("a", 2), op("b", 1), op("c", 1)]));
+        let want = vec![op("a", "z", 1), op("a", "n", 2), op("b", "n", 1), op("c", "n", 1)];
+        assert_eq!(got.unwrap(), ReadResult::Operations(want), "service, kind, name: the index's order");
         let stats = |n: u64, full| StoreStats {
             wal_bytes: n,
             index_bytes: vec![(Signal::Traces, n), (Signal::Metrics, 1)],

@@ -291,9 +291,16 @@ impl Reader for SegmentSet {
 /// tantivy index built from the stored items with the store's own document builders (spans
 /// keep their write-order value), committed with the payload sealed segments carry; for
 /// metrics one block file written with the store's block writer. The result answers every
-/// read as the inputs together do. Nothing is left at `out` on error. Heavy: run it off the
+/// read as the inputs together do, except that a metric series keeps one description and
+/// metadata (its newest), where the inputs answered the newest of those they cover, and that
+/// term listings (coarse in time) see one segment spanning all inputs. Inputs must hold
+/// distinct items; no inputs, inputs of another signal or an existing `out` are
+/// [`StoreError::InvalidQuery`]. Nothing is left at `out` on error. Heavy: run it off the
 /// async runtime.
 pub fn merge_segments(signal: Signal, inputs: &[Arc<OpenSegment>], out: &Path) -> Result<SealedSegment, StoreError> {
+    if inputs.is_empty() {
+        return Err(StoreError::InvalidQuery("no segments to merge".into()));
+    }
     if let Some(other) = inputs.iter().find(|s| s.signal != signal) {
         return Err(StoreError::InvalidQuery(format!(
             "cannot merge a {} segment ({}) into {}",

@@ -739,6 +739,9 @@ fn opening_refuses_what_it_cannot_read() {
     assert!(matches!(err, StoreError::InvalidQuery(_)), "{err}");
     let err = merge_segments(Signal::Traces, &[s], &partial).unwrap_err();
     assert!(matches!(err, StoreError::InvalidQuery(_)), "{err}");
+    let err = merge_segments(Signal::Logs, &[], &copies.path().join("none")).unwrap_err();
+    assert!(matches!(err, StoreError::InvalidQuery(_)), "{err}");
+    assert!(!copies.path().join("m").exists() && !copies.path().join("none").exists(), "nothing left behind");
 }
 
 #[test]

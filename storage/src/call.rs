@@ -152,6 +152,40 @@ pub enum ReadCall {
 }
 
 impl ReadCall {
+    /// The signals whose data the call reads: a searcher fetches only those segments.
+    pub fn signals(&self) -> &'static [Signal] {
+        match self {
+            ReadCall::Trace { .. } | ReadCall::FindSpans(_) | ReadCall::FindTraceIds(_) => &[Signal::Traces],
+            ReadCall::Operations { .. } | ReadCall::SpanHistogram { .. } => &[Signal::Traces],
+            ReadCall::FindLogs(_) | ReadCall::LogFieldValues { .. } | ReadCall::LogHistogram { .. } => &[Signal::Logs],
+            ReadCall::FindMetrics(_) | ReadCall::FindMetricsView { .. } => &[Signal::Metrics],
+            ReadCall::AttributeKeys { signal, .. } | ReadCall::AttributeValues { signal, .. } => match signal {
+                Signal::Traces => &[Signal::Traces],
+                Signal::Logs => &[Signal::Logs],
+                Signal::Metrics => &[Signal::Metrics],
+            },
+            ReadCall::Stats => &Signal::ALL,
+        }
+    }
+
+    /// The item times the call can look at: a segment whose `[min, max]` time does not overlap
+    /// it ([`TimeRange::overlaps`]) cannot change the answer. A trace and the stats need every
+    /// segment.
+    pub fn time(&self) -> TimeRange {
+        match self {
+            ReadCall::FindSpans(q) | ReadCall::FindTraceIds(q) => q.time,
+            ReadCall::FindLogs(q) => q.time,
+            ReadCall::FindMetrics(q) | ReadCall::FindMetricsView { query: q, .. } => q.time,
+            ReadCall::Operations { time }
+            | ReadCall::LogFieldValues { time, .. }
+            | ReadCall::AttributeKeys { time, .. }
+            | ReadCall::AttributeValues { time, .. }
+            | ReadCall::SpanHistogram { time, .. }
+            | ReadCall::LogHistogram { time, .. } => *time,
+            ReadCall::Trace { .. } | ReadCall::Stats => TimeRange::ALL,
+        }
+    }
+
     /// The call's name, as in its JSON form.
     pub fn name(&self) -> &'static str {
         match self {
@@ -1081,6 +1115,32 @@ mod tests {
             let err = merge(&call, vec![empty.clone(), wrong]).unwrap_err();
             assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("where")), "{}: {err}", call.name());
         }
+    }
+
+    #[test]
+    fn a_call_names_the_signals_and_times_whose_segments_it_needs() {
+        let calls = every_call();
+        let needs: Vec<(&str, &[Signal], bool)> =
+            calls.iter().map(|c| (c.name(), c.signals(), c.time() == TimeRange::ALL)).collect();
+        assert_eq!(
+            needs,
+            vec![
+                ("trace", &[Signal::Traces][..], true),
+                ("find_spans", &[Signal::Traces], false),
+                ("find_logs", &[Signal::Logs], false),
+                ("find_metrics", &[Signal::Metrics], false),
+                ("find_metrics_view", &[Signal::Metrics], false),
+                ("find_trace_ids", &[Signal::Traces], false),
+                ("operations", &[Signal::Traces], false),
+                ("log_field_values", &[Signal::Logs], false),
+                ("attribute_keys", &[Signal::Logs], false),
+                ("attribute_values", &[Signal::Traces], false),
+                ("span_histogram", &[Signal::Traces], false),
+                ("log_histogram", &[Signal::Logs], false),
+                ("stats", &Signal::ALL, true),
+            ]
+        );
+        assert_eq!(calls[1].time(), TimeRange { start_ns: 5, end_ns: u64::MAX });
     }
 
     #[test]

@@ -58,11 +58,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{
     AttrScope, AttrValue, LabelMatcher, LogEntry, LogField, LogPredicate, LogQuery, MetricQuery, Operation, Reader,
-    Signal, SpanPredicate, SpanQuery, SpanRecord, StoreStats, TimeRange, hex_bytes,
+    Signal, SpanPredicate, SpanQuery, SpanRecord, StoreStats, TimeRange, check_bucket, hex_bytes,
 };
 use crate::memory::log_time;
 use crate::metrics::{Matchers, MetricsHead};
-use crate::prometheus::SeriesLabeler;
+use crate::prometheus::{PromView, SeriesLabeler, ViewOptions};
 use crate::{StoreError, attrs};
 
 /// Largest `limit` of a span, log or trace id search that [`ReadCall::check`] lets through: a
@@ -638,6 +638,104 @@ mod wire_metrics {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MetricsData, D::Error> {
         let bytes = base64_bytes(&String::deserialize(d)?)?;
         MetricsData::decode(bytes.as_slice()).map_err(|e| serde::de::Error::custom(format!("metrics data: {e}")))
+    }
+}
+
+/// Something that answers [`ReadCall`]s with merged answers, such as a searcher over ingesters
+/// and object-store segments, or a [`crate::FederatedReader`]; it is a [`Reader`] by that alone
+/// (each method one call; [`Reader::find_metrics_view`] builds the view of the merged series,
+/// [`Reader::stats`] is empty when the call fails).
+pub trait Answer: Send + Sync + 'static {
+    /// The merged answer to `call` (blocking, like every [`Reader`] method).
+    fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError>;
+}
+
+impl<A: Answer> Reader for A {
+    fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
+        Answer::answer(self, &ReadCall::Trace { trace_id: trace_id.to_vec() })?.into_spans()
+    }
+
+    fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
+        Answer::answer(self, &ReadCall::FindSpans(query.clone()))?.into_spans()
+    }
+
+    fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        Answer::answer(self, &ReadCall::FindLogs(query.clone()))?.into_logs()
+    }
+
+    fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError> {
+        Answer::answer(self, &ReadCall::FindMetrics(query.clone()))?.into_metrics()
+    }
+
+    fn find_metrics_view(
+        &self,
+        query: &MetricQuery,
+        labels: &[LabelMatcher],
+        opts: &ViewOptions,
+    ) -> Result<PromView, StoreError> {
+        let call = ReadCall::FindMetricsView { query: query.clone(), labels: labels.to_vec() };
+        let data = Answer::answer(self, &call)?.into_metrics()?;
+        Ok(crate::prometheus::prometheus_view(&data, opts))
+    }
+
+    fn stats(&self) -> StoreStats {
+        // Infallible: stats that cannot be had count as empty.
+        Answer::answer(self, &ReadCall::Stats).and_then(ReadResult::into_stats).unwrap_or_default()
+    }
+
+    fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.find_trace_hits(query)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let hits = Answer::answer(self, &ReadCall::FindTraceIds(query.clone()))?.into_trace_hits()?;
+        Ok(hits.into_iter().map(|h| (h.trace_id, h.newest_start_ns)).collect())
+    }
+
+    fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
+        Answer::answer(self, &ReadCall::Operations { time })?.into_operations()
+    }
+
+    fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {
+        Answer::answer(self, &ReadCall::LogFieldValues { field, time })?.into_strings()
+    }
+
+    fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
+        Answer::answer(self, &ReadCall::AttributeKeys { signal, scope, time })?.into_strings()
+    }
+
+    fn attribute_values(
+        &self,
+        signal: Signal,
+        scope: AttrScope,
+        key: &str,
+        time: TimeRange,
+        limit: usize,
+    ) -> Result<Vec<(AttrValue, u64)>, StoreError> {
+        let call = ReadCall::AttributeValues { signal, scope, key: key.to_string(), time, limit };
+        Answer::answer(self, &call)?.into_attribute_values()
+    }
+
+    fn span_histogram(
+        &self,
+        predicate: &SpanPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        check_bucket(bucket_ns)?;
+        let call = ReadCall::SpanHistogram { predicate: predicate.clone(), time, bucket_ns };
+        Answer::answer(self, &call)?.into_histogram()
+    }
+
+    fn log_histogram(
+        &self,
+        predicate: &LogPredicate,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        check_bucket(bucket_ns)?;
+        let call = ReadCall::LogHistogram { predicate: predicate.clone(), time, bucket_ns };
+        Answer::answer(self, &call)?.into_histogram()
     }
 }
 

@@ -3,12 +3,9 @@
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::metrics::v1::MetricsData;
-
+use crate::StoreError;
 use crate::api::*;
-use crate::call::{self, ReadCall, ReadResult};
-use crate::prometheus::{PromView, ViewOptions};
-use crate::{StoreError, StoreStats};
+use crate::call::{self, Answer, ReadCall, ReadResult};
 
 /// A [`Reader`] over disjoint sources (each item in exactly one of them), answering as one store
 /// holding all their data would. Sources are asked in parallel, one thread each; the first
@@ -28,9 +25,11 @@ impl FederatedReader {
     pub fn sources(&self) -> &[Arc<dyn Reader>] {
         &self.sources
     }
+}
 
+impl Answer for FederatedReader {
     /// Runs `call` on every source and merges the parts.
-    pub fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError> {
+    fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError> {
         let parts: Vec<Result<ReadResult, StoreError>> = match self.sources.as_slice() {
             [] => Vec::new(),
             [one] => vec![call::run(&**one, call)],
@@ -43,95 +42,6 @@ impl FederatedReader {
             }),
         };
         call::merge(call, parts.into_iter().collect::<Result<Vec<_>, _>>()?)
-    }
-}
-
-impl Reader for FederatedReader {
-    fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
-        self.answer(&ReadCall::Trace { trace_id: trace_id.to_vec() })?.into_spans()
-    }
-
-    fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
-        self.answer(&ReadCall::FindSpans(query.clone()))?.into_spans()
-    }
-
-    fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        self.answer(&ReadCall::FindLogs(query.clone()))?.into_logs()
-    }
-
-    fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError> {
-        self.answer(&ReadCall::FindMetrics(query.clone()))?.into_metrics()
-    }
-
-    fn find_metrics_view(
-        &self,
-        query: &MetricQuery,
-        labels: &[LabelMatcher],
-        opts: &ViewOptions,
-    ) -> Result<PromView, StoreError> {
-        let call = ReadCall::FindMetricsView { query: query.clone(), labels: labels.to_vec() };
-        let data = self.answer(&call)?.into_metrics()?;
-        Ok(crate::prometheus::prometheus_view(&data, opts))
-    }
-
-    fn stats(&self) -> StoreStats {
-        // Infallible per source; a source of the wrong kind counts as empty.
-        self.answer(&ReadCall::Stats).and_then(ReadResult::into_stats).unwrap_or_default()
-    }
-
-    fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self.find_trace_hits(query)?.into_iter().map(|(id, _)| id).collect())
-    }
-
-    fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
-        let hits = self.answer(&ReadCall::FindTraceIds(query.clone()))?.into_trace_hits()?;
-        Ok(hits.into_iter().map(|h| (h.trace_id, h.newest_start_ns)).collect())
-    }
-
-    fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
-        self.answer(&ReadCall::Operations { time })?.into_operations()
-    }
-
-    fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {
-        self.answer(&ReadCall::LogFieldValues { field, time })?.into_strings()
-    }
-
-    fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
-        self.answer(&ReadCall::AttributeKeys { signal, scope, time })?.into_strings()
-    }
-
-    fn attribute_values(
-        &self,
-        signal: Signal,
-        scope: AttrScope,
-        key: &str,
-        time: TimeRange,
-        limit: usize,
-    ) -> Result<Vec<(AttrValue, u64)>, StoreError> {
-        let call = ReadCall::AttributeValues { signal, scope, key: key.to_string(), time, limit };
-        self.answer(&call)?.into_attribute_values()
-    }
-
-    fn span_histogram(
-        &self,
-        predicate: &SpanPredicate,
-        time: TimeRange,
-        bucket_ns: u64,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        check_bucket(bucket_ns)?;
-        let call = ReadCall::SpanHistogram { predicate: predicate.clone(), time, bucket_ns };
-        self.answer(&call)?.into_histogram()
-    }
-
-    fn log_histogram(
-        &self,
-        predicate: &LogPredicate,
-        time: TimeRange,
-        bucket_ns: u64,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        check_bucket(bucket_ns)?;
-        let call = ReadCall::LogHistogram { predicate: predicate.clone(), time, bucket_ns };
-        self.answer(&call)?.into_histogram()
     }
 }
 
@@ -152,6 +62,7 @@ mod tests {
 
     use super::*;
     use crate::MemStore;
+    use crate::prometheus::ViewOptions;
 
     /// How [`Spread`] distributes what it is given.
     #[derive(Clone, Copy)]
@@ -256,67 +167,9 @@ mod tests {
         }
     }
 
-    impl Reader for Spread {
-        fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
-            self.reader.trace(trace_id)
-        }
-        fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
-            self.reader.find_spans(query)
-        }
-        fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-            self.reader.find_logs(query)
-        }
-        fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError> {
-            self.reader.find_metrics(query)
-        }
-        fn find_metrics_view(
-            &self,
-            query: &MetricQuery,
-            labels: &[LabelMatcher],
-            opts: &ViewOptions,
-        ) -> Result<PromView, StoreError> {
-            self.reader.find_metrics_view(query, labels, opts)
-        }
-        fn stats(&self) -> StoreStats {
-            self.reader.stats()
-        }
-        fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
-            self.reader.find_trace_ids(query)
-        }
-        fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
-            self.reader.operations(time)
-        }
-        fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {
-            self.reader.log_field_values(field, time)
-        }
-        fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
-            self.reader.attribute_keys(signal, scope, time)
-        }
-        fn attribute_values(
-            &self,
-            signal: Signal,
-            scope: AttrScope,
-            key: &str,
-            time: TimeRange,
-            limit: usize,
-        ) -> Result<Vec<(AttrValue, u64)>, StoreError> {
-            self.reader.attribute_values(signal, scope, key, time, limit)
-        }
-        fn span_histogram(
-            &self,
-            predicate: &SpanPredicate,
-            time: TimeRange,
-            bucket_ns: u64,
-        ) -> Result<Vec<(u64, u64)>, StoreError> {
-            self.reader.span_histogram(predicate, time, bucket_ns)
-        }
-        fn log_histogram(
-            &self,
-            predicate: &LogPredicate,
-            time: TimeRange,
-            bucket_ns: u64,
-        ) -> Result<Vec<(u64, u64)>, StoreError> {
-            self.reader.log_histogram(predicate, time, bucket_ns)
+    impl Answer for Spread {
+        fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError> {
+            self.reader.answer(call)
         }
     }
 

@@ -1645,6 +1645,24 @@ pub(crate) struct Block {
     removed: AtomicBool,
     /// A damaged section was reported already.
     damage_reported: AtomicBool,
+    /// The file, kept open by blocks opened read-only (a segment set holds few), so that
+    /// reads go on when the file is deleted meanwhile. The store's own blocks open their file
+    /// per query instead: it holds thousands.
+    kept: Option<File>,
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, without moving a shared file position.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        let mut f = file.try_clone()?;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
+    }
 }
 
 fn corrupt_eof(path: &Path, what: &str, e: io::Error) -> StoreError {
@@ -1687,7 +1705,8 @@ impl Block {
     /// of a newer obsbox is [`StoreError::Incompatible`], a damaged one
     /// [`StoreError::Corrupt`]). `points` must be the number of points it holds.
     pub fn open_read_only(path: &Path, points: u64) -> Result<Block, StoreError> {
-        let block = Block::load(path.to_path_buf())?;
+        let mut block = Block::load(path.to_path_buf())?;
+        block.kept = Some(File::open(path)?);
         if block.index.point_count != points {
             return Err(StoreError::corrupt(
                 path,
@@ -1745,6 +1764,7 @@ impl Block {
             index,
             removed: AtomicBool::new(false),
             damage_reported: AtomicBool::new(false),
+            kept: None,
         })
     }
 
@@ -1755,12 +1775,11 @@ impl Block {
     }
 
     /// Reads, checks and decompresses one section.
-    fn read_section(&self, file: &mut File, s: &SectionRefPb) -> Result<SectionPb, StoreError> {
+    fn read_section(&self, file: &File, s: &SectionRefPb) -> Result<SectionPb, StoreError> {
         let path = &self.path;
-        file.seek(SeekFrom::Start(self.data_start + s.offset))?;
         let len = usize::try_from(s.len).map_err(|_| StoreError::corrupt(path, "section too large"))?;
         let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf).map_err(|e| corrupt_eof(path, "section", e))?;
+        read_exact_at(file, &mut buf, self.data_start + s.offset).map_err(|e| corrupt_eof(path, "section", e))?;
         if crc32fast::hash(&buf) != s.crc32 {
             return Err(StoreError::corrupt(path, format!("section {:?} checksum mismatch", s.name)));
         }
@@ -1792,9 +1811,10 @@ impl Block {
             if !time.overlaps(s.min_time, s.max_time) || !sel.matchers.name_may_match(&s.name) {
                 continue;
             }
-            let f = match &mut file {
-                Some(f) => f,
-                None => match File::open(&self.path) {
+            let f = match (&self.kept, &mut file) {
+                (Some(kept), _) => kept,
+                (None, Some(f)) => f,
+                (None, file) => match File::open(&self.path) {
                     Ok(f) => file.insert(f),
                     // Deleted by retention after the query took its snapshot.
                     Err(e) if e.kind() == io::ErrorKind::NotFound && self.removed.load(Ordering::Acquire) => {
@@ -1923,6 +1943,7 @@ fn write_block_at(
         index,
         removed: AtomicBool::new(false),
         damage_reported: AtomicBool::new(false),
+        kept: None,
     })
 }
 

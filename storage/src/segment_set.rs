@@ -66,8 +66,9 @@ enum Opened {
 
 /// A sealed segment opened read-only from a local directory (traces, logs) or block file
 /// (metrics), for example one downloaded from object storage. Cheap to share as
-/// `Arc<OpenSegment>`; the files must stay in place while it is open (on Unix, deleting them
-/// is safe: open files and maps stay valid).
+/// `Arc<OpenSegment>`. It holds its files open (tantivy maps them, a metric block keeps its
+/// file), so deleting them while it is open is safe on Unix: reads go on, the space is freed
+/// when the last `Arc` goes.
 pub struct OpenSegment {
     signal: Signal,
     path: PathBuf,

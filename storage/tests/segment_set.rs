@@ -632,6 +632,23 @@ fn merged_segments_answer_as_their_inputs() {
 }
 
 #[test]
+fn open_segments_stay_readable_when_their_files_are_deleted() {
+    // A searcher's cache may evict a segment while a query still reads it.
+    let dir = tempfile::tempdir().unwrap();
+    let copies = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(config(dir.path())).unwrap();
+    write_parts(&store, base(), 0..2);
+    let opened: Vec<Arc<OpenSegment>> = Signal::ALL
+        .iter()
+        .flat_map(|s| store.sealed_segments(*s))
+        .map(|seg| copy_and_open(&seg, copies.path()))
+        .collect();
+    let set = SegmentSet::new(opened);
+    std::fs::remove_dir_all(copies.path()).unwrap();
+    assert_eq!(totals(&set), (PER_PART.0 * 2, PER_PART.1 * 2, PER_PART.2 * 2));
+}
+
+#[test]
 fn merged_metadata_is_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();

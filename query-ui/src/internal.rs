@@ -15,8 +15,13 @@
 //! node runs at once (after a short wait), or a retryable store error, 503 with `Retry-After`;
 //! only a failure inside the store is 500.
 //!
-//! [`InternalClient`] is the searcher's side.
+//! [`InternalClient`] is the searcher's side; a searcher answers a call ([`obsbox_storage::call::Answer`])
+//! by: [`ask_all`] live ingesters; refresh its metastore snapshot if a `released` key is not in
+//! it; pick the entries of [`ReadCall::signals`] overlapping [`ReadCall::time`] whose keys are
+//! not `served`; `run` the call on a `SegmentSet` of them (blocking pool); `merge` the object-store
+//! part first, then the ingesters' parts.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -263,6 +268,32 @@ impl InternalClient {
             other => Err(failed(format!("status {other}: {}", error_message(&bytes)))),
         }
     }
+}
+
+/// What every live ingester answered to one call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IngesterParts {
+    /// Their parts, in the clients' order.
+    pub parts: Vec<ReadResult>,
+    /// Keys some ingester served: leave these segments out of the object-store part.
+    pub served: BTreeSet<String>,
+    /// Keys released lately: when one is missing from the metastore snapshot, refresh the
+    /// snapshot before choosing segments.
+    pub released: BTreeSet<String>,
+}
+
+/// Asks every ingester at once. Any failure fails the whole (the first in the clients' order):
+/// a missing ingester's acknowledged data would be missing from the answer.
+pub async fn ask_all(clients: &[InternalClient], call: &ReadCall) -> Result<IngesterParts, InternalError> {
+    let answers = futures::future::join_all(clients.iter().map(|c| c.call(call))).await;
+    let mut out = IngesterParts::default();
+    for answer in answers {
+        let answer = answer?;
+        out.parts.push(answer.result);
+        out.served.extend(answer.served);
+        out.released.extend(answer.released);
+    }
+    Ok(out)
 }
 
 /// The `error` of a refusal's JSON body, or the body as text.
@@ -583,6 +614,34 @@ mod tests {
         let stranger = InternalClient::new(&url, Some("wrong".into()), Duration::from_secs(5)).unwrap();
         let err = stranger.call(&ReadCall::Stats).await.unwrap_err();
         assert!(matches!(&err, InternalError::Failed { message, .. } if message.contains("401")), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ask_all_gathers_every_ingesters_part_and_keys() {
+        let (a, b) = (store_with_spans(), Arc::new(MemStore::new()));
+        let (url_a, _stop_a) = serve(
+            InternalApi::new(Arc::new(Segments { store: a.clone(), gate: Mutex::new(None) })).router(&state(None)),
+        )
+        .await;
+        let (url_b, stop_b) = serve(InternalApi::new(Arc::new(WholeStore(b.clone()))).router(&state(None))).await;
+        let clients: Vec<InternalClient> =
+            [&url_a, &url_b].iter().map(|u| InternalClient::new(u, None, Duration::from_secs(5)).unwrap()).collect();
+        let call = all_spans(100);
+        let got = ask_all(&clients, &call).await.unwrap();
+        assert_eq!(got.parts, vec![run(&*a, &call).unwrap(), run(&*b, &call).unwrap()]);
+        assert_eq!(got.served.iter().collect::<Vec<_>>(), ["seg-1", "seg-2"]);
+        assert_eq!(got.released.iter().collect::<Vec<_>>(), ["seg-0"]);
+        let merged = obsbox_storage::call::merge(&call, got.parts).unwrap();
+        assert_eq!(merged.into_spans().unwrap().len(), 5);
+        assert!(ask_all(&[], &call).await.unwrap().parts.is_empty());
+        // One ingester gone: the read fails rather than answer without its data.
+        drop(stop_b);
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let clients = vec![clients[0].clone(), InternalClient::new(&gone, None, Duration::from_secs(5)).unwrap()];
+        let err = ask_all(&clients, &call).await.unwrap_err();
+        assert!(matches!(&err, InternalError::Failed { url, .. } if url.starts_with(&gone)), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1716,6 +1716,23 @@ impl Block {
         Ok(block)
     }
 
+    /// Reads every section and checks its checksum and encoding: a damaged one is
+    /// [`StoreError::Corrupt`].
+    pub fn verify(&self) -> Result<(), StoreError> {
+        let opened;
+        let file = match &self.kept {
+            Some(f) => f,
+            None => {
+                opened = File::open(&self.path)?;
+                &opened
+            }
+        };
+        for s in &self.index.sections {
+            self.read_section(file, s)?;
+        }
+        Ok(())
+    }
+
     /// Reads and checks a block's header and index (not its sections).
     fn load(path: PathBuf) -> Result<Block, StoreError> {
         let mut f = File::open(&path)?;

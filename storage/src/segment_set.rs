@@ -137,6 +137,16 @@ impl OpenSegment {
         self.max_time_ns
     }
 
+    /// Checks the checksums of all its data, reading it once (opening checks only headers and
+    /// indexes): a damaged segment is [`StoreError::Corrupt`]. For a downloaded segment before
+    /// serving it, or a sealed one before shipping it; [`merge_segments`] checks its inputs.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        match &self.opened {
+            Opened::Index(seg) => seg.verify(&self.path),
+            Opened::Block(block) => block.verify(),
+        }
+    }
+
     /// Number of items.
     pub fn items(&self) -> u64 {
         self.items
@@ -296,7 +306,8 @@ impl Reader for SegmentSet {
 /// metadata (its newest), where the inputs answered the newest of those they cover, and that
 /// term listings (coarse in time) see one segment spanning all inputs. Inputs must hold
 /// distinct items; no inputs, inputs of another signal or an existing `out` are
-/// [`StoreError::InvalidQuery`]. Nothing is left at `out` on error. Heavy: run it off the
+/// [`StoreError::InvalidQuery`], a damaged input ([`OpenSegment::verify`]) is
+/// [`StoreError::Corrupt`]. Nothing is left at `out` on error. Heavy: run it off the
 /// async runtime.
 pub fn merge_segments(signal: Signal, inputs: &[Arc<OpenSegment>], out: &Path) -> Result<SealedSegment, StoreError> {
     if inputs.is_empty() {
@@ -309,6 +320,10 @@ pub fn merge_segments(signal: Signal, inputs: &[Arc<OpenSegment>], out: &Path) -
             other.path.display(),
             signal.as_str()
         )));
+    }
+    // A damaged input must not pass its damage on to the merged segment.
+    for s in inputs {
+        s.verify()?;
     }
     let mut inputs = inputs.to_vec();
     inputs.sort_by_key(|s| (s.min_time_ns, s.max_time_ns));

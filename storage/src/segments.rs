@@ -1280,6 +1280,27 @@ impl Segment {
         Ok(Segment { entry, reader })
     }
 
+    /// Checks the checksums of every file of the segment (reading each once): a damaged one is
+    /// [`StoreError::Corrupt`] naming it. Works without `.managed.json` (not shipped).
+    pub fn verify(&self, path: &Path) -> Result<(), StoreError> {
+        use tantivy::Directory as _;
+        let index = self.reader.searcher().index().clone();
+        let metas = index.load_metas().map_err(|e| open_error(path, e))?;
+        let mut damaged: Vec<String> = Vec::new();
+        let mut files: Vec<PathBuf> = metas.list_segment_files().into_iter().collect();
+        files.sort();
+        for file in files {
+            let exists = index.directory().exists(&file).map_err(|e| StoreError::Index(e.to_string()))?;
+            if exists && !index.directory().validate_checksum(&file).unwrap_or(false) {
+                damaged.push(file.display().to_string());
+            }
+        }
+        match damaged.is_empty() {
+            true => Ok(()),
+            false => Err(StoreError::corrupt(path, format!("checksum mismatch in {}", damaged.join(", ")))),
+        }
+    }
+
     /// Bytes of its directory.
     pub fn bytes(&self) -> u64 {
         self.entry.bytes

@@ -649,6 +649,35 @@ fn open_segments_stay_readable_when_their_files_are_deleted() {
 }
 
 #[test]
+fn verify_finds_a_flipped_bit_and_merge_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let copies = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(config(dir.path())).unwrap();
+    write_parts(&store, base(), 0..1);
+    for signal in Signal::ALL {
+        let seg = store.sealed_segments(signal).remove(0);
+        let good = copy_and_open(&seg, &copies.path().join("good"));
+        good.verify().expect("an intact segment verifies");
+        let bad = copy(&seg, &copies.path().join("bad"));
+        let victim = match signal {
+            Signal::Metrics => bad.clone(),
+            _ => bad.join(&seg.files.iter().find(|(n, _)| n.ends_with(".store")).unwrap().0),
+        };
+        let mut data = std::fs::read(&victim).unwrap();
+        let at = data.len() / 2;
+        data[at] ^= 0x04;
+        std::fs::write(&victim, &data).unwrap();
+        let bad = open(&seg, &bad);
+        let err = bad.verify().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{signal:?}: {err}");
+        let out = copies.path().join(format!("merged-{}", signal.as_str()));
+        let err = merge_segments(signal, &[good, bad], &out).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{signal:?}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
 fn merged_metadata_is_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();

@@ -325,6 +325,21 @@ impl ReadResult {
         }
     }
 
+    /// Whether the answer holds nothing (stats never count as empty).
+    fn is_empty(&self) -> bool {
+        match self {
+            ReadResult::Spans(v) => v.is_empty(),
+            ReadResult::Logs(v) => v.is_empty(),
+            ReadResult::Metrics(d) => d.resource_metrics.is_empty(),
+            ReadResult::TraceHits(v) => v.is_empty(),
+            ReadResult::Operations(v) => v.is_empty(),
+            ReadResult::Strings(v) => v.is_empty(),
+            ReadResult::AttributeValues(v) => v.is_empty(),
+            ReadResult::Histogram(v) => v.is_empty(),
+            ReadResult::Stats(_) => false,
+        }
+    }
+
     fn mismatch(&self, wanted: &str) -> StoreError {
         StoreError::Unavailable(format!("a read source answered {} where {wanted} was expected", self.kind()))
     }
@@ -371,10 +386,16 @@ pub fn run(reader: &dyn Reader, call: &ReadCall) -> Result<ReadResult, StoreErro
 
 /// Combines the parts of disjoint sources (in source order: older sources first) into the
 /// answer one source holding all of their data would give. See the module documentation.
-pub fn merge(call: &ReadCall, parts: Vec<ReadResult>) -> Result<ReadResult, StoreError> {
+pub fn merge(call: &ReadCall, mut parts: Vec<ReadResult>) -> Result<ReadResult, StoreError> {
+    let empty = call.empty();
+    if let Some(wrong) = parts.iter().find(|p| p.kind() != empty.kind()) {
+        return Err(wrong.mismatch(empty.kind()));
+    }
+    // Empty parts change nothing, and one part is the answer already (attribute values still
+    // need their limit): a searcher whose data sits in one source pays no merge.
+    parts.retain(|p| !p.is_empty());
     if parts.len() <= 1 && !matches!(call, ReadCall::AttributeValues { .. }) {
-        // One part is the answer already (attribute values still need their limit).
-        return Ok(parts.into_iter().next().unwrap_or_else(|| call.empty()));
+        return Ok(parts.pop().unwrap_or(empty));
     }
     Ok(match call {
         ReadCall::Trace { .. } => ReadResult::Spans(collect(parts, ReadResult::into_spans)?.concat()),
@@ -1210,8 +1231,9 @@ mod tests {
             } else {
                 ReadResult::Histogram(Vec::new())
             };
-            let err = merge(&call, vec![empty.clone(), wrong]).unwrap_err();
+            let err = merge(&call, vec![empty.clone(), wrong.clone()]).unwrap_err();
             assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("where")), "{}: {err}", call.name());
+            assert!(merge(&call, vec![wrong]).is_err(), "{}: one part is checked too", call.name());
         }
     }
 

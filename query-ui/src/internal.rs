@@ -616,6 +616,53 @@ mod tests {
         assert!(matches!(&err, InternalError::Failed { message, .. } if message.contains("401")), "{err}");
     }
 
+    /// Writes round-robin to three memory stores, each behind its own internal read API; reads
+    /// ask all three over HTTP and merge, as a searcher does.
+    struct OverHttp {
+        runtime: Arc<tokio::runtime::Runtime>,
+        stores: Vec<Arc<MemStore>>,
+        clients: Vec<InternalClient>,
+        next: std::sync::atomic::AtomicUsize,
+        _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    }
+
+    impl OverHttp {
+        fn new(runtime: Arc<tokio::runtime::Runtime>) -> OverHttp {
+            let stores: Vec<Arc<MemStore>> = (0..3).map(|_| Arc::new(MemStore::new())).collect();
+            let (mut clients, mut stops) = (Vec::new(), Vec::new());
+            for store in &stores {
+                let api = InternalApi::new(Arc::new(WholeStore(store.clone())));
+                let (url, stop) = runtime.block_on(async { serve(api.router(&state(None))).await });
+                clients.push(InternalClient::new(&url, None, Duration::from_secs(10)).unwrap());
+                stops.push(stop);
+            }
+            OverHttp { runtime, stores, clients, next: Default::default(), _stops: stops }
+        }
+    }
+
+    impl Writer for OverHttp {
+        fn write(&self, batch: Batch) -> obsbox_storage::WriteFuture {
+            // The position in this store's order of writes, whichever node takes the batch.
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let written = self.stores[i % self.stores.len()].write(batch);
+            Box::pin(async move { written.await.map(|_| obsbox_storage::WriteReceipt { seq: i as u64 + 1 }) })
+        }
+    }
+
+    impl obsbox_storage::call::Answer for OverHttp {
+        fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError> {
+            let parts = self.runtime.block_on(ask_all(&self.clients, call))?;
+            obsbox_storage::call::merge(call, parts.parts)
+        }
+    }
+
+    #[test]
+    fn the_store_contract_holds_over_three_nodes_read_over_http() {
+        let runtime =
+            Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap());
+        obsbox_storage::testsuite::run_all(&|| OverHttp::new(runtime.clone()));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ask_all_gathers_every_ingesters_part_and_keys() {
         let (a, b) = (store_with_spans(), Arc::new(MemStore::new()));

@@ -10,6 +10,8 @@
 //!   `docs/promql.md`).
 //! - `limits`: [`QueryLimits`] (`[query]`), the checks every API runs and the router layer
 //!   enforcing the time budget and the response size.
+//! - [`internal`]: the internal read API between nodes (`POST /internal/v1/read`, a searcher
+//!   asking an ingester for its not-yet-uploaded data) and its client.
 //! - `fuzz` (tests and the `fuzzing` feature only): the fuzz targets of the query languages
 //!   and filters, through the router over a disk store (`docs/fuzzing.md`).
 //! - `RequestMetrics` (here): `obsbox_query_duration_seconds{api, code}`, the time to answer each
@@ -24,6 +26,7 @@ mod form;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod internal;
 mod jaeger;
 mod limits;
 mod loki;

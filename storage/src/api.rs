@@ -156,7 +156,7 @@ pub struct LogEntry {
 }
 
 /// A half-open time interval `[start_ns, end_ns)` in Unix nanoseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimeRange {
     /// Inclusive start.
     pub start_ns: u64,
@@ -180,20 +180,24 @@ impl TimeRange {
 }
 
 /// A typed attribute value to compare against.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttrValue {
     /// A string value (exact match).
     Str(String),
     /// An integer value.
     Int(i64),
-    /// A floating-point value.
+    /// A floating-point value (on the wire a JSON number, or `"NaN"`, `"inf"`, `"-inf"`, which
+    /// JSON numbers cannot express).
+    #[serde(with = "float_text")]
     Float(f64),
     /// A boolean value.
     Bool(bool),
 }
 
 /// Which attribute map an attribute predicate looks at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttrScope {
     /// The span's or log record's own attributes.
     Item,
@@ -202,16 +206,17 @@ pub enum AttrScope {
 }
 
 /// A predicate over spans. Identifiers are raw bytes (16 for trace ids, 8 for span ids).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SpanPredicate {
     /// Matches every span.
     All,
     /// The span belongs to this trace.
-    TraceId(Vec<u8>),
+    TraceId(#[serde(with = "hex_bytes")] Vec<u8>),
     /// The span has this id.
-    SpanId(Vec<u8>),
+    SpanId(#[serde(with = "hex_bytes")] Vec<u8>),
     /// The span's parent has this id (empty: root spans).
-    ParentSpanId(Vec<u8>),
+    ParentSpanId(#[serde(with = "hex_bytes")] Vec<u8>),
     /// `service.name` of the resource equals this.
     Service(String),
     /// The span name equals this.
@@ -262,7 +267,7 @@ pub enum SpanPredicate {
 }
 
 /// Span search: the spans whose start time lies in `time` and that match `predicate`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpanQuery {
     /// What to match.
     pub predicate: SpanPredicate,
@@ -273,7 +278,8 @@ pub struct SpanQuery {
 }
 
 /// A predicate over log records.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogPredicate {
     /// Matches every record.
     All,
@@ -288,9 +294,9 @@ pub enum LogPredicate {
     /// The observed timestamp lies in the range.
     ObservedTime(TimeRange),
     /// The record carries this trace id.
-    TraceId(Vec<u8>),
+    TraceId(#[serde(with = "hex_bytes")] Vec<u8>),
     /// The record carries this span id.
-    SpanId(Vec<u8>),
+    SpanId(#[serde(with = "hex_bytes")] Vec<u8>),
     /// An attribute has exactly this value.
     Attribute {
         /// Record or resource attributes.
@@ -317,7 +323,7 @@ pub enum LogPredicate {
 
 /// Log search: records whose timestamp (or observed timestamp when the timestamp is 0) lies in
 /// `time` and that match `predicate`, newest first.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogQuery {
     /// What to match.
     pub predicate: LogPredicate,
@@ -328,7 +334,8 @@ pub struct LogQuery {
 }
 
 /// How a label matcher compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MatchOp {
     /// Equal.
     Eq,
@@ -341,7 +348,7 @@ pub enum MatchOp {
 }
 
 /// A Prometheus-style label matcher. A missing label has the value `""`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabelMatcher {
     /// Label name: `__name__` for the metric name, otherwise a data point attribute key or,
     /// when the point has no such attribute, a resource attribute key.
@@ -353,7 +360,7 @@ pub struct LabelMatcher {
 }
 
 /// Metric read: every series matching all `matchers`, with its points whose time lies in `time`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricQuery {
     /// Series selection (all must match).
     pub matchers: Vec<LabelMatcher>,
@@ -362,7 +369,7 @@ pub struct MetricQuery {
 }
 
 /// A span operation: the name of spans of one kind in one service.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Operation {
     /// `service.name` of the resource.
     pub service: String,
@@ -373,7 +380,8 @@ pub struct Operation {
 }
 
 /// A log record field with few distinct values, for label lists and facets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogField {
     /// `service.name` of the resource.
     Service,
@@ -382,7 +390,7 @@ pub enum LogField {
 }
 
 /// Sizes and counts a store reports about itself.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
     /// Bytes of write-ahead log on disk.
     pub wal_bytes: u64,
@@ -401,6 +409,56 @@ pub struct StoreStats {
     pub damaged_files: u64,
     /// Whether writes are refused because the disk is full (or below the free-space reserve).
     pub disk_full: bool,
+}
+
+/// Most spans the default [`Reader::find_trace_hits`] fetches in one search.
+const MAX_TRACE_HIT_FETCH: usize = 1 << 20;
+
+/// Identifiers as lowercase hex strings on the wire.
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        hex::decode(text.as_bytes()).map_err(|e| serde::de::Error::custom(format!("not a hex id: {e}")))
+    }
+}
+
+/// JSON numbers cannot be NaN or infinite: those go as text, the rest as numbers.
+mod float_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_nan() => s.serialize_str("NaN"),
+            f64::INFINITY => s.serialize_str("inf"),
+            f64::NEG_INFINITY => s.serialize_str("-inf"),
+            v => s.serialize_f64(v),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Wire::deserialize(d)? {
+            Wire::Number(v) => Ok(v),
+            Wire::Text(t) => match t.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                _ => Err(serde::de::Error::custom(format!("not a number: {t:?}"))),
+            },
+        }
+    }
 }
 
 /// Refuses a histogram bucket of zero length, as every [`Reader`] histogram must.
@@ -458,6 +516,30 @@ pub trait Reader: Send + Sync + 'static {
     /// Distinct trace ids of the spans matching the query, by their newest matching span start,
     /// newest first, at most `query.limit`.
     fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// [`Reader::find_trace_ids`] with each id's newest matching span start (Unix ns): the same
+    /// ids in the same order, so that the answers of several stores can be merged
+    /// ([`crate::call::merge`]). The default asks [`Reader::find_spans`] for more spans until
+    /// `query.limit` distinct traces are found or the spans run out.
+    fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        // Spans of one trace cluster in time: fetch a few spans per wanted trace, more if needed.
+        let mut fetch = query.limit.saturating_mul(4).max(16);
+        loop {
+            let spans = self.find_spans(&SpanQuery { limit: fetch, ..query.clone() })?;
+            let exhausted = spans.len() < fetch;
+            let mut seen = std::collections::HashSet::new();
+            let hits: Vec<(Vec<u8>, u64)> = spans
+                .into_iter()
+                .filter(|s| seen.insert(s.span.trace_id.clone()))
+                .map(|s| (s.span.trace_id, s.span.start_time_unix_nano))
+                .take(query.limit)
+                .collect();
+            if hits.len() >= query.limit || exhausted || fetch >= MAX_TRACE_HIT_FETCH {
+                return Ok(hits);
+            }
+            fetch = fetch.saturating_mul(4).min(MAX_TRACE_HIT_FETCH);
+        }
+    }
 
     /// Distinct operations (service, span name, kind) of spans that may start in `time`, sorted.
     /// Coarse in time: whole segments overlapping the range are listed.

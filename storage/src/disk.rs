@@ -29,6 +29,7 @@ use crate::logs::{self, LogFields};
 use crate::metrics::MetricsStore;
 use crate::prometheus::{PromView, ViewOptions};
 use crate::quarantine::Quarantine;
+use crate::segment_set::SealedSegment;
 use crate::segments::{SegmentOptions, SegmentedIndex};
 use crate::space::{DiskSpace, is_disk_full_error};
 use crate::spans::{self, SpanFields};
@@ -58,6 +59,17 @@ struct Job {
     items: u64,
 }
 
+/// What an indexer thread takes from its queue, in order.
+enum Msg {
+    /// Index a batch.
+    Job(Job),
+    /// Seal the active segment (flush the metrics head) now, between two batches, and answer.
+    Seal(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+/// Longest wait for an indexer to answer a seal request.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(60);
+
 struct Inner {
     config: StoreConfig,
     spans: SegmentedIndex,
@@ -66,7 +78,7 @@ struct Inner {
     log_fields: LogFields,
     metrics: MetricsStore,
     wals: [Mutex<Option<Wal>>; 3],
-    senders: Mutex<Option<[mpsc::Sender<Job>; 3]>>,
+    senders: Mutex<Option<[mpsc::Sender<Msg>; 3]>>,
     wal_sizes: [WalSize; 3],
     pending_bytes: AtomicU64,
     pending_items: [AtomicU64; 3],
@@ -261,7 +273,7 @@ impl DiskStore {
         let mut threads = self.threads.lock();
         let mut senders = Vec::new();
         for signal in Signal::ALL {
-            let (tx, rx) = mpsc::channel::<Job>();
+            let (tx, rx) = mpsc::channel::<Msg>();
             let inner = self.inner.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -270,7 +282,7 @@ impl DiskStore {
             );
             senders.push(tx);
         }
-        let senders: [mpsc::Sender<Job>; 3] = senders.try_into().map_err(|_| StoreError::Index("senders".into()))?;
+        let senders: [mpsc::Sender<Msg>; 3] = senders.try_into().map_err(|_| StoreError::Index("senders".into()))?;
         *self.inner.senders.lock() = Some(senders);
         let inner = self.inner.clone();
         let stop = self.stop.clone();
@@ -317,6 +329,99 @@ impl DiskStore {
     pub fn apply_retention(&self) -> Result<(), StoreError> {
         housekeeping(&self.inner)
     }
+
+    /// Seals every signal's active segment that holds data and flushes the metrics head into a
+    /// block, so that everything acknowledged before the call is in sealed segments
+    /// ([`DiskStore::sealed_segments`]) when it returns `Ok` (segments are also sealed by
+    /// themselves, at `segment_max_age` / `segment_max_docs`). Each indexer seals between two
+    /// batches, after indexing what was acknowledged before the call. An error (a full disk,
+    /// a store closing, an index being rebuilt) leaves the segments as they were: call again.
+    pub fn seal_now(&self) -> Result<(), StoreError> {
+        let closing = || StoreError::Unavailable("store is shutting down".into());
+        let replies = {
+            let senders = self.inner.senders.lock();
+            let senders = senders.as_ref().ok_or_else(closing)?;
+            let mut replies = Vec::new();
+            for sender in senders {
+                let (tx, rx) = mpsc::sync_channel(1);
+                sender.send(Msg::Seal(tx)).map_err(|_| closing())?;
+                replies.push(rx);
+            }
+            replies
+        };
+        let mut first_err = None;
+        for rx in replies {
+            let result = rx.recv_timeout(SEAL_TIMEOUT).unwrap_or_else(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => Err(StoreError::Unavailable("sealing timed out".into())),
+                mpsc::RecvTimeoutError::Disconnected => Err(closing()),
+            });
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The sealed, immutable segments of `signal`, oldest first: for traces and logs the
+    /// tantivy segment directories, for metrics the block files. Each stays as listed until
+    /// [`DiskStore::release_segment`] or retention (age, `max_disk_bytes`) removes it; its WAL
+    /// records may already be gone, so it is the only local copy of its items.
+    pub fn sealed_segments(&self, signal: Signal) -> Vec<SealedSegment> {
+        let i = &self.inner;
+        match signal {
+            Signal::Traces | Signal::Logs => {
+                let index = if signal == Signal::Traces { &i.spans } else { &i.logs };
+                index
+                    .sealed()
+                    .into_iter()
+                    .map(|s| SealedSegment {
+                        signal,
+                        id: s.id,
+                        path: s.path,
+                        files: s.files,
+                        min_time_ns: s.min_time,
+                        max_time_ns: s.max_time,
+                        items: s.docs,
+                        bytes: s.bytes,
+                    })
+                    .collect()
+            }
+            Signal::Metrics => i
+                .metrics
+                .blocks()
+                .into_iter()
+                .map(|b| SealedSegment {
+                    signal,
+                    id: b.id,
+                    files: vec![(file_name(&b.path), b.bytes)],
+                    path: b.path,
+                    min_time_ns: b.min_time,
+                    max_time_ns: b.max_time,
+                    items: b.points,
+                    bytes: b.bytes,
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops serving the sealed segment `id` of `signal` (as listed by
+    /// [`DiskStore::sealed_segments`]) and deletes it, durably: it is not served after a
+    /// restart either. Reads that started before may still finish on it. Never touches the
+    /// active segment, the metrics head or the WAL; the WAL is not replayed into the index
+    /// again for the items the segment held. An id that is not a listed sealed segment
+    /// (released already, dropped by retention, never sealed) is [`StoreError::InvalidQuery`].
+    pub fn release_segment(&self, signal: Signal, id: u64) -> Result<(), StoreError> {
+        let i = &self.inner;
+        match signal {
+            Signal::Traces => i.spans.release(id).map(drop),
+            Signal::Logs => i.logs.release(id).map(drop),
+            Signal::Metrics => i.metrics.release_block(id).map(drop),
+        }
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 impl Drop for DiskStore {
@@ -417,10 +522,10 @@ impl Writer for DiskStore {
                 match &result {
                     Ok(seq) => {
                         inner2.queued_since[idx(signal)].lock().push_back(Instant::now());
-                        if let Err(mpsc::SendError(job)) = sender.send(Job { seq: *seq, batch, bytes, items }) {
+                        if sender.send(Msg::Job(Job { seq: *seq, batch, bytes, items })).is_err() {
                             // Indexer gone (closing): the record is in the WAL and replays at open.
                             inner2.queued_since[idx(signal)].lock().pop_back();
-                            release(&inner2, signal, job.bytes, job.items);
+                            release(&inner2, signal, bytes, items);
                         }
                     }
                     Err(_) => release(&inner2, signal, bytes, items),
@@ -446,7 +551,7 @@ struct Failed {
     backoff: Duration,
 }
 
-fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
+fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Msg>) {
     let interval = match signal {
         Signal::Metrics => METRICS_FLUSH_INTERVAL,
         _ => inner.config.commit_interval,
@@ -463,7 +568,28 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Job>) {
         .then(|| Failed { retry_at: Instant::now() + RECOVERY_BACKOFF.0, backoff: RECOVERY_BACKOFF.0 });
     loop {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let msg = rx.recv_timeout(timeout);
+        let msg = match rx.recv_timeout(timeout) {
+            Ok(Msg::Job(job)) => Ok(job),
+            Ok(Msg::Seal(reply)) => {
+                let result = if failed.is_some() {
+                    Err(StoreError::Unavailable(format!(
+                        "the {} index is being rebuilt after a failed commit",
+                        signal.as_str()
+                    )))
+                } else {
+                    seal(inner, signal).map_err(|e| match e {
+                        SealError::Commit(e) => {
+                            failed = Some(fail(inner, signal, &e));
+                            e
+                        }
+                        SealError::Seal(e) => e,
+                    })
+                };
+                let _ = reply.send(result);
+                continue;
+            }
+            Err(e) => Err(e),
+        };
         let disconnected = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
         if window.elapsed() >= Duration::from_secs(1) {
             if busy >= Duration::from_millis(100) {
@@ -627,6 +753,42 @@ fn index_job(
     Ok(())
 }
 
+/// Why [`seal`] failed: the commit (the index writer is then gone, as after a failed commit
+/// of the indexer) or the seal itself (retried by the next call).
+enum SealError {
+    Commit(StoreError),
+    Seal(StoreError),
+}
+
+/// Commits and seals the signal's active segment (flushes the metrics head), then truncates the
+/// WAL through what is committed. Runs on the signal's indexer thread, between two batches, so a
+/// batch is never split over two segments.
+fn seal(inner: &Inner, signal: Signal) -> Result<(), SealError> {
+    let seq = match signal {
+        Signal::Traces | Signal::Logs => {
+            let index = if signal == Signal::Traces { &inner.spans } else { &inner.logs };
+            index.commit().map_err(SealError::Commit)?;
+            index.seal().map_err(|e| {
+                if is_disk_full_error(&e) {
+                    inner.space.note_full();
+                }
+                SealError::Seal(e)
+            })?;
+            index.committed_seq()
+        }
+        Signal::Metrics => {
+            inner.metrics.flush().map_err(SealError::Seal)?;
+            inner.metrics.committed_seq()
+        }
+    };
+    if let Some(w) = inner.wals[idx(signal)].lock().as_ref()
+        && let Err(e) = w.truncate_through(seq)
+    {
+        tracing::warn!(signal = signal.as_str(), error = %e, "cannot delete write-ahead log files already indexed");
+    }
+    Ok(())
+}
+
 /// Commits the signal's index (or flushes the metrics head), seals the active segment when
 /// due, and truncates the WAL through what is now committed. Only a failed commit is an error:
 /// a failed seal (no room for the new segment or the metastore) leaves the active segment as
@@ -727,6 +889,10 @@ impl DiskStore {
 
 impl Reader for DiskStore {
     fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.find_trace_hits(query)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let q = spans::query(&self.inner.span_fields, &query.predicate)?;
         // Spans of one trace cluster in time: fetch a few spans per wanted trace, more if needed.
         let mut fetch = query.limit.saturating_mul(4).max(16);
@@ -734,16 +900,16 @@ impl Reader for DiskStore {
             let hits = self.inner.spans.newest_bytes(&*q, query.time, fetch, spans::TRACE_ID_FIELD)?;
             let exhausted = hits.len() < fetch;
             let mut seen = std::collections::HashSet::new();
-            let ids: Vec<Vec<u8>> = hits
+            let ids: Vec<(Vec<u8>, u64)> = hits
                 .into_iter()
                 .filter(|(_, id)| seen.insert(id.clone()))
-                .map(|(_, id)| id)
+                .map(|(start, id)| (id, start))
                 .take(query.limit)
                 .collect();
             if ids.len() >= query.limit || exhausted || fetch >= 1 << 20 {
                 return Ok(ids);
             }
-            fetch = fetch.saturating_mul(4);
+            fetch = fetch.saturating_mul(4).min(1 << 20);
         }
     }
 
@@ -1027,6 +1193,40 @@ mod tests {
             }
         }
         store.inner.spans.commit().unwrap();
+    }
+
+    #[test]
+    fn a_read_that_started_before_a_release_finishes_on_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        store.seal_now().unwrap();
+        let sealed = store.sealed_segments(Signal::Traces);
+        assert_eq!(sealed.len(), 1);
+        let before = store.inner.spans.snapshot();
+        store.release_segment(Signal::Traces, sealed[0].id).unwrap();
+        assert!(!sealed[0].path.exists());
+        assert_eq!(trace_len(&store, 1), 0, "new reads no longer see it");
+        let q = spans::query(&store.inner.span_fields, &SpanPredicate::All).unwrap();
+        assert_eq!(before.search_all(q, spans::ORD_FIELD).unwrap().len(), 200, "the earlier snapshot still reads it");
+    }
+
+    #[test]
+    fn release_never_touches_the_active_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        write_indexed(&store, spans_at(1, now_ns()));
+        store.inner.spans.commit().unwrap();
+        assert!(store.sealed_segments(Signal::Traces).is_empty());
+        // Ids 1.. include the active segment's.
+        for id in 0..4 {
+            let err = store.release_segment(Signal::Traces, id).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidQuery(_)), "{err}");
+        }
+        assert_eq!(trace_len(&store, 1), 200);
+        drop(store);
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        assert_eq!(trace_len(&store, 1), 200);
     }
 
     #[test]

@@ -13,8 +13,16 @@
 //! - `metrics`: the compressed time-series store for metric points.
 //! - [`prometheus`]: the Prometheus view of OTLP metrics (names, units, labels, histograms) and
 //!   the name index that maps a Prometheus metric name back to OTLP names.
-//! - `disk`: [`DiskStore`], which composes the above and runs the background threads.
+//! - `disk`: [`DiskStore`], which composes the above and runs the background threads; it lists
+//!   its sealed segments ([`DiskStore::sealed_segments`]) and releases them once shipped.
+//! - `segment_set`: sealed segments away from their store: [`OpenSegment`] (opened read-only
+//!   from a directory or block file), [`SegmentSet`] (a [`Reader`] over them) and
+//!   [`merge_segments`].
+//! - `reads`: the span and log reads over a snapshot of tantivy segments, shared by readers.
 //! - `memory`: [`MemStore`], the in-memory reference implementation.
+//! - [`call`]: [`Reader`] calls as data ([`call::ReadCall`], [`call::ReadResult`]), run on one
+//!   store and merged over disjoint stores; `federated`: [`FederatedReader`], a reader over
+//!   several disjoint readers by that run + merge.
 //! - [`testsuite`]: the contract tests every implementation runs.
 //! - `format`: the magic number + version header every file of ours starts with.
 //! - `space`: free disk space and the refusal of writes when the disk is full.
@@ -23,15 +31,19 @@
 
 pub mod api;
 mod attrs;
+pub mod call;
 mod config;
 mod disk;
 mod error;
+mod federated;
 mod format;
 mod logs;
 mod memory;
 pub(crate) mod metrics;
 pub mod prometheus;
 mod quarantine;
+mod reads;
+mod segment_set;
 mod segments;
 mod space;
 mod spans;
@@ -46,8 +58,10 @@ pub use api::{
 pub use config::{FsyncPolicy, StoreConfig};
 pub use disk::DiskStore;
 pub use error::StoreError;
+pub use federated::FederatedReader;
 pub use memory::MemStore;
 
 pub use attrs::{any_value_text, service_name};
 pub use memory::log_time;
 pub use metrics::point_count as metric_point_count;
+pub use segment_set::{OpenSegment, SealedSegment, SegmentSet, merge_segments};

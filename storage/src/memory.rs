@@ -117,6 +117,10 @@ impl Reader for MemStore {
     }
 
     fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.find_trace_hits(query)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let mut q = query.clone();
         q.limit = usize::MAX;
         let mut seen = std::collections::HashSet::new();
@@ -124,7 +128,7 @@ impl Reader for MemStore {
             .find_spans(&q)?
             .into_iter()
             .filter(|s| seen.insert(s.span.trace_id.clone()))
-            .map(|s| s.span.trace_id)
+            .map(|s| (s.span.trace_id, s.span.start_time_unix_nano))
             .take(query.limit)
             .collect())
     }

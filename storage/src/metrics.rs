@@ -452,6 +452,16 @@ impl Points {
         }
     }
 
+    /// Calls `f` with the time of every point.
+    fn for_each_time(&self, mut f: impl FnMut(u64)) {
+        match self {
+            Points::Number(v) => v.iter().for_each(|p| f(p.time())),
+            Points::Histogram(v) => v.iter().for_each(|p| f(p.time())),
+            Points::ExponentialHistogram(v) => v.iter().for_each(|p| f(p.time())),
+            Points::Summary(v) => v.iter().for_each(|p| f(p.time())),
+        }
+    }
+
     /// Clones the points whose time lies in `time`.
     fn filter_clone(&self, time: TimeRange) -> Points {
         fn f<P: DataPoint>(v: &[P], time: TimeRange) -> Vec<P> {
@@ -1625,7 +1635,7 @@ fn collect_section(
 
 /// An immutable block file, its index parsed.
 #[derive(Debug)]
-struct Block {
+pub(crate) struct Block {
     path: PathBuf,
     file_len: u64,
     /// Offset of the data area in the file.
@@ -1635,6 +1645,24 @@ struct Block {
     removed: AtomicBool,
     /// A damaged section was reported already.
     damage_reported: AtomicBool,
+    /// The file, kept open by blocks opened read-only (a segment set holds few), so that
+    /// reads go on when the file is deleted meanwhile. The store's own blocks open their file
+    /// per query instead: it holds thousands.
+    kept: Option<File>,
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, without moving a shared file position.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        let mut f = file.try_clone()?;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
+    }
 }
 
 fn corrupt_eof(path: &Path, what: &str, e: io::Error) -> StoreError {
@@ -1645,7 +1673,66 @@ fn corrupt_eof(path: &Path, what: &str, e: io::Error) -> StoreError {
     }
 }
 
+/// A block as the store lists it for shipping: the metrics "segment".
+pub(crate) struct BlockInfo {
+    /// The block's first WAL seq: unique within the store, also across restarts.
+    pub id: u64,
+    pub path: PathBuf,
+    pub min_time: u64,
+    pub max_time: u64,
+    pub points: u64,
+    pub bytes: u64,
+}
+
 impl Block {
+    /// Bytes of the block file.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    fn info(&self) -> BlockInfo {
+        BlockInfo {
+            id: self.index.first_seq,
+            path: self.path.clone(),
+            min_time: self.index.min_time,
+            max_time: self.index.max_time,
+            points: self.index.point_count,
+            bytes: self.file_len,
+        }
+    }
+
+    /// Opens a block file read-only, checking its header, format version and index (a block
+    /// of a newer obsbox is [`StoreError::Incompatible`], a damaged one
+    /// [`StoreError::Corrupt`]). `points` must be the number of points it holds.
+    pub fn open_read_only(path: &Path, points: u64) -> Result<Block, StoreError> {
+        let mut block = Block::load(path.to_path_buf())?;
+        block.kept = Some(File::open(path)?);
+        if block.index.point_count != points {
+            return Err(StoreError::corrupt(
+                path,
+                format!("block holds {} points, its entry says {points}", block.index.point_count),
+            ));
+        }
+        Ok(block)
+    }
+
+    /// Reads every section and checks its checksum and encoding: a damaged one is
+    /// [`StoreError::Corrupt`].
+    pub fn verify(&self) -> Result<(), StoreError> {
+        let opened;
+        let file = match &self.kept {
+            Some(f) => f,
+            None => {
+                opened = File::open(&self.path)?;
+                &opened
+            }
+        };
+        for s in &self.index.sections {
+            self.read_section(file, s)?;
+        }
+        Ok(())
+    }
+
     /// Reads and checks a block's header and index (not its sections).
     fn load(path: PathBuf) -> Result<Block, StoreError> {
         let mut f = File::open(&path)?;
@@ -1694,6 +1781,7 @@ impl Block {
             index,
             removed: AtomicBool::new(false),
             damage_reported: AtomicBool::new(false),
+            kept: None,
         })
     }
 
@@ -1704,12 +1792,11 @@ impl Block {
     }
 
     /// Reads, checks and decompresses one section.
-    fn read_section(&self, file: &mut File, s: &SectionRefPb) -> Result<SectionPb, StoreError> {
+    fn read_section(&self, file: &File, s: &SectionRefPb) -> Result<SectionPb, StoreError> {
         let path = &self.path;
-        file.seek(SeekFrom::Start(self.data_start + s.offset))?;
         let len = usize::try_from(s.len).map_err(|_| StoreError::corrupt(path, "section too large"))?;
         let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf).map_err(|e| corrupt_eof(path, "section", e))?;
+        read_exact_at(file, &mut buf, self.data_start + s.offset).map_err(|e| corrupt_eof(path, "section", e))?;
         if crc32fast::hash(&buf) != s.crc32 {
             return Err(StoreError::corrupt(path, format!("section {:?} checksum mismatch", s.name)));
         }
@@ -1741,9 +1828,10 @@ impl Block {
             if !time.overlaps(s.min_time, s.max_time) || !sel.matchers.name_may_match(&s.name) {
                 continue;
             }
-            let f = match &mut file {
-                Some(f) => f,
-                None => match File::open(&self.path) {
+            let f = match (&self.kept, &mut file) {
+                (Some(kept), _) => kept,
+                (None, Some(f)) => f,
+                (None, file) => match File::open(&self.path) {
                     Ok(f) => file.insert(f),
                     // Deleted by retention after the query took its snapshot.
                     Err(e) if e.kind() == io::ErrorKind::NotFound && self.removed.load(Ordering::Acquire) => {
@@ -1806,8 +1894,26 @@ fn write_atomically(dir: &Path, path: &Path, parts: &[&[u8]]) -> io::Result<()> 
     result
 }
 
-/// Writes `head` as a block file in `dir`.
+/// Writes `head` as a block file in `dir`, named after its seqs.
 fn write_block(dir: &Path, head: &MetricsHead, first_seq: u64, committed_seq: u64) -> Result<Block, StoreError> {
+    let base = format!("block-{first_seq:020}-{committed_seq:020}");
+    let mut path = dir.join(format!("{base}.obm"));
+    let mut n = 1;
+    while path.exists() {
+        path = dir.join(format!("{base}-{n}.obm"));
+        n += 1;
+    }
+    write_block_at(dir, path, head, first_seq, committed_seq)
+}
+
+/// Writes `head` as the block file `path` in `dir` (atomically: a crash leaves no partial file).
+fn write_block_at(
+    dir: &Path,
+    path: PathBuf,
+    head: &MetricsHead,
+    first_seq: u64,
+    committed_seq: u64,
+) -> Result<Block, StoreError> {
     let mut by_name: BTreeMap<&str, Vec<&HeadSeries>> = BTreeMap::new();
     for s in head.series.iter().filter(|s| !s.points.is_empty()) {
         by_name.entry(&s.ident.name).or_default().push(s);
@@ -1845,13 +1951,6 @@ fn write_block(dir: &Path, head: &MetricsHead, first_seq: u64, committed_seq: u6
     prefix.extend_from_slice(&index_len.to_le_bytes());
     prefix.extend_from_slice(&crc32fast::hash(&idx).to_le_bytes());
 
-    let base = format!("block-{first_seq:020}-{committed_seq:020}");
-    let mut path = dir.join(format!("{base}.obm"));
-    let mut n = 1;
-    while path.exists() {
-        path = dir.join(format!("{base}-{n}.obm"));
-        n += 1;
-    }
     write_atomically(dir, &path, &[&prefix, &idx, &data])?;
     let file_len = (prefix.len() + idx.len() + data.len()) as u64;
     Ok(Block {
@@ -1861,6 +1960,7 @@ fn write_block(dir: &Path, head: &MetricsHead, first_seq: u64, committed_seq: u6
         index,
         removed: AtomicBool::new(false),
         damage_reported: AtomicBool::new(false),
+        kept: None,
     })
 }
 
@@ -2148,6 +2248,46 @@ impl MetricsStore {
         Ok(freed)
     }
 
+    /// The block files, oldest first (blocks are immutable once listed: the metrics
+    /// "segments" an ingester ships).
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        self.state.read().blocks.iter().map(|b| b.info()).collect()
+    }
+
+    /// Stops serving the block `id` ([`BlockInfo::id`]) and deletes its file. Returns bytes
+    /// freed; an unknown id is [`StoreError::InvalidQuery`]. The committed seq is saved first
+    /// (as retention does), so a restart does not replay WAL records the block held; a crash
+    /// before the file is gone leaves the block served after the restart, which is safe.
+    pub fn release_block(&self, id: u64) -> Result<u64, StoreError> {
+        let _maintenance = self.maintenance.lock();
+        let (block, committed) = {
+            let st = self.state.read();
+            let block = st.blocks.iter().find(|b| b.index.first_seq == id).cloned();
+            (block, st.committed_seq)
+        };
+        let Some(block) = block else {
+            return Err(StoreError::InvalidQuery(format!("no metrics block {id} to release")));
+        };
+        write_committed(&self.dir, committed)?;
+        self.state.write().blocks.retain(|b| !Arc::ptr_eq(b, &block));
+        // Queries holding the block skip it once its file is gone.
+        block.removed.store(true, Ordering::Release);
+        match fs::remove_file(&block.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                block.removed.store(false, Ordering::Release);
+                let mut st = self.state.write();
+                st.blocks.push(block);
+                st.blocks.sort_by(|a, b| (a.index.first_seq, &a.path).cmp(&(b.index.first_seq, &b.path)));
+                return Err(e.into());
+            }
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(block = id, bytes = block.file_len, "released metrics block");
+        Ok(block.file_len)
+    }
+
     /// Bytes of block files on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.state.read().blocks.iter().map(|b| b.file_len).sum()
@@ -2157,6 +2297,77 @@ impl MetricsStore {
     pub fn block_count(&self) -> u64 {
         self.state.read().blocks.len() as u64
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks opened read-only (segment sets) and block merges
+// ---------------------------------------------------------------------------------------------
+
+/// The selected series' points in `time` from `blocks`, added oldest block first (so the newest
+/// metadata wins, as in the store). Damaged sections are skipped and reported to `quarantine`.
+fn collect_blocks(
+    blocks: &[Arc<Block>],
+    sel: &Selection,
+    time: TimeRange,
+    quarantine: &Quarantine,
+) -> Result<Collector, StoreError> {
+    let mut col = Collector::default();
+    for b in blocks {
+        b.collect(sel, time, &mut col, quarantine)?;
+    }
+    Ok(col)
+}
+
+/// [`MetricsStore::query`] over read-only blocks.
+pub(crate) fn query_blocks(
+    blocks: &[Arc<Block>],
+    q: &MetricQuery,
+    quarantine: &Quarantine,
+) -> Result<MetricsData, StoreError> {
+    let sel = Selection::compile(&q.matchers, &[])?;
+    Ok(collect_blocks(blocks, &sel, q.time, quarantine)?.into_metrics_data())
+}
+
+/// [`MetricsStore::query_view`] over read-only blocks.
+pub(crate) fn query_view_blocks(
+    blocks: &[Arc<Block>],
+    q: &MetricQuery,
+    labels: &[LabelMatcher],
+    opts: &ViewOptions,
+    quarantine: &Quarantine,
+) -> Result<PromView, StoreError> {
+    let sel = Selection::compile(&q.matchers, labels)?;
+    Ok(collect_blocks(blocks, &sel, q.time, quarantine)?.into_view(opts))
+}
+
+/// Writes one block file `out` holding every series and point of `blocks` (oldest first), with
+/// the store's block writer, so it answers every query as the inputs together do. A damaged
+/// input section is an error (a merge must not lose points silently).
+pub(crate) fn merge_blocks(blocks: &[Arc<Block>], out: &Path) -> Result<BlockInfo, StoreError> {
+    let sel = Selection::compile(&[], &[])?;
+    let quarantine = Quarantine::default();
+    let col = collect_blocks(blocks, &sel, TimeRange::ALL, &quarantine)?;
+    if quarantine.count() > 0 {
+        return Err(StoreError::corrupt(out, "an input block has a damaged section: merge refused"));
+    }
+    let mut head = MetricsHead::new();
+    for c in col.map.into_values().flatten() {
+        let (mut min_time, mut max_time) = (u64::MAX, 0);
+        c.points.for_each_time(|t| {
+            min_time = min_time.min(t);
+            max_time = max_time.max(t);
+        });
+        head.points += c.points.len() as u64;
+        head.series.push(HeadSeries { ident: c.ident, meta: c.meta, points: c.points, min_time, max_time });
+    }
+    let first_seq = blocks.iter().map(|b| b.index.first_seq).min().unwrap_or(0);
+    let committed_seq = blocks.iter().map(|b| b.index.committed_seq).max().unwrap_or(0);
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+    Ok(write_block_at(dir, out.to_path_buf(), &head, first_seq, committed_seq)?.info())
 }
 
 #[cfg(test)]
@@ -2846,6 +3057,79 @@ mod tests {
         let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
         assert_eq!(store.committed_seq(), 4);
         assert_eq!(store.block_count(), 0);
+    }
+
+    #[test]
+    fn read_only_and_merged_blocks_answer_as_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let reqs = [all_types_request(T0), all_types_request(T0 + 100 * SEC), all_types_request(T0 + 50 * SEC)];
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
+        for (i, r) in reqs.iter().enumerate() {
+            store.append(i as u64 + 1, r);
+            store.flush().unwrap();
+        }
+        let infos = store.blocks();
+        assert_eq!(infos.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2, 3]);
+        let blocks: Vec<Arc<Block>> =
+            infos.iter().map(|b| Arc::new(Block::open_read_only(&b.path, b.points).unwrap())).collect();
+        let merged = merge_blocks(&blocks, &out.path().join("merged.obm")).unwrap();
+        assert_eq!(merged.points, infos.iter().map(|b| b.points).sum::<u64>());
+        assert_eq!((merged.min_time, merged.max_time), (infos[0].min_time, infos[1].max_time));
+        let merged = vec![Arc::new(Block::open_read_only(&merged.path, merged.points).unwrap())];
+        let q = Quarantine::default();
+        let ranges = [TimeRange::ALL, TimeRange { start_ns: T0 + 40 * SEC, end_ns: T0 + 120 * SEC }];
+        for time in ranges {
+            let matcher_sets = [all().matchers, vec![matcher("__name__", MatchOp::Re, "latency.*")]];
+            for matchers in matcher_sets {
+                let query = MetricQuery { matchers, time };
+                let want = store.query(&query).unwrap();
+                assert!(!want.resource_metrics.is_empty());
+                // Encoded: NaN values compare unequal as floats.
+                assert!(query_blocks(&blocks, &query, &q).unwrap().encode_to_vec() == want.encode_to_vec());
+                assert!(query_blocks(&merged, &query, &q).unwrap().encode_to_vec() == want.encode_to_vec());
+                let view = store.query_view(&query, &[], &ViewOptions::default()).unwrap();
+                let merged_view = query_view_blocks(&merged, &query, &[], &ViewOptions::default(), &q).unwrap();
+                assert!(!view.families.is_empty());
+                // Debug text: NaN samples compare unequal as floats.
+                assert_eq!(format!("{merged_view:?}"), format!("{view:?}"));
+            }
+        }
+        check_round_trip(
+            &query_blocks(&merged, &all(), &q).unwrap(),
+            &[reqs[0].clone(), reqs[2].clone(), reqs[1].clone()],
+        );
+        assert_eq!(q.count(), 0);
+        // Another item count than the block holds: not the block its entry describes.
+        assert!(matches!(Block::open_read_only(&infos[0].path, 1), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn released_blocks_are_gone_and_their_records_stay_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
+        for i in 0..3u64 {
+            store.append(i + 1, &ten_points(T0 + i * 1000));
+            store.flush().unwrap();
+        }
+        store.append(4, &ten_points(T0 + 5000)); // in the head
+        let ids: Vec<u64> = store.blocks().iter().map(|b| b.id).collect();
+        let newest = store.blocks().pop().unwrap();
+        assert!(store.release_block(newest.id).unwrap() > 0);
+        assert!(!newest.path.exists());
+        assert!(matches!(store.release_block(newest.id), Err(StoreError::InvalidQuery(_))));
+        assert!(matches!(store.release_block(999), Err(StoreError::InvalidQuery(_))));
+        let t = times(metrics_of(&store.query(&all()).unwrap())[0]);
+        assert_eq!(t.len(), 30, "two blocks and the head, not the released block");
+        assert!(!t.contains(&(T0 + 2000)));
+        assert_eq!(store.blocks().iter().map(|b| b.id).collect::<Vec<_>>(), ids[..2]);
+        // Retention goes on over what is left.
+        assert!(store.apply_retention(T0 + 500, 0).unwrap() > 0);
+        assert_eq!(store.block_count(), 1);
+        drop(store);
+        let store = MetricsStore::open(dir.path(), &Quarantine::default()).unwrap();
+        assert_eq!(store.committed_seq(), 3, "the released block's seq stays committed");
+        assert_eq!(store.block_count(), 1);
     }
 
     fn block_paths(dir: &Path) -> Vec<PathBuf> {

@@ -3,12 +3,20 @@
 //! Exactly one segment is active (receives documents, committed every commit interval); the
 //! others are sealed: immutable, self-describing (a tantivy index with its stored documents) and
 //! listed in the metastore with their time range, document count and the last WAL sequence
-//! number they contain. That is the unit a later version ships to object storage, and the unit
-//! retention deletes.
+//! number they contain. That is the unit an ingester ships to object storage
+//! ([`SegmentedIndex::sealed`], [`SegmentedIndex::release`]), the unit retention deletes, and
+//! the unit a searcher opens read-only ([`Segment::open_read_only`], through a directory that
+//! never writes) and a compactor writes ([`write_segment`]).
 //!
 //! The metastore is the file `metastore` (header `OBXMETA\0`, version 1, then JSON), replaced
-//! atomically (write, fsync, rename, fsync dir). The active segment's progress (last WAL seq,
-//! time range) travels in its tantivy commit payload, so one atomic commit covers both.
+//! atomically (write, fsync, rename, fsync dir). It also keeps the highest WAL seq of the
+//! segments released or dropped (`floor_seq`), below which nothing is replayed. The active
+//! segment's progress (last WAL seq, time range, count, schema version and signal) travels in
+//! its tantivy commit payload, so one atomic commit covers both; a sealed segment keeps it.
+//!
+//! Reads go through a [`Snapshot`]: the segments readers see at one instant, searched by
+//! `search_newest`, `search_all`, `terms`, `histogram` and `newest_bytes` (also over segments
+//! opened read-only, see `crate::reads`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -65,6 +73,11 @@ struct Metastore {
     schema_version: u32,
     next_id: u64,
     segments: Vec<SegmentEntry>,
+    /// Highest WAL seq of the sealed segments no longer listed (released or dropped by
+    /// retention): the committed seq must not fall below it, or a restart would replay WAL
+    /// records those segments held.
+    #[serde(default)]
+    floor_seq: u64,
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -73,12 +86,57 @@ struct CommitPayload {
     min_time: u64,
     max_time: u64,
     docs: u64,
+    /// Version of the schema the segment was written with (0: not recorded, segments from
+    /// before the field existed; their metastore has it).
+    #[serde(default)]
+    schema_version: u32,
+    /// Signal of the documents (None: not recorded).
+    #[serde(default)]
+    signal: Option<Signal>,
 }
 
 /// A segment as readers see it.
 pub(crate) struct Segment {
     entry: SegmentEntry,
     reader: IndexReader,
+}
+
+/// What reads need to know about the segments of one signal, shared by every snapshot.
+pub(crate) struct Layout {
+    signal: Signal,
+    schema: Schema,
+    schema_version: u32,
+    time_field: String,
+    data_field: Field,
+}
+
+impl Layout {
+    /// `data_field`: the stored bytes field readers get back; `time_field`: a u64 fast field
+    /// holding each document's time; `schema_version` identifies `schema`.
+    pub fn new(signal: Signal, schema: Schema, schema_version: u32, time_field: &str, data_field: Field) -> Layout {
+        Layout { signal, schema, schema_version, time_field: time_field.to_string(), data_field }
+    }
+}
+
+/// An immutable list of segments of one signal to read, oldest first: a [`SegmentedIndex`]'s
+/// view at one instant, or segments opened read-only (`crate::segment_set`). The search
+/// functions below work on either.
+#[derive(Clone)]
+pub(crate) struct Snapshot {
+    layout: Arc<Layout>,
+    segments: Arc<Vec<Arc<Segment>>>,
+}
+
+/// A sealed segment as the store lists it for shipping.
+pub(crate) struct SealedInfo {
+    pub id: u64,
+    pub path: PathBuf,
+    /// Files of the segment relative to `path`, with their sizes.
+    pub files: Vec<(String, u64)>,
+    pub min_time: u64,
+    pub max_time: u64,
+    pub docs: u64,
+    pub bytes: u64,
 }
 
 struct Active {
@@ -98,9 +156,7 @@ struct Active {
 pub(crate) struct SegmentedIndex {
     dir: PathBuf,
     signal: Signal,
-    schema: Schema,
-    time_field: String,
-    data_field: Field,
+    layout: Arc<Layout>,
     opts: SegmentOptions,
     meta: Mutex<Metastore>,
     active: Mutex<Active>,
@@ -173,7 +229,7 @@ impl SegmentedIndex {
                 Err(e) => return Err(e),
             }
         } else {
-            Metastore { signal: Some(signal), schema_version, next_id: 1, segments: Vec::new() }
+            Metastore { signal: Some(signal), schema_version, next_id: 1, segments: Vec::new(), floor_seq: 0 }
         };
         if meta.schema_version != schema_version {
             return Err(StoreError::corrupt(
@@ -258,9 +314,7 @@ impl SegmentedIndex {
         let this = SegmentedIndex {
             dir: dir.to_path_buf(),
             signal,
-            schema,
-            time_field: time_field.to_string(),
-            data_field,
+            layout: Arc::new(Layout::new(signal, schema, schema_version, time_field, data_field)),
             opts,
             meta: Mutex::new(meta),
             active: Mutex::new(active),
@@ -326,14 +380,21 @@ impl SegmentedIndex {
 
     /// The schema of every segment.
     pub fn schema(&self) -> &Schema {
-        &self.schema
+        &self.layout.schema
     }
 
-    /// Highest WAL seq whose documents are committed.
+    /// The segments readers see now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { layout: self.layout.clone(), segments: self.view.read().clone() }
+    }
+
+    /// Highest WAL seq whose documents are committed (or were, in segments since released or
+    /// dropped).
     pub fn committed_seq(&self) -> u64 {
         let active = self.active.lock().committed.seq;
-        let sealed = self.meta.lock().segments.iter().map(|s| s.last_seq).max().unwrap_or(0);
-        active.max(sealed)
+        let meta = self.meta.lock();
+        let sealed = meta.segments.iter().map(|s| s.last_seq).max().unwrap_or(0);
+        active.max(sealed).max(meta.floor_seq)
     }
 
     /// Adds one document with time `time_ns` to the active segment (not yet visible).
@@ -360,7 +421,9 @@ impl SegmentedIndex {
             return Ok(a.committed.seq);
         }
         let started = Instant::now();
-        let payload = serde_json::to_string(&a.pending).map_err(|e| StoreError::Index(e.to_string()))?;
+        let payload =
+            CommitPayload { schema_version: self.layout.schema_version, signal: Some(self.signal), ..a.pending };
+        let payload = serde_json::to_string(&payload).map_err(|e| StoreError::Index(e.to_string()))?;
         let mut prepared = a.writer.as_mut().ok_or_else(writer_gone)?.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
@@ -424,7 +487,7 @@ impl SegmentedIndex {
         // Create the new active segment before the metastore names it; change the metastore in
         // memory only once the new one is on disk, so a failure (a full disk) leaves both as
         // they were and the next commit retries.
-        let new_active = match Self::open_active(&self.dir, new_id, &self.schema, &self.opts) {
+        let new_active = match Self::open_active(&self.dir, new_id, &self.layout.schema, &self.opts) {
             Ok(a) if a.writer.is_some() => a,
             Ok(a) => {
                 drop(a);
@@ -484,25 +547,64 @@ impl SegmentedIndex {
         self.sealed_snapshot().iter().map(|s| (s.entry.id, s.entry.max_time)).min_by_key(|s| s.1)
     }
 
-    /// Deletes one sealed segment. Returns bytes freed.
+    /// Deletes one sealed segment (retention). Returns bytes freed, 0 when it is not listed.
     pub fn drop_segment(&self, id: u64) -> Result<u64, StoreError> {
+        Ok(self.remove_sealed(id, "retention dropped segment")?.unwrap_or(0))
+    }
+
+    /// The sealed segments, oldest first, with their files (for shipping them elsewhere).
+    pub fn sealed(&self) -> Vec<SealedInfo> {
+        self.sealed_snapshot()
+            .iter()
+            .map(|s| {
+                let path = seg_dir(&self.dir, s.entry.id);
+                let files = segment_files(&s.reader, &path);
+                SealedInfo {
+                    id: s.entry.id,
+                    bytes: files.iter().map(|f| f.1).sum(),
+                    files,
+                    path,
+                    min_time: s.entry.min_time,
+                    max_time: s.entry.max_time,
+                    docs: s.entry.docs,
+                }
+            })
+            .collect()
+    }
+
+    /// Stops serving one sealed segment and deletes it (its data lives on elsewhere). Returns
+    /// bytes freed; a segment that is not a listed sealed one is [`StoreError::InvalidQuery`].
+    /// Reads that started before keep their open files (unlinked, not gone) and finish.
+    pub fn release(&self, id: u64) -> Result<u64, StoreError> {
+        self.remove_sealed(id, "released segment")?.ok_or_else(|| {
+            StoreError::InvalidQuery(format!("no sealed {} segment {id} to release", self.signal.as_str()))
+        })
+    }
+
+    /// Removes a sealed segment from the metastore (durably, first: a crash after that leaves
+    /// a directory the next open deletes), then from the view, then deletes its directory.
+    /// None when it is not listed.
+    fn remove_sealed(&self, id: u64, what: &str) -> Result<Option<u64>, StoreError> {
         let a = self.active.lock();
         let mut meta = self.meta.lock();
-        if !meta.segments.iter().any(|s| s.id == id && s.sealed) {
-            return Ok(0);
-        }
+        let Some(entry) = meta.segments.iter().find(|s| s.id == id && s.sealed).cloned() else {
+            return Ok(None);
+        };
         let mut next = meta.clone();
         next.segments.retain(|s| s.id != id);
+        next.floor_seq = next.floor_seq.max(entry.last_seq);
         write_metastore(&self.dir, &next)?;
         *meta = next;
         let sealed: Vec<Arc<Segment>> = self.sealed_snapshot().into_iter().filter(|s| s.entry.id != id).collect();
         self.publish(&a, sealed);
+        drop((meta, a));
+        self.verified.lock().remove(&id);
         let path = seg_dir(&self.dir, id);
         let bytes = dir_bytes(&path);
         // Searches still holding the segment keep their open files (unlinked, not gone).
         fs::remove_dir_all(&path)?;
-        tracing::info!(signal = self.signal.as_str(), segment = id, bytes, "retention dropped segment");
-        Ok(bytes)
+        tracing::info!(signal = self.signal.as_str(), segment = id, bytes, "{what}");
+        Ok(Some(bytes))
     }
 
     /// Checks the checksums of the sealed segments not checked since open (reading each file
@@ -571,9 +673,73 @@ impl SegmentedIndex {
         (self.commits.load(Ordering::Relaxed), self.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9)
     }
 
+    /// Stored data of the `limit` newest matching documents, newest first.
+    pub fn search_newest(
+        &self,
+        query: Box<dyn Query>,
+        time: TimeRange,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.snapshot().search_newest(query, time, limit)
+    }
+
+    /// Stored data of every matching document, ordered by the u64 fast field `order_field`.
+    pub fn search_all(&self, query: Box<dyn Query>, order_field: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.snapshot().search_all(query, order_field)
+    }
+
+    /// See [`Snapshot::terms`].
+    pub fn terms(
+        &self,
+        field: Field,
+        prefix: &[u8],
+        time: TimeRange,
+        max_terms: usize,
+    ) -> Result<std::collections::BTreeMap<Vec<u8>, u64>, StoreError> {
+        self.snapshot().terms(field, prefix, time, max_terms)
+    }
+
+    /// See [`Snapshot::histogram`].
+    pub fn histogram(
+        &self,
+        query: Box<dyn Query>,
+        time: TimeRange,
+        bucket_ns: u64,
+    ) -> Result<std::collections::BTreeMap<u64, u64>, StoreError> {
+        self.snapshot().histogram(query, time, bucket_ns)
+    }
+
+    /// See [`Snapshot::newest_bytes`].
+    pub fn newest_bytes(
+        &self,
+        query: &dyn Query,
+        time: TimeRange,
+        limit: usize,
+        field: &str,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.snapshot().newest_bytes(query, time, limit, field)
+    }
+}
+
+impl Snapshot {
+    /// Segments to read, oldest first.
+    pub fn new(layout: Arc<Layout>, segments: Vec<Arc<Segment>>) -> Snapshot {
+        Snapshot { layout, segments: Arc::new(segments) }
+    }
+
+    /// The schema of every segment.
+    pub fn schema(&self) -> &Schema {
+        &self.layout.schema
+    }
+
+    /// Number of segments.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
     fn searchers(&self, time: TimeRange) -> Vec<Searcher> {
-        let view = self.view.read().clone();
-        view.iter()
+        self.segments
+            .iter()
             .filter(|s| s.entry.docs > 0 && time.overlaps(s.entry.min_time, s.entry.max_time))
             .map(|s| s.reader.searcher())
             .collect()
@@ -583,7 +749,7 @@ impl SegmentedIndex {
         if time == TimeRange::ALL {
             return Ok(query);
         }
-        let field = self.schema.get_field(&self.time_field)?;
+        let field = self.layout.schema.get_field(&self.layout.time_field)?;
         let range = RangeQuery::new(
             Bound::Included(Term::from_field_u64(field, time.start_ns)),
             Bound::Excluded(Term::from_field_u64(field, time.end_ns)),
@@ -593,7 +759,7 @@ impl SegmentedIndex {
 
     fn stored(&self, searcher: &Searcher, addr: DocAddress) -> Result<Vec<u8>, StoreError> {
         let doc: TantivyDocument = searcher.doc(addr)?;
-        doc.get_first(self.data_field)
+        doc.get_first(self.layout.data_field)
             .and_then(|v| v.as_bytes())
             .map(|b| b.to_vec())
             .ok_or_else(|| StoreError::Index("document without stored data".into()))
@@ -613,8 +779,10 @@ impl SegmentedIndex {
         let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
         let searchers = self.searchers(time);
         for (i, s) in searchers.iter().enumerate() {
-            let top =
-                s.search(&*query, &TopDocs::with_limit(limit).order_by_u64_field(&self.time_field, Order::Desc))?;
+            let top = s.search(
+                &*query,
+                &TopDocs::with_limit(limit).order_by_u64_field(&self.layout.time_field, Order::Desc),
+            )?;
             hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), i, a)));
         }
         hits.sort_by_key(|h| std::cmp::Reverse(h.0));
@@ -728,7 +896,7 @@ impl tantivy::collector::SegmentCollector for HistogramSegment {
     }
 }
 
-impl SegmentedIndex {
+impl Snapshot {
     /// Terms of `field` starting with `prefix`, with their document counts summed over the
     /// segments overlapping `time` (a segment counts whole: the figure is an upper bound).
     pub fn terms(
@@ -769,8 +937,8 @@ impl SegmentedIndex {
     ) -> Result<std::collections::BTreeMap<u64, u64>, StoreError> {
         let bucket_ns = bucket_ns.max(1);
         // Clamp an open-ended range to the data actually held.
-        let view = self.view.read().clone();
-        let (lo, hi) = view
+        let (lo, hi) = self
+            .segments
             .iter()
             .filter(|s| s.entry.docs > 0)
             .fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.entry.min_time), hi.max(s.entry.max_time)));
@@ -784,7 +952,7 @@ impl SegmentedIndex {
             return Err(StoreError::InvalidQuery(format!("histogram of {buckets} buckets: use a larger bucket")));
         }
         let query = self.with_time(query, time)?;
-        let collector = Histogram { field: self.time_field.clone(), bucket_ns, first, buckets };
+        let collector = Histogram { field: self.layout.time_field.clone(), bucket_ns, first, buckets };
         let mut out = std::collections::BTreeMap::new();
         for s in self.searchers(time) {
             for (i, n) in s.search(&*query, &collector)?.into_iter().enumerate() {
@@ -807,8 +975,10 @@ impl SegmentedIndex {
         let query = self.with_time(query.box_clone(), time)?;
         let mut hits: Vec<(u64, Vec<u8>)> = Vec::new();
         for s in self.searchers(time) {
-            let top =
-                s.search(&*query, &TopDocs::with_limit(limit).order_by_u64_field(&self.time_field, Order::Desc))?;
+            let top = s.search(
+                &*query,
+                &TopDocs::with_limit(limit).order_by_u64_field(&self.layout.time_field, Order::Desc),
+            )?;
             for (t, addr) in top {
                 let Some(col) = s.segment_reader(addr.segment_ord).fast_fields().bytes(field)? else { continue };
                 let mut buf = Vec::new();
@@ -888,7 +1058,8 @@ fn rebuild_metastore(
         .filter_map(|e| e.file_name().to_str()?.strip_prefix("seg-")?.parse().ok())
         .collect();
     ids.sort_unstable();
-    let mut meta = Metastore { signal: Some(signal), schema_version, next_id: 1, segments: Vec::new() };
+    // The floor is lost with the metastore: the segments' own seqs are what is left.
+    let mut meta = Metastore { signal: Some(signal), schema_version, next_id: 1, segments: Vec::new(), floor_seq: 0 };
     for id in ids {
         meta.next_id = meta.next_id.max(id + 1);
         let path = seg_dir(dir, id);
@@ -968,6 +1139,239 @@ impl From<StoreError> for OpenFailure {
     fn from(e: StoreError) -> Self {
         OpenFailure { damaged: matches!(e, StoreError::Corrupt { .. }), error: e }
     }
+}
+
+/// The files of a committed segment directory, relative to it, with their sizes: `meta.json`
+/// and the files of the tantivy segments it names (not lock files, not files of segments merged
+/// away and not yet garbage-collected).
+fn segment_files(reader: &IndexReader, path: &Path) -> Vec<(String, u64)> {
+    let index = reader.searcher().index().clone();
+    let mut names: Vec<String> = vec!["meta.json".to_string()];
+    match index.load_metas() {
+        Ok(metas) => {
+            names.extend(metas.list_segment_files().into_iter().filter_map(|p| p.to_str().map(str::to_string)))
+        }
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot list the files of a segment"),
+    }
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let len = fs::metadata(path.join(&name)).ok()?.len();
+            Some((name, len))
+        })
+        .collect()
+}
+
+/// A tantivy directory over `MmapDirectory` that never writes: no lock files (tantivy takes the
+/// meta lock while opening segment readers, which would create `.tantivy-meta.lock`), no
+/// `.managed.json`, no watcher thread. Writes fail with `PermissionDenied`.
+#[derive(Clone, Debug)]
+struct ReadOnlyDirectory(tantivy::directory::MmapDirectory);
+
+fn read_only_error(path: &Path) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("read-only segment: {}", path.display()))
+}
+
+impl tantivy::Directory for ReadOnlyDirectory {
+    fn get_file_handle(
+        &self,
+        path: &Path,
+    ) -> Result<Arc<dyn tantivy::directory::FileHandle>, tantivy::directory::error::OpenReadError> {
+        self.0.get_file_handle(path)
+    }
+
+    fn delete(&self, path: &Path) -> Result<(), tantivy::directory::error::DeleteError> {
+        Err(tantivy::directory::error::DeleteError::IoError {
+            io_error: Arc::new(read_only_error(path)),
+            filepath: path.to_path_buf(),
+        })
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool, tantivy::directory::error::OpenReadError> {
+        self.0.exists(path)
+    }
+
+    fn open_write(
+        &self,
+        path: &Path,
+    ) -> Result<tantivy::directory::WritePtr, tantivy::directory::error::OpenWriteError> {
+        Err(tantivy::directory::error::OpenWriteError::wrap_io_error(read_only_error(path), path.to_path_buf()))
+    }
+
+    fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, tantivy::directory::error::OpenReadError> {
+        self.0.atomic_read(path)
+    }
+
+    fn atomic_write(&self, path: &Path, _data: &[u8]) -> std::io::Result<()> {
+        Err(read_only_error(path))
+    }
+
+    fn sync_directory(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn acquire_lock(
+        &self,
+        _lock: &tantivy::directory::Lock,
+    ) -> Result<tantivy::directory::DirectoryLock, tantivy::directory::error::LockError> {
+        // Nothing changes the files under a read-only segment, so there is nothing to exclude.
+        Ok(tantivy::directory::DirectoryLock::from(Box::new(())))
+    }
+
+    fn watch(&self, _cb: tantivy::directory::WatchCallback) -> tantivy::Result<tantivy::directory::WatchHandle> {
+        Ok(tantivy::directory::WatchHandle::empty())
+    }
+}
+
+impl Segment {
+    /// Opens a sealed segment directory read-only (nothing is written into it) and checks that
+    /// it holds `layout`'s schema: a segment of another schema version is
+    /// [`StoreError::Incompatible`] (newer) or [`StoreError::Corrupt`], never misread.
+    /// `min_time`/`max_time`/`docs` describe it as its metastore entry does; `docs` must be
+    /// the number of documents it holds.
+    pub fn open_read_only(
+        layout: &Layout,
+        path: &Path,
+        min_time: u64,
+        max_time: u64,
+        docs: u64,
+    ) -> Result<Segment, StoreError> {
+        let mmap = tantivy::directory::MmapDirectory::open(path)
+            .map_err(|e| StoreError::Index(format!("{}: {e}", path.display())))?;
+        let index = Index::open(ReadOnlyDirectory(mmap)).map_err(|e| open_error(path, e))?;
+        let payload = read_payload(&index, path)?;
+        if let Some(signal) = payload.signal.filter(|s| *s != layout.signal) {
+            return Err(StoreError::corrupt(
+                path,
+                format!("a {} segment, not {} (schema)", signal.as_str(), layout.signal.as_str()),
+            ));
+        }
+        let version = payload.schema_version;
+        if version > layout.schema_version {
+            return Err(StoreError::Incompatible(format!(
+                "{}: segment written with schema version {version} by a newer obsbox, this one reads version {}",
+                path.display(),
+                layout.schema_version
+            )));
+        }
+        if (version != 0 && version != layout.schema_version) || index.schema() != layout.schema {
+            return Err(StoreError::corrupt(
+                path,
+                format!("segment schema (version {version}) is not version {} of this obsbox", layout.schema_version),
+            ));
+        }
+        let reader: IndexReader =
+            index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(|e| open_error(path, e))?;
+        let held = reader.searcher().num_docs();
+        if held != docs {
+            return Err(StoreError::corrupt(path, format!("segment holds {held} documents, its entry says {docs}")));
+        }
+        let entry = SegmentEntry {
+            id: 0,
+            sealed: true,
+            min_time,
+            max_time,
+            docs,
+            last_seq: payload.seq,
+            bytes: dir_bytes(path),
+        };
+        Ok(Segment { entry, reader })
+    }
+
+    /// Checks the checksums of every file of the segment (reading each once): a damaged one is
+    /// [`StoreError::Corrupt`] naming it. Works without `.managed.json` (not shipped).
+    pub fn verify(&self, path: &Path) -> Result<(), StoreError> {
+        use tantivy::Directory as _;
+        let index = self.reader.searcher().index().clone();
+        let metas = index.load_metas().map_err(|e| open_error(path, e))?;
+        let mut damaged: Vec<String> = Vec::new();
+        let mut files: Vec<PathBuf> = metas.list_segment_files().into_iter().collect();
+        files.sort();
+        for file in files {
+            let exists = index.directory().exists(&file).map_err(|e| StoreError::Index(e.to_string()))?;
+            if exists && !index.directory().validate_checksum(&file).unwrap_or(false) {
+                damaged.push(file.display().to_string());
+            }
+        }
+        match damaged.is_empty() {
+            true => Ok(()),
+            false => Err(StoreError::corrupt(path, format!("checksum mismatch in {}", damaged.join(", ")))),
+        }
+    }
+
+    /// Bytes of its directory.
+    pub fn bytes(&self) -> u64 {
+        self.entry.bytes
+    }
+
+    /// The segment's searcher (every document of it).
+    pub fn searcher(&self) -> Searcher {
+        self.reader.searcher()
+    }
+
+    /// Highest WAL seq recorded in the segment's commit payload.
+    pub fn last_seq(&self) -> u64 {
+        self.entry.last_seq
+    }
+}
+
+/// A tantivy error opening a segment: damage is [`StoreError::Corrupt`].
+fn open_error(path: &Path, e: tantivy::TantivyError) -> StoreError {
+    let failure = OpenFailure::from(e);
+    match failure.damaged {
+        true => StoreError::corrupt(path, failure.error.to_string()),
+        false => failure.error,
+    }
+}
+
+/// Writes a new sealed segment in the empty or missing directory `path` from documents (with
+/// their times), the way sealed segments are written: the store's index settings, one commit
+/// whose payload holds the time range, count, `last_seq` and schema version. Returns the
+/// segment's files and sizes.
+pub(crate) fn write_segment(
+    layout: &Layout,
+    path: &Path,
+    docs: impl Iterator<Item = Result<(TantivyDocument, u64), StoreError>>,
+    last_seq: u64,
+    memory_bytes: usize,
+) -> Result<(CommitSummary, Vec<(String, u64)>), StoreError> {
+    fs::create_dir_all(path)?;
+    // Refuses a directory that holds an index already.
+    let index = Index::builder().schema(layout.schema.clone()).settings(settings()).create_in_dir(path)?;
+    // One indexing thread keeps the documents in the order given.
+    let mut writer: IndexWriter = index.writer_with_num_threads(1, memory_bytes)?;
+    let mut p = CommitPayload {
+        min_time: u64::MAX,
+        schema_version: layout.schema_version,
+        signal: Some(layout.signal),
+        seq: last_seq,
+        ..Default::default()
+    };
+    for d in docs {
+        let (doc, t) = d?;
+        writer.add_document(doc)?;
+        p.docs += 1;
+        p.min_time = p.min_time.min(t);
+        p.max_time = p.max_time.max(t);
+    }
+    let payload = serde_json::to_string(&p).map_err(|e| StoreError::Index(e.to_string()))?;
+    let mut prepared = writer.prepare_commit()?;
+    prepared.set_payload(&payload);
+    prepared.commit()?;
+    writer.wait_merging_threads()?;
+    sync_dir(path)?;
+    let reader: IndexReader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+    let files = segment_files(&reader, path);
+    Ok((CommitSummary { min_time: p.min_time, max_time: p.max_time, docs: p.docs }, files))
+}
+
+/// What [`write_segment`] wrote.
+pub(crate) struct CommitSummary {
+    pub min_time: u64,
+    pub max_time: u64,
+    pub docs: u64,
 }
 
 fn open_sealed(dir: &Path, e: &SegmentEntry) -> Result<Segment, OpenFailure> {

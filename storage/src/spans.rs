@@ -86,6 +86,17 @@ pub(crate) fn documents(
     req: ExportTraceServiceRequest,
     out: &mut Vec<(TantivyDocument, u64)>,
 ) {
+    documents_with_ord(f, req, |i| (seq << 24) | i.min((1 << 24) - 1), out)
+}
+
+/// Builds the documents of a request whose `i`-th span has the write-order value `ord(i)`
+/// (re-indexing a stored span keeps the value it was given when written).
+pub(crate) fn documents_with_ord(
+    f: &SpanFields,
+    req: ExportTraceServiceRequest,
+    mut ord: impl FnMut(u64) -> u64,
+    out: &mut Vec<(TantivyDocument, u64)>,
+) {
     let mut i: u64 = 0;
     for rs in req.resource_spans {
         let service = attrs::service_name(rs.resource.as_ref()).to_string();
@@ -126,7 +137,7 @@ pub(crate) fn documents(
                 for k in &res_keys {
                     doc.add_text(f.res_key, k);
                 }
-                doc.add_u64(f.ord, (seq << 24) | i.min((1 << 24) - 1));
+                doc.add_u64(f.ord, ord(i));
                 i += 1;
                 let start = span.start_time_unix_nano;
                 let stored = TracesData {

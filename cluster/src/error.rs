@@ -40,6 +40,12 @@ pub enum ClusterError {
         /// Why.
         message: String,
     },
+    /// The node's local store refused or failed.
+    #[error("local store: {0}")]
+    Local(#[from] obsbox_storage::StoreError),
+    /// A background task of this crate panicked or was cancelled.
+    #[error("{0} task failed")]
+    Task(&'static str),
     /// An entry could not be encoded.
     #[error("encode {what}: {source}")]
     Encode {

@@ -45,15 +45,21 @@
 
 mod cache;
 mod compaction;
+mod compactor;
 mod config;
 mod error;
 mod http;
+mod ingester;
 mod metastore;
+mod searcher;
 mod upload;
 mod view;
 
 pub use cache::{CacheStats, PinnedSegment, SegmentCache};
 pub use compaction::{MergePolicy, expired, garbage, merge_id, plan_merges};
+pub use compactor::{Compactor, CompactorSettings, PassReport};
+pub use ingester::Shipper;
+pub use searcher::{ClusterReader, FETCH_CONCURRENCY, SearcherSettings};
 pub use config::{ObjectStoreConfig, Secret, StoreKind, open_store};
 pub use error::{ClusterError, Result};
 pub use metastore::{ENTRY_FORMAT, Metastore, NodeInfo, SegmentEntry, SegmentFile, segment_key};

@@ -1,0 +1,212 @@
+//! The searcher's [`Reader`]: the object store's segments plus every live ingester's data that is
+//! not uploaded yet, answered as one store holding all of it would answer.
+//!
+//! Per call ([`Answer::answer`]):
+//! 1. ask every live ingester at once over the internal read API (`obsbox_query_ui::internal`)
+//!    for its part, with the keys of the local segments that answered (`served`) and of those it
+//!    released lately (`released`); an ingester that does not answer fails the call (retryable)
+//!    until its heartbeat expires, rather than leaving its data out silently;
+//! 2. refresh the segment list when a `released` key is not in it yet;
+//! 3. fetch the segments of the call's signals and time range that no ingester served into the
+//!    [`SegmentCache`] (at most [`FETCH_CONCURRENCY`] at once) and read them with a
+//!    [`SegmentSet`];
+//! 4. [`merge`] the object-store part first, then the ingesters' parts.
+//!
+//! Every item is counted once: an ingester releases a segment only after registering it, under a
+//! lock its reads hold, so each sealed segment is either served by its ingester (and left out
+//! here) or in the list (after step 2).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use obsbox_query_ui::internal::{InternalClient, ask_all};
+use obsbox_storage::call::{Answer, ReadCall, ReadResult, merge, run};
+use obsbox_storage::{OpenSegment, SegmentSet, StoreError, StoreStats};
+use parking_lot::{Mutex, RwLock};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::cache::{PinnedSegment, SegmentCache};
+use crate::metastore::{Metastore, SegmentEntry};
+use crate::view::MetastoreView;
+
+/// Segments one call downloads at once.
+pub const FETCH_CONCURRENCY: usize = 8;
+
+/// How a searcher finds and calls ingesters.
+#[derive(Clone, Debug)]
+pub struct SearcherSettings {
+    /// How often the segment list and the live ingesters are read again.
+    pub poll_interval: Duration,
+    /// An ingester whose heartbeat is older than this is no longer asked.
+    pub node_timeout: Duration,
+    /// Time limit of one internal read call.
+    pub call_timeout: Duration,
+    /// Bearer token for the ingesters' UI port (their `[auth] query_token`).
+    pub token: Option<String>,
+}
+
+struct Ingesters {
+    clients: RwLock<Vec<InternalClient>>,
+}
+
+/// The searcher's reader. Its methods block (call them from a blocking pool, never from a
+/// runtime thread), as every [`obsbox_storage::Reader`]'s do.
+pub struct ClusterReader {
+    rt: Handle,
+    view: MetastoreView,
+    cache: SegmentCache,
+    /// Opened segments by key; an entry goes when the cache no longer holds its files.
+    opened: Mutex<HashMap<String, Arc<OpenSegment>>>,
+    ingesters: Arc<Ingesters>,
+    poller: JoinHandle<()>,
+}
+
+impl Drop for ClusterReader {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+impl ClusterReader {
+    /// Starts following `metastore` (segment list and live ingesters), reading segments through
+    /// `cache`. Must be called inside a tokio runtime.
+    pub fn start(metastore: Metastore, cache: SegmentCache, settings: SearcherSettings) -> ClusterReader {
+        let view = MetastoreView::start(metastore.clone(), None, settings.poll_interval);
+        let ingesters = Arc::new(Ingesters { clients: RwLock::new(Vec::new()) });
+        let poller = tokio::spawn({
+            let ingesters = ingesters.clone();
+            async move {
+                let mut tick = tokio::time::interval(settings.poll_interval.min(Duration::from_secs(2)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut known: HashMap<String, InternalClient> = HashMap::new();
+                loop {
+                    tick.tick().await;
+                    match metastore.live_nodes("ingester", settings.node_timeout).await {
+                        Ok(nodes) => {
+                            let mut clients = Vec::with_capacity(nodes.len());
+                            for node in nodes {
+                                let client = match known.get(&node.url) {
+                                    Some(c) => c.clone(),
+                                    None => match InternalClient::new(
+                                        &node.url,
+                                        settings.token.clone(),
+                                        settings.call_timeout,
+                                    ) {
+                                        Ok(c) => c,
+                                        Err(e) => {
+                                            tracing::warn!(node = %node.node_id, url = %node.url, error = %e, "cannot call ingester");
+                                            continue;
+                                        }
+                                    },
+                                };
+                                known.insert(node.url.clone(), client.clone());
+                                clients.push(client);
+                            }
+                            *ingesters.clients.write() = clients;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot list live ingesters; keeping the last list"),
+                    }
+                }
+            }
+        });
+        ClusterReader { rt: Handle::current(), view, cache, opened: Mutex::new(HashMap::new()), ingesters, poller }
+    }
+
+    /// Waits for the first segment list (at most `timeout`); a searcher is ready after it.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.view.snapshot().taken.is_some() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The object-store segments `call` must read: of its signals, overlapping its time, not
+    /// `served` by an ingester.
+    async fn entries(
+        &self,
+        call: &ReadCall,
+        served: &std::collections::BTreeSet<String>,
+        released: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<SegmentEntry>, StoreError> {
+        let mut snapshot = self.view.snapshot();
+        if snapshot.taken.is_none() || released.iter().any(|k| !snapshot.contains(k)) {
+            snapshot = self.view.refresh_now().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        let time = call.time();
+        Ok(snapshot
+            .entries
+            .iter()
+            .filter(|e| call.signals().contains(&e.signal))
+            .filter(|e| time.overlaps(e.min_time_ns, e.max_time_ns))
+            .filter(|e| !served.contains(&e.key))
+            .cloned()
+            .collect())
+    }
+
+    /// Opens (or reuses) the downloaded segments.
+    fn open(&self, pinned: &[(SegmentEntry, PinnedSegment)]) -> Result<Vec<Arc<OpenSegment>>, StoreError> {
+        let mut opened = self.opened.lock();
+        opened.retain(|key, _| self.cache.contains(key));
+        pinned
+            .iter()
+            .map(|(e, p)| match opened.get(&e.key) {
+                Some(s) => Ok(s.clone()),
+                None => {
+                    let s = OpenSegment::open(e.signal, p, e.min_time_ns, e.max_time_ns, e.items)?;
+                    opened.insert(e.key.clone(), s.clone());
+                    Ok(s)
+                }
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> StoreStats {
+        let snapshot = self.view.snapshot();
+        let mut stats = StoreStats::default();
+        for signal in obsbox_storage::Signal::ALL {
+            let of = snapshot.entries.iter().filter(|e| e.signal == signal);
+            stats.index_bytes.push((signal, of.clone().map(|e| e.bytes).sum()));
+            stats.segments.push((signal, of.count() as u64));
+        }
+        stats
+    }
+}
+
+impl Answer for ClusterReader {
+    fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError> {
+        call.check()?;
+        if matches!(call, ReadCall::Stats) {
+            return Ok(ReadResult::Stats(self.stats()));
+        }
+        let clients = self.ingesters.clients.read().clone();
+        let (pinned, ingesters) = self.rt.block_on(async {
+            let ingesters = ask_all(&clients, call).await.map_err(StoreError::from)?;
+            let entries = self.entries(call, &ingesters.served, &ingesters.released).await?;
+            let pinned: Vec<(SegmentEntry, PinnedSegment)> = futures::stream::iter(entries)
+                .map(|e| async move {
+                    let p = self.cache.get(&e).await?;
+                    Ok::<_, crate::ClusterError>((e, p))
+                })
+                .buffer_unordered(FETCH_CONCURRENCY)
+                .try_collect()
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("fetching segments: {e}")))?;
+            Ok::<_, StoreError>((pinned, ingesters))
+        })?;
+        let set = SegmentSet::new(self.open(&pinned)?);
+        let mut parts = Vec::with_capacity(1 + ingesters.parts.len());
+        parts.push(run(&set, call)?);
+        parts.extend(ingesters.parts);
+        drop(pinned);
+        merge(call, parts)
+    }
+}

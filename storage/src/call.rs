@@ -30,7 +30,9 @@
 //!   the series whose view labels match), merged as `find_metrics`; the caller builds the view
 //!   with [`crate::prometheus::prometheus_view`]. Views themselves cannot be merged: a delta sum
 //!   split over two sources is accumulated from the first point of the whole series.
-//! - **`span_histogram`, `log_histogram`**: counts summed per bucket, oldest first.
+//! - **`span_histogram`, `log_histogram`**: counts summed per bucket, oldest first. A disk
+//!   store refuses too many buckets over the time span of the data it holds: each source judges
+//!   by its own data, so a federation may answer a histogram one store would refuse.
 //! - **`operations`, `log_field_values`, `attribute_keys`**: the sorted union; operations in the
 //!   order the disk store lists them (its index terms: service, kind, name), which is not
 //!   `Operation`'s `Ord` (service, name, kind) that `MemStore` sorts by.

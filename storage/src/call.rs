@@ -33,9 +33,8 @@
 //! - **`span_histogram`, `log_histogram`**: counts summed per bucket, oldest first. A disk
 //!   store refuses too many buckets over the time span of the data it holds: each source judges
 //!   by its own data, so a federation may answer a histogram one store would refuse.
-//! - **`operations`, `log_field_values`, `attribute_keys`**: the sorted union; operations in the
-//!   order the disk store lists them (its index terms: service, kind, name), which is not
-//!   `Operation`'s `Ord` (service, name, kind) that `MemStore` sorts by.
+//! - **`operations`, `log_field_values`, `attribute_keys`**: the sorted union (operations in the
+//!   stores' order: service, kind, name).
 //! - **`attribute_values`**: counts summed per value, most frequent first (equal counts in the
 //!   order of the values' index terms, as the store), then the limit. A source's own cut-off
 //!   would make the sum approximate (a value just below the cut in every source), so [`run`]
@@ -416,7 +415,7 @@ pub fn merge(call: &ReadCall, mut parts: Vec<ReadResult>) -> Result<ReadResult, 
             ReadResult::TraceHits(merge_trace_hits(collect(parts, ReadResult::into_trace_hits)?, q.limit))
         }
         ReadCall::Operations { .. } => {
-            // In the order of the index terms, as the disk store and segment sets list them.
+            // In the order of the index terms, as every store lists them.
             let ops: BTreeMap<String, Operation> = collect(parts, ReadResult::into_operations)?
                 .into_iter()
                 .flatten()

@@ -667,6 +667,9 @@ mod wire_metrics {
 /// and object-store segments, or a [`crate::FederatedReader`]; it is a [`Reader`] by that alone
 /// (each method one call; [`Reader::find_metrics_view`] builds the view of the merged series,
 /// [`Reader::stats`] is empty when the call fails).
+///
+/// [`ReadCall::Stats`] must be answered at once, without waiting on other nodes:
+/// [`Reader::stats`] is cheap by contract and is called on async threads (the `/metrics` scrape).
 pub trait Answer: Send + Sync + 'static {
     /// The merged answer to `call` (blocking, like every [`Reader`] method).
     fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError>;

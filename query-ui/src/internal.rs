@@ -568,6 +568,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_route_merges_into_the_ui_ports_router() {
+        let state = state(Some("s3cret"));
+        let app = crate::router(state.clone())
+            .merge(InternalApi::new(Arc::new(WholeStore(store_with_spans()))).router(&state));
+        let call = serde_json::to_vec(&ReadCall::Stats).unwrap();
+        let req =
+            Request::post(READ_PATH).header(header::AUTHORIZATION, "Bearer s3cret").body(Body::from(call)).unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+        let req = Request::get("/healthz").body(Body::empty()).unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK, "the UI port's routes stay");
+        let req = Request::get("/internal/v1/nope").header(header::AUTHORIZATION, "Bearer s3cret").body(Body::empty());
+        assert_eq!(app.oneshot(req.unwrap()).await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn with_a_token_the_read_needs_it() {
         let app = InternalApi::new(Arc::new(WholeStore(store_with_spans()))).router(&state(Some("s3cret")));
         let call = serde_json::to_vec(&ReadCall::Stats).unwrap();

@@ -541,7 +541,8 @@ pub trait Reader: Send + Sync + 'static {
         }
     }
 
-    /// Distinct operations (service, span name, kind) of spans that may start in `time`, sorted.
+    /// Distinct operations (service, span name, kind) of spans that may start in `time`, sorted
+    /// by service, then kind, then name (the order of the index's terms, not `Operation`'s `Ord`).
     /// Coarse in time: whole segments overlapping the range are listed.
     fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError>;
 

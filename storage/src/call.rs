@@ -30,10 +30,11 @@
 //!   the series whose view labels match), merged as `find_metrics`; the caller builds the view
 //!   with [`crate::prometheus::prometheus_view`]. Views themselves cannot be merged: a delta sum
 //!   split over two sources is accumulated from the first point of the whole series.
-//! - **`span_histogram`, `log_histogram`**: counts summed per bucket, oldest first.
-//! - **`operations`, `log_field_values`, `attribute_keys`**: the sorted union; operations in the
-//!   order the disk store lists them (its index terms: service, kind, name), which is not
-//!   `Operation`'s `Ord` (service, name, kind) that `MemStore` sorts by.
+//! - **`span_histogram`, `log_histogram`**: counts summed per bucket, oldest first. A disk
+//!   store refuses too many buckets over the time span of the data it holds: each source judges
+//!   by its own data, so a federation may answer a histogram one store would refuse.
+//! - **`operations`, `log_field_values`, `attribute_keys`**: the sorted union (operations in the
+//!   stores' order: service, kind, name).
 //! - **`attribute_values`**: counts summed per value, most frequent first (equal counts in the
 //!   order of the values' index terms, as the store), then the limit. A source's own cut-off
 //!   would make the sum approximate (a value just below the cut in every source), so [`run`]
@@ -414,7 +415,7 @@ pub fn merge(call: &ReadCall, mut parts: Vec<ReadResult>) -> Result<ReadResult, 
             ReadResult::TraceHits(merge_trace_hits(collect(parts, ReadResult::into_trace_hits)?, q.limit))
         }
         ReadCall::Operations { .. } => {
-            // In the order of the index terms, as the disk store and segment sets list them.
+            // In the order of the index terms, as every store lists them.
             let ops: BTreeMap<String, Operation> = collect(parts, ReadResult::into_operations)?
                 .into_iter()
                 .flatten()
@@ -666,6 +667,9 @@ mod wire_metrics {
 /// and object-store segments, or a [`crate::FederatedReader`]; it is a [`Reader`] by that alone
 /// (each method one call; [`Reader::find_metrics_view`] builds the view of the merged series,
 /// [`Reader::stats`] is empty when the call fails).
+///
+/// [`ReadCall::Stats`] must be answered at once, without waiting on other nodes:
+/// [`Reader::stats`] is cheap by contract and is called on async threads (the `/metrics` scrape).
 pub trait Answer: Send + Sync + 'static {
     /// The merged answer to `call` (blocking, like every [`Reader`] method).
     fn answer(&self, call: &ReadCall) -> Result<ReadResult, StoreError>;

@@ -134,18 +134,19 @@ impl Reader for MemStore {
     }
 
     fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
-        let set: std::collections::BTreeSet<Operation> = self
+        // Keyed by the index term, so the order is the disk store's.
+        let set: std::collections::BTreeMap<String, Operation> = self
             .spans
             .read()
             .iter()
             .filter(|s| time.contains(s.span.start_time_unix_nano))
-            .map(|s| Operation {
-                service: attrs::service_name(Some(&s.resource)).to_string(),
-                name: s.span.name.clone(),
-                kind: s.span.kind,
+            .map(|s| {
+                let service = attrs::service_name(Some(&s.resource));
+                let op = Operation { service: service.to_string(), name: s.span.name.clone(), kind: s.span.kind };
+                (crate::spans::op_term(service, s.span.kind, &s.span.name), op)
             })
             .collect();
-        Ok(set.into_iter().collect())
+        Ok(set.into_values().collect())
     }
 
     fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {

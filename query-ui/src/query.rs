@@ -434,7 +434,8 @@ impl QueryService {
         let ids = self.read(move |r| r.find_trace_ids(&query)).await?;
         let fetched = self
             .read(move |r| {
-                ids.into_iter().map(|id| Ok((id.clone(), r.trace(&id)?))).collect::<Result<Vec<_>, StoreError>>()
+                let traces = r.traces(&ids)?;
+                Ok::<_, StoreError>(ids.into_iter().zip(traces).collect::<Vec<_>>())
             })
             .await?;
         Ok(fetched

@@ -415,6 +415,22 @@ pub struct StoreStats {
 const MAX_TRACE_HIT_FETCH: usize = 1 << 20;
 
 /// Identifiers as lowercase hex strings on the wire.
+/// A list of ids as a list of hex strings.
+pub(crate) mod hex_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(hex::encode).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| hex::decode(t).map_err(|e| serde::de::Error::custom(format!("not a hex id: {e}"))))
+            .collect()
+    }
+}
+
 pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -483,6 +499,13 @@ pub(crate) fn check_bucket(bucket_ns: u64) -> Result<(), StoreError> {
 pub trait Reader: Send + Sync + 'static {
     /// Every span of the trace, grouped by resource and scope, in write order. Empty when unknown.
     fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError>;
+
+    /// [`Reader::trace`] of each id, in the order given: one call for many traces, so a reader
+    /// that reaches its data over the network (a searcher) answers a trace search in one round
+    /// trip per source instead of one per trace.
+    fn traces(&self, trace_ids: &[Vec<u8>]) -> Result<Vec<Vec<SpanRecord>>, StoreError> {
+        trace_ids.iter().map(|id| self.trace(id)).collect()
+    }
 
     /// Spans matching the query, newest start time first, at most `query.limit`.
     fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError>;

@@ -80,6 +80,12 @@ pub enum ReadCall {
         #[serde(with = "hex_bytes")]
         trace_id: Vec<u8>,
     },
+    /// [`Reader::traces`].
+    Traces {
+        /// The trace ids (hex on the wire).
+        #[serde(with = "crate::api::hex_list")]
+        trace_ids: Vec<Vec<u8>>,
+    },
     /// [`Reader::find_spans`].
     FindSpans(SpanQuery),
     /// [`Reader::find_logs`].
@@ -156,7 +162,9 @@ impl ReadCall {
     /// The signals whose data the call reads: a searcher fetches only those segments.
     pub fn signals(&self) -> &'static [Signal] {
         match self {
-            ReadCall::Trace { .. } | ReadCall::FindSpans(_) | ReadCall::FindTraceIds(_) => &[Signal::Traces],
+            ReadCall::Trace { .. } | ReadCall::Traces { .. } | ReadCall::FindSpans(_) | ReadCall::FindTraceIds(_) => {
+                &[Signal::Traces]
+            }
             ReadCall::Operations { .. } | ReadCall::SpanHistogram { .. } => &[Signal::Traces],
             ReadCall::FindLogs(_) | ReadCall::LogFieldValues { .. } | ReadCall::LogHistogram { .. } => &[Signal::Logs],
             ReadCall::FindMetrics(_) | ReadCall::FindMetricsView { .. } => &[Signal::Metrics],
@@ -183,7 +191,7 @@ impl ReadCall {
             | ReadCall::AttributeValues { time, .. }
             | ReadCall::SpanHistogram { time, .. }
             | ReadCall::LogHistogram { time, .. } => *time,
-            ReadCall::Trace { .. } | ReadCall::Stats => TimeRange::ALL,
+            ReadCall::Trace { .. } | ReadCall::Traces { .. } | ReadCall::Stats => TimeRange::ALL,
         }
     }
 
@@ -191,6 +199,7 @@ impl ReadCall {
     pub fn name(&self) -> &'static str {
         match self {
             ReadCall::Trace { .. } => "trace",
+            ReadCall::Traces { .. } => "traces",
             ReadCall::FindSpans(_) => "find_spans",
             ReadCall::FindLogs(_) => "find_logs",
             ReadCall::FindMetrics(_) => "find_metrics",
@@ -212,6 +221,7 @@ impl ReadCall {
         let limit = match self {
             ReadCall::FindSpans(q) | ReadCall::FindTraceIds(q) => q.limit,
             ReadCall::FindLogs(q) => q.limit,
+            ReadCall::Traces { trace_ids } => trace_ids.len(),
             _ => 0,
         };
         if limit > MAX_CALL_LIMIT {
@@ -227,6 +237,7 @@ impl ReadCall {
     fn empty(&self) -> ReadResult {
         match self {
             ReadCall::Trace { .. } | ReadCall::FindSpans(_) => ReadResult::Spans(Vec::new()),
+            ReadCall::Traces { trace_ids } => ReadResult::SpanLists(vec![SpanList::default(); trace_ids.len()]),
             ReadCall::FindLogs(_) => ReadResult::Logs(Vec::new()),
             ReadCall::FindMetrics(_) | ReadCall::FindMetricsView { .. } => ReadResult::Metrics(MetricsData::default()),
             ReadCall::FindTraceIds(_) => ReadResult::TraceHits(Vec::new()),
@@ -249,12 +260,19 @@ pub struct TraceHit {
     pub newest_start_ns: u64,
 }
 
+/// The spans of one trace in a [`ReadResult::SpanLists`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SpanList(#[serde(with = "wire_spans")] pub Vec<SpanRecord>);
+
 /// The answer to a [`ReadCall`] (one source's part, or the merged answer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadResult {
     /// `trace`, `find_spans`: OTLP `TracesData` protobuf, base64, on the wire.
     Spans(#[serde(with = "wire_spans")] Vec<SpanRecord>),
+    /// `traces`: one list per trace id asked for, in that order.
+    SpanLists(Vec<SpanList>),
     /// `find_logs`: OTLP `LogsData` protobuf, base64, on the wire.
     Logs(#[serde(with = "wire_logs")] Vec<LogEntry>),
     /// `find_metrics`, `find_metrics_view`: OTLP `MetricsData` protobuf, base64, on the wire.
@@ -292,6 +310,8 @@ macro_rules! into_variant {
 into_variant! {
     /// The spans, or an error naming what came instead.
     into_spans, Spans, Vec<SpanRecord>;
+    /// The lists of spans, or an error naming what came instead.
+    into_span_lists, SpanLists, Vec<SpanList>;
     /// The log records, or an error naming what came instead.
     into_logs, Logs, Vec<LogEntry>;
     /// The metric data, or an error naming what came instead.
@@ -315,6 +335,7 @@ impl ReadResult {
     pub fn kind(&self) -> &'static str {
         match self {
             ReadResult::Spans(_) => "Spans",
+            ReadResult::SpanLists(_) => "SpanLists",
             ReadResult::Logs(_) => "Logs",
             ReadResult::Metrics(_) => "Metrics",
             ReadResult::TraceHits(_) => "TraceHits",
@@ -330,6 +351,7 @@ impl ReadResult {
     fn is_empty(&self) -> bool {
         match self {
             ReadResult::Spans(v) => v.is_empty(),
+            ReadResult::SpanLists(v) => v.iter().all(|l| l.0.is_empty()),
             ReadResult::Logs(v) => v.is_empty(),
             ReadResult::Metrics(d) => d.resource_metrics.is_empty(),
             ReadResult::TraceHits(v) => v.is_empty(),
@@ -351,6 +373,9 @@ impl ReadResult {
 pub fn run(reader: &dyn Reader, call: &ReadCall) -> Result<ReadResult, StoreError> {
     Ok(match call {
         ReadCall::Trace { trace_id } => ReadResult::Spans(reader.trace(trace_id)?),
+        ReadCall::Traces { trace_ids } => {
+            ReadResult::SpanLists(reader.traces(trace_ids)?.into_iter().map(SpanList).collect())
+        }
         ReadCall::FindSpans(q) => ReadResult::Spans(reader.find_spans(q)?),
         ReadCall::FindLogs(q) => ReadResult::Logs(reader.find_logs(q)?),
         ReadCall::FindMetrics(q) => ReadResult::Metrics(reader.find_metrics(q)?),
@@ -400,6 +425,23 @@ pub fn merge(call: &ReadCall, mut parts: Vec<ReadResult>) -> Result<ReadResult, 
     }
     Ok(match call {
         ReadCall::Trace { .. } => ReadResult::Spans(collect(parts, ReadResult::into_spans)?.concat()),
+        ReadCall::Traces { trace_ids } => {
+            // Per trace, the parts one after the other, as for `trace`.
+            let mut merged = vec![SpanList::default(); trace_ids.len()];
+            for part in collect(parts, ReadResult::into_span_lists)? {
+                if part.len() != merged.len() {
+                    return Err(StoreError::Unavailable(format!(
+                        "a read source answered {} traces where {} were asked for",
+                        part.len(),
+                        merged.len()
+                    )));
+                }
+                for (into, list) in merged.iter_mut().zip(part) {
+                    into.0.extend(list.0);
+                }
+            }
+            ReadResult::SpanLists(merged)
+        }
         ReadCall::FindSpans(q) => {
             ReadResult::Spans(newest_first(collect(parts, ReadResult::into_spans)?, q.limit, |s| {
                 s.span.start_time_unix_nano
@@ -680,6 +722,11 @@ impl<A: Answer> Reader for A {
         Answer::answer(self, &ReadCall::Trace { trace_id: trace_id.to_vec() })?.into_spans()
     }
 
+    fn traces(&self, trace_ids: &[Vec<u8>]) -> Result<Vec<Vec<SpanRecord>>, StoreError> {
+        let lists = Answer::answer(self, &ReadCall::Traces { trace_ids: trace_ids.to_vec() })?.into_span_lists()?;
+        Ok(lists.into_iter().map(|l| l.0).collect())
+    }
+
     fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
         Answer::answer(self, &ReadCall::FindSpans(query.clone()))?.into_spans()
     }
@@ -902,6 +949,7 @@ mod tests {
         };
         vec![
             ReadCall::Trace { trace_id: vec![0xab; 16] },
+            ReadCall::Traces { trace_ids: vec![vec![0xab; 16], vec![0x01; 16]] },
             ReadCall::FindSpans(span_query.clone()),
             ReadCall::FindLogs(LogQuery { predicate: log_predicate.clone(), time, limit: 3 }),
             ReadCall::FindMetrics(metric_query.clone()),
@@ -930,7 +978,7 @@ mod tests {
     fn every_call_and_result_survives_a_json_round_trip() {
         let calls = every_call();
         let names: BTreeSet<&str> = calls.iter().map(ReadCall::name).collect();
-        assert_eq!(names.len(), 13, "one of each call");
+        assert_eq!(names.len(), 14, "one of each call");
         for call in &calls {
             let json = serde_json::to_string(call).unwrap();
             let back: ReadCall = serde_json::from_str(&json).unwrap();
@@ -1250,6 +1298,7 @@ mod tests {
             needs,
             vec![
                 ("trace", &[Signal::Traces][..], true),
+                ("traces", &[Signal::Traces][..], true),
                 ("find_spans", &[Signal::Traces], false),
                 ("find_logs", &[Signal::Logs], false),
                 ("find_metrics", &[Signal::Metrics], false),
@@ -1264,7 +1313,7 @@ mod tests {
                 ("stats", &Signal::ALL, true),
             ]
         );
-        assert_eq!(calls[1].time(), TimeRange { start_ns: 5, end_ns: u64::MAX });
+        assert_eq!(calls[2].time(), TimeRange { start_ns: 5, end_ns: u64::MAX });
     }
 
     #[test]

@@ -167,6 +167,12 @@ fn traces_round_trip<S: Writer + Reader>(store: &S) {
         assert_eq!(rec.scope_schema_url, "https://schema/s");
     }
     assert!(store.trace(&id16(77)).expect("unknown trace").is_empty());
+    // Many traces at once: each as `trace` answers, in the order asked, unknown ones empty.
+    let ids = [id16(2), id16(77), id16(1), id16(2)];
+    let many = store.traces(&ids).expect("traces");
+    let one_by_one: Vec<_> = ids.iter().map(|id| store.trace(id).expect("trace")).collect();
+    assert_eq!(many, one_by_one);
+    assert_eq!(many.iter().map(Vec::len).collect::<Vec<_>>(), [1, 0, 3, 1]);
 }
 
 fn span_predicates<S: Writer + Reader>(store: &S) {

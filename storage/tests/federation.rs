@@ -185,6 +185,9 @@ fn calls() -> Vec<ReadCall> {
     for trace in 0..9 {
         calls.push(ReadCall::Trace { trace_id: full_span(trace, 0, None).trace_id });
     }
+    // Several traces at once, one unknown, one twice.
+    let ids = [3u8, 0, 200, 8, 3].map(|t| full_span(t, 0, None).trace_id);
+    calls.push(ReadCall::Traces { trace_ids: ids.to_vec() });
     for limit in [1, 5, 17, 500] {
         for p in [
             SpanPredicate::All,
@@ -287,6 +290,7 @@ fn sealed_segments_read_back_and_the_ingesters_rest_answer_as_one_store() {
 fn size(r: &ReadResult) -> usize {
     match r {
         ReadResult::Spans(v) => v.len(),
+        ReadResult::SpanLists(v) => v.iter().map(|l| l.0.len()).sum(),
         ReadResult::Logs(v) => v.len(),
         ReadResult::Metrics(d) => d
             .resource_metrics

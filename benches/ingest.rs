@@ -824,8 +824,8 @@ fn run_signal(signal: Signal, args: &Args, rows: &mut Vec<Row>) -> anyhow::Resul
     let start = Instant::now();
     let obsbox = server_rt.block_on(obsbox::Obsbox::start(config))?;
     let start_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let addr = obsbox.otlp_grpc_addr();
-    let store = obsbox.store();
+    let addr = obsbox.otlp_grpc_addr().expect("an OTLP listener");
+    let store = obsbox.store().expect("a local store");
     std::thread::sleep(Duration::from_millis(500));
     let rss_idle = rss_bytes();
     println!(

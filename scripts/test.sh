@@ -2,7 +2,7 @@
 # The project's checks, as CI runs them (.ci/run): formatting, clippy, and every test, including
 # the end-to-end tests that drive the Python OpenTelemetry SDK (from .venv, created here from
 # tests/python/requirements.txt), headless Chromium, Prometheus and RabbitMQ (Debian packages,
-# installed here when missing), Garage (cargo install, kept in ~/.cargo/bin), schemathesis (in the
+# nginx, installed here when missing), Garage (cargo install, kept in ~/.cargo/bin), schemathesis (in the
 # same .venv) and a small tmpfs for the full-disk test (mounted by the test itself: run as root, as
 # CI does). Runnable from any directory.
 set -euo pipefail
@@ -27,14 +27,16 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 # Real peers of the end-to-end tests: headless Chromium + ChromeDriver (web UI), Prometheus and
 # promtool (scrape, remote write, PromQL differential, SLO rules, the compose stack's rules and config),
-# Alertmanager (SLO alert notifications, the compose stack's), RabbitMQ (the demo's broker). The tests
-# start them on loopback themselves and stop them after.
+# Alertmanager (SLO alert notifications, the compose stack's), RabbitMQ (the demo's broker), nginx
+# (the load balancer in front of the ingesters in tests/e2e/cluster.rs). The tests start them on
+# loopback themselves and stop them after.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+[ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

@@ -1,8 +1,10 @@
 //! Configuration: defaults, then an optional TOML file, then `OBSBOX_*` environment variables
 //! and command-line flags. Unknown keys and bad values stop start-up with a message naming them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+pub use obsbox_cluster::ObjectStoreConfig;
 use obsbox_collector::{DeriveConfig, Limits, RemoteWriteConfig};
 pub use obsbox_net::{AuthConfig, ListenConfig, TlsConfig};
 use obsbox_query_ui::QueryLimits;
@@ -32,6 +34,157 @@ pub struct Config {
     pub slo: SloConfig,
     /// Limits on queries (text, complexity, time range, result size, time budget).
     pub query: QueryLimits,
+    /// The node's role and, outside role `all`, how nodes share the object store (DEPLOYMENT.md).
+    pub cluster: ClusterConfig,
+    /// The object store of roles `ingester`, `searcher` and `compactor`.
+    pub object_store: ObjectStoreConfig,
+}
+
+/// What this process does (DEPLOYMENT.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything in one process, on the local disk alone (the default).
+    #[default]
+    All,
+    /// Takes OTLP, keeps its WAL and the segments being built, ships sealed segments to the
+    /// object store and answers searchers' reads of what it has not shipped yet.
+    Ingester,
+    /// Serves every query API and the UI from the object store plus the ingesters; stateless
+    /// but for its segment cache.
+    Searcher,
+    /// Merges small segments in the object store and applies retention (run exactly one).
+    Compactor,
+}
+
+impl Role {
+    /// The role's name as in the config and in node heartbeats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingester => "ingester",
+            Role::Searcher => "searcher",
+            Role::Compactor => "compactor",
+        }
+    }
+}
+
+/// `[cluster]`: the role and its settings. Only `role` matters in role `all`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// What this process does.
+    pub role: Role,
+    /// This node's name, unique in the cluster and the same across restarts: an ingester's
+    /// segments are keyed by it, so a restarted ingester uploads what it had not shipped under the
+    /// same keys. Letters, digits, `-`, `_`, `.`.
+    pub node_id: Option<String>,
+    /// Ingester: the URL of its UI port as searchers reach it (internal read API). Default:
+    /// `http://<listen.http>` when that is a specific address.
+    pub advertise_url: Option<String>,
+    /// Ingester: active segments are sealed (and then shipped) when they are this old.
+    #[serde(with = "humantime_serde")]
+    pub seal_interval: Duration,
+    /// Ingester: how often sealed segments are looked for and shipped.
+    #[serde(with = "humantime_serde")]
+    pub ship_interval: Duration,
+    /// Searcher: how often the segment list is read again.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Every node: how often it writes its heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Searcher: an ingester whose heartbeat is older than this is no longer asked; until then
+    /// a query that cannot reach it fails (503) rather than silently missing its data.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+    /// Searcher: time limit of one read call to an ingester.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Searcher, compactor: where fetched segments are kept. Default `<data_dir>/cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Searcher, compactor: most bytes of segments kept in the cache (besides those in use).
+    pub cache_max_bytes: u64,
+    /// Compactor: time between passes.
+    #[serde(with = "humantime_serde")]
+    pub compaction_interval: Duration,
+    /// Compactor: segments smaller than this are merged together.
+    pub merge_small_bytes: u64,
+    /// Compactor: a merge's inputs are deleted this long after its output is registered; longer
+    /// than `poll_interval` plus the longest query.
+    #[serde(with = "humantime_serde")]
+    pub compaction_grace: Duration,
+    /// Compactor: segments registered less than this long ago are left alone.
+    #[serde(with = "humantime_serde")]
+    pub compaction_min_age: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            role: Role::All,
+            node_id: None,
+            advertise_url: None,
+            seal_interval: Duration::from_secs(30),
+            ship_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
+            cache_dir: None,
+            cache_max_bytes: 4 << 30,
+            compaction_interval: Duration::from_secs(60),
+            merge_small_bytes: 64 << 20,
+            compaction_grace: Duration::from_secs(300),
+            compaction_min_age: Duration::from_secs(120),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the settings the role uses; the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.role == Role::All {
+            return Ok(());
+        }
+        match self.node_id.as_deref() {
+            None => anyhow::bail!("cluster.node_id: required when role = \"{}\"", self.role.as_str()),
+            Some(id)
+                if id.is_empty()
+                    || id.len() > 64
+                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    || id.starts_with('.') =>
+            {
+                anyhow::bail!("cluster.node_id: {id:?} must be 1 to 64 letters, digits, `-`, `_` or `.`")
+            }
+            Some(_) => {}
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            anyhow::bail!("cluster.advertise_url: {url:?} must start with http:// or https://");
+        }
+        let positive = [
+            ("seal_interval", self.seal_interval),
+            ("ship_interval", self.ship_interval),
+            ("poll_interval", self.poll_interval),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("call_timeout", self.call_timeout),
+            ("compaction_interval", self.compaction_interval),
+        ];
+        for (key, value) in positive {
+            if value < Duration::from_millis(100) {
+                anyhow::bail!("cluster.{key}: must be at least 100ms");
+            }
+        }
+        if self.node_timeout < 2 * self.heartbeat_interval {
+            anyhow::bail!("cluster.node_timeout: must be at least twice cluster.heartbeat_interval");
+        }
+        if self.compaction_grace <= self.poll_interval + self.call_timeout {
+            anyhow::bail!("cluster.compaction_grace: must be longer than cluster.poll_interval + cluster.call_timeout");
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -58,6 +211,16 @@ impl Config {
         self.remote_write.validate().map_err(|e| anyhow::anyhow!("remote_write: {e}"))?;
         self.slo.validate().map_err(|e| anyhow::anyhow!("slo: {e}"))?;
         self.query.validate().map_err(|e| anyhow::anyhow!("query.{e}"))?;
+        self.cluster.validate()?;
+        if self.cluster.role != Role::All {
+            self.object_store.validate()?;
+            if self.slo.dir.is_some() && self.cluster.role != Role::Searcher {
+                anyhow::bail!(
+                    "slo.dir: SLOs are evaluated by a searcher (role = \"searcher\"), not a {}",
+                    self.cluster.role.as_str()
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -6,7 +6,10 @@
 //!   variables and flags (in that order), validated once at start.
 //! - [`Obsbox`]: binds the three listeners, opens the store and runs the OTLP receivers
 //!   (`obsbox-collector`), the UI/API server (`obsbox-query-ui`) and, with `[slo] dir`, SLO
-//!   evaluation and notifications (`obsbox-slo`) until shut down.
+//!   evaluation and notifications (`obsbox-slo`) until shut down. Outside role `all`
+//!   (`[cluster] role`, DEPLOYMENT.md) it composes `obsbox-cluster` instead: an ingester ships
+//!   sealed segments and serves the internal read API, a searcher reads through a
+//!   `ClusterReader` and opens no store or OTLP listener, a compactor runs the `Compactor`.
 //! - `fuzz` (tests and the `fuzzing` feature only): the fuzz target of the config file
 //!   (`docs/fuzzing.md`).
 //! - `main.rs`: the command line.
@@ -19,28 +22,52 @@ pub mod fuzz;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{AuthConfig, Config, ListenConfig, TlsConfig};
+pub use config::{AuthConfig, ClusterConfig, Config, ListenConfig, ObjectStoreConfig, Role, TlsConfig};
+use obsbox_cluster::{ClusterReader, Compactor, Heartbeat, Metastore, NodeInfo, SegmentCache, Shipper};
 pub use obsbox_collector as collector;
+use obsbox_query_ui::internal::{InternalApi, SegmentLists, ServedSegments};
 pub use obsbox_storage as storage;
-use obsbox_storage::DiskStore;
+use obsbox_storage::{DiskStore, Reader};
 
 /// A running obsbox: listeners bound, store open, servers running.
 pub struct Obsbox {
-    otlp_grpc_addr: SocketAddr,
-    otlp_http_addr: SocketAddr,
+    otlp_grpc_addr: Option<SocketAddr>,
+    otlp_http_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
-    store: Arc<DiskStore>,
+    store: Option<Arc<DiskStore>>,
+    reader: Arc<dyn Reader>,
+    cluster: ClusterParts,
     deriver: Option<obsbox_collector::Deriver>,
     remote_write: Option<obsbox_collector::RemoteWrite>,
     slo: Option<Slo>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// What a role other than `all` runs besides the servers.
+#[derive(Default)]
+struct ClusterParts {
+    heartbeat: Option<Heartbeat>,
+    shipper: Option<Arc<Shipper>>,
+    compactor: Option<Compactor>,
+}
+
+/// An ingester's local store as the internal read API reads it: under the shipper's lock, with
+/// the keys of the sealed segments read and of those shipped lately.
+struct ShippedStore(Arc<Shipper>);
+
+impl ServedSegments for ShippedStore {
+    fn read(&self, f: &mut dyn FnMut(&dyn Reader)) -> SegmentLists {
+        let ((), served, released) = self.0.read_local(|reader| f(reader));
+        SegmentLists { served, released }
+    }
 }
 
 /// SLO evaluation and its notifier, when `[slo] dir` is set.
@@ -86,49 +113,149 @@ impl Obsbox {
     /// and starts serving. Port 0 binds a free port; the `*_addr` methods tell which.
     pub async fn start(config: Config) -> anyhow::Result<Obsbox> {
         config.validate()?;
+        let role = config.cluster.role;
         let tls = obsbox_net::Tls::load(&config.tls).context("invalid [tls] settings")?;
         let ingest_tokens = config.auth.ingest_tokens().context("invalid [auth] settings")?;
         let query_tokens = config.auth.query_tokens().context("invalid [auth] settings")?;
-        tracing::info!(ingest = ingest_tokens.is_some(), query = query_tokens.is_some(), "listeners requiring a token");
+        tracing::info!(
+            role = role.as_str(),
+            ingest = ingest_tokens.is_some(),
+            query = query_tokens.is_some(),
+            "listeners requiring a token"
+        );
         let registry = prometheus::Registry::new();
         let auth_failures = obsbox_net::AuthFailures::register(&registry).context("registering self-metrics")?;
-        let storage_config = config.storage.clone();
-        let store = tokio::task::spawn_blocking(move || DiskStore::open(storage_config))
-            .await
-            .context("store open task failed")?
-            .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
-        let store = Arc::new(store);
+        let ingests = matches!(role, Role::All | Role::Ingester);
+        let store = match ingests {
+            true => {
+                let mut storage_config = config.storage.clone();
+                if role == Role::Ingester {
+                    // Segments are the unit shipped: seal them often, so the object store is behind
+                    // by at most seal_interval (searchers ask the ingester for the rest).
+                    storage_config.segment_max_age = storage_config.segment_max_age.min(config.cluster.seal_interval);
+                }
+                let store = tokio::task::spawn_blocking(move || DiskStore::open(storage_config))
+                    .await
+                    .context("store open task failed")?
+                    .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
+                Some(Arc::new(store))
+            }
+            false => None,
+        };
+        let metastore = match role {
+            Role::All => None,
+            _ => {
+                let objects =
+                    obsbox_cluster::open_store(&config.object_store).context("invalid [object_store] settings")?;
+                Some(Metastore::new(objects, &config.object_store.prefix))
+            }
+        };
 
         raise_open_files_limit(config.listen.max_connections);
         let listener = |tcp, port| {
             obsbox_net::Listener::new(tcp, &config.listen, tls.as_ref(), port).context("cannot set up a listener")
         };
-        let grpc = listener(bind(&config.listen.otlp_grpc, "listen.otlp_grpc").await?, obsbox_net::Port::OtlpGrpc)?;
-        let http = listener(bind(&config.listen.otlp_http, "listen.otlp_http").await?, obsbox_net::Port::OtlpHttp)?;
         let ui = listener(bind(&config.listen.http, "listen.http").await?, obsbox_net::Port::Ui)?;
-        let (otlp_grpc_addr, otlp_http_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?, ui.local_addr()?);
+        let http_addr = ui.local_addr()?;
+        let (grpc, http) = match ingests {
+            true => (
+                Some(listener(bind(&config.listen.otlp_grpc, "listen.otlp_grpc").await?, obsbox_net::Port::OtlpGrpc)?),
+                Some(listener(bind(&config.listen.otlp_http, "listen.otlp_http").await?, obsbox_net::Port::OtlpHttp)?),
+            ),
+            false => (None, None),
+        };
+        let otlp_grpc_addr = grpc.as_ref().map(|l| l.local_addr()).transpose()?;
+        let otlp_http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
 
-        let remote_write = match config.remote_write.enabled() {
-            true => Some(
+        let mut cluster = ClusterParts::default();
+        let node_id = config.cluster.node_id.clone().unwrap_or_default();
+        let cache = |metastore: &Metastore| {
+            let dir = config.cluster.cache_dir.clone().unwrap_or_else(|| config.storage.data_dir.join("cache"));
+            SegmentCache::open(metastore.clone(), &dir, config.cluster.cache_max_bytes)
+                .with_context(|| format!("cannot open the segment cache in {}", dir.display()))
+        };
+        let reader: Arc<dyn Reader> = match (&store, role, &metastore) {
+            (Some(store), _, _) => store.clone(),
+            (None, Role::Searcher, Some(metastore)) => {
+                let settings = obsbox_cluster::SearcherSettings {
+                    poll_interval: config.cluster.poll_interval,
+                    node_timeout: config.cluster.node_timeout,
+                    call_timeout: config.cluster.call_timeout,
+                    token: config.auth.peer_query_token().context("invalid [auth] settings")?,
+                };
+                let cache = tokio::task::block_in_place(|| cache(metastore))?;
+                let reader = ClusterReader::start(metastore.clone(), cache, settings);
+                if !reader.wait_ready(Duration::from_secs(30)).await {
+                    tracing::warn!("no segment list from the object store yet; queries wait for it");
+                }
+                Arc::new(reader)
+            }
+            // A compactor answers no queries: its UI port is for health and metrics.
+            _ => Arc::new(obsbox_storage::FederatedReader::new(Vec::new())),
+        };
+        if let (Role::Compactor, Some(metastore)) = (role, &metastore) {
+            let settings = obsbox_cluster::CompactorSettings {
+                interval: config.cluster.compaction_interval,
+                retention: config.storage.retention,
+                grace: config.cluster.compaction_grace,
+                min_age: config.cluster.compaction_min_age,
+                policy: obsbox_cluster::MergePolicy {
+                    small_bytes: config.cluster.merge_small_bytes,
+                    ..Default::default()
+                },
+                work_dir: config.storage.data_dir.join("compaction"),
+            };
+            let cache = tokio::task::block_in_place(|| cache(metastore))?;
+            cluster.compactor = Some(Compactor::start(metastore.clone(), cache, &node_id, settings));
+        }
+        if let (Role::Ingester, Some(metastore), Some(store)) = (role, &metastore, &store) {
+            cluster.shipper = Some(Arc::new(Shipper::start(
+                store.clone(),
+                metastore.clone(),
+                &node_id,
+                config.cluster.ship_interval,
+            )));
+        }
+        if let Some(metastore) = &metastore {
+            let url = match &config.cluster.advertise_url {
+                Some(url) => url.clone(),
+                None if http_addr.ip().is_unspecified() && role == Role::Ingester => anyhow::bail!(
+                    "cluster.advertise_url: required when listen.http ({}) listens on every address",
+                    config.listen.http
+                ),
+                None => format!("{}://{http_addr}", if tls.is_some() { "https" } else { "http" }),
+            };
+            let node = NodeInfo { node_id: node_id.clone(), role: role.as_str().to_string(), url, updated_ms: 0 };
+            cluster.heartbeat = Some(Heartbeat::start(metastore.clone(), node, config.cluster.heartbeat_interval));
+        }
+
+        let remote_write = match (ingests, config.remote_write.enabled()) {
+            (true, true) => Some(
                 obsbox_collector::RemoteWrite::start(&config.remote_write, &registry)
                     .context("cannot start remote write")?,
             ),
-            false => None,
+            _ => None,
         };
-        let deriver = match config.derive.enabled {
-            true => Some(
+        let deriver = match (&store, config.derive.enabled) {
+            (Some(store), true) => Some(
                 obsbox_collector::Deriver::start(&config.derive, store.clone(), &registry, remote_write.clone())
                     .context("cannot start metric derivation")?,
             ),
-            false => None,
+            _ => None,
         };
-        let taps = obsbox_collector::Taps { deriver: deriver.clone(), remote_write: remote_write.clone() };
-        let mut collector =
-            obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
-                .context("invalid limits")?;
-        if let Some(tokens) = ingest_tokens {
-            collector = collector.with_auth(tokens, &auth_failures);
-        }
+        let collector = match &store {
+            Some(store) => {
+                let taps = obsbox_collector::Taps { deriver: deriver.clone(), remote_write: remote_write.clone() };
+                let mut collector =
+                    obsbox_collector::Collector::with_taps(store.clone(), config.limits.clone(), &registry, taps)
+                        .context("invalid limits")?;
+                if let Some(tokens) = ingest_tokens {
+                    collector = collector.with_auth(tokens, &auth_failures);
+                }
+                Some(collector)
+            }
+            None => None,
+        };
         let slo = match &config.slo.dir {
             Some(dir) => {
                 let notifier = Arc::new(
@@ -138,7 +265,7 @@ impl Obsbox {
                 let engine = obsbox_slo::SloEngine::start(
                     &config.slo,
                     &config.storage.data_dir,
-                    store.clone(),
+                    reader.clone(),
                     &registry,
                     Box::new(notifier.clone()),
                     Box::new(obsbox_slo::Definitions::new(dir)),
@@ -149,7 +276,7 @@ impl Obsbox {
             None => None,
         };
         let ready = Arc::new(AtomicBool::new(false));
-        let mut state = obsbox_query_ui::AppState::new(store.clone(), registry, ready.clone())
+        let mut state = obsbox_query_ui::AppState::new(reader.clone(), registry, ready.clone())
             .context("registering self-metrics")?
             .with_limits(config.query.clone());
         if let Some(slo) = &slo {
@@ -158,37 +285,55 @@ impl Obsbox {
         if let Some(tokens) = query_tokens {
             state = state.with_auth(tokens, &auth_failures);
         }
+        let mut app = obsbox_query_ui::router(state.clone());
+        if let Some(shipper) = &cluster.shipper {
+            app = app.merge(InternalApi::new(Arc::new(ShippedStore(shipper.clone()))).router(&state));
+        }
 
         let (stop, stop_rx) = watch::channel(false);
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let tasks = vec![
-            tokio::spawn({
+        let mut tasks = Vec::new();
+        if let (Some(grpc), Some(http), Some(collector)) = (grpc, http, collector) {
+            tasks.push(tokio::spawn({
                 let c = collector.clone();
                 let s = signal(stop_rx.clone());
                 async move { obsbox_collector::serve_grpc(grpc, c, s).await.context("otlp grpc server") }
-            }),
-            tokio::spawn({
+            }));
+            tasks.push(tokio::spawn({
                 let s = signal(stop_rx.clone());
                 async move { obsbox_collector::serve_http(http, collector, s).await.context("otlp http server") }
-            }),
-            tokio::spawn({
-                let s = signal(stop_rx.clone());
-                async move { obsbox_query_ui::serve(ui, state, s).await.context("ui server") }
-            }),
-        ];
+            }));
+        }
+        tasks.push(tokio::spawn({
+            let s = signal(stop_rx.clone());
+            async move { ui.serve(app, s).await.context("ui server") }
+        }));
         ready.store(true, Ordering::SeqCst);
-        Ok(Obsbox { otlp_grpc_addr, otlp_http_addr, http_addr, store, deriver, remote_write, slo, stop, tasks })
+        Ok(Obsbox {
+            otlp_grpc_addr,
+            otlp_http_addr,
+            http_addr,
+            store,
+            reader,
+            cluster,
+            deriver,
+            remote_write,
+            slo,
+            stop,
+            tasks,
+        })
     }
 
-    /// Address of the OTLP/gRPC listener.
-    pub fn otlp_grpc_addr(&self) -> SocketAddr {
+    /// Address of the OTLP/gRPC listener; `None` in the roles that take no OTLP (searcher,
+    /// compactor).
+    pub fn otlp_grpc_addr(&self) -> Option<SocketAddr> {
         self.otlp_grpc_addr
     }
 
-    /// Address of the OTLP/HTTP listener.
-    pub fn otlp_http_addr(&self) -> SocketAddr {
+    /// Address of the OTLP/HTTP listener; `None` in the roles that take no OTLP.
+    pub fn otlp_http_addr(&self) -> Option<SocketAddr> {
         self.otlp_http_addr
     }
 
@@ -197,9 +342,15 @@ impl Obsbox {
         self.http_addr
     }
 
-    /// The store (implements [`obsbox_storage::Reader`] and [`obsbox_storage::Writer`]).
-    pub fn store(&self) -> Arc<DiskStore> {
+    /// The local store (implements [`obsbox_storage::Reader`] and [`obsbox_storage::Writer`]);
+    /// `None` in the roles that keep none (searcher, compactor).
+    pub fn store(&self) -> Option<Arc<DiskStore>> {
         self.store.clone()
+    }
+
+    /// What the query APIs read: the local store, or a searcher's view of the cluster.
+    pub fn reader(&self) -> Arc<dyn Reader> {
+        self.reader.clone()
     }
 
     /// Re-reads the SLO definitions and evaluates at once (what SIGHUP does); without an SLO
@@ -236,8 +387,25 @@ impl Obsbox {
         if let Some(rw) = self.remote_write.take() {
             rw.close(std::time::Duration::from_secs(5)).await;
         }
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.close()).await.context("store close task failed")?;
+        if let Some(compactor) = self.cluster.compactor.take() {
+            compactor.stop().await;
+        }
+        if let Some(shipper) = self.cluster.shipper.take() {
+            shipper.stop().await;
+            // Everything acknowledged goes to the object store before the ingester leaves; what
+            // cannot (the store unreachable) stays in the WAL and local segments for the restart.
+            if let Err(e) = shipper.flush().await {
+                tracing::warn!(error = %e, "cannot ship every segment before stopping; they ship after the restart");
+            }
+        }
+        if let Some(heartbeat) = self.cluster.heartbeat.take()
+            && let Err(e) = heartbeat.stop().await
+        {
+            tracing::warn!(error = %e, "cannot remove this node's heartbeat");
+        }
+        if let Some(store) = self.store.clone() {
+            tokio::task::spawn_blocking(move || store.close()).await.context("store close task failed")?;
+        }
         Ok(())
     }
 }

@@ -212,6 +212,9 @@ impl Cli {
             c.storage.fsync =
                 if v == "group" { obsbox::storage::FsyncPolicy::Group } else { obsbox::storage::FsyncPolicy::Interval };
         }
+        if c.cluster.role != obsbox::Role::All {
+            c.object_store = c.object_store.with_env();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -367,7 +370,7 @@ async fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         args.slo_time_scale.unwrap_or(if config.slo.time_scale != 1 { config.slo.time_scale } else { 60 });
     config.validate()?;
     let mut obsbox = Obsbox::start(config.clone()).await?;
-    let grpc = obsbox.otlp_grpc_addr();
+    let grpc = obsbox.otlp_grpc_addr().context("obsbox demo needs a role that takes OTLP (all)")?;
     let host = if grpc.ip().is_unspecified() { "127.0.0.1".to_owned() } else { grpc.ip().to_string() };
     let ui_addr = obsbox.http_addr();
     let ui_host = if ui_addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { ui_addr.ip().to_string() };
@@ -390,13 +393,7 @@ async fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     };
     {
         let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "listening otlp_grpc={} otlp_http={} http={}",
-            obsbox.otlp_grpc_addr(),
-            obsbox.otlp_http_addr(),
-            obsbox.http_addr()
-        )?;
+        writeln!(out, "{}", listening_line(&obsbox))?;
         writeln!(out, "demo gateway={} registry={}", demo.gateway_url, demo.registry_url)?;
         writeln!(out)?;
         writeln!(out, "obsbox demo is running:")?;
@@ -455,17 +452,24 @@ async fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
+/// `listening otlp_grpc=IP:PORT otlp_http=IP:PORT http=IP:PORT`, without the OTLP listeners a
+/// role does not open: what scripts and tests wait for on stdout.
+fn listening_line(obsbox: &Obsbox) -> String {
+    let mut line = String::from("listening");
+    for (name, addr) in [("otlp_grpc", obsbox.otlp_grpc_addr()), ("otlp_http", obsbox.otlp_http_addr())] {
+        if let Some(addr) = addr {
+            line.push_str(&format!(" {name}={addr}"));
+        }
+    }
+    line.push_str(&format!(" http={}", obsbox.http_addr()));
+    line
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let mut obsbox = Obsbox::start(config.clone()).await?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "listening otlp_grpc={} otlp_http={} http={}",
-            obsbox.otlp_grpc_addr(),
-            obsbox.otlp_http_addr(),
-            obsbox.http_addr()
-        )?;
+        writeln!(out, "{}", listening_line(&obsbox))?;
         out.flush()?;
     }
     tracing::info!(

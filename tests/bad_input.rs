@@ -86,7 +86,7 @@ impl Harness {
             }
         }
         self.good_rounds.push(service);
-        let store = self.obsbox.store();
+        let store = self.obsbox.store().expect("a local store");
         let services = self.good_rounds.clone();
         let stored = blocking(move || {
             let complete = |service: &String| {
@@ -205,7 +205,7 @@ async fn http_truncated_protobuf_is_400_with_status() {
     h.good_round("truncated protobuf").await;
     assert!(
         blocking({
-            let store = h.obsbox.store();
+            let store = h.obsbox.store().expect("a local store");
             move || common::spans_of_service(&store, "truncated").is_empty()
         })
         .await
@@ -270,7 +270,7 @@ async fn http_wrong_length_ids_are_partial_success() {
     let partial = answer.partial_success.expect("partial_success set");
     assert_eq!(partial.rejected_log_records, 1, "one log record rejected: {partial:?}");
 
-    let store = h.obsbox.store();
+    let store = h.obsbox.store().expect("a local store");
     let (names, logs) = blocking(move || {
         common::wait_until(SEARCHABLE, || {
             store.trace(&good_trace).expect("trace").len() >= 2
@@ -301,7 +301,7 @@ async fn http_unknown_content_type_is_415() {
     let response = h.post("/v1/logs", "application/octet-stream", body, false).await;
     assert_eq!(response.status(), 415);
     h.good_round("unknown content type").await;
-    let store = h.obsbox.store();
+    let store = h.obsbox.store().expect("a local store");
     assert!(blocking(move || common::spans_of_service(&store, "content-type").is_empty()).await);
     h.finish().await;
 }
@@ -331,7 +331,7 @@ async fn http_oversized_body_is_413() {
     let response = h.post("/v1/traces", PROTOBUF, inflating, true).await;
     assert_eq!(response.status(), 413, "body over max_decompressed_bytes after gzip inflation");
     h.good_round("oversized body").await;
-    let store = h.obsbox.store();
+    let store = h.obsbox.store().expect("a local store");
     assert!(blocking(move || common::spans_of_service(&store, "oversized").is_empty()).await);
     h.finish().await;
 }
@@ -414,7 +414,7 @@ async fn grpc_wrong_length_ids_are_partial_success() {
         .into_inner();
     assert_eq!(answer.partial_success.expect("partial_success set").rejected_log_records, 1);
 
-    let store = h.obsbox.store();
+    let store = h.obsbox.store().expect("a local store");
     let (names, logs) = blocking(move || {
         common::wait_until(SEARCHABLE, || {
             store.trace(&good_trace).expect("trace").len() >= 2
@@ -452,7 +452,7 @@ async fn grpc_oversized_message_is_refused() {
     let reply = grpc_call(h.addrs.otlp_grpc, "trace", grpc_frame(true, &common::gzip_bytes(&inflating)), true).await;
     assert_refused_as_too_large("message over max_decompressed_bytes once inflated", &reply);
     h.good_round("gRPC oversized").await;
-    let store = h.obsbox.store();
+    let store = h.obsbox.store().expect("a local store");
     assert!(blocking(move || common::spans_of_service(&store, "oversized").is_empty()).await);
     h.finish().await;
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ClusterError, Result};
 use crate::http::HyperConnector;
 
 /// The kind of object store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// A local directory (`path`): one machine, or a shared file system; also what tests use.
@@ -41,6 +41,13 @@ impl Secret {
     }
 }
 
+/// Printed (a config dumped as TOML) as `***`, never the secret.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"***\"")
@@ -52,7 +59,7 @@ impl fmt::Debug for Secret {
 /// Validated by [`ObjectStoreConfig::validate`] (which [`open_store`] calls); the credentials fall back
 /// to the environment variables `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` when not set here
 /// ([`ObjectStoreConfig::with_env`]).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectStoreConfig {
     /// `s3` or `local`.

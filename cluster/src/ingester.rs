@@ -94,9 +94,7 @@ impl Shipper {
     /// `Ok`, everything acknowledged before the call is in the object store.
     pub async fn flush(&self) -> Result<()> {
         let store = self.state.store.clone();
-        tokio::task::spawn_blocking(move || store.seal_now())
-            .await
-            .map_err(|_| ClusterError::Task("seal"))??;
+        tokio::task::spawn_blocking(move || store.seal_now()).await.map_err(|_| ClusterError::Task("seal"))??;
         ship(&self.state).await
     }
 

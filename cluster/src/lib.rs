@@ -58,11 +58,11 @@ mod view;
 pub use cache::{CacheStats, PinnedSegment, SegmentCache};
 pub use compaction::{MergePolicy, expired, garbage, merge_id, plan_merges};
 pub use compactor::{Compactor, CompactorSettings, PassReport};
-pub use ingester::Shipper;
-pub use searcher::{ClusterReader, FETCH_CONCURRENCY, SearcherSettings};
 pub use config::{ObjectStoreConfig, Secret, StoreKind, open_store};
 pub use error::{ClusterError, Result};
+pub use ingester::Shipper;
 pub use metastore::{ENTRY_FORMAT, Metastore, NodeInfo, SegmentEntry, SegmentFile, segment_key};
+pub use searcher::{ClusterReader, FETCH_CONCURRENCY, SearcherSettings};
 pub use upload::{LocalSegment, MULTIPART_PART_BYTES, upload_segment, upload_segment_replacing};
 pub use view::{Heartbeat, MetastoreView, Snapshot};
 

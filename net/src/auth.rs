@@ -68,6 +68,19 @@ impl AuthConfig {
     pub fn query_tokens(&self) -> Result<Option<TokenSet>, NetError> {
         load("auth.query_token", self.query_token.as_ref(), self.query_token_file.as_deref())
     }
+
+    /// The token this node presents to other obsbox nodes' UI ports (a searcher reading from
+    /// ingesters, which share the cluster's query tokens): `query_token`, else the first token of
+    /// `query_token_file`; `None` when neither is set.
+    pub fn peer_query_token(&self) -> Result<Option<String>, NetError> {
+        if let Some(t) = &self.query_token {
+            return Ok(Some(t.expose().to_string()));
+        }
+        match &self.query_token_file {
+            Some(path) => Ok(read_token_file(path)?.first().map(|t| t.expose().to_string())),
+            None => Ok(None),
+        }
+    }
 }
 
 fn load(key: &'static str, inline: Option<&Token>, file: Option<&Path>) -> Result<Option<TokenSet>, NetError> {

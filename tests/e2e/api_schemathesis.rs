@@ -44,7 +44,7 @@ fn schemathesis() -> Option<PathBuf> {
 /// Traces, logs and metrics for the API to answer from: a checkout trace across three services
 /// with one failing span, its log lines, and a gauge.
 async fn fill(obsbox: &obsbox::Obsbox) {
-    let mut clients = grpc_clients(obsbox.otlp_grpc_addr()).await;
+    let mut clients = grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
     let now = common::now_ns();
     for t in 0..5u64 {
         let tid = trace_id(0xa11, t);
@@ -71,7 +71,7 @@ async fn fill(obsbox: &obsbox::Obsbox) {
     }
     let points = (0..10).map(|i| common::gauge_point(i as f64, now - i * 10_000_000_000, vec![])).collect();
     clients.metrics.export(common::gauge_request("payments", "queue_depth", points)).await.expect("export metrics");
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     let searchable =
         common::wait_until_async(SEARCHABLE, move || common::logs_of_service(&store, "payments").len() == 5).await;
     assert!(searchable, "the logs became searchable");

@@ -45,8 +45,8 @@ fn sdk(obsbox: &obsbox::Obsbox, service: &str, header: Option<&str>) -> Child {
     let script = common::workspace_root().join("tests/python/export_tls.py");
     let mut cmd = Command::new(common::python());
     cmd.arg(script)
-        .args(["--grpc", &obsbox.otlp_grpc_addr().to_string()])
-        .args(["--http", &obsbox.otlp_http_addr().to_string()])
+        .args(["--grpc", &obsbox.otlp_grpc_addr().expect("an OTLP listener").to_string()])
+        .args(["--http", &obsbox.otlp_http_addr().expect("an OTLP listener").to_string()])
         .args(["--service", service, "--scheme", "http"])
         .env("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -71,7 +71,7 @@ async fn expect(child: Child, expected: [&str; 2], what: &str) -> String {
 }
 
 async fn assert_stored(obsbox: &obsbox::Obsbox, service: &str) {
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     let s = service.to_string();
     let found = wait_until_async(SEARCHABLE, move || {
         !spans_of_service(&store, &s).is_empty() && !logs_of_service(&store, &s).is_empty()
@@ -81,7 +81,7 @@ async fn assert_stored(obsbox: &obsbox::Obsbox, service: &str) {
 }
 
 fn assert_nothing_stored(obsbox: &obsbox::Obsbox, service: &str) {
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     assert!(spans_of_service(&store, service).is_empty(), "{service}: refused spans were stored");
     assert!(logs_of_service(&store, service).is_empty(), "{service}: refused logs were stored");
 }
@@ -144,7 +144,7 @@ async fn refusals_say_nothing_about_what_was_wrong() {
     );
 
     // gRPC: UNAUTHENTICATED with one message, whether the metadata is missing or wrong.
-    let mut clients = common::grpc_clients(obsbox.otlp_grpc_addr()).await;
+    let mut clients = common::grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
     let mut messages = Vec::new();
     for auth in [None, Some("Bearer nope".to_string()), Some(format!("Basic {OLD_INGEST}"))] {
         let mut req = tonic::Request::new(request.clone());
@@ -168,7 +168,7 @@ async fn refusals_say_nothing_about_what_was_wrong() {
 
     // HTTP: 401, a Bearer challenge, one body.
     let client = reqwest::Client::new();
-    let url = format!("http://{}/v1/traces", obsbox.otlp_http_addr());
+    let url = format!("http://{}/v1/traces", obsbox.otlp_http_addr().expect("an OTLP listener"));
     let body = ExportTraceServiceRequest::encode_to_vec(&request);
     let mut bodies = Vec::new();
     for auth in [None, Some("Bearer nope"), Some("Bearer "), Some("Token x")] {
@@ -197,7 +197,7 @@ async fn refusals_say_nothing_about_what_was_wrong() {
     }
     // Alertmanager's webhook is ingest too.
     let resp = client
-        .post(format!("http://{}/v1/alertmanager", obsbox.otlp_http_addr()))
+        .post(format!("http://{}/v1/alertmanager", obsbox.otlp_http_addr().expect("an OTLP listener")))
         .header("content-type", "application/json")
         .body("{}")
         .send()

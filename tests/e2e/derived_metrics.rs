@@ -47,7 +47,7 @@ async fn spans_become_red_metrics_and_service_graph_edges() {
     let mut config = test_config(dir.path());
     config.derive.interval = Duration::from_secs(1);
     let obsbox = start_obsbox_with(config).await;
-    let mut clients = grpc_clients(obsbox.otlp_grpc_addr()).await;
+    let mut clients = grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
 
     let t = now_ns();
     let mut frontend = Vec::new();
@@ -64,7 +64,7 @@ async fn spans_become_red_metrics_and_service_graph_edges() {
     clients.traces.export(trace_request("frontend", frontend)).await.expect("export frontend");
     clients.traces.export(trace_request("cart", cart)).await.expect("export cart");
 
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     let found = blocking(move || {
         let ok = wait_until(Duration::from_secs(20), || {
             let select = [("service.name", "cart"), ("span.name", "SELECT"), ("status.code", "STATUS_CODE_UNSET")];

@@ -184,9 +184,9 @@ async fn python_sdk_over_grpc_http_protobuf_and_json() {
             .arg(&script)
             .arg(&out_dir)
             .arg("--grpc")
-            .arg(obsbox.otlp_grpc_addr().to_string())
+            .arg(obsbox.otlp_grpc_addr().expect("an OTLP listener").to_string())
             .arg("--http")
-            .arg(obsbox.otlp_http_addr().to_string())
+            .arg(obsbox.otlp_http_addr().expect("an OTLP listener").to_string())
             .arg("--run-id")
             .arg(&run_id)
             // Settings from the environment must not change what the SDK does.
@@ -211,7 +211,7 @@ async fn python_sdk_over_grpc_http_protobuf_and_json() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     blocking(move || {
         for transport in TRANSPORTS {
             let service = format!("py-e2e-{transport}-{run_id}");

@@ -63,7 +63,7 @@ struct Exporters {
 fn exporters(transport: Transport, obsbox: &obsbox::Obsbox) -> Exporters {
     match transport {
         Transport::Grpc => {
-            let endpoint = format!("http://{}", obsbox.otlp_grpc_addr());
+            let endpoint = format!("http://{}", obsbox.otlp_grpc_addr().expect("an OTLP listener"));
             Exporters {
                 spans: opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
@@ -83,7 +83,7 @@ fn exporters(transport: Transport, obsbox: &obsbox::Obsbox) -> Exporters {
             }
         }
         Transport::HttpProtobuf => {
-            let base = format!("http://{}", obsbox.otlp_http_addr());
+            let base = format!("http://{}", obsbox.otlp_http_addr().expect("an OTLP listener"));
             Exporters {
                 spans: opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
@@ -577,7 +577,7 @@ async fn run(transport: Transport) {
     })
     .await;
 
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     blocking(move || {
         check_spans(&store, &sent);
         check_logs(&store, &service, &sent);

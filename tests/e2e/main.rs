@@ -17,6 +17,7 @@ mod common;
 mod alertmanager_webhook;
 mod api_schemathesis;
 mod auth;
+mod cluster;
 mod compose_files;
 mod compose_stack;
 mod corrupt_files;

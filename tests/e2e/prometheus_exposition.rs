@@ -23,7 +23,7 @@ async fn prometheus_scrapes_the_exposition_endpoint() {
     let http = obsbox.http_addr();
 
     // Both formats straight from the endpoint first.
-    let mut clients = grpc_clients(obsbox.otlp_grpc_addr()).await;
+    let mut clients = grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
     clients.metrics.export(shop_metrics(now_ns(), 42.0)).await.expect("export metrics");
     let mut client = span(&trace_id(7, 1), &span_id(1), "GET /cart", now_ns());
     client.kind = SpanKind::Client as i32;

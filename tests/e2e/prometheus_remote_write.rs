@@ -23,7 +23,7 @@ async fn metrics_reach_prometheus_by_remote_write() {
     config.remote_write.flush_interval = Duration::from_millis(100);
     config.derive.interval = Duration::from_secs(1);
     let obsbox = start_obsbox_with(config).await;
-    let mut clients = grpc_clients(obsbox.otlp_grpc_addr()).await;
+    let mut clients = grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
 
     let t = now_ns();
     clients.metrics.export(shop_metrics(t - 2_000_000_000, 40.0)).await.expect("export metrics");

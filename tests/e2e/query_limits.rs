@@ -35,7 +35,7 @@ fn limits() -> obsbox_query_ui::QueryLimits {
 /// Traces of `payments`, ten log lines of ~1 KB, and gauge series `queue_depth{q}` (unit `1`:
 /// `queue_depth_ratio` in Prometheus): `a` with one point, `b` with ten, `c` and `d` with one.
 async fn fill(obsbox: &obsbox::Obsbox) {
-    let mut clients = grpc_clients(obsbox.otlp_grpc_addr()).await;
+    let mut clients = grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
     let now = common::now_ns();
     for t in 0..4u64 {
         let s = span(&trace_id(0x1a, t), &span_id(1), "POST /payments", now - (100 - t) * S);
@@ -47,7 +47,7 @@ async fn fill(obsbox: &obsbox::Obsbox) {
         let points = (0..n).map(|i| gauge_point(i as f64, now - (i + 1) * 10 * S, vec![str_kv("q", q)])).collect();
         clients.metrics.export(gauge_request("payments", "queue_depth", points)).await.expect("export metrics");
     }
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     assert!(
         common::wait_until_async(SEARCHABLE, move || common::logs_of_service(&store, "payments").len() == 10).await,
         "the logs became searchable"
@@ -261,7 +261,7 @@ async fn a_query_past_its_time_budget_gets_a_timeout_and_the_server_keeps_servin
     let obsbox = common::start_obsbox_with(config).await;
     // One series of 20,000 points a second apart: a day-long window at each of 11,000 steps is
     // billions of sample visits, far past 200 ms.
-    let mut clients = grpc_clients(obsbox.otlp_grpc_addr()).await;
+    let mut clients = grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
     let now = common::now_ns();
     let points = (0..20_000u64).map(|i| gauge_point(i as f64, now - (i + 1) * S, vec![])).collect();
     clients.metrics.export(gauge_request("payments", "busy", points)).await.expect("export metrics");

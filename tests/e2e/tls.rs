@@ -104,8 +104,8 @@ fn sdk(obsbox: &obsbox::Obsbox, pki: &Pki, service: &str, scheme: &str, client: 
     let script = common::workspace_root().join("tests/python/export_tls.py");
     let mut cmd = Command::new(common::python());
     cmd.arg(script)
-        .args(["--grpc", &obsbox.otlp_grpc_addr().to_string()])
-        .args(["--http", &obsbox.otlp_http_addr().to_string()])
+        .args(["--grpc", &obsbox.otlp_grpc_addr().expect("an OTLP listener").to_string()])
+        .args(["--http", &obsbox.otlp_http_addr().expect("an OTLP listener").to_string()])
         .args(["--service", service, "--scheme", scheme])
         .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.server_ca)
         .env("OTEL_EXPORTER_OTLP_TIMEOUT", "3")
@@ -132,7 +132,7 @@ async fn expect(child: Child, expected: [&str; 2], what: &str) {
 }
 
 async fn assert_stored(obsbox: &obsbox::Obsbox, service: &str) {
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     let service = service.to_string();
     let found = wait_until_async(SEARCHABLE, move || {
         !spans_of_service(&store, &service).is_empty() && !logs_of_service(&store, &service).is_empty()
@@ -142,7 +142,7 @@ async fn assert_stored(obsbox: &obsbox::Obsbox, service: &str) {
 }
 
 fn assert_nothing_stored(obsbox: &obsbox::Obsbox, service: &str) {
-    let store = obsbox.store();
+    let store = obsbox.store().expect("a local store");
     assert!(spans_of_service(&store, service).is_empty(), "{service}: refused spans were stored");
     assert!(logs_of_service(&store, service).is_empty(), "{service}: refused logs were stored");
 }

@@ -161,7 +161,7 @@ async fn slo_list_and_page_show_a_firing_page_alert_and_link_to_the_worst_traces
 
     // A live error burst: four charges a second, one in eight failing (burn rate ~125 against
     // the fast page tier's 14.4), until the end of the test.
-    let addr = ui.obsbox.as_ref().expect("running").otlp_grpc_addr();
+    let addr = ui.obsbox.as_ref().expect("running").otlp_grpc_addr().expect("an OTLP listener");
     let burst = tokio::spawn(async move {
         let mut traces = common::grpc_clients(addr).await.traces;
         for i in 0u64.. {

@@ -216,7 +216,7 @@ impl UiTest {
         configure(&mut config);
         let obsbox = common::start_obsbox_with(config).await;
         let base_url = format!("http://{}", obsbox.http_addr());
-        let grpc = common::grpc_clients(obsbox.otlp_grpc_addr()).await;
+        let grpc = common::grpc_clients(obsbox.otlp_grpc_addr().expect("an OTLP listener")).await;
 
         let profile = tempfile::tempdir().expect("temp browser profile");
         let driver = common::blocking({
@@ -269,7 +269,7 @@ impl UiTest {
 
     /// The store of the running obsbox.
     pub fn store(&self) -> Arc<obsbox::storage::DiskStore> {
-        self.obsbox.as_ref().expect("obsbox running").store()
+        self.obsbox.as_ref().expect("obsbox running").store().expect("a local store")
     }
 
     /// The absolute URL of `path` (which starts with `/`).

@@ -113,7 +113,11 @@ impl Addrs {
 
     /// The addresses of an in-process obsbox.
     pub fn of(obsbox: &obsbox::Obsbox) -> Addrs {
-        Addrs { otlp_grpc: obsbox.otlp_grpc_addr(), otlp_http: obsbox.otlp_http_addr(), http: obsbox.http_addr() }
+        Addrs {
+            otlp_grpc: obsbox.otlp_grpc_addr().expect("an OTLP listener"),
+            otlp_http: obsbox.otlp_http_addr().expect("an OTLP listener"),
+            http: obsbox.http_addr(),
+        }
     }
 }
 

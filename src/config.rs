@@ -285,9 +285,35 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_checked_for_the_role() {
+        let err = |text: &str| Config::from_toml(text).unwrap().validate().unwrap_err().to_string();
+        assert!(err("[cluster]\nrole = \"ingester\"\n").contains("cluster.node_id"));
+        assert!(err("[cluster]\nrole = \"searcher\"\nnode_id = \"a/b\"\n").contains("cluster.node_id"));
+        let e = err("[cluster]\nrole = \"compactor\"\nnode_id = \"c\"\n");
+        assert!(e.contains("object_store.path"), "{e}");
+        let e = err(
+            "[cluster]\nrole = \"ingester\"\nnode_id = \"i\"\n[object_store]\npath = \"/x\"\n[slo]\ndir = \"slos\"\n",
+        );
+        assert!(e.contains("slo.dir"), "{e}");
+        let e = err("[cluster]\nrole = \"searcher\"\nnode_id = \"s\"\nheartbeat_interval = \"9s\"\n");
+        assert!(e.contains("cluster.node_timeout"), "{e}");
+        let e = Config::from_toml("[cluster]\nrole = \"leader\"\n").unwrap_err().to_string();
+        assert!(e.contains("leader"), "{e}");
+        let e = Config::from_toml("[object_store]\nbuckit = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("buckit"), "{e}");
+        let ok = "[cluster]\nrole = \"searcher\"\nnode_id = \"s-1\"\n[object_store]\nkind = \"local\"\npath = \"/x\"\n";
+        Config::from_toml(ok).unwrap().validate().unwrap();
+        // All nodes by default: none of it is checked.
+        Config::from_toml("[cluster]\nnode_id = \"a/b\"\n").unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn printing_the_config_never_shows_a_token() {
-        let c =
-            Config::from_toml("[auth]\ningest_token = \"ingest-s3cret\"\nquery_token = \"query-s3cret\"\n").unwrap();
+        let c = Config::from_toml(
+            "[auth]\ningest_token = \"ingest-s3cret\"\nquery_token = \"query-s3cret\"\n\
+             [object_store]\nsecret_access_key = \"store-s3cret\"\n",
+        )
+        .unwrap();
         c.validate().unwrap();
         let printed = format!("{c:?} {c:#?} {}", toml::to_string(&c).unwrap());
         assert!(!printed.contains("s3cret"), "{printed}");
@@ -305,5 +331,7 @@ mod tests {
         assert_eq!(c.remote_write, RemoteWriteConfig::default());
         assert_eq!(c.slo.evaluation_interval, SloConfig::default().evaluation_interval);
         assert_eq!(c.query, QueryLimits::default(), "the sample file states the defaults");
+        assert_eq!(c.cluster, ClusterConfig::default(), "the sample file states the defaults");
+        assert_eq!(c.object_store, ObjectStoreConfig::default(), "the sample file states the defaults");
     }
 }

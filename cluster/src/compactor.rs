@@ -63,6 +63,8 @@ pub struct PassReport {
 }
 
 struct State {
+    /// One pass at a time: `run_once` and the timer share the work directory and the merge keys.
+    passing: tokio::sync::Mutex<()>,
     metastore: Metastore,
     cache: SegmentCache,
     node_id: String,
@@ -81,7 +83,13 @@ impl Compactor {
     /// inputs through `cache`. Must be called inside a tokio runtime.
     pub fn start(metastore: Metastore, cache: SegmentCache, node_id: &str, settings: CompactorSettings) -> Compactor {
         let _ = std::fs::remove_dir_all(&settings.work_dir);
-        let state = Arc::new(State { metastore, cache, node_id: node_id.to_string(), settings });
+        let state = Arc::new(State {
+            passing: tokio::sync::Mutex::new(()),
+            metastore,
+            cache,
+            node_id: node_id.to_string(),
+            settings,
+        });
         let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn({
             let state = state.clone();
@@ -124,6 +132,7 @@ fn now_ms() -> u64 {
 }
 
 async fn pass(st: &Arc<State>) -> Result<PassReport> {
+    let _one_at_a_time = st.passing.lock().await;
     let mut report = PassReport::default();
     let s = &st.settings;
     let now = now_ms();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use obsbox_query_ui::internal::{InternalClient, ask_all};
+use obsbox_query_ui::internal::{InternalClient, InternalError, ask_all};
 use obsbox_storage::call::{Answer, ReadCall, ReadResult, merge, run};
 use obsbox_storage::{OpenSegment, SegmentSet, StoreError, StoreStats};
 use parking_lot::{Mutex, RwLock};
@@ -50,6 +50,44 @@ pub struct SearcherSettings {
 
 struct Ingesters {
     clients: RwLock<Vec<InternalClient>>,
+    /// Clients by URL, kept so their connection pools are reused.
+    known: Mutex<HashMap<String, InternalClient>>,
+    metastore: Metastore,
+    settings: SearcherSettings,
+}
+
+impl Ingesters {
+    /// Reads the live ingesters from their heartbeats; returns whether the list changed.
+    async fn refresh(&self) -> bool {
+        let nodes = match self.metastore.live_nodes("ingester", self.settings.node_timeout).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list live ingesters; keeping the last list");
+                return false;
+            }
+        };
+        let mut clients = Vec::with_capacity(nodes.len());
+        {
+            let mut known = self.known.lock();
+            for node in nodes {
+                if let Some(c) = known.get(&node.url) {
+                    clients.push(c.clone());
+                    continue;
+                }
+                match InternalClient::new(&node.url, self.settings.token.clone(), self.settings.call_timeout) {
+                    Ok(c) => {
+                        known.insert(node.url.clone(), c.clone());
+                        clients.push(c);
+                    }
+                    Err(e) => tracing::warn!(node = %node.node_id, url = %node.url, error = %e, "cannot call ingester"),
+                }
+            }
+        }
+        let mut current = self.clients.write();
+        let changed = current.iter().map(|c| c.url()).ne(clients.iter().map(|c| c.url()));
+        *current = clients;
+        changed
+    }
 }
 
 /// The searcher's reader. Its methods block (call them from a blocking pool, never from a
@@ -75,40 +113,21 @@ impl ClusterReader {
     /// `cache`. Must be called inside a tokio runtime.
     pub fn start(metastore: Metastore, cache: SegmentCache, settings: SearcherSettings) -> ClusterReader {
         let view = MetastoreView::start(metastore.clone(), None, settings.poll_interval);
-        let ingesters = Arc::new(Ingesters { clients: RwLock::new(Vec::new()) });
+        let poll = settings.poll_interval.min(Duration::from_secs(2));
+        let ingesters = Arc::new(Ingesters {
+            clients: RwLock::new(Vec::new()),
+            known: Mutex::new(HashMap::new()),
+            metastore,
+            settings,
+        });
         let poller = tokio::spawn({
             let ingesters = ingesters.clone();
             async move {
-                let mut tick = tokio::time::interval(settings.poll_interval.min(Duration::from_secs(2)));
+                let mut tick = tokio::time::interval(poll);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut known: HashMap<String, InternalClient> = HashMap::new();
                 loop {
                     tick.tick().await;
-                    match metastore.live_nodes("ingester", settings.node_timeout).await {
-                        Ok(nodes) => {
-                            let mut clients = Vec::with_capacity(nodes.len());
-                            for node in nodes {
-                                let client = match known.get(&node.url) {
-                                    Some(c) => c.clone(),
-                                    None => match InternalClient::new(
-                                        &node.url,
-                                        settings.token.clone(),
-                                        settings.call_timeout,
-                                    ) {
-                                        Ok(c) => c,
-                                        Err(e) => {
-                                            tracing::warn!(node = %node.node_id, url = %node.url, error = %e, "cannot call ingester");
-                                            continue;
-                                        }
-                                    },
-                                };
-                                known.insert(node.url.clone(), client.clone());
-                                clients.push(client);
-                            }
-                            *ingesters.clients.write() = clients;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot list live ingesters; keeping the last list"),
-                    }
+                    ingesters.refresh().await;
                 }
             }
         });
@@ -187,9 +206,18 @@ impl Answer for ClusterReader {
         if matches!(call, ReadCall::Stats) {
             return Ok(ReadResult::Stats(self.stats()));
         }
-        let clients = self.ingesters.clients.read().clone();
         let (pinned, ingesters) = self.rt.block_on(async {
-            let ingesters = ask_all(&clients, call).await.map_err(StoreError::from)?;
+            let clients = self.ingesters.clients.read().clone();
+            let ingesters = match ask_all(&clients, call).await {
+                Ok(parts) => parts,
+                // An ingester that stopped (its heartbeat is gone) or one that moved: read the
+                // list again and retry once; one that is only silent stays until node_timeout.
+                Err(InternalError::Failed { .. }) if self.ingesters.refresh().await => {
+                    let clients = self.ingesters.clients.read().clone();
+                    ask_all(&clients, call).await.map_err(StoreError::from)?
+                }
+                Err(e) => return Err(StoreError::from(e)),
+            };
             let entries = self.entries(call, &ingesters.served, &ingesters.released).await?;
             let pinned: Vec<(SegmentEntry, PinnedSegment)> = futures::stream::iter(entries)
                 .map(|e| async move {

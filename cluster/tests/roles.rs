@@ -54,8 +54,7 @@ impl Cluster {
         let config =
             ObjectStoreConfig { kind: StoreKind::Local, path: Some(dir.path().join("bucket")), ..Default::default() };
         let metastore = Metastore::new(open_store(&config).unwrap(), "t");
-        let mut store_config = StoreConfig::default();
-        store_config.data_dir = dir.path().join("ingester");
+        let store_config = StoreConfig { data_dir: dir.path().join("ingester"), ..Default::default() };
         let ingester = Arc::new(DiskStore::open(store_config).unwrap());
         let shipper = Arc::new(Shipper::start(ingester.clone(), metastore.clone(), "ingester-1", ship_interval));
 

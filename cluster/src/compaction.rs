@@ -114,6 +114,7 @@ mod tests {
             files: vec![SegmentFile { name: "f".into(), bytes }],
             created_ms: 0,
             replaces: vec![],
+            trace_filter: None,
             format: ENTRY_FORMAT,
         }
     }

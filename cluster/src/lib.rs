@@ -1,11 +1,13 @@
 //! obsbox on object storage: where segments live when obsbox runs as ingesters, searchers and a
 //! compactor over an S3-compatible bucket (Garage, MinIO, AWS S3) or a local directory.
 //!
-//! Ingesters [`upload_segment`] each sealed segment (files first, then its metastore entry);
-//! searchers follow the segment list with a [`MetastoreView`] and fetch what a query needs into a
-//! bounded [`SegmentCache`]; the compactor uploads merged segments with
-//! [`upload_segment_replacing`] and later [`Metastore::remove`]s the inputs. Every node writes a
-//! [`Heartbeat`]; searchers find ingesters with [`Metastore::live_nodes`].
+//! Ingesters [`upload_segment`] each sealed segment (files first, then its metastore entry) from
+//! a [`Shipper`]; searchers answer every read with a [`ClusterReader`], which follows the segment
+//! list with a [`MetastoreView`], asks the live ingesters for what they have not shipped and
+//! fetches what a query needs into a bounded [`SegmentCache`]; the [`Compactor`] uploads merged
+//! segments with [`upload_segment_replacing`] and later [`Metastore::remove`]s the inputs. Every
+//! node writes a [`Heartbeat`]; searchers find ingesters with [`Metastore::live_nodes`]. The binary
+//! composes these per role (`src/lib.rs`; DEPLOYMENT.md).
 //!
 //! # Where things are
 //! - `config`: [`ObjectStoreConfig`] (the `[object_store]` config section) and [`open_store`].
@@ -14,6 +16,10 @@
 //! - `upload`: [`LocalSegment`] (a sealed local segment) and [`upload_segment`].
 //! - `cache`: [`SegmentCache`] and [`PinnedSegment`].
 //! - `view`: [`MetastoreView`] (the polled segment list) and [`Heartbeat`].
+//! - `ingester`: [`Shipper`]: ship, register, release; `read_local` for the internal read API.
+//! - `searcher`: [`ClusterReader`], the searcher's `Reader` (the read step by step in its doc).
+//! - `compactor`: [`Compactor`], the merge and retention loop.
+//! - `filter`: [`TraceFilter`], the per-segment trace-id filter in traces entries.
 //! - `compaction`: the compactor's decisions ([`plan_merges`], [`merge_id`], [`garbage`],
 //!   [`expired`]) as pure functions over entries.
 //! - `http`: the S3 client's transport, hyper + rustls (ring), http and https, with
@@ -48,6 +54,7 @@ mod compaction;
 mod compactor;
 mod config;
 mod error;
+mod filter;
 mod http;
 mod ingester;
 mod metastore;
@@ -60,6 +67,7 @@ pub use compaction::{MergePolicy, expired, garbage, merge_id, plan_merges};
 pub use compactor::{Compactor, CompactorSettings, PassReport};
 pub use config::{ObjectStoreConfig, Secret, StoreKind, open_store};
 pub use error::{ClusterError, Result};
+pub use filter::TraceFilter;
 pub use ingester::Shipper;
 pub use metastore::{ENTRY_FORMAT, Metastore, NodeInfo, SegmentEntry, SegmentFile, segment_key};
 pub use searcher::{ClusterReader, FETCH_CONCURRENCY, SearcherSettings};

@@ -65,6 +65,10 @@ pub struct SegmentEntry {
     /// Keys of the segments this one replaces (a compaction's inputs): readers leave those out.
     #[serde(default)]
     pub replaces: Vec<String>,
+    /// Traces: a filter of the segment's trace ids ([`crate::TraceFilter`], base64), so a trace
+    /// lookup skips segments that cannot hold the trace. Absent: read the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_filter: Option<String>,
     /// Always [`ENTRY_FORMAT`] when written by this build.
     pub format: u32,
 }
@@ -396,6 +400,7 @@ mod tests {
             files: vec![SegmentFile { name: "a".into(), bytes: 7 }],
             created_ms: 1,
             replaces: vec![],
+            trace_filter: None,
             format: ENTRY_FORMAT,
         }
     }

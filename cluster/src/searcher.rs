@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::cache::{PinnedSegment, SegmentCache};
+use crate::filter::TraceFilter;
 use crate::metastore::{Metastore, SegmentEntry};
 use crate::view::MetastoreView;
 
@@ -98,6 +99,8 @@ pub struct ClusterReader {
     cache: SegmentCache,
     /// Opened segments by key; an entry goes when the cache no longer holds its files.
     opened: Mutex<HashMap<String, Arc<OpenSegment>>>,
+    /// Decoded trace filters by segment key (`None`: unreadable); pruned to the listed segments.
+    filters: Mutex<HashMap<String, Option<Arc<TraceFilter>>>>,
     ingesters: Arc<Ingesters>,
     poller: JoinHandle<()>,
 }
@@ -131,7 +134,20 @@ impl ClusterReader {
                 }
             }
         });
-        ClusterReader { rt: Handle::current(), view, cache, opened: Mutex::new(HashMap::new()), ingesters, poller }
+        ClusterReader {
+            rt: Handle::current(),
+            view,
+            cache,
+            opened: Mutex::new(HashMap::new()),
+            filters: Mutex::new(HashMap::new()),
+            ingesters,
+            poller,
+        }
+    }
+
+    /// The segment cache's counters (downloads, hits, evictions).
+    pub fn cache_stats(&self) -> crate::CacheStats {
+        self.cache.stats()
     }
 
     /// Waits for the first segment list (at most `timeout`); a searcher is ready after it.
@@ -160,15 +176,49 @@ impl ClusterReader {
         if snapshot.taken.is_none() || released.iter().any(|k| !snapshot.contains(k)) {
             snapshot = self.view.refresh_now().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
+        {
+            let mut filters = self.filters.lock();
+            if filters.len() > snapshot.entries.len() {
+                filters.retain(|k, _| snapshot.contains(k));
+            }
+        }
         let time = call.time();
+        // A trace lookup reads only the segments whose trace-id filter may hold one of its ids.
+        let ids: &[Vec<u8>] = match call {
+            ReadCall::Trace { trace_id } => std::slice::from_ref(trace_id),
+            ReadCall::Traces { trace_ids } => trace_ids,
+            _ => &[],
+        };
+        let may_hold = |e: &SegmentEntry| {
+            ids.is_empty()
+                || match e.trace_filter.as_deref().and_then(|f| self.filter(&e.key, f)) {
+                    Some(filter) => ids.iter().any(|id| filter.may_contain(id)),
+                    None => true,
+                }
+        };
         Ok(snapshot
             .entries
             .iter()
             .filter(|e| call.signals().contains(&e.signal))
             .filter(|e| time.overlaps(e.min_time_ns, e.max_time_ns))
             .filter(|e| !served.contains(&e.key))
+            .filter(|e| may_hold(e))
             .cloned()
             .collect())
+    }
+
+    /// The decoded trace filter of segment `key` (decoded once, kept while the segment is listed).
+    fn filter(&self, key: &str, text: &str) -> Option<Arc<TraceFilter>> {
+        let mut filters = self.filters.lock();
+        if let Some(f) = filters.get(key) {
+            return f.clone();
+        }
+        let decoded = TraceFilter::decode(text).map(Arc::new);
+        if decoded.is_none() {
+            tracing::warn!(key, "unreadable trace filter; the segment is read for every trace lookup");
+        }
+        filters.insert(key.to_string(), decoded.clone());
+        decoded
     }
 
     /// Opens (or reuses) the downloaded segments.

@@ -3,10 +3,12 @@
 use std::path::{Path as FsPath, PathBuf};
 
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use obsbox_storage::OpenSegment;
 use obsbox_storage::api::Signal;
 use tokio::io::AsyncReadExt;
 
 use crate::error::{ClusterError, Result};
+use crate::filter::TraceFilter;
 use crate::metastore::{ENTRY_FORMAT, Metastore, SegmentEntry, SegmentFile, check_name, now_ms, segment_key};
 
 /// Files up to this size go in one PUT; larger ones by multipart upload in parts of this size.
@@ -65,6 +67,17 @@ pub async fn upload_segment_replacing(
         let remote = metastore.file_path(segment.signal, &key, name);
         upload_file(metastore, &local, &remote, *bytes, &key).await?;
     }
+    let trace_filter = match segment.signal {
+        // Without a filter searchers read the segment for every trace lookup: slower, still right.
+        Signal::Traces => match trace_filter(segment).await {
+            Ok(filter) => Some(filter),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot read the segment's trace ids; shipping it without a trace filter");
+                None
+            }
+        },
+        _ => None,
+    };
     let entry = SegmentEntry {
         key,
         signal: segment.signal,
@@ -76,10 +89,23 @@ pub async fn upload_segment_replacing(
         files: segment.files.iter().map(|(name, bytes)| SegmentFile { name: name.clone(), bytes: *bytes }).collect(),
         created_ms: now_ms(),
         replaces,
+        trace_filter,
         format: ENTRY_FORMAT,
     };
     metastore.register(&entry).await?;
     Ok(entry)
+}
+
+/// The [`TraceFilter`] of a traces segment, read from its index (opened read-only).
+async fn trace_filter(segment: &LocalSegment) -> Result<String> {
+    let s = segment.clone();
+    tokio::task::spawn_blocking(move || {
+        let open = OpenSegment::open(s.signal, &s.path, s.min_time_ns, s.max_time_ns, s.items)?;
+        let ids = open.trace_ids()?;
+        Ok(TraceFilter::build(ids.iter().map(Vec::as_slice)).encode())
+    })
+    .await
+    .map_err(|_| ClusterError::Task("trace filter"))?
 }
 
 async fn upload_file(

@@ -167,6 +167,7 @@ mod tests {
             files: vec![SegmentFile { name: "f".into(), bytes: 1 }],
             created_ms: 0,
             replaces: vec![],
+            trace_filter: None,
             format: ENTRY_FORMAT,
         }
     }

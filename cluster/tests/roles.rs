@@ -185,6 +185,39 @@ fn a_registered_segment_the_ingester_still_serves_is_counted_once() {
     assert_eq!(count(), 12);
 }
 
+/// Each shipped traces segment carries a filter of its trace ids: a trace lookup downloads only the
+/// segment that holds the trace, not every traces segment in the bucket.
+#[test]
+fn a_trace_lookup_downloads_only_the_segments_that_hold_the_trace() {
+    let cluster = Cluster::start_with(Duration::from_secs(3600), false);
+    for trace in 0..6u8 {
+        let spans: Vec<_> =
+            (0..3u8).map(|n| obsbox_storage::testsuite::full_span(trace, trace * 3 + n, None)).collect();
+        futures::executor::block_on(cluster.write(spans_request(spans))).unwrap();
+        // Sealing waits for what was written to be indexed: one trace per segment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cluster.ingester.stats().pending_items.iter().any(|(_, n)| *n > 0) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        cluster.ingester.seal_now().unwrap();
+    }
+    cluster.rt.block_on(cluster.shipper.flush()).unwrap();
+    let entries = cluster.rt.block_on(cluster.metastore.list(Some(Signal::Traces))).unwrap();
+    assert!(entries.len() >= 4, "{} traces segments", entries.len());
+    assert!(entries.iter().all(|e| e.trace_filter.is_some()), "every traces segment has a filter");
+    std::thread::sleep(Duration::from_millis(600));
+    let searcher = cluster.searcher.as_ref().unwrap();
+    let before = searcher.cache_stats().downloads;
+    let id = obsbox_storage::testsuite::full_span(4, 0, None).trace_id;
+    assert_eq!(cluster.trace(&id).unwrap().len(), 3);
+    let downloads = searcher.cache_stats().downloads - before;
+    assert_eq!(downloads, 1, "downloaded {downloads} of {} segments for one trace", entries.len());
+    assert!(cluster.trace(&[0x42; 16]).unwrap().is_empty());
+    assert!(searcher.cache_stats().downloads - before <= 2, "an unknown trace downloads (almost) nothing");
+}
+
 #[test]
 fn what_was_read_from_ingesters_and_segments_is_read_from_segments_alone_after_shipping_and_compaction() {
     let cluster = Cluster::start();

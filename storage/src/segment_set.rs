@@ -151,6 +151,23 @@ impl OpenSegment {
     pub fn items(&self) -> u64 {
         self.items
     }
+
+    /// The distinct trace ids of a traces segment (the terms of its `trace_id` field, sorted),
+    /// for a per-segment filter that lets a searcher skip the segments a trace is not in. Empty
+    /// for the other signals.
+    pub fn trace_ids(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        match (&self.opened, self.signal) {
+            (Opened::Index(seg), Signal::Traces) => {
+                let snapshot = Snapshot::new(SCHEMAS.spans.clone(), vec![seg.clone()]);
+                let field = snapshot
+                    .schema()
+                    .get_field(spans::TRACE_ID_FIELD)
+                    .map_err(|e| StoreError::Index(format!("spans schema: {e}")))?;
+                Ok(snapshot.terms(field, &[], TimeRange::ALL, usize::MAX)?.into_keys().collect())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
 }
 
 /// A read-only [`Reader`] over open segments of any signals. Building one is cheap (no I/O), so

@@ -28,6 +28,7 @@ pub fn entry(signal: Signal, node: &str, id: u64, replaces: Vec<String>) -> Segm
         files: vec![SegmentFile { name: "meta.json".into(), bytes: 100 }],
         created_ms: 1,
         replaces,
+        trace_filter: None,
         format: ENTRY_FORMAT,
     }
 }

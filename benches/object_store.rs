@@ -286,10 +286,11 @@ async fn run(span_batches: u64, log_batches: u64) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || n.seal_now()).await??;
     }
     let probe = metastore_at(1, "upload-probe")?;
-    let mut uploaded = 0u64;
+    let (mut uploaded, mut files) = (0u64, 0usize);
     let started = Instant::now();
     for signal in [Signal::Traces, Signal::Logs] {
         for segment in node.sealed_segments(signal) {
+            files += segment.files.len();
             uploaded += upload_segment(&probe, &LocalSegment::from(&segment), "probe").await?.bytes;
         }
     }
@@ -411,7 +412,8 @@ async fn run(span_batches: u64, log_batches: u64) -> anyhow::Result<()> {
         100.0 * before_flush[1].0 as f64 / log_items as f64
     );
     println!(
-        "| upload, one segment after the other (upload_segment) | - | {:.1} MB/s ({:.0} MB in {upload_s:.1} s) | - |",
+        "| upload, one segment after the other (upload_segment) | - | {:.1} MB/s ({:.0} MB, {files} files, in \
+         {upload_s:.1} s) | - |",
         mb(uploaded) / upload_s,
         mb(uploaded)
     );

@@ -47,7 +47,13 @@ pub struct Obsbox {
     deriver: Option<obsbox_collector::Deriver>,
     remote_write: Option<obsbox_collector::RemoteWrite>,
     slo: Option<Slo>,
+    /// Stops the OTLP servers.
+    stop_ingest: watch::Sender<bool>,
+    /// Stops the UI server.
     stop: watch::Sender<bool>,
+    /// The OTLP servers' tasks.
+    ingest_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// The UI server's task (and, after [`Obsbox::wait`], whatever else still runs).
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -291,25 +297,26 @@ impl Obsbox {
         }
 
         let (stop, stop_rx) = watch::channel(false);
+        let (stop_ingest, stop_ingest_rx) = watch::channel(false);
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let mut tasks = Vec::new();
+        let mut ingest_tasks = Vec::new();
         if let (Some(grpc), Some(http), Some(collector)) = (grpc, http, collector) {
-            tasks.push(tokio::spawn({
+            ingest_tasks.push(tokio::spawn({
                 let c = collector.clone();
-                let s = signal(stop_rx.clone());
+                let s = signal(stop_ingest_rx.clone());
                 async move { obsbox_collector::serve_grpc(grpc, c, s).await.context("otlp grpc server") }
             }));
-            tasks.push(tokio::spawn({
-                let s = signal(stop_rx.clone());
+            ingest_tasks.push(tokio::spawn({
+                let s = signal(stop_ingest_rx.clone());
                 async move { obsbox_collector::serve_http(http, collector, s).await.context("otlp http server") }
             }));
         }
-        tasks.push(tokio::spawn({
+        let tasks = vec![tokio::spawn({
             let s = signal(stop_rx.clone());
             async move { ui.serve(app, s).await.context("ui server") }
-        }));
+        })];
         ready.store(true, Ordering::SeqCst);
         Ok(Obsbox {
             otlp_grpc_addr,
@@ -321,7 +328,9 @@ impl Obsbox {
             deriver,
             remote_write,
             slo,
+            stop_ingest,
             stop,
+            ingest_tasks,
             tasks,
         })
     }
@@ -363,18 +372,22 @@ impl Obsbox {
 
     /// Resolves when a server stops on its own (an error); the error says which.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        let (result, _, rest) = futures_select_all(std::mem::take(&mut self.tasks)).await;
+        let mut all = std::mem::take(&mut self.ingest_tasks);
+        all.append(&mut self.tasks);
+        let (result, _, rest) = futures_select_all(all).await;
         self.tasks = rest;
         result
     }
 
-    /// Stops accepting connections, finishes requests in flight, stops SLO evaluation and sends
-    /// its queued notifications (for at most 5 s), writes the last derived points, sends what
-    /// remote write has queued (for at most 5 s), then closes the store (committing everything
-    /// acknowledged).
+    /// Stops accepting OTLP, finishes requests in flight, stops SLO evaluation and sends its
+    /// queued notifications (for at most 5 s), writes the last derived points, sends what remote
+    /// write has queued (for at most 5 s); an ingester then ships every segment and removes its
+    /// heartbeat while its UI port still answers searchers (so they learn of the last segments
+    /// before they stop asking it); then the UI port stops and the store closes (committing
+    /// everything acknowledged).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
+        let _ = self.stop_ingest.send(true);
+        for t in self.ingest_tasks.drain(..) {
             t.await.context("server task panicked")??;
         }
         if let Some(slo) = self.slo.take() {
@@ -402,6 +415,10 @@ impl Obsbox {
             && let Err(e) = heartbeat.stop().await
         {
             tracing::warn!(error = %e, "cannot remove this node's heartbeat");
+        }
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            t.await.context("server task panicked")??;
         }
         if let Some(store) = self.store.clone() {
             tokio::task::spawn_blocking(move || store.close()).await.context("store close task failed")?;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use obsbox_storage::api::Signal;
 use parking_lot::Mutex;
@@ -309,10 +309,10 @@ impl Inner {
                 async move { download_file(&metastore, &remote, &local, bytes, &key).await }
             })
             .collect();
-        let total: u64 = futures::stream::iter(files)
-            .buffer_unordered(FILE_CONCURRENCY)
-            .try_fold(0u64, |sum, n| futures::future::ready(Ok(sum + n)))
-            .await?;
+        // Every file's download runs to its end, failed or not, before an error is returned:
+        // a file still being written while the directory is deleted would leave it behind.
+        let results: Vec<Result<u64>> = futures::stream::iter(files).buffer_unordered(FILE_CONCURRENCY).collect().await;
+        let total: u64 = results.into_iter().sum::<Result<u64>>()?;
         if total != entry.bytes {
             return Err(ClusterError::Mismatch {
                 key: entry.key.clone(),

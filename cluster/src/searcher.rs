@@ -58,8 +58,11 @@ struct Ingesters {
 }
 
 impl Ingesters {
-    /// Reads the live ingesters from their heartbeats; returns whether the list changed.
-    async fn refresh(&self) -> bool {
+    /// Reads the live ingesters from their heartbeats; returns whether the list changed. When an
+    /// ingester left, the segment list is read again *before* the new list is used: a stopping
+    /// ingester ships its last segments and then removes its heartbeat, so a searcher that stopped
+    /// asking it with a segment list from before those uploads would miss them until its next poll.
+    async fn refresh(&self, view: &MetastoreView) -> bool {
         let nodes = match self.metastore.live_nodes("ingester", self.settings.node_timeout).await {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -84,9 +87,18 @@ impl Ingesters {
                 }
             }
         }
-        let mut current = self.clients.write();
-        let changed = current.iter().map(|c| c.url()).ne(clients.iter().map(|c| c.url()));
-        *current = clients;
+        let (changed, someone_left) = {
+            let current = self.clients.read();
+            let changed = current.iter().map(|c| c.url()).ne(clients.iter().map(|c| c.url()));
+            let left = current.iter().any(|c| !clients.iter().any(|n| n.url() == c.url()));
+            (changed, left)
+        };
+        if someone_left && let Err(e) = view.refresh_now().await {
+            // Keep asking the old list: its calls fail (retryably) rather than miss data.
+            tracing::warn!(error = %e, "cannot read the segment list after an ingester left; keeping the old ingester list");
+            return false;
+        }
+        *self.clients.write() = clients;
         changed
     }
 }
@@ -95,7 +107,7 @@ impl Ingesters {
 /// runtime thread), as every [`obsbox_storage::Reader`]'s do.
 pub struct ClusterReader {
     rt: Handle,
-    view: MetastoreView,
+    view: Arc<MetastoreView>,
     cache: SegmentCache,
     /// Opened segments by key; an entry goes when the cache no longer holds its files.
     opened: Mutex<HashMap<String, Arc<OpenSegment>>>,
@@ -115,7 +127,7 @@ impl ClusterReader {
     /// Starts following `metastore` (segment list and live ingesters), reading segments through
     /// `cache`. Must be called inside a tokio runtime.
     pub fn start(metastore: Metastore, cache: SegmentCache, settings: SearcherSettings) -> ClusterReader {
-        let view = MetastoreView::start(metastore.clone(), None, settings.poll_interval);
+        let view = Arc::new(MetastoreView::start(metastore.clone(), None, settings.poll_interval));
         let poll = settings.poll_interval.min(Duration::from_secs(2));
         let ingesters = Arc::new(Ingesters {
             clients: RwLock::new(Vec::new()),
@@ -124,13 +136,13 @@ impl ClusterReader {
             settings,
         });
         let poller = tokio::spawn({
-            let ingesters = ingesters.clone();
+            let (ingesters, view) = (ingesters.clone(), view.clone());
             async move {
                 let mut tick = tokio::time::interval(poll);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    ingesters.refresh().await;
+                    ingesters.refresh(&view).await;
                 }
             }
         });
@@ -262,7 +274,7 @@ impl Answer for ClusterReader {
                 Ok(parts) => parts,
                 // An ingester that stopped (its heartbeat is gone) or one that moved: read the
                 // list again and retry once; one that is only silent stays until node_timeout.
-                Err(InternalError::Failed { .. }) if self.ingesters.refresh().await => {
+                Err(InternalError::Failed { .. }) if self.ingesters.refresh(&self.view).await => {
                     let clients = self.ingesters.clients.read().clone();
                     ask_all(&clients, call).await.map_err(StoreError::from)?
                 }

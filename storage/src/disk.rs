@@ -9,6 +9,7 @@
 //! Threads: one WAL writer per signal, one indexer per signal, one housekeeper (retention).
 //! None of them runs on the async runtime.
 
+use crate::reads::Indexes;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -862,73 +863,34 @@ fn apply_retention(inner: &Inner, min_time: u64) -> Result<(), StoreError> {
     }
 }
 
-const MAX_TERMS: usize = 100_000;
-
-fn terms_to_strings(terms: std::collections::BTreeMap<Vec<u8>, u64>) -> Vec<String> {
-    terms.into_keys().filter_map(|k| String::from_utf8(k).ok()).collect()
-}
-
 impl DiskStore {
-    fn attr_fields(
-        &self,
-        signal: Signal,
-        scope: AttrScope,
-    ) -> Result<(&SegmentedIndex, tantivy::schema::Field, tantivy::schema::Field), StoreError> {
-        let i = &self.inner;
-        Ok(match (signal, scope) {
-            (Signal::Traces, AttrScope::Item) => (&i.spans, i.span_fields.attr, i.span_fields.attr_key),
-            (Signal::Traces, AttrScope::Resource) => (&i.spans, i.span_fields.res, i.span_fields.res_key),
-            (Signal::Logs, AttrScope::Item) => (&i.logs, i.log_fields.attr, i.log_fields.attr_key),
-            (Signal::Logs, AttrScope::Resource) => (&i.logs, i.log_fields.res, i.log_fields.res_key),
-            (Signal::Metrics, _) => {
-                return Err(StoreError::InvalidQuery("metric attributes are labels: use find_metrics".into()));
-            }
-        })
+    /// Runs a span or log read over the segments committed now, with the code a `SegmentSet`
+    /// reads shipped segments with (`reads::Indexes`), so both answer alike.
+    fn with_indexes<T>(&self, read: impl FnOnce(&Indexes) -> T) -> T {
+        let (spans, logs) = (self.inner.spans.snapshot(), self.inner.logs.snapshot());
+        read(&Indexes::of(&spans, &logs))
     }
 }
 
 impl Reader for DiskStore {
     fn find_trace_ids(&self, query: &SpanQuery) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self.find_trace_hits(query)?.into_iter().map(|(id, _)| id).collect())
+        self.with_indexes(|ix| ix.find_trace_ids(query))
     }
 
     fn find_trace_hits(&self, query: &SpanQuery) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
-        let q = spans::query(&self.inner.span_fields, &query.predicate)?;
-        // Spans of one trace cluster in time: fetch a few spans per wanted trace, more if needed.
-        let mut fetch = query.limit.saturating_mul(4).max(16);
-        loop {
-            let hits = self.inner.spans.newest_bytes(&*q, query.time, fetch, spans::TRACE_ID_FIELD)?;
-            let exhausted = hits.len() < fetch;
-            let mut seen = std::collections::HashSet::new();
-            let ids: Vec<(Vec<u8>, u64)> = hits
-                .into_iter()
-                .filter(|(_, id)| seen.insert(id.clone()))
-                .map(|(start, id)| (id, start))
-                .take(query.limit)
-                .collect();
-            if ids.len() >= query.limit || exhausted || fetch >= 1 << 20 {
-                return Ok(ids);
-            }
-            fetch = fetch.saturating_mul(4).min(1 << 20);
-        }
+        self.with_indexes(|ix| ix.find_trace_hits(query))
     }
 
     fn operations(&self, time: TimeRange) -> Result<Vec<Operation>, StoreError> {
-        let terms = self.inner.spans.terms(self.inner.span_fields.op, b"", time, MAX_TERMS)?;
-        Ok(terms.keys().filter_map(|k| spans::parse_op_term(k)).collect())
+        self.with_indexes(|ix| ix.operations(time))
     }
 
     fn log_field_values(&self, field: LogField, time: TimeRange) -> Result<Vec<String>, StoreError> {
-        let f = match field {
-            LogField::Service => self.inner.log_fields.service,
-            LogField::SeverityText => self.inner.log_fields.severity_text,
-        };
-        Ok(terms_to_strings(self.inner.logs.terms(f, b"", time, MAX_TERMS)?))
+        self.with_indexes(|ix| ix.log_field_values(field, time))
     }
 
     fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
-        let (index, _, keys) = self.attr_fields(signal, scope)?;
-        Ok(terms_to_strings(index.terms(keys, b"", time, MAX_TERMS)?))
+        self.with_indexes(|ix| ix.attribute_keys(signal, scope, time))
     }
 
     fn attribute_values(
@@ -939,19 +901,7 @@ impl Reader for DiskStore {
         time: TimeRange,
         limit: usize,
     ) -> Result<Vec<(AttrValue, u64)>, StoreError> {
-        let (index, field, _) = self.attr_fields(signal, scope)?;
-        let prefix = format!("{key}\0");
-        let terms = index.terms(field, prefix.as_bytes(), time, MAX_TERMS)?;
-        let mut values: Vec<(AttrValue, u64)> = terms
-            .into_iter()
-            .filter_map(|(k, n)| {
-                let s = String::from_utf8(k).ok()?;
-                Some((crate::attrs::parse_term_value(&s[prefix.len()..])?, n))
-            })
-            .collect();
-        values.sort_by_key(|v| std::cmp::Reverse(v.1));
-        values.truncate(limit);
-        Ok(values)
+        self.with_indexes(|ix| ix.attribute_values(signal, scope, key, time, limit))
     }
 
     fn log_histogram(
@@ -960,9 +910,7 @@ impl Reader for DiskStore {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        check_bucket(bucket_ns)?;
-        let q = logs::query(self.inner.logs.schema(), &self.inner.log_fields, predicate)?;
-        Ok(self.inner.logs.histogram(q, time, bucket_ns)?.into_iter().collect())
+        self.with_indexes(|ix| ix.log_histogram(predicate, time, bucket_ns))
     }
 
     fn span_histogram(
@@ -971,24 +919,24 @@ impl Reader for DiskStore {
         time: TimeRange,
         bucket_ns: u64,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        check_bucket(bucket_ns)?;
-        let q = spans::query(&self.inner.span_fields, predicate)?;
-        Ok(self.inner.spans.histogram(q, time, bucket_ns)?.into_iter().collect())
+        self.with_indexes(|ix| ix.span_histogram(predicate, time, bucket_ns))
     }
 
     fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
-        let q = spans::query(&self.inner.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()))?;
-        spans::decode(self.inner.spans.search_all(q, spans::ORD_FIELD)?)
+        self.with_indexes(|ix| ix.trace(trace_id))
+    }
+
+    fn traces(&self, trace_ids: &[Vec<u8>]) -> Result<Vec<Vec<SpanRecord>>, StoreError> {
+        // One snapshot for the whole batch.
+        self.with_indexes(|ix| trace_ids.iter().map(|id| ix.trace(id)).collect())
     }
 
     fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
-        let q = spans::query(&self.inner.span_fields, &query.predicate)?;
-        spans::decode(self.inner.spans.search_newest(q, query.time, query.limit)?)
+        self.with_indexes(|ix| ix.find_spans(query))
     }
 
     fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        let q = logs::query(self.inner.logs.schema(), &self.inner.log_fields, &query.predicate)?;
-        logs::decode(self.inner.logs.search_newest(q, query.time, query.limit)?)
+        self.with_indexes(|ix| ix.find_logs(query))
     }
 
     fn find_metrics(&self, query: &MetricQuery) -> Result<MetricsData, StoreError> {

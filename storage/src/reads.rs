@@ -1,7 +1,6 @@
 //! The span and log [`crate::Reader`] calls over snapshots of segments ([`Snapshot`]), written
-//! once for every reader of tantivy segments: [`crate::SegmentSet`] answers with these, and
-//! `DiskStore` answers the same way over its own segments (its `Reader` impl has the same
-//! code; it can call these with `Indexes::of(&spans, &logs)`).
+//! once for every reader of tantivy segments: [`crate::SegmentSet`] answers with these over
+//! shipped segments, and `DiskStore` over its own (`DiskStore::with_indexes`).
 
 use std::sync::{Arc, LazyLock};
 

@@ -378,11 +378,6 @@ impl SegmentedIndex {
         self.view.read().iter().filter(|s| s.entry.sealed).cloned().collect()
     }
 
-    /// The schema of every segment.
-    pub fn schema(&self) -> &Schema {
-        &self.layout.schema
-    }
-
     /// The segments readers see now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot { layout: self.layout.clone(), segments: self.view.read().clone() }
@@ -671,53 +666,6 @@ impl SegmentedIndex {
     /// Commits so far and the seconds they took.
     pub fn commit_stats(&self) -> (u64, f64) {
         (self.commits.load(Ordering::Relaxed), self.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9)
-    }
-
-    /// Stored data of the `limit` newest matching documents, newest first.
-    pub fn search_newest(
-        &self,
-        query: Box<dyn Query>,
-        time: TimeRange,
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.snapshot().search_newest(query, time, limit)
-    }
-
-    /// Stored data of every matching document, ordered by the u64 fast field `order_field`.
-    pub fn search_all(&self, query: Box<dyn Query>, order_field: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.snapshot().search_all(query, order_field)
-    }
-
-    /// See [`Snapshot::terms`].
-    pub fn terms(
-        &self,
-        field: Field,
-        prefix: &[u8],
-        time: TimeRange,
-        max_terms: usize,
-    ) -> Result<std::collections::BTreeMap<Vec<u8>, u64>, StoreError> {
-        self.snapshot().terms(field, prefix, time, max_terms)
-    }
-
-    /// See [`Snapshot::histogram`].
-    pub fn histogram(
-        &self,
-        query: Box<dyn Query>,
-        time: TimeRange,
-        bucket_ns: u64,
-    ) -> Result<std::collections::BTreeMap<u64, u64>, StoreError> {
-        self.snapshot().histogram(query, time, bucket_ns)
-    }
-
-    /// See [`Snapshot::newest_bytes`].
-    pub fn newest_bytes(
-        &self,
-        query: &dyn Query,
-        time: TimeRange,
-        limit: usize,
-        field: &str,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.snapshot().newest_bytes(query, time, limit, field)
     }
 }
 

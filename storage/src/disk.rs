@@ -9,7 +9,6 @@
 //! Threads: one WAL writer per signal, one indexer per signal, one housekeeper (retention).
 //! None of them runs on the async runtime.
 
-use crate::reads::Indexes;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +29,7 @@ use crate::logs::{self, LogFields};
 use crate::metrics::MetricsStore;
 use crate::prometheus::{PromView, ViewOptions};
 use crate::quarantine::Quarantine;
+use crate::reads::Indexes;
 use crate::segment_set::SealedSegment;
 use crate::segments::{SegmentOptions, SegmentedIndex};
 use crate::space::{DiskSpace, is_disk_full_error};

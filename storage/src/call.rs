@@ -50,9 +50,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::{LogsData, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{MetricsData, metric::Data};
+use opentelemetry_proto::tonic::metrics::v1::MetricsData;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, TracesData};
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,7 @@ use crate::api::{
 };
 use crate::memory::log_time;
 use crate::metrics::{Matchers, MetricsHead};
-use crate::prometheus::{PromView, SeriesLabeler, ViewOptions};
+use crate::prometheus::{PromView, ViewOptions};
 use crate::{StoreError, attrs};
 
 /// Largest `limit` of a span, log or trace id search that [`ReadCall::check`] lets through: a
@@ -382,7 +382,7 @@ pub fn run(reader: &dyn Reader, call: &ReadCall) -> Result<ReadResult, StoreErro
         ReadCall::FindMetricsView { query, labels } => {
             let matchers = Matchers::compile(labels)?;
             let mut data = reader.find_metrics(query)?;
-            retain_view_labels(&mut data, &matchers);
+            crate::prometheus::retain_view_labels(&mut data, &matchers);
             ReadResult::Metrics(data)
         }
         ReadCall::FindTraceIds(q) => ReadResult::TraceHits(
@@ -536,31 +536,6 @@ fn merge_metrics(parts: Vec<MetricsData>) -> Result<MetricsData, StoreError> {
         head.append(&ExportMetricsServiceRequest { resource_metrics: part.resource_metrics });
     }
     head.query(&MetricQuery { matchers: Vec::new(), time: TimeRange::ALL })
-}
-
-/// Keeps the series whose view labels match every matcher (what
-/// [`crate::prometheus::matching_view`] keeps) and drops emptied scopes and resources.
-fn retain_view_labels(data: &mut MetricsData, matchers: &Matchers) {
-    for rm in &mut data.resource_metrics {
-        let resource = rm.resource.as_ref();
-        for sm in &mut rm.scope_metrics {
-            let labeler = SeriesLabeler::new(resource, sm.scope.as_ref());
-            let keep = |attrs: &[KeyValue]| matchers.matches_labels(&labeler.labels(attrs));
-            for m in &mut sm.metrics {
-                match &mut m.data {
-                    Some(Data::Gauge(g)) => g.data_points.retain(|p| keep(&p.attributes)),
-                    Some(Data::Sum(s)) => s.data_points.retain(|p| keep(&p.attributes)),
-                    Some(Data::Histogram(h)) => h.data_points.retain(|p| keep(&p.attributes)),
-                    Some(Data::ExponentialHistogram(h)) => h.data_points.retain(|p| keep(&p.attributes)),
-                    Some(Data::Summary(s)) => s.data_points.retain(|p| keep(&p.attributes)),
-                    None => {}
-                }
-            }
-            sm.metrics.retain(|m| crate::metrics::point_count(m) > 0);
-        }
-        rm.scope_metrics.retain(|sm| !sm.metrics.is_empty());
-    }
-    data.resource_metrics.retain(|rm| !rm.scope_metrics.is_empty());
 }
 
 fn merge_stats(parts: Vec<StoreStats>) -> StoreStats {
@@ -814,9 +789,9 @@ impl<A: Answer> Reader for A {
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
     use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, number_data_point,
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
     };
     use opentelemetry_proto::tonic::trace::v1::Span;
 

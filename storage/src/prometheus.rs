@@ -285,6 +285,13 @@ pub fn matching_view(data: &MetricsData, labels: &[LabelMatcher], opts: &ViewOpt
     }
     let matchers = Matchers::compile(labels)?;
     let mut data = data.clone();
+    retain_view_labels(&mut data, &matchers);
+    Ok(prometheus_view(&data, opts))
+}
+
+/// Keeps the points whose series' view labels match every matcher (what [`matching_view`]
+/// keeps) and drops emptied metrics, scopes and resources.
+pub(crate) fn retain_view_labels(data: &mut MetricsData, matchers: &Matchers) {
     for rm in &mut data.resource_metrics {
         let resource = rm.resource.as_ref();
         for sm in &mut rm.scope_metrics {
@@ -302,8 +309,9 @@ pub fn matching_view(data: &MetricsData, labels: &[LabelMatcher], opts: &ViewOpt
             }
             sm.metrics.retain(|m| crate::metrics::point_count(m) > 0);
         }
+        rm.scope_metrics.retain(|sm| !sm.metrics.is_empty());
     }
-    Ok(prometheus_view(&data, opts))
+    data.resource_metrics.retain(|rm| !rm.scope_metrics.is_empty());
 }
 
 /// The labels every Prometheus series of an OTLP series has: its attributes' labels, then the

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 pub use config::{AuthConfig, ClusterConfig, Config, ListenConfig, ObjectStoreConfig, Role, TlsConfig};
 use obsbox_cluster::{ClusterReader, Compactor, Heartbeat, Metastore, NodeInfo, SegmentCache, Shipper};
 pub use obsbox_collector as collector;
-use obsbox_query_ui::internal::{InternalApi, SegmentLists, ServedSegments};
+use obsbox_query_ui::internal::InternalApi;
 pub use obsbox_storage as storage;
 use obsbox_storage::{DiskStore, Reader};
 
@@ -63,17 +63,6 @@ struct ClusterParts {
     heartbeat: Option<Heartbeat>,
     shipper: Option<Arc<Shipper>>,
     compactor: Option<Compactor>,
-}
-
-/// An ingester's local store as the internal read API reads it: under the shipper's lock, with
-/// the keys of the sealed segments read and of those shipped lately.
-struct ShippedStore(Arc<Shipper>);
-
-impl ServedSegments for ShippedStore {
-    fn read(&self, f: &mut dyn FnMut(&dyn Reader)) -> SegmentLists {
-        let ((), served, released) = self.0.read_local(|reader| f(reader));
-        SegmentLists { served, released }
-    }
 }
 
 /// SLO evaluation and its notifier, when `[slo] dir` is set.
@@ -293,7 +282,7 @@ impl Obsbox {
         }
         let mut app = obsbox_query_ui::router(state.clone());
         if let Some(shipper) = &cluster.shipper {
-            app = app.merge(InternalApi::new(Arc::new(ShippedStore(shipper.clone()))).router(&state));
+            app = app.merge(InternalApi::new(shipper.clone()).router(&state));
         }
 
         let (stop, stop_rx) = watch::channel(false);

@@ -4,7 +4,7 @@
 //! A sealed segment is uploaded (files, then its metastore entry) and only then released from the
 //! local store, so an acknowledged item is always in the WAL, a local segment or a registered
 //! one. A crash between registration and release uploads the same segment again under the same
-//! key after the restart (idempotent). Reads of the internal read API hold [`Shipper::gate`]
+//! key after the restart (idempotent). Reads of the internal read API hold the shipper's gate
 //! shared while they list the local segments and run; a release holds it exclusively, so the
 //! `served` list a read returns is exactly the set of sealed segments it read.
 
@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use obsbox_query_ui::internal::{SegmentLists, ServedSegments};
 use obsbox_storage::api::{Reader, Signal};
 use obsbox_storage::{DiskStore, SealedSegment, StoreError};
 use parking_lot::{Mutex, RwLock};
@@ -106,19 +107,21 @@ impl Shipper {
             let _ = task.await;
         }
     }
+}
 
-    /// Runs `read` over the local store and returns its result with the keys of the sealed
-    /// local segments it read (`served`) and of the segments released in the last two
-    /// minutes (`released`). Blocking.
-    pub fn read_local<R>(&self, read: impl FnOnce(&dyn Reader) -> R) -> (R, Vec<String>, Vec<String>) {
+/// The internal read API's view of the ingester's store: each read runs under the shared side of
+/// the gate, with the keys of the sealed local segments it read (`served`) and of those released
+/// in the last two minutes (`released`).
+impl ServedSegments for Shipper {
+    fn read(&self, f: &mut dyn FnMut(&dyn Reader)) -> SegmentLists {
         let st = &self.state;
         let _shared = st.gate.read();
         let served = SIGNALS
             .iter()
-            .flat_map(|&s| st.store.sealed_segments(s))
-            .map(|s| segment_key(s.min_time_ns, &st.node_id, s.id))
+            .flat_map(|&s| st.store.sealed_ids(s))
+            .map(|(id, min_time_ns)| segment_key(min_time_ns, &st.node_id, id))
             .collect();
-        let result = read(&*st.store);
+        f(&*st.store);
         let released = {
             let mut r = st.released.lock();
             while r.front().is_some_and(|(t, _)| t.elapsed() > RELEASED_MEMORY) {
@@ -126,7 +129,7 @@ impl Shipper {
             }
             r.iter().map(|(_, k)| k.clone()).collect()
         };
-        (result, served, released)
+        SegmentLists { served, released }
     }
 }
 

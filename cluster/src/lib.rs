@@ -16,7 +16,8 @@
 //! - `upload`: [`LocalSegment`] (a sealed local segment) and [`upload_segment`].
 //! - `cache`: [`SegmentCache`] and [`PinnedSegment`].
 //! - `view`: [`MetastoreView`] (the polled segment list) and [`Heartbeat`].
-//! - `ingester`: [`Shipper`]: ship, register, release; `read_local` for the internal read API.
+//! - `ingester`: [`Shipper`]: ship, register, release; it is the internal read API's
+//!   `ServedSegments` on an ingester.
 //! - `searcher`: [`ClusterReader`], the searcher's `Reader` (the read step by step in its doc).
 //! - `compactor`: [`Compactor`], the merge and retention loop.
 //! - `filter`: [`TraceFilter`], the per-segment trace-id filter in traces entries.

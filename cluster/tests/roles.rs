@@ -14,19 +14,10 @@ use obsbox_cluster::{
     ClusterReader, Compactor, CompactorSettings, Heartbeat, Metastore, NodeInfo, ObjectStoreConfig, SearcherSettings,
     SegmentCache, Shipper, StoreKind, open_store,
 };
-use obsbox_query_ui::internal::{InternalApi, SegmentLists, ServedSegments};
+use obsbox_query_ui::internal::InternalApi;
 use obsbox_storage::api::{Batch, Reader, Signal, WriteFuture, Writer};
 use obsbox_storage::call::{Answer, ReadCall, ReadResult};
 use obsbox_storage::{DiskStore, StoreConfig, StoreError};
-
-struct Shipped(Arc<Shipper>);
-
-impl ServedSegments for Shipped {
-    fn read(&self, f: &mut dyn FnMut(&dyn Reader)) -> SegmentLists {
-        let ((), served, released) = self.0.read_local(|r| f(r));
-        SegmentLists { served, released }
-    }
-}
 
 /// An ingester and a searcher over one object store.
 struct Cluster {
@@ -66,7 +57,7 @@ impl Cluster {
             Arc::new(AtomicBool::new(true)),
         )
         .unwrap();
-        let app = InternalApi::new(Arc::new(Shipped(shipper.clone()))).router(&state);
+        let app = InternalApi::new(shipper.clone()).router(&state);
         rt.spawn(async move { axum::serve(listener, app).await });
         let node = NodeInfo { node_id: "ingester-1".into(), role: "ingester".into(), url, updated_ms: 0 };
         let heartbeat = Heartbeat::start(metastore.clone(), node, Duration::from_millis(200));
@@ -160,17 +151,7 @@ fn a_registered_segment_the_ingester_still_serves_is_counted_once() {
     cluster.ingester.seal_now().unwrap();
     let sealed = cluster.ingester.sealed_segments(Signal::Traces);
     assert_eq!(sealed.len(), 1);
-    let s = &sealed[0];
-    let local = obsbox_cluster::LocalSegment {
-        signal: s.signal,
-        id: s.id,
-        path: s.path.clone(),
-        files: s.files.clone(),
-        min_time_ns: s.min_time_ns,
-        max_time_ns: s.max_time_ns,
-        items: s.items,
-        bytes: s.bytes,
-    };
+    let local = obsbox_cluster::LocalSegment::from(&sealed[0]);
     cluster.rt.block_on(obsbox_cluster::upload_segment(&cluster.metastore, &local, "ingester-1")).unwrap();
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(cluster.shipped_items(Signal::Traces), 12, "registered");

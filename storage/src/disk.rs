@@ -405,6 +405,17 @@ impl DiskStore {
         }
     }
 
+    /// The `(id, min_time_ns)` of each of [`DiskStore::sealed_segments`], without listing their
+    /// files: cheap enough to call on every read (an ingester names the segments a read used).
+    pub fn sealed_ids(&self, signal: Signal) -> Vec<(u64, u64)> {
+        let i = &self.inner;
+        match signal {
+            Signal::Traces => i.spans.sealed_ids(),
+            Signal::Logs => i.logs.sealed_ids(),
+            Signal::Metrics => i.metrics.blocks().into_iter().map(|b| (b.id, b.min_time)).collect(),
+        }
+    }
+
     /// Stops serving the sealed segment `id` of `signal` (as listed by
     /// [`DiskStore::sealed_segments`]) and deletes it, durably: it is not served after a
     /// restart either. Reads that started before may still finish on it. Never touches the

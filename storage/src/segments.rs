@@ -547,6 +547,12 @@ impl SegmentedIndex {
         Ok(self.remove_sealed(id, "retention dropped segment")?.unwrap_or(0))
     }
 
+    /// Ids and oldest item times of the sealed segments, from memory: what names them, without
+    /// the file listing of [`SegmentedIndex::sealed`].
+    pub fn sealed_ids(&self) -> Vec<(u64, u64)> {
+        self.sealed_snapshot().iter().map(|s| (s.entry.id, s.entry.min_time)).collect()
+    }
+
     /// The sealed segments, oldest first, with their files (for shipping them elsewhere).
     pub fn sealed(&self) -> Vec<SealedInfo> {
         self.sealed_snapshot()

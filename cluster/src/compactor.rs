@@ -14,6 +14,7 @@
 //! yet (an ingester that crashed between registration and release uploads the segment again
 //! after its restart, under the same key).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::cache::SegmentCache;
 use crate::compaction::{MergePolicy, expired, garbage, merge_id, plan_merges};
 use crate::error::{ClusterError, Result};
-use crate::metastore::{Metastore, SegmentEntry};
+use crate::metastore::{Metastore, SegmentEntry, live};
 use crate::upload::{LocalSegment, upload_segment_replacing};
 
 const SIGNALS: [Signal; 3] = [Signal::Traces, Signal::Logs, Signal::Metrics];
@@ -136,20 +137,24 @@ async fn pass(st: &Arc<State>) -> Result<PassReport> {
     let mut report = PassReport::default();
     let s = &st.settings;
     let now = now_ms();
-    let all = st.metastore.list_all(None).await?;
+    // One listing per pass; removals are applied to it rather than listing again.
+    let mut all = st.metastore.list_all(None).await?;
     let cutoff_ns = (now.saturating_sub(s.retention.as_millis() as u64)).saturating_mul(1_000_000);
-    for e in expired(&all, cutoff_ns) {
+    let mut removed = HashSet::new();
+    for e in expired(&all, cutoff_ns).into_iter().chain(garbage(&all, now, s.grace)) {
+        if !removed.insert(e.key.clone()) {
+            continue;
+        }
         st.metastore.remove(&e).await?;
-        report.expired += 1;
+        if e.max_time_ns < cutoff_ns {
+            report.expired += 1;
+        } else {
+            report.collected += 1;
+        }
     }
-    let all = st.metastore.list_all(None).await?;
-    for e in garbage(&all, now, s.grace) {
-        st.metastore.remove(&e).await?;
-        report.collected += 1;
-    }
+    all.retain(|e| !removed.contains(&e.key));
     let old_enough = now.saturating_sub(s.min_age.as_millis() as u64);
-    let live: Vec<SegmentEntry> =
-        st.metastore.list(None).await?.into_iter().filter(|e| e.created_ms <= old_enough).collect();
+    let live: Vec<SegmentEntry> = live(&all).into_iter().filter(|e| e.created_ms <= old_enough).collect();
     for signal in SIGNALS {
         for group in plan_merges(&live, signal, &s.policy) {
             merge_group(st, signal, &group).await?;

@@ -79,6 +79,13 @@ pub fn segment_key(min_time_ns: u64, node_id: &str, local_id: u64) -> String {
     format!("{min_time_ns:020}-{node_id}-{local_id:020}")
 }
 
+/// The entries of `all` ([`Metastore::list_all`]) that no entry of `all` replaces: what
+/// [`Metastore::list`] answers.
+pub fn live(all: &[SegmentEntry]) -> Vec<SegmentEntry> {
+    let replaced: HashSet<&str> = all.iter().flat_map(|e| e.replaces.iter().map(String::as_str)).collect();
+    all.iter().filter(|e| !replaced.contains(e.key.as_str())).cloned().collect()
+}
+
 /// A node's heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -217,9 +224,7 @@ impl Metastore {
     /// another visible entry's `replaces` are left out, and so are entries that cannot be parsed
     /// (logged once and counted in [`Metastore::garbled_entries`]) and entries of a newer format.
     pub async fn list(&self, signal: Option<Signal>) -> Result<Vec<SegmentEntry>> {
-        let all = self.list_all(signal).await?;
-        let replaced: HashSet<&str> = all.iter().flat_map(|e| e.replaces.iter().map(String::as_str)).collect();
-        Ok(all.iter().filter(|e| !replaced.contains(e.key.as_str())).cloned().collect())
+        Ok(live(&self.list_all(signal).await?))
     }
 
     /// Every readable entry, replaced ones included (what the compactor needs to delete them).

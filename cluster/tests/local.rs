@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use obsbox_cluster::object_store::memory::InMemory;
+use obsbox_cluster::object_store::throttle::{ThrottleConfig, ThrottledStore};
 use obsbox_cluster::object_store::{ObjectStoreExt, PutPayload};
 use obsbox_cluster::{Metastore, ObjectStoreConfig, SegmentCache, StoreKind, open_store, upload_segment};
 use obsbox_storage::api::Signal;
@@ -160,16 +161,26 @@ async fn reopened_cache_reuses_complete_segments_and_drops_the_rest() {
 #[tokio::test]
 async fn cancelled_download_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let m = in_memory();
+    let mem = Arc::new(InMemory::new());
     let mut seg = suite::index_segment(dir.path(), 20, 4 << 20);
     seg.signal = Signal::Logs;
-    let entry = upload_segment(&m, &seg, "n1").await.unwrap();
-    let cache = SegmentCache::open(m, dir.path().join("cache"), 1 << 30).unwrap();
-    // Poll the download a few times, then drop it.
+    let entry = upload_segment(&Metastore::new(mem.clone(), "obsbox"), &seg, "n1").await.unwrap();
+    // Reads are slowed per byte so that small files arrive and the big one is still on its way
+    // when the download is dropped, however fast or loaded the machine is.
+    let total: u64 = entry.files.iter().map(|f| f.bytes).sum();
+    let per_byte = std::time::Duration::from_secs(1) / u32::try_from(total).unwrap();
+    let slow = ThrottledStore::new(mem, ThrottleConfig { wait_get_per_byte: per_byte, ..Default::default() });
+    let cache = SegmentCache::open(Metastore::new(Arc::new(slow), "obsbox"), dir.path().join("cache"), 1 << 30).unwrap();
     {
         let fut = cache.get(&entry);
         tokio::pin!(fut);
-        let _ = tokio::time::timeout(std::time::Duration::from_micros(1), &mut fut).await;
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(100), &mut fut).await;
+        assert!(cut.is_err(), "the download cannot finish in 100 ms");
+        let partial: usize = std::fs::read_dir(dir.path().join("cache/.tmp"))
+            .unwrap()
+            .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum();
+        assert!(partial > 0, "cut mid-download, with some files written");
     }
     assert!(!cache.contains(&entry.key));
     assert_eq!(std::fs::read_dir(dir.path().join("cache/.tmp")).unwrap().count(), 0);

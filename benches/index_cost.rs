@@ -37,6 +37,21 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
+/// Bytes under `dir` by file extension (tantivy's `.store`, `.idx`, `.term`, `.fast`, ...), so a
+/// change to the schema or the docstore shows where its bytes went.
+fn bytes_by_extension(dir: &std::path::Path, out: &mut std::collections::BTreeMap<String, u64>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_dir() {
+            bytes_by_extension(&e.path(), out);
+        } else {
+            let p = e.path();
+            let ext = p.extension().map_or_else(|| "(none)".to_string(), |x| x.to_string_lossy().into_owned());
+            *out.entry(ext).or_default() += m.len();
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         println!("index_cost benchmark: not run (start it with `cargo bench --bench index_cost`)");
@@ -122,6 +137,12 @@ async fn run(logs: bool, batches: u64) -> anyhow::Result<()> {
     let bytes = dir_bytes(dir.path());
     let wal = dir_bytes(&dir.path().join("wal"));
 
+    let mut parts = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir.path())?.flatten() {
+        if e.path().is_dir() && e.file_name() != "wal" {
+            bytes_by_extension(&e.path(), &mut parts);
+        }
+    }
     let what = if logs { "log records" } else { "spans" };
     println!("{items} {what} ({:.0} B raw OTLP each), store with default config", raw as f64 / items as f64);
     println!(
@@ -138,6 +159,15 @@ async fn run(logs: bool, batches: u64) -> anyhow::Result<()> {
         cpu_closed.as_secs_f64() * 1e6 / items as f64,
         bytes as f64 / items as f64,
         (bytes - wal) as f64 / items as f64
+    );
+    println!(
+        "index bytes per item by file: {}",
+        parts
+            .iter()
+            .filter(|(_, b)| **b * 100 >= bytes - wal)
+            .map(|(ext, b)| format!("{ext} {:.1}", *b as f64 / items as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }

@@ -133,9 +133,9 @@ fn main() -> anyhow::Result<()> {
     let span_m: u64 = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10);
     let log_m: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(span_m);
     let dir = std::env::var_os("BENCH_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        // The span schema version in the name: a store of another version is refused, so a new
+        // The schema versions in the name: a store of another version is refused, so a new
         // schema fills a new directory instead of failing.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/query-s2-{span_m}m-{log_m}m"))
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/query-s3-l2-{span_m}m-{log_m}m"))
     });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(dir, span_m, log_m))

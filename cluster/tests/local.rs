@@ -170,7 +170,8 @@ async fn cancelled_download_leaves_nothing() {
     let total: u64 = entry.files.iter().map(|f| f.bytes).sum();
     let per_byte = std::time::Duration::from_secs(1) / u32::try_from(total).unwrap();
     let slow = ThrottledStore::new(mem, ThrottleConfig { wait_get_per_byte: per_byte, ..Default::default() });
-    let cache = SegmentCache::open(Metastore::new(Arc::new(slow), "obsbox"), dir.path().join("cache"), 1 << 30).unwrap();
+    let cache =
+        SegmentCache::open(Metastore::new(Arc::new(slow), "obsbox"), dir.path().join("cache"), 1 << 30).unwrap();
     {
         let fut = cache.get(&entry);
         tokio::pin!(fut);

@@ -16,9 +16,7 @@ use prost::Message;
 use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
 };
-use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
-};
+use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, Schema};
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{TantivyDocument, Term};
 
@@ -26,6 +24,7 @@ use crate::StoreError;
 use crate::api::{AttrScope, LogEntry, LogPredicate};
 use crate::attrs::{self, Emit};
 use crate::memory::log_time;
+use crate::segments::{full_text, indexed_bytes, indexed_number, keyword};
 
 /// Fields of the log schema.
 pub(crate) struct LogFields {
@@ -47,31 +46,27 @@ pub(crate) struct LogFields {
 /// Name of the time field (Unix ns).
 pub(crate) const TIME_FIELD: &str = "time";
 /// Version of [`schema`]; bumped when a change makes older segments unreadable.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+/// 2: no fieldnorms.
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 /// Longest query text accepted.
 const MAX_QUERY_LEN: usize = 4096;
 
 /// The log schema and its fields.
 pub(crate) fn schema() -> (Schema, LogFields) {
     let mut b = Schema::builder();
-    let body = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default()
-            .set_tokenizer("default")
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-    );
     let fields = LogFields {
         time: b.add_u64_field(TIME_FIELD, FAST),
         observed: b.add_u64_field("observed", FAST),
-        severity: b.add_u64_field("severity", INDEXED | FAST),
-        severity_text: b.add_text_field("severity_text", STRING | FAST),
-        service: b.add_text_field("service", STRING | FAST),
-        body: b.add_text_field("body", body),
-        trace_id: b.add_bytes_field("trace_id", INDEXED),
-        span_id: b.add_bytes_field("span_id", INDEXED),
-        attr: b.add_text_field("attr", STRING),
-        attr_key: b.add_text_field("attr_key", STRING),
-        res: b.add_text_field("res", STRING),
-        res_key: b.add_text_field("res_key", STRING),
+        severity: b.add_u64_field("severity", indexed_number() | FAST),
+        severity_text: b.add_text_field("severity_text", keyword() | FAST),
+        service: b.add_text_field("service", keyword() | FAST),
+        body: b.add_text_field("body", full_text()),
+        trace_id: b.add_bytes_field("trace_id", indexed_bytes()),
+        span_id: b.add_bytes_field("span_id", indexed_bytes()),
+        attr: b.add_text_field("attr", keyword()),
+        attr_key: b.add_text_field("attr_key", keyword()),
+        res: b.add_text_field("res", keyword()),
+        res_key: b.add_text_field("res_key", keyword()),
         data: b.add_bytes_field("data", STORED),
     };
     (b.build(), fields)

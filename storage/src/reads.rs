@@ -176,3 +176,21 @@ impl<'a> Indexes<'a> {
         Ok(self.logs.histogram(q, time, bucket_ns)?.into_iter().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing is scored, so no field may pay a byte per document for norms (see
+    /// `segments::keyword`); a field added with tantivy's `STRING`, `TEXT` or `INDEXED` would.
+    #[test]
+    fn no_field_writes_fieldnorms() {
+        let (spans, _) = spans::schema();
+        let (logs, _) = logs::schema();
+        for schema in [spans, logs] {
+            for (_, entry) in schema.fields() {
+                assert!(!entry.has_fieldnorms(), "{} has fieldnorms", entry.name());
+            }
+        }
+    }
+}

@@ -29,7 +29,9 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
-use tantivy::schema::{Field, Schema, Value};
+use tantivy::schema::{
+    BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
+};
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{
     DocAddress, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
@@ -169,10 +171,48 @@ pub(crate) struct SegmentedIndex {
     verified: Mutex<HashSet<u64>>,
 }
 
-fn settings() -> IndexSettings {
+/// `STRING` without fieldnorms. Nothing in the store is scored (results are ordered by time or
+/// ids), so the byte per document and indexed field that BM25 would read is not written.
+pub(crate) fn keyword() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    )
+}
+
+/// Full text: tokenized, with positions for phrases, without fieldnorms (see [`keyword`]).
+pub(crate) fn full_text() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+            .set_fieldnorms(false),
+    )
+}
+
+/// `INDEXED` numbers (and bools) without fieldnorms (see [`keyword`]).
+pub(crate) fn indexed_number() -> NumericOptions {
+    NumericOptions::default().set_indexed()
+}
+
+/// `INDEXED` bytes without fieldnorms (see [`keyword`]).
+pub(crate) fn indexed_bytes() -> BytesOptions {
+    BytesOptions::default().set_indexed()
+}
+
+/// zstd at level 3 (higher levels cost 1.2-1.5x the CPU per item for 1-5% fewer bytes). Blocks
+/// of 128 KiB for spans and 256 KiB for logs instead of tantivy's 16 KiB: a span or record repeats
+/// its resource and scope, which zstd only finds again within a block; 64 -> 128 KiB took spans'
+/// docstore from 112 to 97 B per span, 64 -> 256 KiB logs' from 78 to 66 B per record
+/// (`benches/index_cost.rs`). Reading one document decompresses its whole block, so spans, read a
+/// trace at a time by id, stop at 128 KiB.
+fn settings(signal: Signal) -> IndexSettings {
+    let block = if signal == Signal::Logs { 256 << 10 } else { 128 << 10 };
     IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor { compression_level: Some(3) }),
-        docstore_blocksize: 64 * 1024,
+        docstore_blocksize: block,
         ..IndexSettings::default()
     }
 }
@@ -268,7 +308,7 @@ impl SegmentedIndex {
             }
         }
         let active_entry = meta.segments.iter().find(|s| !s.sealed).cloned();
-        let active = match active_entry.map(|e| (e.id, Self::open_active(dir, e.id, &schema, &opts))) {
+        let active = match active_entry.map(|e| (e.id, Self::open_active(dir, signal, e.id, &schema, &opts))) {
             Some((_, Ok(active))) => Some(active),
             // Not the segment's fault (a full disk, permissions): refuse to start rather than
             // set good data aside.
@@ -293,7 +333,7 @@ impl SegmentedIndex {
             None => {
                 let id = meta.next_id;
                 meta.next_id += 1;
-                Self::open_active(dir, id, &schema, &opts).map_err(|f| f.error)?
+                Self::open_active(dir, signal, id, &schema, &opts).map_err(|f| f.error)?
             }
         };
         meta.segments.retain(|s| !damaged.contains(&s.id));
@@ -333,12 +373,18 @@ impl SegmentedIndex {
 
     /// Opens (creating) a segment as the active one. On a full disk the segment opens without
     /// a writer (it serves reads; [`SegmentedIndex::reset`] makes the writer later).
-    fn open_active(dir: &Path, id: u64, schema: &Schema, opts: &SegmentOptions) -> Result<Active, OpenFailure> {
+    fn open_active(
+        dir: &Path,
+        signal: Signal,
+        id: u64,
+        schema: &Schema,
+        opts: &SegmentOptions,
+    ) -> Result<Active, OpenFailure> {
         let path = seg_dir(dir, id);
         fs::create_dir_all(&path)?;
         let mmap = tantivy::directory::MmapDirectory::open(&path)
             .map_err(|e| OpenFailure { error: StoreError::Index(e.to_string()), damaged: false })?;
-        let index = Index::builder().schema(schema.clone()).settings(settings()).open_or_create(mmap)?;
+        let index = Index::builder().schema(schema.clone()).settings(settings(signal)).open_or_create(mmap)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let committed = read_payload(&index, &path)?;
         let writer = match index.writer_with_num_threads(2, opts.memory_bytes) {
@@ -482,7 +528,7 @@ impl SegmentedIndex {
         // Create the new active segment before the metastore names it; change the metastore in
         // memory only once the new one is on disk, so a failure (a full disk) leaves both as
         // they were and the next commit retries.
-        let new_active = match Self::open_active(&self.dir, new_id, &self.layout.schema, &self.opts) {
+        let new_active = match Self::open_active(&self.dir, self.signal, new_id, &self.layout.schema, &self.opts) {
             Ok(a) if a.writer.is_some() => a,
             Ok(a) => {
                 drop(a);
@@ -1293,7 +1339,7 @@ pub(crate) fn write_segment(
 ) -> Result<(CommitSummary, Vec<(String, u64)>), StoreError> {
     fs::create_dir_all(path)?;
     // Refuses a directory that holds an index already.
-    let index = Index::builder().schema(layout.schema.clone()).settings(settings()).create_in_dir(path)?;
+    let index = Index::builder().schema(layout.schema.clone()).settings(settings(layout.signal)).create_in_dir(path)?;
     // One indexing thread keeps the documents in the order given.
     let mut writer: IndexWriter = index.writer_with_num_threads(1, memory_bytes)?;
     let mut p = CommitPayload {

@@ -16,12 +16,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, TracesData};
 use prost::Message;
 use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery};
-use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema};
+use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, Schema};
 use tantivy::{TantivyDocument, Term};
 
 use crate::StoreError;
 use crate::api::{AttrScope, SpanPredicate, SpanRecord};
 use crate::attrs::{self, Emit};
+use crate::segments::{indexed_bytes, indexed_number, keyword};
 
 /// Fields of the span schema.
 pub(crate) struct SpanFields {
@@ -46,7 +47,8 @@ pub(crate) struct SpanFields {
 
 /// Version of [`schema`]; bumped when a change makes older segments unreadable.
 /// 2: span and parent ids became u64 fast fields instead of indexed bytes.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+/// 3: no fieldnorms.
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 /// Name of the time field (span start, Unix ns).
 pub(crate) const TIME_FIELD: &str = "start";
 /// Name of the trace id field.
@@ -58,22 +60,22 @@ pub(crate) const ORD_FIELD: &str = "ord";
 pub(crate) fn schema() -> (Schema, SpanFields) {
     let mut b = Schema::builder();
     let fields = SpanFields {
-        trace_id: b.add_bytes_field(TRACE_ID_FIELD, INDEXED | FAST),
+        trace_id: b.add_bytes_field(TRACE_ID_FIELD, indexed_bytes() | FAST),
         span_id: b.add_u64_field("span_id", FAST),
         parent_id: b.add_u64_field("parent_id", FAST),
-        root: b.add_bool_field("root", INDEXED),
-        service: b.add_text_field("service", STRING | FAST),
-        name: b.add_text_field("name", STRING | FAST),
-        kind: b.add_u64_field("kind", INDEXED | FAST),
-        status: b.add_u64_field("status", INDEXED | FAST),
+        root: b.add_bool_field("root", indexed_number()),
+        service: b.add_text_field("service", keyword() | FAST),
+        name: b.add_text_field("name", keyword() | FAST),
+        kind: b.add_u64_field("kind", indexed_number() | FAST),
+        status: b.add_u64_field("status", indexed_number() | FAST),
         start: b.add_u64_field(TIME_FIELD, FAST),
         duration: b.add_u64_field("duration", FAST),
-        attr: b.add_text_field("attr", STRING),
-        attr_key: b.add_text_field("attr_key", STRING),
-        res: b.add_text_field("res", STRING),
-        res_key: b.add_text_field("res_key", STRING),
+        attr: b.add_text_field("attr", keyword()),
+        attr_key: b.add_text_field("attr_key", keyword()),
+        res: b.add_text_field("res", keyword()),
+        res_key: b.add_text_field("res_key", keyword()),
         ord: b.add_u64_field(ORD_FIELD, FAST),
-        op: b.add_text_field("op", STRING),
+        op: b.add_text_field("op", keyword()),
         data: b.add_bytes_field("data", STORED),
     };
     (b.build(), fields)

@@ -103,6 +103,47 @@ impl WalSize {
     }
 }
 
+impl WalSize {
+    /// After [`WalSize::join_writer`]: deletes every closed file whose records all have seq <=
+    /// `seq`, and when the last file's records are all <= `seq` too, empties it and names it for
+    /// `seq + 1`, so a cleanly closed store keeps no log it will not replay. The emptied file is
+    /// kept, not deleted: the next [`Wal::open`] (whose `after_seq` is at least `seq`) takes it
+    /// over by name, which works on a full disk where creating a file would not. Emptied before
+    /// renamed, so a crash between the two leaves an empty file under its old name, which the
+    /// open deletes.
+    pub fn empty_through_after_close(&self, seq: u64) -> Result<(), StoreError> {
+        if self.0.thread.lock().is_some() {
+            return Err(StoreError::Unavailable("write-ahead log writer still running".into()));
+        }
+        let mut files = self.0.files.lock();
+        while files.len() > 1 && files[0].last_seq <= seq {
+            let f = files.remove(0);
+            match fs::remove_file(&f.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    files.insert(0, f);
+                    return Err(e.into());
+                }
+            }
+        }
+        let Some(last) = files.last_mut().filter(|f| f.last_seq <= seq) else { return Ok(()) };
+        if last.bytes > format::HEADER_LEN as u64 {
+            let f = OpenOptions::new().write(true).open(&last.path)?;
+            f.set_len(format::HEADER_LEN as u64)?;
+            f.sync_all()?;
+            last.bytes = format::HEADER_LEN as u64;
+        }
+        let path = self.0.dir.join(format!("{:020}.wal", seq + 1));
+        if path != last.path {
+            fs::rename(&last.path, &path)?;
+            sync_dir(&self.0.dir)?;
+            *last = FileInfo { path, first_seq: seq + 1, last_seq: seq, bytes: last.bytes };
+        }
+        Ok(())
+    }
+}
+
 /// Settings of one log.
 #[derive(Clone)]
 pub(crate) struct WalOptions {

@@ -34,6 +34,7 @@ mod attrs;
 pub mod call;
 mod config;
 mod disk;
+mod envelope;
 mod error;
 mod federated;
 mod format;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::{LogsData, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::LogsData;
 use prost::Message;
 use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
@@ -23,6 +23,7 @@ use tantivy::{TantivyDocument, Term};
 use crate::StoreError;
 use crate::api::{AttrScope, LogEntry, LogPredicate};
 use crate::attrs::{self, Emit};
+use crate::envelope;
 use crate::memory::log_time;
 use crate::segments::{full_text, indexed_bytes, indexed_number, keyword};
 
@@ -75,6 +76,7 @@ pub(crate) fn schema() -> (Schema, LogFields) {
 /// Builds the documents of one WAL record.
 pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut Vec<(TantivyDocument, u64)>) {
     let mut body = String::new();
+    let mut stored = Vec::new();
     for rl in req.resource_logs {
         let service = attrs::service_name(rl.resource.as_ref()).to_string();
         let mut res_terms: Vec<String> = Vec::new();
@@ -85,7 +87,15 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
                 Emit::Key => res_keys.push(t.to_string()),
             });
         }
+        let resource = rl.resource.as_ref().map(Message::encode_to_vec);
         for sl in rl.scope_logs {
+            let scope = sl.scope.as_ref().map(Message::encode_to_vec);
+            let parts = envelope::Parts {
+                resource: resource.as_deref(),
+                resource_schema_url: &rl.schema_url,
+                scope: scope.as_deref(),
+                scope_schema_url: &sl.schema_url,
+            };
             for record in sl.log_records {
                 let mut doc = TantivyDocument::new();
                 let time = log_time(&record);
@@ -115,18 +125,8 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
                 for k in &res_keys {
                     doc.add_text(f.res_key, k);
                 }
-                let stored = LogsData {
-                    resource_logs: vec![ResourceLogs {
-                        resource: rl.resource.clone(),
-                        schema_url: rl.schema_url.clone(),
-                        scope_logs: vec![ScopeLogs {
-                            scope: sl.scope.clone(),
-                            schema_url: sl.schema_url.clone(),
-                            log_records: vec![record],
-                        }],
-                    }],
-                };
-                doc.add_bytes(f.data, &stored.encode_to_vec());
+                envelope::encode(&parts, &record, &mut stored);
+                doc.add_bytes(f.data, &stored);
                 out.push((doc, time));
             }
         }

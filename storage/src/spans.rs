@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, TracesData};
+use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery};
 use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, Schema};
@@ -22,6 +22,7 @@ use tantivy::{TantivyDocument, Term};
 use crate::StoreError;
 use crate::api::{AttrScope, SpanPredicate, SpanRecord};
 use crate::attrs::{self, Emit};
+use crate::envelope;
 use crate::segments::{indexed_bytes, indexed_number, keyword};
 
 /// Fields of the span schema.
@@ -100,6 +101,7 @@ pub(crate) fn documents_with_ord(
     out: &mut Vec<(TantivyDocument, u64)>,
 ) {
     let mut i: u64 = 0;
+    let mut stored = Vec::new();
     for rs in req.resource_spans {
         let service = attrs::service_name(rs.resource.as_ref()).to_string();
         let mut res_terms: Vec<String> = Vec::new();
@@ -110,7 +112,15 @@ pub(crate) fn documents_with_ord(
                 Emit::Key => res_keys.push(t.to_string()),
             });
         }
+        let resource = rs.resource.as_ref().map(Message::encode_to_vec);
         for ss in rs.scope_spans {
+            let scope = ss.scope.as_ref().map(Message::encode_to_vec);
+            let parts = envelope::Parts {
+                resource: resource.as_deref(),
+                resource_schema_url: &rs.schema_url,
+                scope: scope.as_deref(),
+                scope_schema_url: &ss.schema_url,
+            };
             for span in ss.spans {
                 let mut doc = TantivyDocument::new();
                 doc.add_bytes(f.trace_id, &span.trace_id);
@@ -141,20 +151,9 @@ pub(crate) fn documents_with_ord(
                 }
                 doc.add_u64(f.ord, ord(i));
                 i += 1;
-                let start = span.start_time_unix_nano;
-                let stored = TracesData {
-                    resource_spans: vec![ResourceSpans {
-                        resource: rs.resource.clone(),
-                        schema_url: rs.schema_url.clone(),
-                        scope_spans: vec![ScopeSpans {
-                            scope: ss.scope.clone(),
-                            schema_url: ss.schema_url.clone(),
-                            spans: vec![span],
-                        }],
-                    }],
-                };
-                doc.add_bytes(f.data, &stored.encode_to_vec());
-                out.push((doc, start));
+                envelope::encode(&parts, &span, &mut stored);
+                doc.add_bytes(f.data, &stored);
+                out.push((doc, span.start_time_unix_nano));
             }
         }
     }

@@ -10,6 +10,8 @@
 //! - `segments`: a signal's index as a list of tantivy segments (one active, the rest sealed and
 //!   immutable) recorded in a small metastore, with retention by age and size.
 //! - `spans` / `logs`: the tantivy schemas and queries of spans and log records.
+//! - `envelope`: the stored bytes of one span or log record (a one-item `TracesData` /
+//!   `LogsData`), encoded from its group's resource and scope encoded once.
 //! - `metrics`: the compressed time-series store for metric points.
 //! - [`prometheus`]: the Prometheus view of OTLP metrics (names, units, labels, histograms) and
 //!   the name index that maps a Prometheus metric name back to OTLP names.

@@ -116,17 +116,7 @@ impl WalSize {
             return Err(StoreError::Unavailable("write-ahead log writer still running".into()));
         }
         let mut files = self.0.files.lock();
-        while files.len() > 1 && files[0].last_seq <= seq {
-            let f = files.remove(0);
-            match fs::remove_file(&f.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    files.insert(0, f);
-                    return Err(e.into());
-                }
-            }
-        }
+        remove_closed_through(&mut files, seq)?;
         let Some(last) = files.last_mut().filter(|f| f.last_seq <= seq) else { return Ok(()) };
         if last.bytes > format::HEADER_LEN as u64 {
             let f = OpenOptions::new().write(true).open(&last.path)?;
@@ -248,19 +238,7 @@ impl Wal {
 
     /// Deletes closed files whose records all have seq <= `seq` (they are in an index now).
     pub fn truncate_through(&self, seq: u64) -> Result<(), StoreError> {
-        let mut files = self.shared.files.lock();
-        while files.len() > 1 && files[0].last_seq <= seq {
-            let f = files.remove(0);
-            match fs::remove_file(&f.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    files.insert(0, f);
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(())
+        remove_closed_through(&mut self.shared.files.lock(), seq)
     }
 
     /// Reads back the acknowledged records with `after < seq <= through`, in order, from the
@@ -301,6 +279,23 @@ impl Wal {
     pub fn size(&self) -> WalSize {
         WalSize(self.shared.clone())
     }
+}
+
+/// Deletes the files before the last (which is being written, or emptied at close) whose records
+/// all have seq <= `seq`, oldest first, and drops them from `files`.
+fn remove_closed_through(files: &mut Vec<FileInfo>, seq: u64) -> Result<(), StoreError> {
+    while files.len() > 1 && files[0].last_seq <= seq {
+        let f = files.remove(0);
+        match fs::remove_file(&f.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                files.insert(0, f);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_new_file(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), StoreError> {

@@ -1,6 +1,8 @@
 //! Damaged files in a real data directory of the obsbox binary: it ingests spans (two sealed
-//! segments and an active one), log records and metric points, stops, and then its files are
-//! damaged as a bad disk or a crash would: a sealed segment's file cut in half, the active
+//! segments), log records and metric points and stops cleanly; restarted, it ingests more (the
+//! active segment's spans, log records) and is killed with SIGKILL, so that its write-ahead logs
+//! hold records (a clean stop empties them). Then its files are damaged as a bad disk or a crash
+//! would: a sealed segment's file cut in half, the active
 //! segment's `meta.json` overwritten, the logs metastore replaced by garbage, a bit flipped in a
 //! logs WAL record, the metrics WAL header overwritten, a metrics block replaced by garbage.
 //!
@@ -35,6 +37,14 @@ async fn send_trace(clients: &mut common::GrpcClients, n: u64, spans: u64) {
     let now = common::now_ns();
     let spans = (0..spans).map(|i| span(&common::trace_id(11, n), &common::span_id(i + 1), "op", now)).collect();
     clients.traces.export(trace_request(SERVICE, spans)).await.expect("trace export");
+}
+
+/// Batch `b`: 20 log records and 20 gauge points.
+async fn send_logs_and_points(clients: &mut common::GrpcClients, b: u64, now: u64) {
+    let records = (0..20).map(|i| log_record(&format!("corrupt files {b} {i}"), now)).collect();
+    clients.logs.export(logs_request(SERVICE, records)).await.expect("log export");
+    let points = (0..20).map(|i| gauge_point(i as f64, now + b * 100 + i, vec![])).collect();
+    clients.metrics.export(gauge_request(SERVICE, "corrupt_gauge", points)).await.expect("metrics export");
 }
 
 /// Waits until `path` on the UI port answers 200 and its body contains `needle`.
@@ -81,23 +91,33 @@ async fn a_damaged_data_directory_starts_serves_the_rest_and_says_what_it_set_as
     std::fs::write(&config, CONFIG).expect("write config");
     let config = config.to_str().expect("utf-8 path").to_string();
 
-    // Ingest: traces 1 and 2 sealed (150 spans each), trace 3 active; logs and metrics.
+    // Ingest: traces 1 and 2 sealed (150 spans each); logs and metrics; a clean stop (which
+    // writes a metrics block).
     let mut process = common::spawn_binary(&data, &["--config", &config]);
     let addrs = process.addrs;
     let mut clients = common::grpc_clients(addrs.otlp_grpc).await;
-    for (n, spans, segments) in [(1, 150, 2), (2, 150, 3), (3, 50, 3)] {
+    for (n, spans, segments) in [(1, 150, 2), (2, 150, 3)] {
         send_trace(&mut clients, n, spans).await;
         wait_for(addrs, &format!("/api/v1/traces/{}", trace_hex(n)), &trace_hex(n)).await;
         wait_for(addrs, "/metrics", &format!("obsbox_store_segments{{signal=\"traces\"}} {segments}")).await;
     }
     let now = common::now_ns();
     for b in 0..3 {
-        let records = (0..20).map(|i| log_record(&format!("corrupt files {b} {i}"), now)).collect();
-        clients.logs.export(logs_request(SERVICE, records)).await.expect("log export");
-        let points = (0..20).map(|i| gauge_point(i as f64, now + b * 100 + i, vec![])).collect();
-        clients.metrics.export(gauge_request(SERVICE, "corrupt_gauge", points)).await.expect("metrics export");
+        send_logs_and_points(&mut clients, b, now).await;
     }
     assert!(process.terminate(Duration::from_secs(20)), "clean shutdown; stderr:\n{}", process.stderr_tail());
+
+    // Restarted: trace 3 in the active segment, more logs and points, then SIGKILL.
+    let mut process = common::spawn_binary(&data, &["--config", &config]);
+    let addrs = process.addrs;
+    let mut clients = common::grpc_clients(addrs.otlp_grpc).await;
+    send_trace(&mut clients, 3, 50).await;
+    wait_for(addrs, &format!("/api/v1/traces/{}", trace_hex(3)), &trace_hex(3)).await;
+    wait_for(addrs, "/metrics", "obsbox_store_segments{signal=\"traces\"} 3").await;
+    for b in 3..6 {
+        send_logs_and_points(&mut clients, b, now).await;
+    }
+    process.kill();
 
     // Damage.
     let traces = seg_dirs(&data.join("traces"));

@@ -101,9 +101,7 @@ impl WalSize {
             let _ = handle.join();
         }
     }
-}
 
-impl WalSize {
     /// After [`WalSize::join_writer`]: deletes every closed file whose records all have seq <=
     /// `seq`, and when the last file's records are all <= `seq` too, empties it and names it for
     /// `seq + 1`, so a cleanly closed store keeps no log it will not replay. The emptied file is

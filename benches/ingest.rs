@@ -31,8 +31,9 @@
 //!    acknowledged. RESOURCE_EXHAUSTED / UNAVAILABLE are counted as refusals (not ingested) and
 //!    retried after 50 ms.
 //! 4. Measures ack latency, RSS and CPU of the whole process (the clients are in it too),
-//!    per-thread CPU, time from ack to searchable (under load and after it), time until the
-//!    index has caught up, bytes on disk per item and the store's stats. For metrics
+//!    per-thread CPU, time from ack to searchable (under load and after it), time until
+//!    everything is searchable (`StoreStats::pending_items` 0), bytes on disk per item and the
+//!    store's stats. For metrics
 //!    "searchable" means returned by `Reader::find_metrics`: a probe's request (its own fleet tag
 //!    and time window) counts once every one of its points is returned.
 //! 5. Prints a result table. Bounded in time: duration + setup + bounded waits.
@@ -91,7 +92,7 @@ struct Args {
 
 #[derive(Clone, Copy)]
 enum Pace {
-    /// A saturation run first, then one at half of its durable + indexed rate.
+    /// A saturation run first, then one at half of its durable + searchable rate.
     HalfOfMax,
     /// Items per second, all clients together.
     Fixed(f64),
@@ -810,7 +811,7 @@ fn row(what: impl Into<String>, value: String, baseline: String, target: String,
 }
 
 /// One run; `pace`: items per second in all, or as fast as answers come. Returns the durable +
-/// indexed rate.
+/// searchable rate.
 fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row>) -> anyhow::Result<f64> {
     let (noun, pool_size) = match signal {
         Signal::Logs => ("log records", LOG_POOL),
@@ -1048,7 +1049,7 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
     let ps: Vec<String> = per_second.iter().map(|r| format!("{:.0}k", r / 1000.0)).collect();
     println!("acked {noun}/s per second: {}", ps.join(" "));
     println!(
-        "index caught up {:.2} s after the load ({} {noun} pending at the end){}",
+        "everything searchable {:.2} s after the load ({} {noun} not yet searchable at the end){}",
         drain.as_secs_f64(),
         pending_at_end.unwrap_or(0),
         if drained { "" } else { " -- NOT drained within the timeout" }
@@ -1140,7 +1141,7 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
         what(format!(
             "{} ingest, durable + {}",
             signal.as_str(),
-            if signal == Signal::Metrics { "readable" } else { "indexed" }
+            if signal == Signal::Metrics { "readable" } else { "searchable" }
         )),
         k(indexed_rate),
         k(decode_rate),

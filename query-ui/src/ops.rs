@@ -33,7 +33,10 @@ impl StoreMetrics {
                 &["signal"],
             )?,
             queue_items: IntGaugeVec::new(
-                Opts::new("obsbox_store_queue_items", "Items acknowledged and not yet indexed (queue depth)"),
+                Opts::new(
+                    "obsbox_store_queue_items",
+                    "Items acknowledged and not yet searchable: queued for indexing, or indexed and waiting for the next commit",
+                ),
                 &["signal"],
             )?,
             segments: IntGaugeVec::new(

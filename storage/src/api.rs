@@ -396,8 +396,9 @@ pub struct StoreStats {
     pub wal_bytes: u64,
     /// Bytes of indexes and stored data on disk, per signal.
     pub index_bytes: Vec<(Signal, u64)>,
-    /// Items written and not yet indexed, per signal. Indexed items of traces and logs become
-    /// visible at the next commit (within the commit interval), so 0 does not yet mean visible.
+    /// Items written and not yet visible to reads, per signal: queued for indexing, or (traces
+    /// and logs) indexed and waiting for the next commit. 0 means every item written so far is
+    /// visible.
     pub pending_items: Vec<(Signal, u64)>,
     /// Number of immutable segments, per signal.
     pub segments: Vec<(Signal, u64)>,

@@ -980,7 +980,20 @@ impl Reader for DiskStore {
                 (Signal::Logs, i.logs.disk_bytes()),
                 (Signal::Metrics, i.metrics.disk_bytes()),
             ],
-            pending_items: Signal::ALL.iter().map(|s| (*s, i.pending_items[idx(*s)].load(Ordering::Relaxed))).collect(),
+            // The queue first, then the active segments: an item leaves the queue only once it
+            // is in its segment, so read in this order it is counted at least once until visible.
+            pending_items: Signal::ALL
+                .iter()
+                .map(|s| (*s, i.pending_items[idx(*s)].load(Ordering::SeqCst)))
+                .map(|(s, queued)| {
+                    let uncommitted = match s {
+                        Signal::Traces => i.spans.uncommitted_docs(),
+                        Signal::Logs => i.logs.uncommitted_docs(),
+                        Signal::Metrics => 0,
+                    };
+                    (s, queued + uncommitted)
+                })
+                .collect(),
             segments: vec![
                 (Signal::Traces, i.spans.segment_count()),
                 (Signal::Logs, i.logs.segment_count()),

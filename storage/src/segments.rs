@@ -710,6 +710,12 @@ impl SegmentedIndex {
         sealed + dir_bytes(&seg_dir(&self.dir, active_id))
     }
 
+    /// Documents added to the active segment and not yet committed (not yet visible to reads).
+    pub fn uncommitted_docs(&self) -> u64 {
+        let a = self.active.lock();
+        a.pending.docs.saturating_sub(a.committed.docs)
+    }
+
     /// Number of segments, the active one included.
     pub fn segment_count(&self) -> u64 {
         self.view.read().len() as u64

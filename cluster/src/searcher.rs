@@ -71,6 +71,7 @@ impl Ingesters {
             }
         };
         let mut clients = Vec::with_capacity(nodes.len());
+        let live: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
         {
             let mut known = self.known.lock();
             for node in nodes {
@@ -98,6 +99,8 @@ impl Ingesters {
             tracing::warn!(error = %e, "cannot read the segment list after an ingester left; keeping the old ingester list");
             return false;
         }
+        // Forget the clients of ingesters that left: one that comes back gets a new one.
+        self.known.lock().retain(|url, _| live.contains(url));
         *self.clients.write() = clients;
         changed
     }
@@ -298,5 +301,42 @@ impl Answer for ClusterReader {
         parts.extend(ingesters.parts);
         drop(pinned);
         merge(call, parts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metastore::NodeInfo;
+
+    #[tokio::test]
+    async fn clients_of_ingesters_that_left_are_forgotten() {
+        let metastore = Metastore::new(Arc::new(object_store::memory::InMemory::new()), "t");
+        let node = |n: u32| NodeInfo {
+            node_id: format!("ingester-{n}"),
+            role: "ingester".into(),
+            url: format!("http://127.0.0.1:{}", 9000 + n),
+            updated_ms: 0,
+        };
+        for n in 1..=2 {
+            metastore.heartbeat(&node(n)).await.unwrap();
+        }
+        let view = MetastoreView::start(metastore.clone(), None, Duration::from_secs(60));
+        let settings = SearcherSettings {
+            poll_interval: Duration::from_secs(60),
+            node_timeout: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(1),
+            token: None,
+        };
+        let ingesters =
+            Ingesters { clients: RwLock::new(Vec::new()), known: Mutex::new(HashMap::new()), metastore, settings };
+        assert!(ingesters.refresh(&view).await);
+        assert_eq!(ingesters.known.lock().len(), 2);
+        ingesters.metastore.remove_node("ingester", "ingester-1").await.unwrap();
+        assert!(ingesters.refresh(&view).await);
+        let urls = |m: &HashMap<String, InternalClient>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(urls(&ingesters.known.lock()), vec![node(2).url]);
+        assert_eq!(ingesters.clients.read().len(), 1);
+        assert!(!ingesters.refresh(&view).await, "nothing changed");
     }
 }

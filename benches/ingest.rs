@@ -670,24 +670,21 @@ async fn probe(
 // --- process measurements ------------------------------------------------------------------
 
 fn rss_bytes() -> u64 {
-    status_bytes("VmRSS:")
+    rss_and_anon().0
 }
 
-/// The anonymous part of RSS: heap and stacks, without the pages of mapped index files (which
-/// the kernel can drop and read again).
-fn rss_anon_bytes() -> u64 {
-    status_bytes("RssAnon:")
-}
-
-fn status_bytes(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next().and_then(|kb| kb.parse::<u64>().ok()))
-        })
-        .map_or(0, |kb| kb * 1024)
+/// RSS and its anonymous part (heap and stacks, without the pages of mapped index files, which
+/// the kernel can drop and read again), from one read of `/proc/self/status`.
+fn rss_and_anon() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (kib("VmRSS:"), kib("RssAnon:"))
 }
 
 fn clock_ticks() -> f64 {
@@ -909,7 +906,7 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
             let mut seen = BTreeMap::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
-                rss.push((rss_bytes(), rss_anon_bytes()));
+                rss.push(rss_and_anon());
                 seen.extend(thread_cpu());
                 if last.0.elapsed() >= Duration::from_secs(1) {
                     let now = acked.load(Ordering::Relaxed);

@@ -174,21 +174,17 @@ pub(crate) struct SegmentedIndex {
 /// `STRING` without fieldnorms. Nothing in the store is scored (results are ordered by time or
 /// ids), so the byte per document and indexed field that BM25 would read is not written.
 pub(crate) fn keyword() -> TextOptions {
-    TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default()
-            .set_tokenizer("raw")
-            .set_index_option(IndexRecordOption::Basic)
-            .set_fieldnorms(false),
-    )
+    text_without_norms("raw", IndexRecordOption::Basic)
 }
 
 /// Full text: tokenized, with positions for phrases, without fieldnorms (see [`keyword`]).
 pub(crate) fn full_text() -> TextOptions {
+    text_without_norms("default", IndexRecordOption::WithFreqsAndPositions)
+}
+
+fn text_without_norms(tokenizer: &str, record: IndexRecordOption) -> TextOptions {
     TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default()
-            .set_tokenizer("default")
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
-            .set_fieldnorms(false),
+        TextFieldIndexing::default().set_tokenizer(tokenizer).set_index_option(record).set_fieldnorms(false),
     )
 }
 

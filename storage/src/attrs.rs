@@ -7,6 +7,9 @@
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use tantivy::Term;
+use tantivy::query::{BooleanQuery, Occur, Query, RegexQuery, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption};
 
 use crate::api::AttrValue;
 
@@ -106,6 +109,38 @@ fn value_terms(key: &str, v: &AnyValue, depth: usize, buf: &mut String, emit: &m
         Value::StringValueStrindex(_) => return,
     }
     emit(Emit::Term, buf);
+}
+
+/// The terms of a resource's attributes, and the keys among them that have no value term (an
+/// empty value, an empty array or map, a value kind not indexed). Only those keys go into the
+/// key field: the presence of any other resource key is the presence of a `key\0` term
+/// ([`key_exists_query`]), a cheap prefix walk as a resource key has few values. That keeps ~10
+/// key terms per span or record out of the index, which every item of the resource repeated.
+pub(crate) fn resource_terms(attrs: &[KeyValue]) -> (Vec<String>, Vec<String>) {
+    let (mut terms, mut keys) = (Vec::new(), Vec::new());
+    for_each_term(attrs, &mut |e, t| match e {
+        Emit::Term => terms.push(t.to_string()),
+        Emit::Key => keys.push(t.to_string()),
+    });
+    keys.retain(|k| {
+        !terms.iter().any(|t| t.len() > k.len() && t.starts_with(k.as_str()) && t.as_bytes()[k.len()] == 0)
+    });
+    (terms, keys)
+}
+
+/// Documents having attribute `key`, in an index whose `keys` field holds only the keys without
+/// a value term ([`resource_terms`]): the key term, or any `key\0...` term of `terms`. A key
+/// holding a NUL is as ambiguous here as in every `key\0value` term.
+pub(crate) fn key_exists_query(terms: Field, keys: Field, key: &str) -> Result<Box<dyn Query>, crate::StoreError> {
+    let prefix = RegexQuery::from_pattern(&format!("{}\\x00(?s:.*)", regex::escape(key)), terms)
+        .map_err(|e| crate::StoreError::InvalidQuery(format!("attribute key {key:?}: {e}")))?;
+    Ok(Box::new(BooleanQuery::new(vec![
+        (
+            Occur::Should,
+            Box::new(TermQuery::new(Term::from_field_text(keys, key), IndexRecordOption::Basic)) as Box<dyn Query>,
+        ),
+        (Occur::Should, Box::new(prefix)),
+    ])))
 }
 
 /// Parses the value part of an indexed term (`<tag>value`); bytes values give `None`.

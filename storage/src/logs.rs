@@ -40,6 +40,7 @@ pub(crate) struct LogFields {
     pub attr: Field,
     pub attr_key: Field,
     pub res: Field,
+    /// Only the resource keys without a value term (`attrs::resource_terms`).
     pub res_key: Field,
     pub data: Field,
 }
@@ -79,14 +80,8 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
     let mut stored = Vec::new();
     for rl in req.resource_logs {
         let service = attrs::service_name(rl.resource.as_ref()).to_string();
-        let mut res_terms: Vec<String> = Vec::new();
-        let mut res_keys: Vec<String> = Vec::new();
-        if let Some(r) = &rl.resource {
-            attrs::for_each_term(&r.attributes, &mut |e, t| match e {
-                Emit::Term => res_terms.push(t.to_string()),
-                Emit::Key => res_keys.push(t.to_string()),
-            });
-        }
+        let (res_terms, res_keys) =
+            rl.resource.as_ref().map(|r| attrs::resource_terms(&r.attributes)).unwrap_or_default();
         let resource = rl.resource.as_ref().map(Message::encode_to_vec);
         for sl in rl.scope_logs {
             let scope = sl.scope.as_ref().map(Message::encode_to_vec);
@@ -208,8 +203,11 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             term_query(Term::from_field_text(field, &attrs::predicate_term(key, value)))
         }
         LogPredicate::AttributeExists { scope, key } => {
-            let field = if *scope == AttrScope::Item { f.attr_key } else { f.res_key };
-            term_query(Term::from_field_text(field, key))
+            if *scope == AttrScope::Item {
+                term_query(Term::from_field_text(f.attr_key, key))
+            } else {
+                attrs::key_exists_query(f.res, f.res_key, key)?
+            }
         }
         LogPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),
         LogPredicate::Or(ps) if ps.is_empty() => Box::new(EmptyQuery),

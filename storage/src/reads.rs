@@ -127,8 +127,18 @@ impl<'a> Indexes<'a> {
     }
 
     pub fn attribute_keys(&self, signal: Signal, scope: AttrScope, time: TimeRange) -> Result<Vec<String>, StoreError> {
-        let (index, _, keys) = self.attr_fields(signal, scope)?;
-        Ok(terms_to_strings(index.terms(keys, b"", time, MAX_TERMS)?))
+        let (index, terms, keys) = self.attr_fields(signal, scope)?;
+        let mut out = terms_to_strings(index.terms(keys, b"", time, MAX_TERMS)?);
+        if scope == AttrScope::Resource {
+            // The key field holds only the resource keys without a value term
+            // (`attrs::resource_terms`); the others are the keys of the value terms.
+            let with_values = index.term_keys(terms, time, MAX_TERMS)?;
+            out.extend(with_values.into_iter().filter_map(|k| String::from_utf8(k).ok()));
+            out.sort();
+            out.dedup();
+            out.truncate(MAX_TERMS);
+        }
+        Ok(out)
     }
 
     pub fn attribute_values(

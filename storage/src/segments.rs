@@ -929,6 +929,37 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// The distinct parts before the first `\0` of the field's terms (the keys of `key\0value`
+    /// attribute terms), at most `max_keys`. Seeks past each key's values rather than reading
+    /// them, so a key with a million values costs what a key with one does.
+    pub fn term_keys(
+        &self,
+        field: Field,
+        time: TimeRange,
+        max_keys: usize,
+    ) -> Result<std::collections::BTreeSet<Vec<u8>>, StoreError> {
+        let mut out = std::collections::BTreeSet::new();
+        for searcher in self.searchers(time) {
+            for seg in searcher.segment_readers() {
+                let inverted = seg.inverted_index(field)?;
+                let dict = inverted.terms();
+                let mut from = Vec::new();
+                while out.len() < max_keys {
+                    let mut stream = dict.range().ge(&from).into_stream()?;
+                    if !stream.advance() {
+                        break;
+                    }
+                    let term = stream.key();
+                    let key = &term[..term.iter().position(|&b| b == 0).unwrap_or(term.len())];
+                    out.insert(key.to_vec());
+                    // The first term after every `key\0...` one.
+                    from = [key, &[1]].concat();
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of matching documents per bucket of `bucket_ns` (bucket start -> count, non-empty
     /// buckets only).
     pub fn histogram(

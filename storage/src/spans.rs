@@ -40,6 +40,7 @@ pub(crate) struct SpanFields {
     pub attr: Field,
     pub attr_key: Field,
     pub res: Field,
+    /// Only the resource keys without a value term (`attrs::resource_terms`).
     pub res_key: Field,
     pub ord: Field,
     pub op: Field,
@@ -104,14 +105,8 @@ pub(crate) fn documents_with_ord(
     let mut stored = Vec::new();
     for rs in req.resource_spans {
         let service = attrs::service_name(rs.resource.as_ref()).to_string();
-        let mut res_terms: Vec<String> = Vec::new();
-        let mut res_keys: Vec<String> = Vec::new();
-        if let Some(r) = &rs.resource {
-            attrs::for_each_term(&r.attributes, &mut |e, t| match e {
-                Emit::Term => res_terms.push(t.to_string()),
-                Emit::Key => res_keys.push(t.to_string()),
-            });
-        }
+        let (res_terms, res_keys) =
+            rs.resource.as_ref().map(|r| attrs::resource_terms(&r.attributes)).unwrap_or_default();
         let resource = rs.resource.as_ref().map(Message::encode_to_vec);
         for ss in rs.scope_spans {
             let scope = ss.scope.as_ref().map(Message::encode_to_vec);
@@ -244,8 +239,11 @@ pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Result<Box<dyn Query>,
             term_query(Term::from_field_text(field, &attrs::predicate_term(key, value)))
         }
         SpanPredicate::AttributeExists { scope, key } => {
-            let field = if *scope == AttrScope::Item { f.attr_key } else { f.res_key };
-            term_query(Term::from_field_text(field, key))
+            if *scope == AttrScope::Item {
+                term_query(Term::from_field_text(f.attr_key, key))
+            } else {
+                attrs::key_exists_query(f.res, f.res_key, key)?
+            }
         }
         SpanPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),
         SpanPredicate::Or(ps) if ps.is_empty() => Box::new(EmptyQuery),

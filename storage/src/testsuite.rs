@@ -30,6 +30,7 @@ pub fn run_all<S: Writer + Reader>(new_store: &dyn Fn() -> S) {
     logs_round_trip_and_predicates(&new_store());
     metrics_round_trip_and_matchers(&new_store());
     writes_are_ordered(&new_store());
+    resource_keys(&new_store());
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -275,6 +276,69 @@ fn span_predicates<S: Writer + Reader>(store: &S) {
         store.span_histogram(&SpanPredicate::All, TimeRange::ALL, 0),
         Err(crate::StoreError::InvalidQuery(_))
     ));
+}
+
+/// Presence of resource attribute keys and their listing, for keys with and without a value
+/// (an index may keep the two apart), keys that are prefixes of others, and map entries.
+fn resource_keys<S: Writer + Reader>(store: &S) {
+    let map = |entries: Vec<KeyValue>| Value::KvlistValue(KeyValueList { values: entries });
+    let odd = Resource {
+        attributes: vec![
+            kv("service.name", s("odd")),
+            KeyValue { key: "host".into(), value: None, ..Default::default() },
+            kv("host.name", s("h1")),
+            kv("empty.list", Value::ArrayValue(ArrayValue { values: vec![] })),
+            kv("map", map(vec![kv("inner", s("two\nlines"))])),
+            kv("empty.map", map(vec![])),
+        ],
+        ..Default::default()
+    };
+    let plain = Resource { attributes: vec![kv("service.name", s("plain"))], ..Default::default() };
+    let spans = |n: u8| vec![full_span(n, n, None)];
+    let logs = |n: u8| vec![log(n, "body")];
+    let mut traces = ExportTraceServiceRequest::default();
+    let mut logs_req = ExportLogsServiceRequest::default();
+    for (n, r) in [(1, &odd), (2, &plain), (3, &odd)] {
+        traces.resource_spans.push(ResourceSpans {
+            resource: Some(r.clone()),
+            scope_spans: vec![ScopeSpans { spans: spans(n), ..Default::default() }],
+            ..Default::default()
+        });
+        logs_req.resource_logs.push(ResourceLogs {
+            resource: Some(r.clone()),
+            scope_logs: vec![ScopeLogs { log_records: logs(n), ..Default::default() }],
+            ..Default::default()
+        });
+    }
+    write(store, Batch::Traces(traces));
+    write(store, Batch::Logs(logs_req));
+    let span_count = |key: &str| {
+        let p = SpanPredicate::AttributeExists { scope: AttrScope::Resource, key: key.into() };
+        store.find_spans(&SpanQuery { predicate: p, time: TimeRange::ALL, limit: 100 }).expect("search").len()
+    };
+    let log_count = |key: &str| {
+        let p = LogPredicate::AttributeExists { scope: AttrScope::Resource, key: key.into() };
+        store.find_logs(&LogQuery { predicate: p, time: TimeRange::ALL, limit: 100 }).expect("search").len()
+    };
+    eventually("3 spans and 3 records", || {
+        (span_count("service.name") == 3 && log_count("service.name") == 3).then_some(())
+    });
+    for key in ["host", "host.name", "empty.list", "map", "map.inner", "empty.map"] {
+        assert_eq!(span_count(key), 2, "spans with resource key {key:?}");
+        assert_eq!(log_count(key), 2, "records with resource key {key:?}");
+    }
+    for key in ["hos", "host.nam", "map.inn", "inner", "nope", ""] {
+        assert_eq!(span_count(key), 0, "spans with resource key {key:?}");
+        assert_eq!(log_count(key), 0, "records with resource key {key:?}");
+    }
+    let want = ["empty.list", "empty.map", "host", "host.name", "map", "map.inner", "service.name"];
+    for signal in [Signal::Traces, Signal::Logs] {
+        assert_eq!(
+            store.attribute_keys(signal, AttrScope::Resource, TimeRange::ALL).expect("keys"),
+            want,
+            "{signal:?}"
+        );
+    }
 }
 
 fn log(n: u8, body: &str) -> LogRecord {

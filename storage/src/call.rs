@@ -631,7 +631,7 @@ mod wire_spans {
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SpanRecord>, D::Error> {
         let bytes = base64_bytes(&String::deserialize(d)?)?;
-        crate::spans::decode(vec![bytes]).map_err(serde::de::Error::custom)
+        crate::spans::decode(vec![crate::segments::Stored::whole(bytes)]).map_err(serde::de::Error::custom)
     }
 }
 
@@ -662,7 +662,7 @@ mod wire_logs {
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<LogEntry>, D::Error> {
         let bytes = base64_bytes(&String::deserialize(d)?)?;
-        crate::logs::decode(vec![bytes]).map_err(serde::de::Error::custom)
+        crate::logs::decode(vec![crate::segments::Stored::whole(bytes)]).map_err(serde::de::Error::custom)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::api::{AttrScope, LogEntry, LogPredicate};
 use crate::attrs::{self, Emit};
 use crate::envelope;
 use crate::memory::log_time;
-use crate::segments::{full_text, indexed_bytes, indexed_number, keyword};
+use crate::segments::{Stored, full_text, indexed_bytes, indexed_number, keyword};
 
 /// Fields of the log schema.
 pub(crate) struct LogFields {
@@ -129,12 +129,12 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
 }
 
 /// Decodes stored documents, sharing equal resources and scopes.
-pub(crate) fn decode(data: Vec<Vec<u8>>) -> Result<Vec<LogEntry>, StoreError> {
+pub(crate) fn decode(data: Vec<Stored>) -> Result<Vec<LogEntry>, StoreError> {
     let mut resources = HashMap::new();
     let mut scopes = HashMap::new();
     let mut out = Vec::with_capacity(data.len());
-    for bytes in data {
-        let ld = LogsData::decode(bytes.as_slice()).map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
+    for stored in data {
+        let ld = LogsData::decode(stored.data.as_slice()).map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
         for rl in ld.resource_logs {
             let r = rl.resource.unwrap_or_default();
             let resource = resources.entry(r.encode_to_vec()).or_insert_with(|| Arc::new(r)).clone();

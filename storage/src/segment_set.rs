@@ -17,10 +17,8 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogsData;
 use opentelemetry_proto::tonic::metrics::v1::MetricsData;
-use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use tantivy::TantivyDocument;
-use tantivy::schema::{Field, Value};
 
 use crate::StoreError;
 use crate::api::*;
@@ -29,7 +27,7 @@ use crate::metrics::{self, Block};
 use crate::prometheus::{PromView, ViewOptions};
 use crate::quarantine::Quarantine;
 use crate::reads::{Indexes, SCHEMAS};
-use crate::segments::{self, Segment, Snapshot};
+use crate::segments::{self, Layout, Segment, Snapshot, Stored};
 use crate::spans;
 
 /// Indexing memory of a merge's tantivy writer (one thread).
@@ -410,26 +408,25 @@ fn merge_indexes(signal: Signal, inputs: &[Arc<OpenSegment>], out: &Path) -> Res
         })
         .collect();
     let last_seq = segs.iter().map(|s| s.last_seq()).max().unwrap_or(0);
-    let (layout, data_field) = match signal {
-        Signal::Traces => (&SCHEMAS.spans, SCHEMAS.span_fields.data),
-        _ => (&SCHEMAS.logs, SCHEMAS.log_fields.data),
+    let layout = match signal {
+        Signal::Traces => &SCHEMAS.spans,
+        _ => &SCHEMAS.logs,
     };
-    let stored = segs.iter().flat_map(|seg| stored_items(seg, data_field, signal));
+    let stored = segs.iter().flat_map(|seg| stored_items(seg, layout, signal));
     let mut pending: Vec<(TantivyDocument, u64)> = Vec::new();
     // Documents are built lazily, one stored item at a time.
     let docs = stored.flat_map(move |item| {
-        let built = item.and_then(|(data, ord)| {
+        let built = item.and_then(|(stored, ord)| {
             pending.clear();
             match signal {
                 Signal::Traces => {
-                    let td = TracesData::decode(data.as_slice())
-                        .map_err(|e| StoreError::Index(format!("stored span: {e}")))?;
+                    let td = spans::stored_traces(&stored)?;
                     let req = ExportTraceServiceRequest { resource_spans: td.resource_spans };
                     spans::documents_with_ord(&SCHEMAS.span_fields, req, |_| ord, &mut pending);
                 }
                 _ => {
-                    let ld =
-                        LogsData::decode(data.as_slice()).map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
+                    let ld = LogsData::decode(stored.data.as_slice())
+                        .map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
                     let req = ExportLogsServiceRequest { resource_logs: ld.resource_logs };
                     logs::documents(&SCHEMAS.log_fields, req, &mut pending);
                 }
@@ -458,15 +455,15 @@ fn merge_indexes(signal: Signal, inputs: &[Arc<OpenSegment>], out: &Path) -> Res
     })
 }
 
-/// The stored data of every document of a segment, in document order, with its write-order
-/// value (spans; 0 for logs).
+/// The stored documents of a segment, in document order, with their write-order value
+/// (spans; 0 for logs).
 fn stored_items(
     seg: &Segment,
-    data_field: Field,
+    layout: &Layout,
     signal: Signal,
-) -> impl Iterator<Item = Result<(Vec<u8>, u64), StoreError>> {
+) -> impl Iterator<Item = Result<(Stored, u64), StoreError>> {
     let searcher = seg.searcher();
-    let mut out: Vec<Result<(Vec<u8>, u64), StoreError>> = Vec::new();
+    let mut out: Vec<Result<(Stored, u64), StoreError>> = Vec::new();
     // One input segment's items at a time are held (inputs of a merge are small segments).
     for (ord, reader) in searcher.segment_readers().iter().enumerate() {
         let result = (|| -> Result<(), StoreError> {
@@ -475,18 +472,12 @@ fn stored_items(
                 _ => None,
             };
             let alive = reader.alive_bitset();
-            for doc_id in 0..reader.max_doc() {
-                if alive.is_some_and(|a| a.is_deleted(doc_id)) {
-                    continue;
-                }
-                let doc: TantivyDocument = searcher.doc(tantivy::DocAddress::new(ord as u32, doc_id))?;
-                let data = doc
-                    .get_first(data_field)
-                    .and_then(|v| v.as_bytes())
-                    .map(|b| b.to_vec())
-                    .ok_or_else(|| StoreError::Index("document without stored data".into()))?;
-                let ord = order.as_ref().and_then(|c| c.first(doc_id)).unwrap_or(0);
-                out.push(Ok((data, ord)));
+            let live = (0..reader.max_doc()).filter(|d| !alive.is_some_and(|a| a.is_deleted(*d)));
+            let addrs: Vec<tantivy::DocAddress> = live.map(|d| tantivy::DocAddress::new(ord as u32, d)).collect();
+            let stored = layout.stored(std::slice::from_ref(&searcher), addrs.iter().map(|a| (0, *a)))?;
+            for (s, addr) in stored.into_iter().zip(&addrs) {
+                let ord = order.as_ref().and_then(|c| c.first(addr.doc_id)).unwrap_or(0);
+                out.push(Ok((s, ord)));
             }
             Ok(())
         })();

@@ -18,7 +18,7 @@
 //! `search_newest`, `search_all`, `terms`, `histogram` and `newest_bytes` (also over segments
 //! opened read-only, see `crate::reads`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::columnar::Column;
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
@@ -110,13 +111,92 @@ pub(crate) struct Layout {
     schema_version: u32,
     time_field: String,
     data_field: Field,
+    /// u64 fast fields read back with every stored document ([`Stored::fast`]).
+    kept: &'static [&'static str],
 }
 
 impl Layout {
     /// `data_field`: the stored bytes field readers get back; `time_field`: a u64 fast field
-    /// holding each document's time; `schema_version` identifies `schema`.
+    /// holding each document's time; `schema_version` identifies `schema`. The fast fields read
+    /// back with the stored bytes are the signal's (`spans::KEPT_FAST`).
     pub fn new(signal: Signal, schema: Schema, schema_version: u32, time_field: &str, data_field: Field) -> Layout {
-        Layout { signal, schema, schema_version, time_field: time_field.to_string(), data_field }
+        let kept: &'static [&'static str] = match signal {
+            Signal::Traces => &crate::spans::KEPT_FAST,
+            _ => &[],
+        };
+        debug_assert!(kept.len() <= MAX_KEPT);
+        Layout { signal, schema, schema_version, time_field: time_field.to_string(), data_field, kept }
+    }
+
+    /// The stored documents of `hits` (index into `searchers`, address), in that order.
+    pub fn stored(
+        &self,
+        searchers: &[Searcher],
+        hits: impl Iterator<Item = (usize, DocAddress)>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut kept = KeptColumns::new(self);
+        hits.map(|(i, addr)| {
+            let doc: TantivyDocument = searchers[i].doc(addr)?;
+            let data = stored_data(&doc, self.data_field)?;
+            Ok(Stored { data, fast: kept.values(i, &searchers[i], addr)? })
+        })
+        .collect()
+    }
+}
+
+/// Most u64 fast fields a signal reads back with each stored document.
+pub(crate) const MAX_KEPT: usize = 4;
+
+/// A stored document as reads get it: the bytes of its data field, and the values of the
+/// layout's kept u64 fast fields, in that order (`None`: no value), which the signal may have
+/// left out of the bytes (`spans::strip`, `spans::restore`).
+pub(crate) struct Stored {
+    pub data: Vec<u8>,
+    pub fast: [Option<u64>; MAX_KEPT],
+}
+
+impl Stored {
+    /// Bytes that hold every field themselves (no fast values to put back).
+    pub fn whole(data: Vec<u8>) -> Stored {
+        Stored { data, fast: [None; MAX_KEPT] }
+    }
+}
+
+/// The kept fast-field columns of the segments one read touches, each opened once.
+struct KeptColumns<'a> {
+    kept: &'a [&'static str],
+    open: HashMap<(usize, u32), Vec<Option<Column<u64>>>>,
+}
+
+impl<'a> KeptColumns<'a> {
+    fn new(layout: &'a Layout) -> Self {
+        KeptColumns { kept: layout.kept, open: HashMap::new() }
+    }
+
+    /// The kept values of document `addr` of `searcher` (the `i`-th searcher of the read).
+    fn values(
+        &mut self,
+        i: usize,
+        searcher: &Searcher,
+        addr: DocAddress,
+    ) -> Result<[Option<u64>; MAX_KEPT], StoreError> {
+        let mut out = [None; MAX_KEPT];
+        if self.kept.is_empty() {
+            return Ok(out);
+        }
+        let cols = match self.open.entry((i, addr.segment_ord)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let fast = searcher.segment_reader(addr.segment_ord).fast_fields();
+                // A segment where no document has a value of a field has no column for it.
+                let cols = self.kept.iter().map(|f| fast.column_opt::<u64>(f)).collect::<Result<Vec<_>, _>>()?;
+                e.insert(cols)
+            }
+        };
+        for (o, c) in out.iter_mut().zip(cols.iter()) {
+            *o = c.as_ref().and_then(|c| c.first(addr.doc_id));
+        }
+        Ok(out)
     }
 }
 
@@ -759,21 +839,13 @@ impl Snapshot {
         Ok(Box::new(BooleanQuery::new(vec![(Occur::Must, query), (Occur::Must, Box::new(range))])))
     }
 
-    fn stored(&self, searcher: &Searcher, addr: DocAddress) -> Result<Vec<u8>, StoreError> {
-        let doc: TantivyDocument = searcher.doc(addr)?;
-        doc.get_first(self.layout.data_field)
-            .and_then(|v| v.as_bytes())
-            .map(|b| b.to_vec())
-            .ok_or_else(|| StoreError::Index("document without stored data".into()))
-    }
-
     /// Stored data of the `limit` newest matching documents, newest first.
     pub fn search_newest(
         &self,
         query: Box<dyn Query>,
         time: TimeRange,
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    ) -> Result<Vec<Stored>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -789,11 +861,11 @@ impl Snapshot {
         }
         hits.sort_by_key(|h| std::cmp::Reverse(h.0));
         hits.truncate(limit);
-        hits.into_iter().map(|(_, i, a)| self.stored(&searchers[i], a)).collect()
+        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)))
     }
 
     /// Stored data of every matching document, ordered by the u64 fast field `order_field`.
-    pub fn search_all(&self, query: Box<dyn Query>, order_field: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub fn search_all(&self, query: Box<dyn Query>, order_field: &str) -> Result<Vec<Stored>, StoreError> {
         let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
         let searchers = self.searchers(TimeRange::ALL);
         for (i, s) in searchers.iter().enumerate() {
@@ -810,7 +882,7 @@ impl Snapshot {
             }
         }
         hits.sort_by_key(|h| h.0);
-        hits.into_iter().map(|(_, i, a)| self.stored(&searchers[i], a)).collect()
+        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)))
     }
 }
 
@@ -1025,6 +1097,14 @@ impl Snapshot {
         hits.truncate(limit);
         Ok(hits)
     }
+}
+
+/// The bytes of a document's stored data field.
+pub(crate) fn stored_data(doc: &TantivyDocument, data_field: Field) -> Result<Vec<u8>, StoreError> {
+    doc.get_first(data_field)
+        .and_then(|v| v.as_bytes())
+        .map(|b| b.to_vec())
+        .ok_or_else(|| StoreError::Index("document without stored data".into()))
 }
 
 fn schema_v1() -> u32 {

@@ -168,6 +168,34 @@ fn traces_round_trip<S: Writer + Reader>(store: &S) {
         assert_eq!(rec.scope_schema_url, "https://schema/s");
     }
     assert!(store.trace(&id16(77)).expect("unknown trace").is_empty());
+    // Ids and times an index may keep apart from the rest of the span: ids of other lengths or
+    // none, an end before the start, zero times. Each comes back exactly as written.
+    let odd = |n: u8, span_id: Vec<u8>, parent: Vec<u8>, start: u64, end: u64| Span {
+        span_id,
+        parent_span_id: parent,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        ..full_span(5, n, None)
+    };
+    let odd_spans = vec![
+        odd(10, vec![1; 16], vec![2; 4], T0 + 7, T0 + 3),
+        odd(11, vec![], vec![], T0 + 9, 0),
+        odd(12, id8(12), id8(10), 0, 5),
+        odd(13, id8(13), vec![], 0, 0),
+        odd(14, vec![0; 8], vec![0; 8], T0, T0),
+        odd(15, id8(15), id8(14), 3, 0),
+    ];
+    write(store, Batch::Traces(traces("svc-odd", odd_spans.clone())));
+    let mut got = eventually("trace 5", || {
+        let t = store.trace(&id16(5)).expect("trace");
+        (t.len() == odd_spans.len()).then_some(t)
+    });
+    got.sort_by_key(|r| (r.span.start_time_unix_nano, r.span.end_time_unix_nano));
+    let mut want = odd_spans;
+    want.sort_by_key(|s| (s.start_time_unix_nano, s.end_time_unix_nano));
+    for (rec, span) in got.iter().zip(&want) {
+        assert_eq!(&rec.span, span, "odd span read back equals what was written");
+    }
     // Many traces at once: each as `trace` answers, in the order asked, unknown ones empty.
     let ids = [id16(2), id16(77), id16(1), id16(2)];
     let many = store.traces(&ids).expect("traces");

@@ -135,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::var_os("BENCH_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
         // The schema versions in the name: a store of another version is refused, so a new
         // schema fills a new directory instead of failing.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/query-s3-l2-{span_m}m-{log_m}m"))
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/query-s4-l3-{span_m}m-{log_m}m"))
     });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(dir, span_m, log_m))

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::LogsData;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, LogsData};
 use prost::Message;
 use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
@@ -25,7 +25,7 @@ use crate::api::{AttrScope, LogEntry, LogPredicate};
 use crate::attrs::{self, Emit};
 use crate::envelope;
 use crate::memory::log_time;
-use crate::segments::{Stored, full_text, indexed_bytes, indexed_number, keyword};
+use crate::segments::{MAX_KEPT, Stored, full_text, indexed_bytes, indexed_number, keyword};
 
 /// Fields of the log schema.
 pub(crate) struct LogFields {
@@ -49,7 +49,10 @@ pub(crate) struct LogFields {
 pub(crate) const TIME_FIELD: &str = "time";
 /// Version of [`schema`]; bumped when a change makes older segments unreadable.
 /// 2: no fieldnorms.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+/// 3: time and observed time left out of the stored bytes ([`strip`]).
+pub(crate) const SCHEMA_VERSION: u32 = 3;
+/// The u64 fast fields read back with every stored record, in the order [`restore`] takes them.
+pub(crate) const KEPT_FAST: [&str; 2] = [TIME_FIELD, "observed"];
 /// Longest query text accepted.
 const MAX_QUERY_LEN: usize = 4096;
 
@@ -91,7 +94,7 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
                 scope: scope.as_deref(),
                 scope_schema_url: &sl.schema_url,
             };
-            for record in sl.log_records {
+            for mut record in sl.log_records {
                 let mut doc = TantivyDocument::new();
                 let time = log_time(&record);
                 doc.add_u64(f.time, time);
@@ -120,6 +123,7 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
                 for k in &res_keys {
                     doc.add_text(f.res_key, k);
                 }
+                strip(&mut record);
                 envelope::encode(&parts, &record, &mut stored);
                 doc.add_bytes(f.data, &stored);
                 out.push((doc, time));
@@ -128,13 +132,41 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
     }
 }
 
+/// Leaves a record's time and observed time out of its stored bytes when the fast fields of
+/// its document hold both exactly ([`KEPT_FAST`]): the time field is the time, or the observed
+/// time when the time is 0, so a record without a time keeps its observed time in the bytes.
+fn strip(record: &mut LogRecord) {
+    if record.time_unix_nano != 0 {
+        record.time_unix_nano = 0;
+        record.observed_time_unix_nano = 0;
+    }
+}
+
+/// Puts back what [`strip`] left out, from the document's [`KEPT_FAST`] values: both times are
+/// 0 in the bytes only when they were left out, or when both were 0 (and so are the values).
+fn restore(record: &mut LogRecord, fast: &[Option<u64>; MAX_KEPT]) {
+    if record.time_unix_nano == 0 && record.observed_time_unix_nano == 0 {
+        record.time_unix_nano = fast[0].unwrap_or(0);
+        record.observed_time_unix_nano = fast[1].unwrap_or(0);
+    }
+}
+
+/// The records of a stored document, as written.
+pub(crate) fn stored_logs(stored: &Stored) -> Result<LogsData, StoreError> {
+    let mut ld = LogsData::decode(stored.data.as_slice()).map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
+    for record in ld.resource_logs.iter_mut().flat_map(|r| &mut r.scope_logs).flat_map(|s| &mut s.log_records) {
+        restore(record, &stored.fast);
+    }
+    Ok(ld)
+}
+
 /// Decodes stored documents, sharing equal resources and scopes.
 pub(crate) fn decode(data: Vec<Stored>) -> Result<Vec<LogEntry>, StoreError> {
     let mut resources = HashMap::new();
     let mut scopes = HashMap::new();
     let mut out = Vec::with_capacity(data.len());
     for stored in data {
-        let ld = LogsData::decode(stored.data.as_slice()).map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
+        let ld = stored_logs(&stored)?;
         for rl in ld.resource_logs {
             let r = rl.resource.unwrap_or_default();
             let resource = resources.entry(r.encode_to_vec()).or_insert_with(|| Arc::new(r)).clone();

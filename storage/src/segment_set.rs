@@ -15,9 +15,7 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::LogsData;
 use opentelemetry_proto::tonic::metrics::v1::MetricsData;
-use prost::Message;
 use tantivy::TantivyDocument;
 
 use crate::StoreError;
@@ -425,8 +423,7 @@ fn merge_indexes(signal: Signal, inputs: &[Arc<OpenSegment>], out: &Path) -> Res
                     spans::documents_with_ord(&SCHEMAS.span_fields, req, |_| ord, &mut pending);
                 }
                 _ => {
-                    let ld = LogsData::decode(stored.data.as_slice())
-                        .map_err(|e| StoreError::Index(format!("stored log: {e}")))?;
+                    let ld = logs::stored_logs(&stored)?;
                     let req = ExportLogsServiceRequest { resource_logs: ld.resource_logs };
                     logs::documents(&SCHEMAS.log_fields, req, &mut pending);
                 }

@@ -118,11 +118,12 @@ pub(crate) struct Layout {
 impl Layout {
     /// `data_field`: the stored bytes field readers get back; `time_field`: a u64 fast field
     /// holding each document's time; `schema_version` identifies `schema`. The fast fields read
-    /// back with the stored bytes are the signal's (`spans::KEPT_FAST`).
+    /// back with the stored bytes are the signal's (`spans::KEPT_FAST`, `logs::KEPT_FAST`).
     pub fn new(signal: Signal, schema: Schema, schema_version: u32, time_field: &str, data_field: Field) -> Layout {
         let kept: &'static [&'static str] = match signal {
             Signal::Traces => &crate::spans::KEPT_FAST,
-            _ => &[],
+            Signal::Logs => &crate::logs::KEPT_FAST,
+            Signal::Metrics => &[],
         };
         debug_assert!(kept.len() <= MAX_KEPT);
         Layout { signal, schema, schema_version, time_field: time_field.to_string(), data_field, kept }
@@ -149,7 +150,7 @@ pub(crate) const MAX_KEPT: usize = 4;
 
 /// A stored document as reads get it: the bytes of its data field, and the values of the
 /// layout's kept u64 fast fields, in that order (`None`: no value), which the signal may have
-/// left out of the bytes (`spans::strip`, `spans::restore`).
+/// left out of the bytes (`spans::strip` / `restore`, the same in `logs.rs`).
 pub(crate) struct Stored {
     pub data: Vec<u8>,
     pub fast: [Option<u64>; MAX_KEPT],

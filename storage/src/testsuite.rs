@@ -31,6 +31,7 @@ pub fn run_all<S: Writer + Reader>(new_store: &dyn Fn() -> S) {
     metrics_round_trip_and_matchers(&new_store());
     writes_are_ordered(&new_store());
     resource_keys(&new_store());
+    log_times_round_trip(&new_store());
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -366,6 +367,39 @@ fn resource_keys<S: Writer + Reader>(store: &S) {
             want,
             "{signal:?}"
         );
+    }
+}
+
+/// Record times an index may keep apart from the rest of the record come back exactly:
+/// either one 0, both, equal, different.
+fn log_times_round_trip<S: Writer + Reader>(store: &S) {
+    let times = [(T0 + 1, 0), (0, 0), (0, T0 + 5), (T0 + 2, T0 + 2), (T0 + 3, T0 + 9)];
+    let records: Vec<LogRecord> = times
+        .iter()
+        .enumerate()
+        .map(|(n, &(time, observed))| LogRecord {
+            time_unix_nano: time,
+            observed_time_unix_nano: observed,
+            ..log(n as u8, "times")
+        })
+        .collect();
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(resource("svc-times")),
+            scope_logs: vec![ScopeLogs { scope: Some(scope()), log_records: records.clone(), ..Default::default() }],
+            ..Default::default()
+        }],
+    };
+    write(store, Batch::Logs(req));
+    let mut got = eventually("5 records", || {
+        let all = store
+            .find_logs(&LogQuery { predicate: LogPredicate::All, time: TimeRange::ALL, limit: 100 })
+            .expect("search");
+        (all.len() == records.len()).then_some(all)
+    });
+    got.sort_by_key(|e| format!("{:?}", e.record.attributes[0]));
+    for (e, want) in got.iter().zip(&records) {
+        assert_eq!(&e.record, want, "record read back equals what was written");
     }
 }
 

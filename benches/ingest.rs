@@ -1216,7 +1216,8 @@ fn print_row(r: &Row) {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the obsbox binary does (src/main.rs): two malloc arenas, so RSS compares.
+    // As the obsbox binary does (src/main.rs): two glibc malloc arenas for the C libraries
+    // (Rust allocations go to mimalloc, src/lib.rs), so RSS compares.
     // SAFETY: allocator tuning before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);

@@ -243,8 +243,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> anyhow::Result<()> {
-    // glibc gives every thread that allocates its own arena; with tantivy's and tokio's threads
-    // that multiplies resident memory under load (measured: 743 -> 468 MiB). Two arenas suffice.
+    // Rust allocations go to mimalloc (src/lib.rs); the C libraries (zstd) still use glibc
+    // malloc, which gives every thread that allocates its own arena. When glibc held everything,
+    // that multiplied resident memory under load (743 -> 468 MiB with two). Two arenas suffice.
     // SAFETY: mallopt only tunes the allocator, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);

@@ -1222,7 +1222,11 @@ mod tests {
         assert!(!sealed[0].path.exists());
         assert_eq!(trace_len(&store, 1), 0, "new reads no longer see it");
         let q = spans::query(&store.inner.span_fields, &SpanPredicate::All).unwrap();
-        assert_eq!(before.search_all(q, spans::ORD_FIELD).unwrap().len(), 200, "the earlier snapshot still reads it");
+        assert_eq!(
+            before.search_all(q, spans::ORD_FIELD, None).unwrap().len(),
+            200,
+            "the earlier snapshot still reads it"
+        );
     }
 
     #[test]

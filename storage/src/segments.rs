@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use tantivy::collector::{DocSetCollector, TopDocs};
-use tantivy::columnar::Column;
+use tantivy::columnar::{BytesColumn, Column};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
@@ -113,6 +113,8 @@ pub(crate) struct Layout {
     data_field: Field,
     /// u64 fast fields read back with every stored document ([`Stored::fast`]).
     kept: &'static [&'static str],
+    /// A bytes fast field read back with every stored document ([`Stored::bytes`]).
+    kept_bytes: Option<&'static str>,
 }
 
 impl Layout {
@@ -126,20 +128,25 @@ impl Layout {
             Signal::Metrics => &[],
         };
         debug_assert!(kept.len() <= MAX_KEPT);
-        Layout { signal, schema, schema_version, time_field: time_field.to_string(), data_field, kept }
+        let kept_bytes = (signal == Signal::Traces).then_some(crate::spans::TRACE_ID_FIELD);
+        Layout { signal, schema, schema_version, time_field: time_field.to_string(), data_field, kept, kept_bytes }
     }
 
     /// The stored documents of `hits` (index into `searchers`, address), in that order.
+    /// `known_bytes`: the kept bytes value of every hit when the query pinned it (a trace id
+    /// query), which spares opening that column's dictionary.
     pub fn stored(
         &self,
         searchers: &[Searcher],
         hits: impl Iterator<Item = (usize, DocAddress)>,
+        known_bytes: Option<&[u8]>,
     ) -> Result<Vec<Stored>, StoreError> {
-        let mut kept = KeptColumns::new(self);
+        let mut kept = KeptColumns::new(self, known_bytes);
         hits.map(|(i, addr)| {
             let doc: TantivyDocument = searchers[i].doc(addr)?;
             let data = stored_data(&doc, self.data_field)?;
-            Ok(Stored { data, fast: kept.values(i, &searchers[i], addr)? })
+            let (fast, bytes) = kept.values(i, &searchers[i], addr)?;
+            Ok(Stored { data, fast, bytes })
         })
         .collect()
     }
@@ -154,50 +161,84 @@ pub(crate) const MAX_KEPT: usize = 4;
 pub(crate) struct Stored {
     pub data: Vec<u8>,
     pub fast: [Option<u64>; MAX_KEPT],
+    /// The layout's kept bytes fast field (spans: the trace id).
+    pub bytes: Option<Vec<u8>>,
 }
 
 impl Stored {
     /// Bytes that hold every field themselves (no fast values to put back).
     pub fn whole(data: Vec<u8>) -> Stored {
-        Stored { data, fast: [None; MAX_KEPT] }
+        Stored { data, fast: [None; MAX_KEPT], bytes: None }
     }
+}
+
+/// A document's kept u64 values and its kept bytes value.
+type KeptValues = ([Option<u64>; MAX_KEPT], Option<Vec<u8>>);
+
+/// The kept fast-field columns of one segment.
+struct SegmentColumns {
+    u64s: Vec<Option<Column<u64>>>,
+    bytes: Option<BytesColumn>,
+    /// The bytes values read so far, by dictionary ordinal: the spans of one trace share one,
+    /// so a read of a few traces looks each trace id up in the dictionary once per segment.
+    seen: HashMap<u64, Vec<u8>>,
 }
 
 /// The kept fast-field columns of the segments one read touches, each opened once.
 struct KeptColumns<'a> {
-    kept: &'a [&'static str],
-    open: HashMap<(usize, u32), Vec<Option<Column<u64>>>>,
+    layout: &'a Layout,
+    known_bytes: Option<&'a [u8]>,
+    open: HashMap<(usize, u32), SegmentColumns>,
 }
 
 impl<'a> KeptColumns<'a> {
-    fn new(layout: &'a Layout) -> Self {
-        KeptColumns { kept: layout.kept, open: HashMap::new() }
+    fn new(layout: &'a Layout, known_bytes: Option<&'a [u8]>) -> Self {
+        KeptColumns { layout, known_bytes, open: HashMap::new() }
     }
 
-    /// The kept values of document `addr` of `searcher` (the `i`-th searcher of the read).
+    /// The kept values of document `addr` of `searcher` (the `i`-th searcher of the read): the
+    /// u64 ones, and the bytes one.
     fn values(
         &mut self,
         i: usize,
         searcher: &Searcher,
         addr: DocAddress,
-    ) -> Result<[Option<u64>; MAX_KEPT], StoreError> {
+    ) -> Result<KeptValues, StoreError> {
         let mut out = [None; MAX_KEPT];
-        if self.kept.is_empty() {
-            return Ok(out);
+        if self.layout.kept.is_empty() && self.layout.kept_bytes.is_none() {
+            return Ok((out, None));
         }
         let cols = match self.open.entry((i, addr.segment_ord)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let fast = searcher.segment_reader(addr.segment_ord).fast_fields();
                 // A segment where no document has a value of a field has no column for it.
-                let cols = self.kept.iter().map(|f| fast.column_opt::<u64>(f)).collect::<Result<Vec<_>, _>>()?;
-                e.insert(cols)
+                let u64s = self.layout.kept.iter().map(|f| fast.column_opt::<u64>(f)).collect::<Result<_, _>>()?;
+                let bytes = match (self.layout.kept_bytes, self.known_bytes) {
+                    (Some(f), None) => fast.bytes(f)?,
+                    _ => None,
+                };
+                e.insert(SegmentColumns { u64s, bytes, seen: HashMap::new() })
             }
         };
-        for (o, c) in out.iter_mut().zip(cols.iter()) {
+        for (o, c) in out.iter_mut().zip(cols.u64s.iter()) {
             *o = c.as_ref().and_then(|c| c.first(addr.doc_id));
         }
-        Ok(out)
+        let mut bytes = self.known_bytes.filter(|_| self.layout.kept_bytes.is_some()).map(<[u8]>::to_vec);
+        if let Some(col) = &cols.bytes
+            && let Some(ord) = col.ords().first(addr.doc_id)
+        {
+            let value = match cols.seen.entry(ord) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let mut buf = Vec::new();
+                    col.ord_to_bytes(ord, &mut buf)?;
+                    e.insert(buf)
+                }
+            };
+            bytes = Some(value.clone());
+        }
+        Ok((out, bytes))
     }
 }
 
@@ -862,11 +903,17 @@ impl Snapshot {
         }
         hits.sort_by_key(|h| std::cmp::Reverse(h.0));
         hits.truncate(limit);
-        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)))
+        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)), None)
     }
 
     /// Stored data of every matching document, ordered by the u64 fast field `order_field`.
-    pub fn search_all(&self, query: Box<dyn Query>, order_field: &str) -> Result<Vec<Stored>, StoreError> {
+    /// `known_bytes` as in [`Layout::stored`].
+    pub fn search_all(
+        &self,
+        query: Box<dyn Query>,
+        order_field: &str,
+        known_bytes: Option<&[u8]>,
+    ) -> Result<Vec<Stored>, StoreError> {
         let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
         let searchers = self.searchers(TimeRange::ALL);
         for (i, s) in searchers.iter().enumerate() {
@@ -883,7 +930,7 @@ impl Snapshot {
             }
         }
         hits.sort_by_key(|h| h.0);
-        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)))
+        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)), known_bytes)
     }
 }
 

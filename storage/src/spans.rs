@@ -50,7 +50,7 @@ pub(crate) struct SpanFields {
 /// Version of [`schema`]; bumped when a change makes older segments unreadable.
 /// 2: span and parent ids became u64 fast fields instead of indexed bytes.
 /// 3: no fieldnorms.
-/// 4: span id, parent span id, start and end left out of the stored bytes ([`strip`]).
+/// 4: trace id, span id, parent span id, start and end left out of the stored bytes ([`strip`]).
 pub(crate) const SCHEMA_VERSION: u32 = 4;
 /// Name of the time field (span start, Unix ns).
 pub(crate) const TIME_FIELD: &str = "start";
@@ -161,10 +161,12 @@ pub(crate) fn documents_with_ord(
 
 /// A span id as the u64 its fast field holds; `None` unless it has the 8 bytes OTLP requires.
 /// Leaves out of a span's stored bytes what the fast fields of its document hold exactly
-/// ([`KEPT_FAST`]): an 8-byte span id and parent span id, and start and end when the end is not
-/// before the start (the duration field is the end minus the start, saturating). Those are
-/// nearly random bytes that zstd cannot shrink: 96 -> 65 B of docstore per span.
+/// ([`KEPT_FAST`] and the trace id field): the trace id, an 8-byte span id and parent span id,
+/// and start and end when the end is not before the start (the duration field is the end minus
+/// the start, saturating). Those are nearly random bytes that zstd cannot shrink: 96 -> 60 B of
+/// docstore per span.
 fn strip(span: &mut Span) {
+    span.trace_id.clear();
     if id_u64(&span.span_id).is_some() {
         span.span_id.clear();
     }
@@ -180,7 +182,11 @@ fn strip(span: &mut Span) {
 /// Puts back what [`strip`] left out, from the document's [`KEPT_FAST`] values. A field that
 /// was kept (an id of another length, an end before the start) is left as it is: an empty id
 /// has no fast value, and a kept start is never 0 as it is after an end.
-pub(crate) fn restore(span: &mut Span, fast: &[Option<u64>; MAX_KEPT]) {
+pub(crate) fn restore(span: &mut Span, fast: &[Option<u64>; MAX_KEPT], trace_id: Option<&[u8]>) {
+    // Every document has a trace id value (empty when the span's is).
+    if let (true, Some(id)) = (span.trace_id.is_empty(), trace_id) {
+        span.trace_id = id.to_vec();
+    }
     let [span_id, parent_id, start, duration] = *fast;
     if let (true, Some(id)) = (span.span_id.is_empty(), span_id) {
         span.span_id = id.to_be_bytes().to_vec();
@@ -230,7 +236,7 @@ pub(crate) fn stored_traces(stored: &Stored) -> Result<TracesData, StoreError> {
     let mut td =
         TracesData::decode(stored.data.as_slice()).map_err(|e| StoreError::Index(format!("stored span: {e}")))?;
     for span in td.resource_spans.iter_mut().flat_map(|r| &mut r.scope_spans).flat_map(|s| &mut s.spans) {
-        restore(span, &stored.fast);
+        restore(span, &stored.fast, stored.bytes.as_deref());
     }
     Ok(td)
 }
@@ -326,7 +332,7 @@ mod tests {
 
     use super::*;
 
-    /// The stored bytes hold no span id, parent id, start or end; the document's fast values put
+    /// The stored bytes hold no trace id, span id, parent id, start or end; the document's fast values put
     /// them back. (The store contract checks the round trip of every case end to end.)
     #[test]
     fn stored_bytes_leave_out_what_the_fast_fields_hold() {
@@ -346,8 +352,10 @@ mod tests {
         assert!(stored.span_id.is_empty() && stored.parent_span_id.is_empty());
         assert_eq!((stored.start_time_unix_nano, stored.end_time_unix_nano), (0, 0));
         let fast = |field| doc.get_first(field).and_then(|v| v.as_u64());
+        assert!(stored.trace_id.is_empty());
         let kept = [fast(f.span_id), fast(f.parent_id), fast(f.start), fast(f.duration)];
-        let td = stored_traces(&Stored { data, fast: kept }).unwrap();
+        let trace_id = doc.get_first(f.trace_id).and_then(|v| v.as_bytes()).map(<[u8]>::to_vec);
+        let td = stored_traces(&Stored { data, fast: kept, bytes: trace_id }).unwrap();
         assert_eq!(td.resource_spans[0].scope_spans[0].spans[0], span);
     }
 }

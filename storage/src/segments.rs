@@ -198,12 +198,7 @@ impl<'a> KeptColumns<'a> {
 
     /// The kept values of document `addr` of `searcher` (the `i`-th searcher of the read): the
     /// u64 ones, and the bytes one.
-    fn values(
-        &mut self,
-        i: usize,
-        searcher: &Searcher,
-        addr: DocAddress,
-    ) -> Result<KeptValues, StoreError> {
+    fn values(&mut self, i: usize, searcher: &Searcher, addr: DocAddress) -> Result<KeptValues, StoreError> {
         let mut out = [None; MAX_KEPT];
         if self.layout.kept.is_empty() && self.layout.kept_bytes.is_none() {
             return Ok((out, None));

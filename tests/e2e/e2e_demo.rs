@@ -100,9 +100,16 @@ fn demo_checkout_trace_spans_services_with_logs_and_metrics_and_sigint_stops_eve
             }
             let id = t["traceId"].as_str().expect("traceId").to_owned();
             let trace = get_json(&client, &format!("{base}/api/v1/traces/{id}"), &[]);
-            // Each service exports on its own schedule: wait until every one has sent its part.
+            // Each service exports on its own schedule: wait until every one has sent its part,
+            // and the orders service its server span (it ends, and so is exported, after the
+            // spans under it: a trace read in between has the orders service without it).
             let complete = |s: &BTreeSet<String>| s.len() >= 5 && REQUIRED.iter().all(|r| s.contains(*r));
-            if let Some(services) = checkout_services(&trace).filter(complete) {
+            let has_server_span = trace["spans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["span"]["kind"] == 2 && s["span"]["name"] == "POST /orders");
+            if let Some(services) = checkout_services(&trace).filter(complete).filter(|_| has_server_span) {
                 found = Some((id, services, trace));
                 break;
             }

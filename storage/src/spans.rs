@@ -182,7 +182,7 @@ fn strip(span: &mut Span) {
 /// Puts back what [`strip`] left out, from the document's [`KEPT_FAST`] values. A field that
 /// was kept (an id of another length, an end before the start) is left as it is: an empty id
 /// has no fast value, and a kept start is never 0 as it is after an end.
-pub(crate) fn restore(span: &mut Span, fast: &[Option<u64>; MAX_KEPT], trace_id: Option<&[u8]>) {
+fn restore(span: &mut Span, fast: &[Option<u64>; MAX_KEPT], trace_id: Option<&[u8]>) {
     // Every document has a trace id value (empty when the span's is).
     if let (true, Some(id)) = (span.trace_id.is_empty(), trace_id) {
         span.trace_id = id.to_vec();

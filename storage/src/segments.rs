@@ -144,7 +144,11 @@ impl Layout {
         let mut kept = KeptColumns::new(self, known_bytes);
         hits.map(|(i, addr)| {
             let doc: TantivyDocument = searchers[i].doc(addr)?;
-            let data = stored_data(&doc, self.data_field)?;
+            let data = doc
+                .get_first(self.data_field)
+                .and_then(|v| v.as_bytes())
+                .map(|b| b.to_vec())
+                .ok_or_else(|| StoreError::Index("document without stored data".into()))?;
             let (fast, bytes) = kept.values(i, &searchers[i], addr)?;
             Ok(Stored { data, fast, bytes })
         })
@@ -1127,8 +1131,16 @@ impl Snapshot {
                 &*query,
                 &TopDocs::with_limit(limit).order_by_u64_field(&self.layout.time_field, Order::Desc),
             )?;
+            // Opening a bytes column loads its dictionary's index: once per segment, not per hit.
+            let mut columns: HashMap<u32, Option<BytesColumn>> = HashMap::new();
             for (t, addr) in top {
-                let Some(col) = s.segment_reader(addr.segment_ord).fast_fields().bytes(field)? else { continue };
+                let col = match columns.entry(addr.segment_ord) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(s.segment_reader(addr.segment_ord).fast_fields().bytes(field)?)
+                    }
+                };
+                let Some(col) = col else { continue };
                 let mut buf = Vec::new();
                 if let Some(ord) = col.ords().first(addr.doc_id) {
                     col.ord_to_bytes(ord, &mut buf)?;
@@ -1140,14 +1152,6 @@ impl Snapshot {
         hits.truncate(limit);
         Ok(hits)
     }
-}
-
-/// The bytes of a document's stored data field.
-pub(crate) fn stored_data(doc: &TantivyDocument, data_field: Field) -> Result<Vec<u8>, StoreError> {
-    doc.get_first(data_field)
-        .and_then(|v| v.as_bytes())
-        .map(|b| b.to_vec())
-        .ok_or_else(|| StoreError::Index("document without stored data".into()))
 }
 
 fn schema_v1() -> u32 {

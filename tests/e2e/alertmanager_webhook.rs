@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Addrs;
-use common::compose::{free_port, require_external};
+use common::compose::require_external;
+use common::free_port;
 use serde_json::{Value, json};
 
 const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";

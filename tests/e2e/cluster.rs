@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use garage::GarageCluster;
 
-use crate::common::{self, compose::free_port};
+use crate::common::{self, free_port};
 
 const SERVICE: &str = "cluster-e2e";
 const NGINX: &str = "/usr/sbin/nginx";

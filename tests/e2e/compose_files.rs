@@ -342,7 +342,7 @@ fn alertmanager_runs_with_the_compose_config_and_takes_alerts() {
     }
 
     let tmp = tempfile::tempdir().unwrap();
-    let port = common::compose::free_port();
+    let port = common::free_port();
     let log = std::fs::File::create(tmp.path().join("alertmanager.log")).unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {

@@ -96,7 +96,7 @@ struct Driver {
 
 impl Driver {
     fn start(log_path: PathBuf) -> Driver {
-        let port = free_port();
+        let port = crate::common::free_port();
         let log = std::fs::File::create(&log_path).expect("create the chromedriver log");
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -135,11 +135,6 @@ impl Drop for Driver {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// The legacy `POST /session/{id}/se/log` command chromedriver keeps for the browser console.

@@ -7,7 +7,6 @@
 //! `<<` merge keys Compose files use resolved.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use saphyr::{LoadableYamlNode, Scalar, Yaml};
@@ -270,11 +269,6 @@ impl Compose {
 /// The image `docker compose build` tags for obsbox and every demo service.
 pub const OBSBOX_IMAGE: &str = "obsbox:local";
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
-}
-
 /// How the compose network and the containers' file systems map onto this machine.
 pub struct Rewriter {
     /// (service, container port) -> loopback port.
@@ -336,7 +330,7 @@ impl Rewriter {
             }
         }
         for key in wanted {
-            r.ports.insert(key, free_port());
+            r.ports.insert(key, super::free_port());
         }
         r
     }

@@ -27,6 +27,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -827,4 +828,27 @@ pub fn assert_points_match(context: &str, expected: &[FlatPoint], stored: &[Flat
         expected.len(),
         stored.iter().map(FlatPoint::key).collect::<Vec<_>>()
     );
+}
+
+/// A loopback port for a child process to listen on, handed out once per test process. It is
+/// free now and outside the kernel's ephemeral range, so nothing that binds port 0 or connects
+/// out elsewhere in the run can take it between this check and the child's bind (a demo service
+/// of the compose stack lost its port that way once).
+pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (20_000u16, ephemeral_low.max(21_000));
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Different test processes start at different places of the range.
+    let _ = NEXT.compare_exchange(0, low + (std::process::id() % 997) as u16 * 8, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in low..high {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = low + port.wrapping_sub(low) % (high - low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }

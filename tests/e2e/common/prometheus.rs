@@ -4,7 +4,7 @@
 //! [`Prometheus::start`] fails the test with a clear message when the binary is missing, unless
 //! `OBSBOX_SKIP_EXTERNAL=1` is set (then it returns `None` and the test skips itself).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,10 +52,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
-}
-
 impl Prometheus {
     /// Starts Prometheus with the remote-write receiver and exemplar storage enabled (plus
     /// `extra_flags`), scraping `jobs` (with `honor_labels`, as for a federation endpoint), and
@@ -100,7 +96,7 @@ impl Prometheus {
             format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{scrape_configs}");
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().expect("addr");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new(PROMETHEUS_BIN)
             .arg(format!("--config.file={}", config_path.display()))

@@ -43,7 +43,7 @@ impl Rabbit {
         }
         assert!(std::path::Path::new(SERVER).exists(), "{SERVER} missing although {WRAPPER} is installed");
         std::fs::create_dir_all(&dir).expect("rabbit dir");
-        let free = super::compose::free_port;
+        let free = super::free_port;
         let (dist, epmd) = (free(), free());
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
         std::fs::write(

@@ -1430,6 +1430,14 @@ mod tests {
         for n in 0..20 {
             write_indexed(&store, spans_at(n, now_ns()));
         }
+        // Indexed is not yet visible: the readers start once the first commit shows the spans
+        // (20 writes can take less than one commit interval).
+        let q = SpanQuery { predicate: SpanPredicate::All, time: TimeRange::ALL, limit: 5000 };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.find_spans(&q).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the first writes became visible");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let searches = Arc::new(AtomicU64::new(0));
         let readers: Vec<_> = (0..2)

@@ -1,9 +1,10 @@
 //! The log index: tantivy schema, documents and queries.
 //!
 //! Each log record is one document. Indexed: severity number and text, service name, the body as
-//! full text (tantivy's default tokenizer, with positions for phrase queries), trace id, span id,
+//! full text (tantivy's default tokenizer, with positions for phrase queries), trace id,
 //! and record/resource attributes as typed terms (see [`crate::attrs`]). Time (timestamp, or
-//! observed time when 0) and observed time are fast fields only (range queries read the column).
+//! observed time when 0), observed time and span id are fast fields only (range queries read the
+//! column).
 //! Stored: the record with its resource and
 //! scope as an OTLP `LogsData` message.
 
@@ -25,7 +26,7 @@ use crate::api::{AttrScope, LogEntry, LogPredicate};
 use crate::attrs::{self, Emit};
 use crate::envelope;
 use crate::memory::log_time;
-use crate::segments::{MAX_KEPT, Stored, full_text, indexed_bytes, indexed_number, keyword};
+use crate::segments::{MAX_KEPT, Stored, full_text, id_query, id_u64, indexed_bytes, indexed_number, keyword};
 
 /// Fields of the log schema.
 pub(crate) struct LogFields {
@@ -50,9 +51,10 @@ pub(crate) const TIME_FIELD: &str = "time";
 /// Version of [`schema`]; bumped when a change makes older segments unreadable.
 /// 2: no fieldnorms.
 /// 3: time and observed time left out of the stored bytes ([`strip`]).
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+/// 4: the span id a fast field, not a term, and left out of the stored bytes.
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 /// The u64 fast fields read back with every stored record, in the order [`restore`] takes them.
-pub(crate) const KEPT_FAST: [&str; 2] = [TIME_FIELD, "observed"];
+pub(crate) const KEPT_FAST: [&str; 3] = [TIME_FIELD, "observed", "span_id"];
 /// Longest query text accepted.
 const MAX_QUERY_LEN: usize = 4096;
 
@@ -67,7 +69,7 @@ pub(crate) fn schema() -> (Schema, LogFields) {
         service: b.add_text_field("service", keyword() | FAST),
         body: b.add_text_field("body", full_text()),
         trace_id: b.add_bytes_field("trace_id", indexed_bytes()),
-        span_id: b.add_bytes_field("span_id", indexed_bytes()),
+        span_id: b.add_u64_field("span_id", FAST),
         attr: b.add_text_field("attr", keyword()),
         attr_key: b.add_text_field("attr_key", keyword()),
         res: b.add_text_field("res", keyword()),
@@ -110,8 +112,8 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
                 if !record.trace_id.is_empty() {
                     doc.add_bytes(f.trace_id, &record.trace_id);
                 }
-                if !record.span_id.is_empty() {
-                    doc.add_bytes(f.span_id, &record.span_id);
+                if let Some(id) = id_u64(&record.span_id) {
+                    doc.add_u64(f.span_id, id);
                 }
                 attrs::for_each_term(&record.attributes, &mut |e, t| match e {
                     Emit::Term => doc.add_text(f.attr, t),
@@ -132,10 +134,14 @@ pub(crate) fn documents(f: &LogFields, req: ExportLogsServiceRequest, out: &mut 
     }
 }
 
-/// Leaves a record's time and observed time out of its stored bytes when the fast fields of
-/// its document hold both exactly ([`KEPT_FAST`]): the time field is the time, or the observed
-/// time when the time is 0, so a record without a time keeps its observed time in the bytes.
+/// Leaves out of a record's stored bytes what the fast fields of its document hold exactly
+/// ([`KEPT_FAST`]): an 8-byte span id, and time and observed time when the record has a time
+/// (the time field is the time, or the observed time when the time is 0, so a record without a
+/// time keeps its observed time in the bytes).
 fn strip(record: &mut LogRecord) {
+    if id_u64(&record.span_id).is_some() {
+        record.span_id.clear();
+    }
     if record.time_unix_nano != 0 {
         record.time_unix_nano = 0;
         record.observed_time_unix_nano = 0;
@@ -143,11 +149,16 @@ fn strip(record: &mut LogRecord) {
 }
 
 /// Puts back what [`strip`] left out, from the document's [`KEPT_FAST`] values: both times are
-/// 0 in the bytes only when they were left out, or when both were 0 (and so are the values).
+/// 0 in the bytes only when they were left out, or when both were 0 (and so are the values); an
+/// empty span id has no fast value.
 fn restore(record: &mut LogRecord, fast: &[Option<u64>; MAX_KEPT]) {
+    let [time, observed, span_id, _] = *fast;
     if record.time_unix_nano == 0 && record.observed_time_unix_nano == 0 {
-        record.time_unix_nano = fast[0].unwrap_or(0);
-        record.observed_time_unix_nano = fast[1].unwrap_or(0);
+        record.time_unix_nano = time.unwrap_or(0);
+        record.observed_time_unix_nano = observed.unwrap_or(0);
+    }
+    if let (true, Some(id)) = (record.span_id.is_empty(), span_id) {
+        record.span_id = id.to_be_bytes().to_vec();
     }
 }
 
@@ -229,7 +240,7 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             std::ops::Bound::Excluded(Term::from_field_u64(f.observed, range.end_ns)),
         )),
         LogPredicate::TraceId(id) => term_query(Term::from_field_bytes(f.trace_id, id)),
-        LogPredicate::SpanId(id) => term_query(Term::from_field_bytes(f.span_id, id)),
+        LogPredicate::SpanId(id) => id_query(f.span_id, id),
         LogPredicate::Attribute { scope, key, value } => {
             let field = if *scope == AttrScope::Item { f.attr } else { f.res };
             term_query(Term::from_field_text(field, &attrs::predicate_term(key, value)))
@@ -258,7 +269,37 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+    use tantivy::schema::Value;
+
     use super::*;
+
+    /// The stored bytes hold no span id, time or observed time; the document's fast values put
+    /// them back. (The store contract checks the round trip of every time combination.)
+    #[test]
+    fn stored_bytes_leave_out_what_the_fast_fields_hold() {
+        let (_, f) = schema();
+        let record = crate::testsuite::log(2, "with span");
+        assert!(record.span_id.len() == 8 && record.time_unix_nano != 0);
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs { log_records: vec![record.clone()], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let mut docs = Vec::new();
+        documents(&f, req, &mut docs);
+        let doc = &docs[0].0;
+        let data = doc.get_first(f.data).and_then(|v| v.as_bytes()).unwrap().to_vec();
+        let stored = LogsData::decode(data.as_slice()).unwrap().resource_logs[0].scope_logs[0].log_records[0].clone();
+        assert!(stored.span_id.is_empty());
+        assert_eq!((stored.time_unix_nano, stored.observed_time_unix_nano), (0, 0));
+        assert_eq!(stored.trace_id, record.trace_id, "the trace id stays in the bytes");
+        let fast = |field| doc.get_first(field).and_then(|v| v.as_u64());
+        let kept = [fast(f.time), fast(f.observed), fast(f.span_id), None];
+        let ld = stored_logs(&Stored { data, fast: kept, bytes: None }).unwrap();
+        assert_eq!(ld.resource_logs[0].scope_logs[0].log_records[0], record);
+    }
 
     #[test]
     fn field_syntax_in_the_text_is_a_bad_query_not_an_index_error() {

@@ -29,7 +29,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::columnar::{BytesColumn, Column};
-use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
+use tantivy::query::{BooleanQuery, EmptyQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
 };
@@ -317,6 +317,24 @@ pub(crate) fn indexed_number() -> NumericOptions {
 /// `INDEXED` bytes without fieldnorms (see [`keyword`]).
 pub(crate) fn indexed_bytes() -> BytesOptions {
     BytesOptions::default().set_indexed()
+}
+
+/// An 8-byte span id as the u64 its fast field holds; `None` for any other length (the collector
+/// accepts only 8-byte or empty span ids).
+pub(crate) fn id_u64(id: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
+/// Documents whose u64 fast field equals `id` (read from the column: span ids are nearly unique,
+/// and a term per item would cost more to index than these rare lookups cost to scan).
+pub(crate) fn id_query(field: Field, id: &[u8]) -> Box<dyn Query> {
+    match id_u64(id) {
+        Some(v) => Box::new(RangeQuery::new(
+            Bound::Included(Term::from_field_u64(field, v)),
+            Bound::Included(Term::from_field_u64(field, v)),
+        )),
+        None => Box::new(EmptyQuery),
+    }
 }
 
 /// zstd at level 3 (higher levels cost 1.2-1.5x the CPU per item for 1-5% fewer bytes). Blocks

@@ -23,7 +23,7 @@ use crate::StoreError;
 use crate::api::{AttrScope, SpanPredicate, SpanRecord};
 use crate::attrs::{self, Emit};
 use crate::envelope;
-use crate::segments::{MAX_KEPT, Stored, indexed_bytes, indexed_number, keyword};
+use crate::segments::{MAX_KEPT, Stored, id_query, id_u64, indexed_bytes, indexed_number, keyword};
 
 /// Fields of the span schema.
 pub(crate) struct SpanFields {
@@ -159,7 +159,6 @@ pub(crate) fn documents_with_ord(
     }
 }
 
-/// A span id as the u64 its fast field holds; `None` unless it has the 8 bytes OTLP requires.
 /// Leaves out of a span's stored bytes what the fast fields of its document hold exactly
 /// ([`KEPT_FAST`] and the trace id field): the trace id, an 8-byte span id and parent span id,
 /// and start and end when the end is not before the start (the duration field is the end minus
@@ -197,22 +196,6 @@ fn restore(span: &mut Span, fast: &[Option<u64>; MAX_KEPT], trace_id: Option<&[u
     if span.start_time_unix_nano == 0 && span.end_time_unix_nano == 0 {
         span.start_time_unix_nano = start.unwrap_or(0);
         span.end_time_unix_nano = span.start_time_unix_nano.saturating_add(duration.unwrap_or(0));
-    }
-}
-
-fn id_u64(id: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(id.try_into().ok()?))
-}
-
-/// Documents whose u64 fast field equals `id` (read from the column: span ids are nearly unique,
-/// and a term per span would cost more to index than these rare lookups cost to scan).
-fn id_query(field: Field, id: &[u8]) -> Box<dyn Query> {
-    match id_u64(id) {
-        Some(v) => Box::new(RangeQuery::new(
-            std::ops::Bound::Included(Term::from_field_u64(field, v)),
-            std::ops::Bound::Included(Term::from_field_u64(field, v)),
-        )),
-        None => Box::new(EmptyQuery),
     }
 }
 

@@ -403,7 +403,7 @@ fn log_times_round_trip<S: Writer + Reader>(store: &S) {
     }
 }
 
-fn log(n: u8, body: &str) -> LogRecord {
+pub(crate) fn log(n: u8, body: &str) -> LogRecord {
     LogRecord {
         time_unix_nano: if n == 0 { 0 } else { T0 + n as u64 * 1000 },
         observed_time_unix_nano: T0 + n as u64 * 1000 + 1,

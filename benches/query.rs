@@ -135,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::var_os("BENCH_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
         // The schema versions in the name: a store of another version is refused, so a new
         // schema fills a new directory instead of failing.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/query-s4-l3-{span_m}m-{log_m}m"))
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/query-s4-l4-{span_m}m-{log_m}m"))
     });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(dir, span_m, log_m))
@@ -238,6 +238,18 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
                 Ok(q.find_logs(LogQuery { predicate: LogPredicate::Text("reset".into()), time: range, limit: 100 })
                     .await?
                     .len())
+            }
+        })
+        .await?,
+    );
+    // A phrase of two common words (one record in eight has them, next to each other), answered
+    // from the body's positions.
+    rows.push(
+        measure("newest 100 log lines matching the phrase \"connection reset\"", "-", REPEAT / 8, |_| {
+            let q = query.clone();
+            async move {
+                let predicate = LogPredicate::Text("\"connection reset\"".into());
+                Ok(q.find_logs(LogQuery { predicate, time: range, limit: 100 }).await?.len())
             }
         })
         .await?,

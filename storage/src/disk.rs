@@ -1423,6 +1423,78 @@ mod tests {
         assert_eq!(store.trace(&id(3)).unwrap().len(), 200, "newest kept");
     }
 
+    /// Phrases over log bodies (quoted, or a word the tokenizer splits): words next to each other
+    /// in order, any case, with slop, a prefix, a boost or an exclusion, through searches and
+    /// counts alike, across docstore blocks and segments.
+    #[test]
+    fn phrases_match_words_next_to_each_other_in_order() {
+        use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        let bodies = [
+            "cache miss for key product:42, loading from database",
+            "miss cache: key evicted",
+            "cache hit, then a miss",
+            "user u-42 added item SKU-ab12 to cart",
+            "Cache MISS again",
+        ];
+        // 3 writes of 2000 records: the phrase records are among fillers, in several docstore
+        // blocks and segments.
+        let mut n = 0u32;
+        for _ in 0..3 {
+            let records = (0..2000)
+                .map(|i| {
+                    n += 1;
+                    let body = if i % 400 == 7 { bodies[(i / 400) as usize] } else { "filler line with cache words" };
+                    crate::testsuite::log((n % 250) as u8 + 1, body)
+                })
+                .collect();
+            let req = ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
+                    ..Default::default()
+                }],
+            };
+            write_indexed(&store, Batch::Logs(req));
+            store.inner.logs.commit().unwrap();
+        }
+        let count = |q: &str| -> u64 {
+            let p = LogPredicate::Text(q.into());
+            store.log_histogram(&p, TimeRange::ALL, u64::MAX / 2).unwrap().iter().map(|(_, c)| c).sum()
+        };
+        let bodies_of = |q: &str| -> Vec<String> {
+            let p = LogPredicate::Text(q.into());
+            let mut got: Vec<String> = store
+                .find_logs(&LogQuery { predicate: p, time: TimeRange::ALL, limit: 100 })
+                .unwrap()
+                .iter()
+                .map(|e| match &e.record.body.as_ref().unwrap().value {
+                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => s.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            got.sort();
+            got.dedup();
+            got
+        };
+        assert_eq!(count("cache"), 6000 - 3);
+        assert_eq!(count("cache miss"), 3 * 4, "words anywhere");
+        assert_eq!(count("\"cache miss\""), 3 * 2, "the phrase: in order, adjacent, any case");
+        assert_eq!(bodies_of("\"cache miss\""), vec![bodies[4], bodies[0]]);
+        assert_eq!(bodies_of("\"miss cache\""), vec![bodies[1]]);
+        assert_eq!(bodies_of("\"loading from database\""), vec![bodies[0]]);
+        assert_eq!(bodies_of("u-42"), vec![bodies[3]], "a word the tokenizer splits is a phrase");
+        assert_eq!(bodies_of("\"cache mi\"*"), vec![bodies[4], bodies[0]], "phrase prefix");
+        assert_eq!(bodies_of("\"cache miss\" OR sku-ab12"), vec![bodies[4], bodies[0], bodies[3]]);
+        assert!(bodies_of("\"hit miss\"").is_empty());
+        assert_eq!(bodies_of("\"cache key\""), vec![bodies[1]]);
+        assert_eq!(bodies_of("\"cache key\"~2"), vec![bodies[0], bodies[1]], "slop: other words between");
+        assert_eq!(bodies_of("\"cache miss\"^2 OR body:\"user u\""), vec![bodies[4], bodies[0], bodies[3]]);
+        assert_eq!(count("-\"cache miss\""), 6000 - 3 * 2, "excluded phrase");
+        assert_eq!(count("miss -\"cache miss\""), 3 * 2);
+        assert_eq!(count("\"filler line\" -\"cache words\""), 0);
+    }
+
     #[test]
     fn searches_do_not_hold_up_writes() {
         let dir = tempfile::tempdir().unwrap();

@@ -14,8 +14,8 @@
 //! A quoted value is a string; a bare number or boolean matches that typed value or the same
 //! text as a string.
 //!
-//! Log query (`query=`): tantivy's query syntax over the body (words, "phrases", AND/OR/NOT,
-//! `-word`), plus top-level field clauses `service:NAME`, `severity:TEXT`, `severity>=N`,
+//! Log query (`query=`): tantivy's query syntax over the body (words, `word*` prefixes, "phrases",
+//! AND/OR/NOT, `-word`), plus top-level field clauses `service:NAME`, `severity:TEXT`, `severity>=N`,
 //! `trace_id:HEX`, `span_id:HEX`, `attributes.KEY:VALUE`, `resource.KEY:VALUE`, which are
 //! AND-ed with the rest.
 

@@ -618,7 +618,7 @@ struct LogsResponse {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct LogParams {
-    /// Full text over the body (tantivy syntax: words, "phrases", AND, OR, NOT, -word) plus
+    /// Full text over the body (tantivy syntax: words, word* prefixes, "phrases", AND, OR, NOT, -word) plus
     /// `service:`, `severity:`, `severity>=N`, `trace_id:`, `span_id:`, `attributes.KEY:`,
     /// `resource.KEY:` clauses.
     query: Option<String>,

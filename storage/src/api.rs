@@ -283,7 +283,8 @@ pub struct SpanQuery {
 pub enum LogPredicate {
     /// Matches every record.
     All,
-    /// Full-text query over the body, in tantivy's query syntax (terms, phrases, AND/OR/NOT).
+    /// Full-text query over the body, in tantivy's query syntax (terms, `word*` prefixes of 3
+    /// characters or more, phrases, AND/OR/NOT).
     Text(String),
     /// `service.name` of the resource equals this.
     Service(String),

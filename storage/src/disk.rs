@@ -1424,10 +1424,10 @@ mod tests {
     }
 
     /// Phrases over log bodies (quoted, or a word the tokenizer splits): words next to each other
-    /// in order, any case, with slop, a prefix, a boost or an exclusion, through searches and
-    /// counts alike, across docstore blocks and segments.
+    /// in order, any case, with slop, a prefix, a boost or an exclusion; and word prefixes
+    /// (`pay*`). Through searches and counts alike, across docstore blocks and segments.
     #[test]
-    fn phrases_match_words_next_to_each_other_in_order() {
+    fn phrases_and_word_prefixes_over_log_bodies() {
         use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(config(dir.path())).unwrap();
@@ -1493,6 +1493,22 @@ mod tests {
         assert_eq!(count("-\"cache miss\""), 6000 - 3 * 2, "excluded phrase");
         assert_eq!(count("miss -\"cache miss\""), 3 * 2);
         assert_eq!(count("\"filler line\" -\"cache words\""), 0);
+        assert_eq!(bodies_of("evic*"), vec![bodies[1]], "a word prefix");
+        assert_eq!(bodies_of("Loa*"), vec![bodies[0]], "any case");
+        assert_eq!(count("mis*"), 3 * 4);
+        assert_eq!(count("-evic*"), 6000 - 3);
+        assert_eq!(bodies_of("body:evic* AND key"), vec![bodies[1]]);
+        assert_eq!(bodies_of("sku-ab*"), vec![bodies[3]], "a prefix after other words: a phrase prefix");
+        assert!(bodies_of("sku-b*").is_empty());
+        let short =
+            store.find_logs(&LogQuery { predicate: LogPredicate::Text("ca*".into()), time: TimeRange::ALL, limit: 1 });
+        assert!(matches!(&short, Err(StoreError::InvalidQuery(m)) if m.contains("at least 3")), "{short:?}");
+        let regex = store.find_logs(&LogQuery {
+            predicate: LogPredicate::Text("body:/c.*/".into()),
+            time: TimeRange::ALL,
+            limit: 1,
+        });
+        assert!(matches!(&regex, Err(StoreError::InvalidQuery(m)) if m.contains("regular expressions")), "{regex:?}");
     }
 
     #[test]

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, LogsData};
 use prost::Message;
+use tantivy::query::QueryParserError;
 use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
 };
+use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf};
 use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, Schema};
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{TantivyDocument, Term};
@@ -26,7 +28,9 @@ use crate::api::{AttrScope, LogEntry, LogPredicate};
 use crate::attrs::{self, Emit};
 use crate::envelope;
 use crate::memory::log_time;
-use crate::segments::{MAX_KEPT, Stored, full_text, id_query, id_u64, indexed_bytes, indexed_number, keyword};
+use crate::segments::{
+    FULL_TEXT_TOKENIZER, MAX_KEPT, Stored, full_text, id_query, id_u64, indexed_bytes, indexed_number, keyword,
+};
 
 /// Fields of the log schema.
 pub(crate) struct LogFields {
@@ -199,6 +203,63 @@ pub(crate) fn decode(data: Vec<Stored>) -> Result<Vec<LogEntry>, StoreError> {
     Ok(out)
 }
 
+/// Shortest word prefix (`pay*`) searched: a shorter one would walk most of the dictionary.
+const MIN_PREFIX_LEN: usize = 3;
+
+/// Makes each word prefix of the body (`pay*`) a walk over the body's terms that begin with it.
+/// tantivy's query grammar keeps the `*` of an unquoted word in the word, and its tokenizer then
+/// drops it: `pay*` found "pay" but not "payment". Prefixes of several tokens (`u-4*`,
+/// `"cache mi"*`) become tantivy's phrase prefix queries.
+fn word_prefixes(ast: UserInputAst) -> Result<UserInputAst, QueryParserError> {
+    Ok(match ast {
+        UserInputAst::Clause(clauses) => UserInputAst::Clause(
+            clauses.into_iter().map(|(o, a)| Ok((o, word_prefixes(a)?))).collect::<Result<_, QueryParserError>>()?,
+        ),
+        UserInputAst::Boost(a, boost) => UserInputAst::Boost(Box::new(word_prefixes(*a)?), boost),
+        UserInputAst::Leaf(leaf) => match *leaf {
+            UserInputLeaf::Literal(mut l) if l.field_name.as_deref().is_none_or(|f| f == "body") => {
+                let stem = match l.phrase.strip_suffix('*') {
+                    _ if l.prefix => l.phrase.clone(),
+                    // `pay*`, not `*pay*` or `pay-*`: the star ends a word.
+                    Some(stem)
+                        if l.delimiter == Delimiter::None
+                            && !stem.contains('*')
+                            && stem.chars().last().is_some_and(char::is_alphanumeric) =>
+                    {
+                        stem.to_string()
+                    }
+                    _ => return Ok(UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(l)))),
+                };
+                let mut words = Vec::new();
+                if let Some(mut analyzer) = TokenizerManager::default().get(FULL_TEXT_TOKENIZER) {
+                    analyzer.token_stream(&stem).process(&mut |t| words.push(t.text.clone()));
+                }
+                match words.as_slice() {
+                    [word] if word.chars().count() < MIN_PREFIX_LEN => {
+                        return Err(QueryParserError::UnsupportedQuery(format!(
+                            "word prefix {word:?}*: at least {MIN_PREFIX_LEN} characters"
+                        )));
+                    }
+                    [word] => UserInputAst::Leaf(Box::new(UserInputLeaf::Regex {
+                        field: Some("body".into()),
+                        pattern: format!("{}.*", regex::escape(word)),
+                    })),
+                    _ => {
+                        (l.phrase, l.prefix) = (stem, true);
+                        UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(l)))
+                    }
+                }
+            }
+            // The parser is let make regex queries for the prefixes, not for the query's own
+            // `/.../` (a regex over every term of the body).
+            UserInputLeaf::Regex { .. } => {
+                return Err(QueryParserError::UnsupportedQuery("regular expressions are not supported".into()));
+            }
+            leaf => UserInputAst::Leaf(Box::new(leaf)),
+        },
+    })
+}
+
 fn term_query(term: Term) -> Box<dyn Query> {
     Box::new(TermQuery::new(term, IndexRecordOption::Basic))
 }
@@ -214,11 +275,15 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             }
             let mut parser = QueryParser::new(schema.clone(), vec![f.body], TokenizerManager::default());
             parser.set_conjunction_by_default();
-            let query = match parser.parse_query(text) {
+            parser.allow_regexes();
+            let parse = |text: &str| {
+                let ast = tantivy::query_grammar::parse_query(text)
+                    .map_err(|_| QueryParserError::SyntaxError(text.to_string()))?;
+                parser.build_query_from_user_input_ast(word_prefixes(ast)?)
+            };
+            let query = match parse(text) {
                 // tantivy refuses a query of exclusions only (`-debug`): it means "all but".
-                Err(tantivy::query::QueryParserError::AllButQueryForbidden) => {
-                    parser.parse_query(&format!("* {text}"))?
-                }
+                Err(QueryParserError::AllButQueryForbidden) => parse(&format!("* {text}"))?,
                 other => other?,
             };
             // tantivy checks the field of `field:*` only when searching: an unknown or unfit

@@ -300,8 +300,12 @@ pub(crate) fn keyword() -> TextOptions {
 
 /// Full text: tokenized, with positions for phrases, without fieldnorms (see [`keyword`]).
 pub(crate) fn full_text() -> TextOptions {
-    text_without_norms("default", IndexRecordOption::WithFreqsAndPositions)
+    text_without_norms(FULL_TEXT_TOKENIZER, IndexRecordOption::WithFreqsAndPositions)
 }
+
+/// The tokenizer of [`full_text`] fields (tantivy's default: split on non-alphanumeric
+/// characters, tokens over 40 bytes dropped, lowercased).
+pub(crate) const FULL_TEXT_TOKENIZER: &str = "default";
 
 fn text_without_norms(tokenizer: &str, record: IndexRecordOption) -> TextOptions {
     TextOptions::default().set_indexing_options(

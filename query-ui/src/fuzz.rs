@@ -491,6 +491,14 @@ mod tests {
         }
     }
 
+    /// `exists(resource.KEY)` with a key of ~4 KB was a 400: the presence of a resource key was
+    /// a regex over its `key\0value` terms, and the regex of a long key exceeded tantivy's size
+    /// limit. It is a term range now.
+    #[test]
+    fn regression_trace_filter_exists_on_a_long_resource_key() {
+        trace_filter(&obsbox_fuzz::regression("trace_filter", "exists-on-a-long-resource-key"));
+    }
+
     /// `1+1+...+1` (2 KB) overflowed the stack of the thread evaluating it and aborted the
     /// process; deeper ones overflowed promql-parser itself.
     #[test]

@@ -7,8 +7,10 @@
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use std::ops::Bound;
 use tantivy::Term;
-use tantivy::query::{BooleanQuery, Occur, Query, RegexQuery, TermQuery};
+
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption};
 
 use crate::api::AttrValue;
@@ -129,18 +131,22 @@ pub(crate) fn resource_terms(attrs: &[KeyValue]) -> (Vec<String>, Vec<String>) {
 }
 
 /// Documents having attribute `key`, in an index whose `keys` field holds only the keys without
-/// a value term ([`resource_terms`]): the key term, or any `key\0...` term of `terms`. A key
-/// holding a NUL is as ambiguous here as in every `key\0value` term.
-pub(crate) fn key_exists_query(terms: Field, keys: Field, key: &str) -> Result<Box<dyn Query>, crate::StoreError> {
-    let prefix = RegexQuery::from_pattern(&format!("{}\\x00(?s:.*)", regex::escape(key)), terms)
-        .map_err(|e| crate::StoreError::InvalidQuery(format!("attribute key {key:?}: {e}")))?;
-    Ok(Box::new(BooleanQuery::new(vec![
+/// a value term ([`resource_terms`]): the key term, or any term of `terms` in the range
+/// `key\0 ..< key\x01`, which holds every `key\0value` and nothing else (a range, not a regex:
+/// a regex of a long key exceeds the regex size limit). A key holding a NUL is as ambiguous here
+/// as in every `key\0value` term.
+pub(crate) fn key_exists_query(terms: Field, keys: Field, key: &str) -> Box<dyn Query> {
+    let values = RangeQuery::new(
+        Bound::Included(Term::from_field_text(terms, &format!("{key}\0"))),
+        Bound::Excluded(Term::from_field_text(terms, &format!("{key}\x01"))),
+    );
+    Box::new(BooleanQuery::new(vec![
         (
             Occur::Should,
             Box::new(TermQuery::new(Term::from_field_text(keys, key), IndexRecordOption::Basic)) as Box<dyn Query>,
         ),
-        (Occur::Should, Box::new(prefix)),
-    ])))
+        (Occur::Should, Box::new(values)),
+    ]))
 }
 
 /// Parses the value part of an indexed term (`<tag>value`); bytes values give `None`.

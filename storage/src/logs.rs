@@ -314,7 +314,7 @@ pub(crate) fn query(schema: &Schema, f: &LogFields, p: &LogPredicate) -> Result<
             if *scope == AttrScope::Item {
                 term_query(Term::from_field_text(f.attr_key, key))
             } else {
-                attrs::key_exists_query(f.res, f.res_key, key)?
+                attrs::key_exists_query(f.res, f.res_key, key)
             }
         }
         LogPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),

@@ -280,7 +280,7 @@ pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Result<Box<dyn Query>,
             if *scope == AttrScope::Item {
                 term_query(Term::from_field_text(f.attr_key, key))
             } else {
-                attrs::key_exists_query(f.res, f.res_key, key)?
+                attrs::key_exists_query(f.res, f.res_key, key)
             }
         }
         SpanPredicate::And(ps) if ps.is_empty() => Box::new(AllQuery),

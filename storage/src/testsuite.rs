@@ -319,6 +319,8 @@ fn resource_keys<S: Writer + Reader>(store: &S) {
             kv("empty.list", Value::ArrayValue(ArrayValue { values: vec![] })),
             kv("map", map(vec![kv("inner", s("two\nlines"))])),
             kv("empty.map", map(vec![])),
+            kv(&"long".repeat(600), s("v")),
+            kv("re.(x)*[", s("v")),
         ],
         ..Default::default()
     };
@@ -352,15 +354,17 @@ fn resource_keys<S: Writer + Reader>(store: &S) {
     eventually("3 spans and 3 records", || {
         (span_count("service.name") == 3 && log_count("service.name") == 3).then_some(())
     });
-    for key in ["host", "host.name", "empty.list", "map", "map.inner", "empty.map"] {
+    let long = "long".repeat(600);
+    for key in ["host", "host.name", "empty.list", "map", "map.inner", "empty.map", &long, "re.(x)*["] {
         assert_eq!(span_count(key), 2, "spans with resource key {key:?}");
         assert_eq!(log_count(key), 2, "records with resource key {key:?}");
     }
-    for key in ["hos", "host.nam", "map.inn", "inner", "nope", ""] {
+    let longer = "long".repeat(601);
+    for key in ["hos", "host.nam", "map.inn", "inner", "nope", "", &longer, "re.(x)", "re.x"] {
         assert_eq!(span_count(key), 0, "spans with resource key {key:?}");
         assert_eq!(log_count(key), 0, "records with resource key {key:?}");
     }
-    let want = ["empty.list", "empty.map", "host", "host.name", "map", "map.inner", "service.name"];
+    let want = ["empty.list", "empty.map", "host", "host.name", &long, "map", "map.inner", "re.(x)*[", "service.name"];
     for signal in [Signal::Traces, Signal::Logs] {
         assert_eq!(
             store.attribute_keys(signal, AttrScope::Resource, TimeRange::ALL).expect("keys"),

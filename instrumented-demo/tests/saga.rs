@@ -223,13 +223,19 @@ async fn a_successful_checkout_reserves_charges_ships_and_notifies() {
     assert!(notified, "placed and confirmed notifications");
 
     // The consumer spans are in the checkout's trace, children of the producer spans and linked to them.
+    // The producer span ends, and so is exported, when the broker acknowledges the delivery: after
+    // the consumer may already have done its work.
+    let is_send = |s: &opentelemetry_sdk::trace::SpanData| {
+        s.name == "send order.confirmed" && support::attr(s, "messaging.system").as_deref() == Some("obsbox_http")
+    };
+    let exported = support::eventually(Duration::from_secs(10), async || {
+        let spans = support::spans();
+        spans.iter().any(is_send) && spans.iter().any(|s| s.name == "process order.confirmed")
+    })
+    .await;
+    assert!(exported, "producer and consumer spans exported");
     let spans = support::spans();
-    let send = spans
-        .iter()
-        .find(|s| {
-            s.name == "send order.confirmed" && support::attr(s, "messaging.system").as_deref() == Some("obsbox_http")
-        })
-        .expect("producer span");
+    let send = spans.iter().find(|s| is_send(s)).expect("producer span");
     let process = spans
         .iter()
         .find(|s| s.name == "process order.confirmed" && s.parent_span_id == send.span_context.span_id())

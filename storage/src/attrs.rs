@@ -5,11 +5,11 @@
 //! OTLP. Array elements are indexed under the array's key; map entries under `key.subkey`.
 //! Values longer than [`MAX_INDEXED_VALUE`] bytes are indexed by their prefix.
 
+use std::ops::Bound;
+
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use std::ops::Bound;
 use tantivy::Term;
-
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption};
 

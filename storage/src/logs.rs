@@ -14,9 +14,9 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, LogsData};
 use prost::Message;
-use tantivy::query::QueryParserError;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
+    AllQuery, BooleanQuery, EmptyQuery, EnableScoring, Occur, Query, QueryParser, QueryParserError, RangeQuery,
+    TermQuery,
 };
 use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf};
 use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, Schema};
@@ -218,17 +218,16 @@ fn word_prefixes(ast: UserInputAst) -> Result<UserInputAst, QueryParserError> {
         UserInputAst::Boost(a, boost) => UserInputAst::Boost(Box::new(word_prefixes(*a)?), boost),
         UserInputAst::Leaf(leaf) => match *leaf {
             UserInputLeaf::Literal(mut l) if l.field_name.as_deref().is_none_or(|f| f == "body") => {
-                let stem = match l.phrase.strip_suffix('*') {
-                    _ if l.prefix => l.phrase.clone(),
-                    // `pay*`, not `*pay*` or `pay-*`: the star ends a word.
-                    Some(stem)
-                        if l.delimiter == Delimiter::None
-                            && !stem.contains('*')
-                            && stem.chars().last().is_some_and(char::is_alphanumeric) =>
-                    {
-                        stem.to_string()
-                    }
-                    _ => return Ok(UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(l)))),
+                // `"cache mi"*` (a phrase prefix), or `pay*` but not `*pay*` or `pay-*`: the star ends a word.
+                let unquoted = l.phrase.strip_suffix('*').filter(|stem| {
+                    l.delimiter == Delimiter::None
+                        && !stem.contains('*')
+                        && stem.chars().last().is_some_and(char::is_alphanumeric)
+                });
+                let stem = match (l.prefix, unquoted) {
+                    (true, _) => l.phrase.clone(),
+                    (false, Some(stem)) => stem.to_string(),
+                    (false, None) => return Ok(UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(l)))),
                 };
                 let mut words = Vec::new();
                 if let Some(mut analyzer) = TokenizerManager::default().get(FULL_TEXT_TOKENIZER) {

@@ -20,7 +20,7 @@
 //!   `ServedSegments` on an ingester.
 //! - `searcher`: [`ClusterReader`], the searcher's `Reader` (the read step by step in its doc).
 //! - `compactor`: [`Compactor`], the merge and retention loop.
-//! - `filter`: [`TraceFilter`], the per-segment trace-id filter in traces entries.
+//! - [`TraceFilter`] (from `obsbox-storage`): the per-segment trace-id filter in traces entries.
 //! - `compaction`: the compactor's decisions ([`plan_merges`], [`merge_id`], [`garbage`],
 //!   [`expired`]) as pure functions over entries.
 //! - `http`: the S3 client's transport, hyper + rustls (ring), http and https, with
@@ -55,7 +55,6 @@ mod compaction;
 mod compactor;
 mod config;
 mod error;
-mod filter;
 mod http;
 mod ingester;
 mod metastore;
@@ -68,9 +67,9 @@ pub use compaction::{MergePolicy, expired, garbage, merge_id, plan_merges};
 pub use compactor::{Compactor, CompactorSettings, PassReport};
 pub use config::{ObjectStoreConfig, Secret, StoreKind, open_store};
 pub use error::{ClusterError, Result};
-pub use filter::TraceFilter;
 pub use ingester::Shipper;
 pub use metastore::{ENTRY_FORMAT, Metastore, NodeInfo, SegmentEntry, SegmentFile, segment_key};
+pub use obsbox_storage::TraceFilter;
 pub use searcher::{ClusterReader, FETCH_CONCURRENCY, SearcherSettings};
 pub use upload::{LocalSegment, MULTIPART_PART_BYTES, upload_segment, upload_segment_replacing};
 pub use view::{Heartbeat, MetastoreView, Snapshot};

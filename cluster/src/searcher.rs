@@ -29,9 +29,9 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::cache::{PinnedSegment, SegmentCache};
-use crate::filter::TraceFilter;
 use crate::metastore::{Metastore, SegmentEntry};
 use crate::view::MetastoreView;
+use obsbox_storage::TraceFilter;
 
 /// Segments one call downloads at once.
 pub const FETCH_CONCURRENCY: usize = 8;

@@ -9,8 +9,8 @@ use obsbox_storage::api::Signal;
 use tokio::io::AsyncReadExt;
 
 use crate::error::{ClusterError, Result};
-use crate::filter::TraceFilter;
 use crate::metastore::{ENTRY_FORMAT, Metastore, SegmentEntry, SegmentFile, check_name, now_ms, segment_key};
+use obsbox_storage::TraceFilter;
 
 /// Files of one segment uploaded at once.
 const FILE_CONCURRENCY: usize = 8;

@@ -21,6 +21,7 @@ pub struct StoreMetrics {
     commit_seconds: prometheus::Gauge,
     damaged_files: prometheus::IntCounter,
     disk_full: prometheus::IntGauge,
+    trace_filter_bytes: prometheus::IntGauge,
 }
 
 impl StoreMetrics {
@@ -56,6 +57,10 @@ impl StoreMetrics {
                 "obsbox_store_disk_full",
                 "1 while writes are refused because the data directory's disk is full (or below storage.min_free_bytes)",
             )?,
+            trace_filter_bytes: prometheus::IntGauge::new(
+                "obsbox_store_trace_filter_bytes",
+                "Memory held by the trace-id filters that let a trace lookup skip index segments",
+            )?,
         };
         registry.register(Box::new(m.wal_bytes.clone()))?;
         registry.register(Box::new(m.index_bytes.clone()))?;
@@ -65,6 +70,7 @@ impl StoreMetrics {
         registry.register(Box::new(m.commit_seconds.clone()))?;
         registry.register(Box::new(m.damaged_files.clone()))?;
         registry.register(Box::new(m.disk_full.clone()))?;
+        registry.register(Box::new(m.trace_filter_bytes.clone()))?;
         Ok(m)
     }
 
@@ -87,6 +93,7 @@ impl StoreMetrics {
             self.damaged_files.inc_by(stats.damaged_files - seen);
         }
         self.disk_full.set(i64::from(stats.disk_full));
+        self.trace_filter_bytes.set(stats.trace_filter_bytes as i64);
     }
 }
 

@@ -412,6 +412,11 @@ pub struct StoreStats {
     pub damaged_files: u64,
     /// Whether writes are refused because the disk is full (or below the free-space reserve).
     pub disk_full: bool,
+    /// Bytes of memory held by the trace-id filters of index segments (built in the background
+    /// for segments of 10,000 documents or more; a trace lookup skips the segments whose filter
+    /// rules the trace out).
+    #[serde(default)]
+    pub trace_filter_bytes: u64,
 }
 
 /// Most spans the default [`Reader::find_trace_hits`] fetches in one search.

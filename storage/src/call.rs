@@ -555,6 +555,7 @@ fn merge_stats(parts: Vec<StoreStats>) -> StoreStats {
         out.commit_seconds += p.commit_seconds;
         out.damaged_files += p.damaged_files;
         out.disk_full |= p.disk_full;
+        out.trace_filter_bytes += p.trace_filter_bytes;
     }
     out.index_bytes = index.into_iter().collect();
     out.pending_items = pending.into_iter().collect();
@@ -995,6 +996,7 @@ mod tests {
                 commit_seconds: 0.25,
                 damaged_files: 6,
                 disk_full: true,
+                trace_filter_bytes: 7,
             }),
         ];
         let kinds: BTreeSet<&str> = results.iter().map(ReadResult::kind).collect();
@@ -1224,6 +1226,7 @@ mod tests {
             commit_seconds: 0.5,
             damaged_files: n,
             disk_full: full,
+            trace_filter_bytes: n,
         };
         let got = merge(&ReadCall::Stats, vec![ReadResult::Stats(stats(1, false)), ReadResult::Stats(stats(2, true))]);
         assert_eq!(
@@ -1237,6 +1240,7 @@ mod tests {
                 commit_seconds: 1.0,
                 damaged_files: 3,
                 disk_full: true,
+                trace_filter_bytes: 3,
             })
         );
     }

@@ -50,6 +50,11 @@ const MAX_BACKLOG: Duration = Duration::from_millis(300);
 const MIN_BACKLOG_ITEMS: u64 = 8192;
 /// Time between retention passes.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the trace filters of new tantivy segments are built (`SegmentedIndex::refresh_trace_filters`).
+const TRACE_FILTER_INTERVAL: Duration = Duration::from_secs(1);
+/// Tantivy segments smaller than this get no trace filter: looking a trace id up in them costs
+/// little, and the small segments of recent commits are soon merged away.
+const TRACE_FILTER_MIN_DOCS: u32 = 10_000;
 /// First and longest wait before rebuilding an index whose commit failed.
 const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
@@ -289,7 +294,17 @@ impl DiskStore {
         let stop = self.stop.clone();
         threads.push(std::thread::Builder::new().name("obsbox-housekeeper".into()).spawn(move || {
             let mut last = Instant::now() - HOUSEKEEPING_INTERVAL;
+            let mut last_filters = Instant::now() - TRACE_FILTER_INTERVAL;
             while !stop.load(Ordering::Relaxed) {
+                // Before the housekeeping pass, whose first checksum pass over a large store is long.
+                if last_filters.elapsed() >= TRACE_FILTER_INTERVAL {
+                    for (signal, index) in [(Signal::Traces, &inner.spans), (Signal::Logs, &inner.logs)] {
+                        if let Err(e) = index.refresh_trace_filters(TRACE_FILTER_MIN_DOCS) {
+                            tracing::warn!(signal = signal.as_str(), error = %e, "building trace filters failed");
+                        }
+                    }
+                    last_filters = Instant::now();
+                }
                 if last.elapsed() >= HOUSEKEEPING_INTERVAL {
                     if let Err(e) = housekeeping(&inner) {
                         tracing::error!(error = %e, "retention pass failed");
@@ -1003,6 +1018,7 @@ impl Reader for DiskStore {
             commit_seconds: i.spans.commit_stats().1 + i.logs.commit_stats().1,
             damaged_files: i.quarantine.count(),
             disk_full: i.space.is_full(),
+            trace_filter_bytes: (i.spans.trace_filter_stats().0 + i.logs.trace_filter_stats().0) as u64,
         }
     }
 }
@@ -1513,6 +1529,98 @@ mod tests {
             limit: 1,
         });
         assert!(matches!(&regex, Err(StoreError::InvalidQuery(m)) if m.contains("regular expressions")), "{regex:?}");
+    }
+
+    /// Trace lookups skip the tantivy segments whose trace filter rules the trace out, and never
+    /// one that holds it: every span and record comes back, sealed segment or active.
+    #[test]
+    fn trace_lookups_skip_segments_their_filters_rule_out() {
+        use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        let trace_id = |t: u32| [[7u8; 12].as_slice(), &t.to_be_bytes()].concat();
+        // 6 writes of 20 traces (3 spans and 2 records each), each committed apart, the first
+        // three then sealed: the traces lie in several tantivy segments of two segments.
+        let (writes, traces_per_write) = (6u32, 20u32);
+        for w in 0..writes {
+            let ids: Vec<Vec<u8>> = (0..traces_per_write).map(|t| trace_id(w * traces_per_write + t)).collect();
+            let spans = ids
+                .iter()
+                .flat_map(|id| {
+                    (0..3u8).map(|n| {
+                        let mut span = crate::testsuite::full_span(1, n, None);
+                        span.trace_id = id.clone();
+                        span.start_time_unix_nano = now_ns();
+                        span.end_time_unix_nano = span.start_time_unix_nano + 1000;
+                        span
+                    })
+                })
+                .collect();
+            let records = ids
+                .iter()
+                .flat_map(|id| {
+                    (0..2u8).map(|n| {
+                        let mut record = crate::testsuite::log(2, "a line");
+                        record.trace_id = id.clone();
+                        record.time_unix_nano = now_ns() + u64::from(n);
+                        record
+                    })
+                })
+                .collect();
+            write_indexed(
+                &store,
+                Batch::Traces(ExportTraceServiceRequest {
+                    resource_spans: vec![ResourceSpans {
+                        scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                        ..Default::default()
+                    }],
+                }),
+            );
+            write_indexed(
+                &store,
+                Batch::Logs(ExportLogsServiceRequest {
+                    resource_logs: vec![ResourceLogs {
+                        scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
+                        ..Default::default()
+                    }],
+                }),
+            );
+            store.inner.spans.commit().unwrap();
+            store.inner.logs.commit().unwrap();
+            if w == writes / 2 - 1 {
+                store.inner.spans.seal().unwrap();
+                store.inner.logs.seal().unwrap();
+            }
+        }
+        let index_names = [(&store.inner.spans, "spans"), (&store.inner.logs, "logs")];
+        for (index, name) in index_names {
+            let built = index.refresh_trace_filters(0).unwrap();
+            assert!(built >= 2, "{name}: {built} filters built");
+            assert_eq!(index.trace_filter_stats().1, built, "{name}: one filter per tantivy segment");
+        }
+        let all = writes * traces_per_write;
+        for t in 0..all {
+            let id = trace_id(t);
+            assert_eq!(store.trace(&id).unwrap().len(), 3, "trace {t}");
+            let query = LogQuery { predicate: LogPredicate::TraceId(id.clone()), time: TimeRange::ALL, limit: 10 };
+            assert_eq!(store.find_logs(&query).unwrap().len(), 2, "records of trace {t}");
+            // Pinned inside a conjunction too.
+            let predicate = LogPredicate::And(vec![LogPredicate::Text("line".into()), LogPredicate::TraceId(id)]);
+            assert_eq!(store.find_logs(&LogQuery { predicate, ..query }).unwrap().len(), 2, "trace {t}, text");
+        }
+        // Each trace lies in one segment: the lookups above passed over most of the others.
+        for (index, name) in index_names {
+            let (_, filters, skipped) = index.trace_filter_stats();
+            let lookups = if name == "spans" { all } else { 2 * all };
+            let floor = u64::from(lookups) * (filters as u64 - 1) * 9 / 10;
+            assert!(skipped >= floor, "{name}: {skipped} segments skipped in {lookups} lookups over {filters} filters");
+        }
+        // An unknown trace skips (nearly) every segment and finds nothing.
+        let (bytes, _, before) = store.inner.spans.trace_filter_stats();
+        assert!(store.trace(&trace_id(all + 1)).unwrap().is_empty());
+        assert!(store.inner.spans.trace_filter_stats().2 > before);
+        assert!(bytes > 0 && store.stats().trace_filter_bytes >= bytes as u64);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - `segments`: a signal's index as a list of tantivy segments (one active, the rest sealed and
 //!   immutable) recorded in a small metastore, with retention by age and size.
 //! - `spans` / `logs`: the tantivy schemas and queries of spans and log records.
+//! - `trace_filter`: [`TraceFilter`], the Bloom filter of a segment's trace ids, which trace
+//!   lookups use to skip tantivy segments here and shipped segments in a cluster.
 //! - `envelope`: the stored bytes of one span or log record (a one-item `TracesData` /
 //!   `LogsData`), encoded from its group's resource and scope encoded once.
 //! - `metrics`: the compressed time-series store for metric points.
@@ -51,6 +53,7 @@ mod segments;
 mod space;
 mod spans;
 pub mod testsuite;
+mod trace_filter;
 mod wal;
 
 pub use api::{
@@ -63,6 +66,7 @@ pub use disk::DiskStore;
 pub use error::StoreError;
 pub use federated::FederatedReader;
 pub use memory::MemStore;
+pub use trace_filter::TraceFilter;
 
 pub use attrs::{any_value_text, service_name};
 pub use memory::log_time;

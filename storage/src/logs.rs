@@ -59,6 +59,8 @@ pub(crate) const TIME_FIELD: &str = "time";
 pub(crate) const SCHEMA_VERSION: u32 = 4;
 /// The u64 fast fields read back with every stored record, in the order [`restore`] takes them.
 pub(crate) const KEPT_FAST: [&str; 3] = [TIME_FIELD, "observed", "span_id"];
+/// The field of a record's trace id.
+pub(crate) const TRACE_ID_FIELD: &str = "trace_id";
 /// Longest query text accepted.
 const MAX_QUERY_LEN: usize = 4096;
 
@@ -72,7 +74,7 @@ pub(crate) fn schema() -> (Schema, LogFields) {
         severity_text: b.add_text_field("severity_text", keyword() | FAST),
         service: b.add_text_field("service", keyword() | FAST),
         body: b.add_text_field("body", full_text()),
-        trace_id: b.add_bytes_field("trace_id", indexed_bytes()),
+        trace_id: b.add_bytes_field(TRACE_ID_FIELD, indexed_bytes()),
         span_id: b.add_u64_field("span_id", FAST),
         attr: b.add_text_field("attr", keyword()),
         attr_key: b.add_text_field("attr_key", keyword()),
@@ -261,6 +263,15 @@ fn word_prefixes(ast: UserInputAst) -> Result<UserInputAst, QueryParserError> {
 
 fn term_query(term: Term) -> Box<dyn Query> {
     Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+}
+
+/// The trace id every record matching `p` carries, when `p` requires one.
+pub(crate) fn pinned_trace_id(p: &LogPredicate) -> Option<&[u8]> {
+    match p {
+        LogPredicate::TraceId(id) => Some(id),
+        LogPredicate::And(ps) => ps.iter().find_map(pinned_trace_id),
+        _ => None,
+    }
 }
 
 /// Translates a predicate into a tantivy query; full-text parts use tantivy's query syntax over

@@ -62,17 +62,24 @@ impl<'a> Indexes<'a> {
 
     pub fn trace(&self, trace_id: &[u8]) -> Result<Vec<SpanRecord>, StoreError> {
         let q = spans::query(&SCHEMAS.span_fields, &SpanPredicate::TraceId(trace_id.to_vec()))?;
+        let q = self.spans.for_trace(q, trace_id);
         // Every hit has this trace id: no need to look it up in the column's dictionary.
         spans::decode(self.spans.search_all(q, spans::ORD_FIELD, Some(trace_id))?)
     }
 
     pub fn find_spans(&self, query: &SpanQuery) -> Result<Vec<SpanRecord>, StoreError> {
-        let q = spans::query(&SCHEMAS.span_fields, &query.predicate)?;
+        let mut q = spans::query(&SCHEMAS.span_fields, &query.predicate)?;
+        if let Some(id) = spans::pinned_trace_id(&query.predicate) {
+            q = self.spans.for_trace(q, id);
+        }
         spans::decode(self.spans.search_newest(q, query.time, query.limit)?)
     }
 
     pub fn find_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        let q = logs::query(self.logs.schema(), &SCHEMAS.log_fields, &query.predicate)?;
+        let mut q = logs::query(self.logs.schema(), &SCHEMAS.log_fields, &query.predicate)?;
+        if let Some(id) = logs::pinned_trace_id(&query.predicate) {
+            q = self.logs.for_trace(q, id);
+        }
         logs::decode(self.logs.search_newest(q, query.time, query.limit)?)
     }
 

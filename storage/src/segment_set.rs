@@ -257,6 +257,7 @@ impl Reader for SegmentSet {
             commit_seconds: 0.0,
             damaged_files: self.quarantine.count(),
             disk_full: false,
+            trace_filter_bytes: 0,
         }
     }
 

@@ -29,19 +29,24 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::columnar::{BytesColumn, Column};
-use tantivy::query::{BooleanQuery, EmptyQuery, Occur, Query, RangeQuery};
+use tantivy::index::SegmentId;
+use tantivy::query::{
+    BooleanQuery, EmptyQuery, EmptyScorer, EnableScoring, Explanation, Occur, Query, RangeQuery, Scorer, Weight,
+};
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{
-    DocAddress, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
+    DocAddress, DocId, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy, Score, Searcher,
+    SegmentReader, TantivyDocument, Term,
 };
 
 use crate::StoreError;
 use crate::api::{Signal, TimeRange};
 use crate::format;
 use crate::quarantine::Quarantine;
+use crate::trace_filter::TraceFilter;
 use crate::wal::sync_dir;
 
 const META_MAGIC: &[u8; 8] = b"OBXMETA\0";
@@ -115,6 +120,14 @@ pub(crate) struct Layout {
     kept: &'static [&'static str],
     /// A bytes fast field read back with every stored document ([`Stored::bytes`]).
     kept_bytes: Option<&'static str>,
+    /// The trace id field (spans and logs).
+    trace_field: Option<Field>,
+    /// The trace filters of the tantivy segments that have one ([`Layout::refresh_filters`]).
+    /// A segment's content never changes, so a filter stays right for its id; a segment
+    /// without one is searched.
+    filters: RwLock<HashMap<SegmentId, Arc<TraceFilter>>>,
+    /// Tantivy segments trace lookups skipped thanks to a filter.
+    skipped: AtomicU64,
 }
 
 impl Layout {
@@ -129,7 +142,55 @@ impl Layout {
         };
         debug_assert!(kept.len() <= MAX_KEPT);
         let kept_bytes = (signal == Signal::Traces).then_some(crate::spans::TRACE_ID_FIELD);
-        Layout { signal, schema, schema_version, time_field: time_field.to_string(), data_field, kept, kept_bytes }
+        let trace_field = match signal {
+            Signal::Traces => schema.get_field(crate::spans::TRACE_ID_FIELD).ok(),
+            Signal::Logs => schema.get_field(crate::logs::TRACE_ID_FIELD).ok(),
+            Signal::Metrics => None,
+        };
+        Layout {
+            signal,
+            schema,
+            schema_version,
+            time_field: time_field.to_string(),
+            data_field,
+            kept,
+            kept_bytes,
+            trace_field,
+            filters: RwLock::new(HashMap::new()),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// False only when tantivy segment `segment` certainly holds no document of `trace_id`.
+    fn may_hold(&self, segment: SegmentId, trace_id: &[u8]) -> bool {
+        self.filters.read().get(&segment).is_none_or(|f| f.may_contain(trace_id))
+    }
+
+    /// Builds the trace filter of every tantivy segment of `searchers` that has at least
+    /// `min_docs` documents and no filter yet (reading its trace id terms), and drops the
+    /// filters of segments no longer among them (merged away, or their segment dropped).
+    /// Returns how many it built.
+    fn refresh_filters(&self, searchers: &[Searcher], min_docs: u32) -> Result<usize, StoreError> {
+        let Some(field) = self.trace_field else { return Ok(0) };
+        let readers = || searchers.iter().flat_map(|s| s.segment_readers());
+        let mut built = 0;
+        for r in readers() {
+            if r.max_doc() < min_docs || self.filters.read().contains_key(&r.segment_id()) {
+                continue;
+            }
+            let inverted = r.inverted_index(field)?;
+            let dict = inverted.terms();
+            let mut filter = TraceFilter::with_capacity(dict.num_terms());
+            let mut stream = dict.stream()?;
+            while stream.advance() {
+                filter.insert(stream.key());
+            }
+            self.filters.write().insert(r.segment_id(), Arc::new(filter));
+            built += 1;
+        }
+        let live: HashSet<SegmentId> = readers().map(|r| r.segment_id()).collect();
+        self.filters.write().retain(|id, _| live.contains(id));
+        Ok(built)
     }
 
     /// The stored documents of `hits` (index into `searchers`, address), in that order.
@@ -238,6 +299,78 @@ impl<'a> KeptColumns<'a> {
             bytes = Some(value.clone());
         }
         Ok((out, bytes))
+    }
+}
+
+/// A query that matches only documents of one trace, searched only in the tantivy segments whose
+/// trace filter may hold the trace (and in those without a filter): the others cost no term
+/// dictionary lookup, which on a cold page cache is a few random reads per segment.
+struct TraceFiltered {
+    inner: Box<dyn Query>,
+    trace_id: Vec<u8>,
+    layout: Arc<Layout>,
+}
+
+impl Clone for TraceFiltered {
+    fn clone(&self) -> Self {
+        TraceFiltered { inner: self.inner.box_clone(), trace_id: self.trace_id.clone(), layout: self.layout.clone() }
+    }
+}
+
+impl std::fmt::Debug for TraceFiltered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceFiltered")
+            .field("inner", &self.inner)
+            .field("trace_id", &hex::encode(&self.trace_id))
+            .finish()
+    }
+}
+
+impl Query for TraceFiltered {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(TraceFilteredWeight {
+            inner: self.inner.weight(scoring)?,
+            trace_id: self.trace_id.clone(),
+            layout: self.layout.clone(),
+        }))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        self.inner.query_terms(visitor);
+    }
+}
+
+struct TraceFilteredWeight {
+    inner: Box<dyn Weight>,
+    trace_id: Vec<u8>,
+    layout: Arc<Layout>,
+}
+
+impl TraceFilteredWeight {
+    fn skips(&self, reader: &SegmentReader) -> bool {
+        let skip = !self.layout.may_hold(reader.segment_id(), &self.trace_id);
+        if skip {
+            self.layout.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        skip
+    }
+}
+
+impl Weight for TraceFilteredWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        if self.skips(reader) { Ok(Box::new(EmptyScorer)) } else { self.inner.scorer(reader, boost) }
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.inner.explain(reader, doc)
+    }
+
+    fn count(&self, reader: &SegmentReader) -> tantivy::Result<u32> {
+        if self.skips(reader) { Ok(0) } else { self.inner.count(reader) }
+    }
+
+    fn for_each_no_score(&self, reader: &SegmentReader, callback: &mut dyn FnMut(&[DocId])) -> tantivy::Result<()> {
+        if self.skips(reader) { Ok(()) } else { self.inner.for_each_no_score(reader, callback) }
     }
 }
 
@@ -860,6 +993,22 @@ impl SegmentedIndex {
         self.view.read().len() as u64
     }
 
+    /// Builds the missing trace filters of the tantivy segments (sealed and active) with at least
+    /// `min_docs` documents and drops those of segments gone; see [`Snapshot::for_trace`].
+    /// Returns how many it built. Reads each new segment's trace id terms: run it off the
+    /// indexing path.
+    pub fn refresh_trace_filters(&self, min_docs: u32) -> Result<usize, StoreError> {
+        let searchers: Vec<Searcher> = self.view.read().iter().map(|s| s.reader.searcher()).collect();
+        self.layout.refresh_filters(&searchers, min_docs)
+    }
+
+    /// Bytes of the trace filters held now, how many tantivy segments have one, and how many
+    /// segments trace lookups skipped so far.
+    pub fn trace_filter_stats(&self) -> (usize, usize, u64) {
+        let filters = self.layout.filters.read();
+        (filters.values().map(|f| f.bytes()).sum(), filters.len(), self.layout.skipped.load(Ordering::Relaxed))
+    }
+
     /// Commits so far and the seconds they took.
     pub fn commit_stats(&self) -> (u64, f64) {
         (self.commits.load(Ordering::Relaxed), self.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9)
@@ -880,6 +1029,12 @@ impl Snapshot {
     /// Number of segments.
     pub fn len(&self) -> usize {
         self.segments.len()
+    }
+
+    /// `query`, which must match only documents of trace `trace_id`, made to skip the tantivy
+    /// segments whose trace filter rules the trace out.
+    pub fn for_trace(&self, query: Box<dyn Query>, trace_id: &[u8]) -> Box<dyn Query> {
+        Box::new(TraceFiltered { inner: query, trace_id: trace_id.to_vec(), layout: self.layout.clone() })
     }
 
     fn searchers(&self, time: TimeRange) -> Vec<Searcher> {

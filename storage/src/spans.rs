@@ -256,6 +256,15 @@ fn term_query(term: Term) -> Box<dyn Query> {
     Box::new(TermQuery::new(term, IndexRecordOption::Basic))
 }
 
+/// The trace id every span matching `p` carries, when `p` requires one.
+pub(crate) fn pinned_trace_id(p: &SpanPredicate) -> Option<&[u8]> {
+    match p {
+        SpanPredicate::TraceId(id) => Some(id),
+        SpanPredicate::And(ps) => ps.iter().find_map(pinned_trace_id),
+        _ => None,
+    }
+}
+
 /// Translates a predicate into a tantivy query.
 pub(crate) fn query(f: &SpanFields, p: &SpanPredicate) -> Result<Box<dyn Query>, StoreError> {
     Ok(match p {

@@ -1,6 +1,10 @@
-//! A per-segment trace-id filter: a Bloom filter over the distinct trace ids of a traces segment,
-//! kept in its metastore entry, so a searcher answering a trace by id downloads only the segments
-//! that may hold it (a trace id carries no time, so without it every trace segment is read).
+//! A trace-id filter: a Bloom filter over the distinct trace ids of a segment. It answers
+//! "certainly not here" so that a trace by id skips what cannot hold it, where a trace id
+//! carries no time to narrow the search by. Two users:
+//! - the store keeps one in memory per large tantivy segment of a span or log index
+//!   (`segments::Layout`), so a trace lookup searches only the tantivy segments that may hold it;
+//! - a cluster's metastore keeps one per shipped traces segment (`obsbox-cluster`), so a searcher
+//!   downloads only the segments that may hold it.
 //!
 //! Hand-written rather than taken from a crate because its bytes live in the metastore for the
 //! data's whole retention: the format must not change with a dependency's version. Format
@@ -45,12 +49,30 @@ fn hashes(id: &[u8]) -> (u64, u64) {
 impl TraceFilter {
     /// A filter holding `ids`.
     pub fn build<'a>(ids: impl ExactSizeIterator<Item = &'a [u8]>) -> TraceFilter {
-        let bits = (ids.len() * BITS_PER_ID).max(64);
-        let mut filter = TraceFilter { k: HASHES, words: vec![0; bits.div_ceil(64)] };
+        let mut filter = TraceFilter::with_capacity(ids.len());
         for id in ids {
-            filter.positions(id).for_each(|p| filter.words[p / 64] |= 1 << (p % 64));
+            filter.insert(id);
         }
         filter
+    }
+
+    /// An empty filter sized for `ids` ids: [`TraceFilter::insert`] more and it says "maybe"
+    /// more often, never "no" to an id inserted.
+    pub fn with_capacity(ids: usize) -> TraceFilter {
+        let bits = ids.saturating_mul(BITS_PER_ID).max(64);
+        TraceFilter { k: HASHES, words: vec![0; bits.div_ceil(64)] }
+    }
+
+    /// Adds `id`.
+    pub fn insert(&mut self, id: &[u8]) {
+        for p in self.positions(id) {
+            self.words[p / 64] |= 1 << (p % 64);
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        self.words.len() * 8
     }
 
     fn positions(&self, id: &[u8]) -> impl Iterator<Item = usize> + use<> {

@@ -166,6 +166,25 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
             end
         }
     };
+    // The trace-id filters are built in the background after the open, as for a user after a
+    // restart: measure once they are (no new ones for 2 s).
+    let t = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        let bytes = store.stats().trace_filter_bytes;
+        if bytes != last.0 {
+            last = (bytes, Instant::now());
+        } else if bytes > 0 && last.1.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(120), "no trace filters after 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "trace filters: {:.1} MiB, built {:.2} s after the store was ready",
+        last.0 as f64 / (1 << 20) as f64,
+        last.1.duration_since(t).as_secs_f64()
+    );
     let stats = store.stats();
     let range = TimeRange { start_ns: end_ns - SPREAD_NS - 60_000_000_000, end_ns: end_ns + 60_000_000_000 };
     let query = QueryService::new(store.clone());

@@ -55,6 +55,10 @@ const TRACE_FILTER_INTERVAL: Duration = Duration::from_secs(1);
 /// Tantivy segments smaller than this get no trace filter: looking a trace id up in them costs
 /// little, and the small segments of recent commits are soon merged away.
 const TRACE_FILTER_MIN_DOCS: u32 = 10_000;
+/// Memory for the trace filters of one signal. 10 bits per trace id and segment: 64 MiB holds
+/// ~54M trace ids, about 1.4G spans of 26 per trace or 290M log records of 4 per trace; the
+/// older segments of a larger store go without (a trace lookup searches them).
+const TRACE_FILTER_MAX_BYTES: usize = 64 << 20;
 /// First and longest wait before rebuilding an index whose commit failed.
 const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
@@ -299,7 +303,7 @@ impl DiskStore {
                 // Before the housekeeping pass, whose first checksum pass over a large store is long.
                 if last_filters.elapsed() >= TRACE_FILTER_INTERVAL {
                     for (signal, index) in [(Signal::Traces, &inner.spans), (Signal::Logs, &inner.logs)] {
-                        if let Err(e) = index.refresh_trace_filters(TRACE_FILTER_MIN_DOCS) {
+                        if let Err(e) = index.refresh_trace_filters(TRACE_FILTER_MIN_DOCS, TRACE_FILTER_MAX_BYTES) {
                             tracing::warn!(signal = signal.as_str(), error = %e, "building trace filters failed");
                         }
                     }
@@ -1595,7 +1599,14 @@ mod tests {
         }
         let index_names = [(&store.inner.spans, "spans"), (&store.inner.logs, "logs")];
         for (index, name) in index_names {
-            let built = index.refresh_trace_filters(0).unwrap();
+            // Within the budget: none fits in 0 bytes, one (of 20 trace ids or fewer) in the size
+            // of one.
+            assert_eq!(index.refresh_trace_filters(0, 0).unwrap(), 0, "{name}");
+            let one = crate::TraceFilter::bytes_for(traces_per_write as usize);
+            assert_eq!(index.refresh_trace_filters(0, one).unwrap(), 1, "{name}");
+            let (bytes, filters, _) = index.trace_filter_stats();
+            assert!(bytes <= one && filters == 1, "{name}: {bytes} B in {filters} filters");
+            let built = 1 + index.refresh_trace_filters(0, usize::MAX).unwrap();
             assert!(built >= 2, "{name}: {built} filters built");
             assert_eq!(index.trace_filter_stats().1, built, "{name}: one filter per tantivy segment");
         }

@@ -166,13 +166,20 @@ impl Layout {
         self.filters.read().get(&segment).is_none_or(|f| f.may_contain(trace_id))
     }
 
-    /// Builds the trace filter of every tantivy segment of `searchers` that has at least
-    /// `min_docs` documents and no filter yet (reading its trace id terms), and drops the
-    /// filters of segments no longer among them (merged away, or their segment dropped).
-    /// Returns how many it built.
-    fn refresh_filters(&self, searchers: &[Searcher], min_docs: u32) -> Result<usize, StoreError> {
+    /// Drops the filters of segments no longer among `searchers` (merged away, or their segment
+    /// dropped), then builds the trace filter of every tantivy segment of `searchers` with at
+    /// least `min_docs` documents and no filter yet (reading its trace id terms), newest
+    /// segments first, while all filters together stay within `max_bytes`: past it, older
+    /// segments go without (and are searched). Returns how many it built.
+    fn refresh_filters(&self, searchers: &[Searcher], min_docs: u32, max_bytes: usize) -> Result<usize, StoreError> {
         let Some(field) = self.trace_field else { return Ok(0) };
-        let readers = || searchers.iter().flat_map(|s| s.segment_readers());
+        let readers = || searchers.iter().rev().flat_map(|s| s.segment_readers());
+        let live: HashSet<SegmentId> = readers().map(|r| r.segment_id()).collect();
+        let mut bytes: usize = {
+            let mut filters = self.filters.write();
+            filters.retain(|id, _| live.contains(id));
+            filters.values().map(|f| f.bytes()).sum()
+        };
         let mut built = 0;
         for r in readers() {
             if r.max_doc() < min_docs || self.filters.read().contains_key(&r.segment_id()) {
@@ -180,16 +187,19 @@ impl Layout {
             }
             let inverted = r.inverted_index(field)?;
             let dict = inverted.terms();
+            let size = TraceFilter::bytes_for(dict.num_terms());
+            if bytes + size > max_bytes {
+                continue;
+            }
             let mut filter = TraceFilter::with_capacity(dict.num_terms());
             let mut stream = dict.stream()?;
             while stream.advance() {
                 filter.insert(stream.key());
             }
+            bytes += filter.bytes();
             self.filters.write().insert(r.segment_id(), Arc::new(filter));
             built += 1;
         }
-        let live: HashSet<SegmentId> = readers().map(|r| r.segment_id()).collect();
-        self.filters.write().retain(|id, _| live.contains(id));
         Ok(built)
     }
 
@@ -994,12 +1004,13 @@ impl SegmentedIndex {
     }
 
     /// Builds the missing trace filters of the tantivy segments (sealed and active) with at least
-    /// `min_docs` documents and drops those of segments gone; see [`Snapshot::for_trace`].
+    /// `min_docs` documents, newest first and within `max_bytes` in all, and drops those of
+    /// segments gone; see [`Snapshot::for_trace`].
     /// Returns how many it built. Reads each new segment's trace id terms: run it off the
     /// indexing path.
-    pub fn refresh_trace_filters(&self, min_docs: u32) -> Result<usize, StoreError> {
+    pub fn refresh_trace_filters(&self, min_docs: u32, max_bytes: usize) -> Result<usize, StoreError> {
         let searchers: Vec<Searcher> = self.view.read().iter().map(|s| s.reader.searcher()).collect();
-        self.layout.refresh_filters(&searchers, min_docs)
+        self.layout.refresh_filters(&searchers, min_docs, max_bytes)
     }
 
     /// Bytes of the trace filters held now, how many tantivy segments have one, and how many

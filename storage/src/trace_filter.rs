@@ -59,8 +59,12 @@ impl TraceFilter {
     /// An empty filter sized for `ids` ids: [`TraceFilter::insert`] more and it says "maybe"
     /// more often, never "no" to an id inserted.
     pub fn with_capacity(ids: usize) -> TraceFilter {
-        let bits = ids.saturating_mul(BITS_PER_ID).max(64);
-        TraceFilter { k: HASHES, words: vec![0; bits.div_ceil(64)] }
+        TraceFilter { k: HASHES, words: vec![0; TraceFilter::bytes_for(ids) / 8] }
+    }
+
+    /// The [`TraceFilter::bytes`] of a filter sized for `ids` ids.
+    pub fn bytes_for(ids: usize) -> usize {
+        ids.saturating_mul(BITS_PER_ID).max(64).div_ceil(64) * 8
     }
 
     /// Adds `id`.

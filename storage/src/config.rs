@@ -50,6 +50,11 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// A WAL file is closed and a new one started at this size.
     pub wal_file_bytes: u64,
+    /// Memory for the trace-id filters of each of the span and log indexes (a Bloom filter per
+    /// large index segment, 10 bits per trace id, ~1.25 B per trace and segment), with which a
+    /// trace lookup skips the segments that cannot hold the trace. Newest segments first; the
+    /// older ones of a store past the budget go without and are searched. 0: no filters.
+    pub trace_filter_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +72,7 @@ impl Default for StoreConfig {
             segment_max_docs: 10_000_000,
             wal_file_bytes: 64 << 20,
             min_free_bytes: 256 << 20,
+            trace_filter_bytes: 64 << 20,
         }
     }
 }

@@ -55,10 +55,6 @@ const TRACE_FILTER_INTERVAL: Duration = Duration::from_secs(1);
 /// Tantivy segments smaller than this get no trace filter: looking a trace id up in them costs
 /// little, and the small segments of recent commits are soon merged away.
 const TRACE_FILTER_MIN_DOCS: u32 = 10_000;
-/// Memory for the trace filters of one signal. 10 bits per trace id and segment: 64 MiB holds
-/// ~54M trace ids, about 1.4G spans of 26 per trace or 290M log records of 4 per trace; the
-/// older segments of a larger store go without (a trace lookup searches them).
-const TRACE_FILTER_MAX_BYTES: usize = 64 << 20;
 /// First and longest wait before rebuilding an index whose commit failed.
 const RECOVERY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
@@ -299,11 +295,12 @@ impl DiskStore {
         threads.push(std::thread::Builder::new().name("obsbox-housekeeper".into()).spawn(move || {
             let mut last = Instant::now() - HOUSEKEEPING_INTERVAL;
             let mut last_filters = Instant::now() - TRACE_FILTER_INTERVAL;
+            let filter_bytes = usize::try_from(inner.config.trace_filter_bytes).unwrap_or(usize::MAX);
             while !stop.load(Ordering::Relaxed) {
                 // Before the housekeeping pass, whose first checksum pass over a large store is long.
                 if last_filters.elapsed() >= TRACE_FILTER_INTERVAL {
                     for (signal, index) in [(Signal::Traces, &inner.spans), (Signal::Logs, &inner.logs)] {
-                        if let Err(e) = index.refresh_trace_filters(TRACE_FILTER_MIN_DOCS, TRACE_FILTER_MAX_BYTES) {
+                        if let Err(e) = index.refresh_trace_filters(TRACE_FILTER_MIN_DOCS, filter_bytes) {
                             tracing::warn!(signal = signal.as_str(), error = %e, "building trace filters failed");
                         }
                     }

@@ -76,6 +76,16 @@ where
     })
 }
 
+/// The trace by id row: each query asks for the next of `ids`.
+async fn trace_by_id(what: &str, target: &'static str, query: &QueryService, ids: &[Vec<u8>]) -> anyhow::Result<Row> {
+    measure(what, target, REPEAT, |i| {
+        let q = query.clone();
+        let id = ids[i % ids.len()].clone();
+        async move { Ok(q.trace(&id).await?.map(|t| t.spans.len()).unwrap_or(0)) }
+    })
+    .await
+}
+
 fn store_config(dir: PathBuf) -> StoreConfig {
     StoreConfig {
         data_dir: dir,
@@ -210,14 +220,7 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
     let op = op.context("no checkout server span in the generated data")?;
 
     let mut rows = Vec::new();
-    rows.push(
-        measure("trace by id", "p50 <= 5 ms, p99 <= 20 ms", REPEAT, |i| {
-            let q = query.clone();
-            let id = ids[i % ids.len()].clone();
-            async move { Ok(q.trace(&id).await?.map(|t| t.spans.len()).unwrap_or(0)) }
-        })
-        .await?,
-    );
+    rows.push(trace_by_id("trace by id", "p50 <= 5 ms, p99 <= 20 ms", &query, &ids).await?);
     let search = |span: SpanPredicate| TraceSearch {
         span,
         time: range,
@@ -306,12 +309,8 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
     // The first row ran first in the process (first touches of the mapped files, the thread
     // pool): measured again here, it compares with the baseline, which also runs after others.
     rows.push(
-        measure("trace by id, again after the other queries (as the baseline below runs)", "-", REPEAT, |i| {
-            let q = query.clone();
-            let id = ids[i % ids.len()].clone();
-            async move { Ok(q.trace(&id).await?.map(|t| t.spans.len()).unwrap_or(0)) }
-        })
-        .await?,
+        trace_by_id("trace by id, again after the other queries (as the baseline below runs)", "-", &query, &ids)
+            .await?,
     );
     // Baseline in the same run: the same lookups on the store reopened without trace filters,
     // each trace id looked up in every tantivy segment.
@@ -324,14 +323,7 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
         Arc::new(tokio::task::spawn_blocking(move || DiskStore::open(config)).await??)
     };
     let query = QueryService::new(store.clone());
-    rows.push(
-        measure("trace by id, baseline: no trace filters (store reopened)", "-", REPEAT, |i| {
-            let q = query.clone();
-            let id = ids[i % ids.len()].clone();
-            async move { Ok(q.trace(&id).await?.map(|t| t.spans.len()).unwrap_or(0)) }
-        })
-        .await?,
-    );
+    rows.push(trace_by_id("trace by id, baseline: no trace filters (store reopened)", "-", &query, &ids).await?);
 
     println!();
     println!("store: {span_m}M spans, {log_m}M log records in {}", dir.display());

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use obsbox_query_ui::internal::{InternalClient, InternalError, ask_all};
 use obsbox_storage::call::{Answer, ReadCall, ReadResult, merge, run};
-use obsbox_storage::{OpenSegment, SegmentSet, StoreError, StoreStats};
+use obsbox_storage::{OpenSegment, SegmentSet, StoreError, StoreStats, TraceFilter};
 use parking_lot::{Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -31,7 +31,6 @@ use tokio::task::JoinHandle;
 use crate::cache::{PinnedSegment, SegmentCache};
 use crate::metastore::{Metastore, SegmentEntry};
 use crate::view::MetastoreView;
-use obsbox_storage::TraceFilter;
 
 /// Segments one call downloads at once.
 pub const FETCH_CONCURRENCY: usize = 8;

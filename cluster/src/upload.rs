@@ -4,13 +4,12 @@ use std::path::{Path as FsPath, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
-use obsbox_storage::OpenSegment;
 use obsbox_storage::api::Signal;
+use obsbox_storage::{OpenSegment, TraceFilter};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{ClusterError, Result};
 use crate::metastore::{ENTRY_FORMAT, Metastore, SegmentEntry, SegmentFile, check_name, now_ms, segment_key};
-use obsbox_storage::TraceFilter;
 
 /// Files of one segment uploaded at once.
 const FILE_CONCURRENCY: usize = 8;

@@ -211,9 +211,7 @@ impl DiskStore {
                             }
                         }
                     }
-                    for (d, t) in docs.drain(..) {
-                        index.add(d, t)?;
-                    }
+                    index.add_batch(&mut docs)?;
                     index.advance(r.seq);
                 }
                 wal.truncate_through(index.commit()?)
@@ -751,9 +749,7 @@ fn recover(inner: &Inner, signal: Signal, last_seq: u64) -> Result<usize, StoreE
                 }
             }
         }
-        for (d, t) in docs.drain(..) {
-            index.add(d, t)?;
-        }
+        index.add_batch(&mut docs)?;
         index.advance(r.seq);
     }
     commit(inner, signal)?;
@@ -771,16 +767,12 @@ fn index_job(
     match (batch, signal) {
         (Batch::Traces(req), Signal::Traces) => {
             spans::documents(&inner.span_fields, job.seq, req, docs);
-            for (d, t) in docs.drain(..) {
-                inner.spans.add(d, t)?;
-            }
+            inner.spans.add_batch(docs)?;
             inner.spans.advance(job.seq);
         }
         (Batch::Logs(req), Signal::Logs) => {
             logs::documents(&inner.log_fields, req, docs);
-            for (d, t) in docs.drain(..) {
-                inner.logs.add(d, t)?;
-            }
+            inner.logs.add_batch(docs)?;
             inner.logs.advance(job.seq);
         }
         (Batch::Metrics(req), Signal::Metrics) => inner.metrics.append(job.seq, &req),
@@ -1530,6 +1522,75 @@ mod tests {
             limit: 1,
         });
         assert!(matches!(&regex, Err(StoreError::InvalidQuery(m)) if m.contains("regular expressions")), "{regex:?}");
+    }
+
+    /// A request's documents are indexed by one tantivy indexing thread, so a trace sent in one
+    /// request lies in one tantivy segment (a trace by id then reads one).
+    #[test]
+    fn a_requests_documents_land_in_one_tantivy_segment() {
+        use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        let trace_id = |t: u32| [[9u8; 12].as_slice(), &t.to_be_bytes()].concat();
+        // 8 requests of one trace each (250 spans, 250 records), sent without waiting and
+        // committed once: tantivy's two indexing threads both get work, and with documents
+        // queued one at a time each trace would be split between their segments.
+        let receipts: Vec<_> = (0..8u32)
+            .flat_map(|t| {
+                let id = trace_id(t);
+                let spans = (0..250u8)
+                    .map(|n| {
+                        let mut span = crate::testsuite::full_span(1, n, None);
+                        span.trace_id = id.clone();
+                        span.start_time_unix_nano = now_ns();
+                        span.end_time_unix_nano = span.start_time_unix_nano + 1000;
+                        span
+                    })
+                    .collect();
+                let records = (0..250u64)
+                    .map(|n| {
+                        let mut record = crate::testsuite::log(2, "a line");
+                        record.trace_id = id.clone();
+                        record.time_unix_nano = now_ns() + n;
+                        record
+                    })
+                    .collect();
+                [
+                    store.write(Batch::Traces(ExportTraceServiceRequest {
+                        resource_spans: vec![ResourceSpans {
+                            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                            ..Default::default()
+                        }],
+                    })),
+                    store.write(Batch::Logs(ExportLogsServiceRequest {
+                        resource_logs: vec![ResourceLogs {
+                            scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
+                            ..Default::default()
+                        }],
+                    })),
+                ]
+            })
+            .collect();
+        for r in receipts {
+            futures::executor::block_on(r).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.inner.pending_items.iter().any(|p| p.load(Ordering::SeqCst) > 0) {
+            assert!(Instant::now() < deadline, "indexer did not take the batches");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        store.inner.spans.commit().unwrap();
+        store.inner.logs.commit().unwrap();
+        for (index, name) in [(&store.inner.spans, "spans"), (&store.inner.logs, "logs")] {
+            let snapshot = index.snapshot();
+            for t in 0..8 {
+                assert_eq!(snapshot.tantivy_segments_holding(&trace_id(t)), 1, "{name}: trace {t}");
+            }
+        }
+        for t in 0..8 {
+            assert_eq!(store.trace(&trace_id(t)).unwrap().len(), 250, "trace {t}");
+        }
     }
 
     /// Trace lookups skip the tantivy segments whose trace filter rules the trace out, and never

@@ -10,6 +10,8 @@
 //! - `segments`: a signal's index as a list of tantivy segments (one active, the rest sealed and
 //!   immutable) recorded in a small metastore, with retention by age and size.
 //! - `spans` / `logs`: the tantivy schemas and queries of spans and log records.
+//! - `queued`: a request's documents handed to tantivy as one batch (so they land in one
+//!   tantivy segment), with a cap on the documents queued to its indexing threads.
 //! - `trace_filter`: [`TraceFilter`], the Bloom filter of a segment's trace ids, which trace
 //!   lookups use to skip tantivy segments here and shipped segments in a cluster.
 //! - `envelope`: the stored bytes of one span or log record (a one-item `TracesData` /
@@ -47,6 +49,7 @@ mod memory;
 pub(crate) mod metrics;
 pub mod prometheus;
 mod quarantine;
+mod queued;
 mod reads;
 mod segment_set;
 mod segments;

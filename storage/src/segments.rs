@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::columnar::{BytesColumn, Column};
 use tantivy::index::SegmentId;
+use tantivy::indexer::UserOperation;
 use tantivy::query::{
     BooleanQuery, EmptyQuery, EmptyScorer, EnableScoring, Explanation, Occur, Query, RangeQuery, Scorer, Weight,
 };
@@ -46,6 +47,7 @@ use crate::StoreError;
 use crate::api::{Signal, TimeRange};
 use crate::format;
 use crate::quarantine::Quarantine;
+use crate::queued::{InFlight, QueuedDoc};
 use crate::trace_filter::TraceFilter;
 use crate::wal::sync_dir;
 
@@ -393,6 +395,20 @@ pub(crate) struct Snapshot {
     segments: Arc<Vec<Arc<Segment>>>,
 }
 
+#[cfg(test)]
+impl Snapshot {
+    /// How many tantivy segments hold a document of `trace_id`.
+    pub fn tantivy_segments_holding(&self, trace_id: &[u8]) -> usize {
+        let field = self.layout.trace_field.expect("a signal with trace ids");
+        let term = Term::from_field_bytes(field, trace_id);
+        self.segments
+            .iter()
+            .flat_map(|s| s.reader.searcher().segment_readers().to_vec())
+            .filter(|r| r.inverted_index(field).unwrap().doc_freq(&term).unwrap() > 0)
+            .count()
+    }
+}
+
 /// A sealed segment as the store lists it for shipping.
 pub(crate) struct SealedInfo {
     pub id: u64,
@@ -409,7 +425,7 @@ struct Active {
     id: u64,
     index: Index,
     /// None after a failure dropped it, until [`SegmentedIndex::reset`] makes a new one.
-    writer: Option<IndexWriter>,
+    writer: Option<IndexWriter<QueuedDoc>>,
     reader: IndexReader,
     created: Instant,
     /// Progress including uncommitted documents.
@@ -433,7 +449,14 @@ pub(crate) struct SegmentedIndex {
     quarantine: Quarantine,
     /// Sealed segments whose checksums were verified since open.
     verified: Mutex<HashSet<u64>>,
+    /// Documents queued to the active segment's writer and not yet indexed.
+    queued: Arc<InFlight>,
 }
+
+/// Documents queued to tantivy's indexing threads at most (more when one batch is larger): as
+/// many as tantivy's own queue holds when documents are sent one at a time, so the indexer
+/// thread waits, and admission sees the backlog, at the same point.
+const MAX_QUEUED_DOCS: u64 = 10_000;
 
 /// `STRING` without fieldnorms. Nothing in the store is scored (results are ordered by time or
 /// ids), so the byte per document and indexed field that BM25 would read is not written.
@@ -645,6 +668,7 @@ impl SegmentedIndex {
             commit_nanos: AtomicU64::new(0),
             quarantine: quarantine.clone(),
             verified: Mutex::new(HashSet::new()),
+            queued: InFlight::new(MAX_QUEUED_DOCS),
         };
         {
             let active = this.active.lock();
@@ -720,13 +744,31 @@ impl SegmentedIndex {
         active.max(sealed).max(meta.floor_seq)
     }
 
-    /// Adds one document with time `time_ns` to the active segment (not yet visible).
-    pub fn add(&self, doc: TantivyDocument, time_ns: u64) -> Result<(), StoreError> {
+    /// Adds `docs` (each with its time), emptying it, to the active segment (not yet visible).
+    /// One tantivy indexing thread takes the whole batch, so a request's documents (and the
+    /// spans of a trace in it) land in one tantivy segment; waits while more than
+    /// [`MAX_QUEUED_DOCS`] documents are queued to tantivy (see [`crate::queued`]).
+    pub fn add_batch(&self, docs: &mut Vec<(TantivyDocument, u64)>) -> Result<(), StoreError> {
+        let n = docs.len();
+        if n == 0 {
+            return Ok(());
+        }
         let mut a = self.active.lock();
-        a.writer.as_ref().ok_or_else(writer_gone)?.add_document(doc)?;
-        a.pending.docs += 1;
-        a.pending.min_time = a.pending.min_time.min(time_ns);
-        a.pending.max_time = a.pending.max_time.max(time_ns);
+        let mut ticket = Some(self.queued.reserve(n as u64));
+        let (mut min_time, mut max_time) = (a.pending.min_time, a.pending.max_time);
+        let ops: Vec<UserOperation<QueuedDoc>> = docs
+            .drain(..)
+            .enumerate()
+            .map(|(i, (doc, t))| {
+                min_time = min_time.min(t);
+                max_time = max_time.max(t);
+                UserOperation::Add(QueuedDoc::new(doc, if i + 1 == n { ticket.take() } else { None }))
+            })
+            .collect();
+        a.writer.as_ref().ok_or_else(writer_gone)?.run(ops)?;
+        a.pending.docs += n as u64;
+        a.pending.min_time = min_time;
+        a.pending.max_time = max_time;
         Ok(())
     }
 

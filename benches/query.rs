@@ -55,25 +55,64 @@ where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<usize>>,
 {
-    // Warm-up: the first runs fault in the index files.
-    for i in 0..3 {
+    // Warm-up: the first runs fault in the index files; the first one's time is reported (on a
+    // cold page cache, what a scan costs when read from the disk).
+    let t = Instant::now();
+    f(0).await?;
+    let first = t.elapsed();
+    for i in 1..3 {
         f(i).await?;
     }
     let mut times = Vec::with_capacity(n);
     let mut results = 0;
+    let before = disk_reads();
     for i in 0..n {
         let t = Instant::now();
         results += f(i + 3).await?;
         times.push(t.elapsed());
     }
+    let after = disk_reads();
     times.sort();
+    let per_query = |a: u64, b: u64| a.saturating_sub(b) as f64 / n as f64;
     Ok(Row {
         what: what.into(),
         p50: percentile(&times, 0.5),
         p99: percentile(&times, 0.99),
         target,
-        note: format!("{:.1} results per query", results as f64 / n as f64),
+        note: format!(
+            "{:.1} results, {:.1} major faults, {:.0} KiB read from disk per query; first query {:.1} ms",
+            results as f64 / n as f64,
+            per_query(after.0, before.0),
+            per_query(after.1, before.1) / 1024.0,
+            first.as_secs_f64() * 1e3
+        ),
     })
+}
+
+/// `read_ahead_kb` of the block device holding `path` (of its disk, for a partition).
+fn read_ahead_kib(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+    let base = format!("/sys/dev/block/{major}:{minor}");
+    [format!("{base}/queue/read_ahead_kb"), format!("{base}/../queue/read_ahead_kb")]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+}
+
+/// The process's major page faults and bytes read from the block device so far: what a query
+/// on a cold page cache costs beyond its CPU (0 when /proc cannot be read).
+fn disk_reads() -> (u64, u64) {
+    // Field 12 of /proc/self/stat, counted after the parenthesised command name.
+    let faults = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(9)?.parse().ok()))
+        .unwrap_or(0);
+    let bytes = std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("read_bytes: ")?.trim().parse().ok()))
+        .unwrap_or(0);
+    (faults, bytes)
 }
 
 /// The trace by id row: each query asks for the next of `ids`.
@@ -327,6 +366,11 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
 
     println!();
     println!("store: {span_m}M spans, {log_m}M log records in {}", dir.display());
+    // Cold reads depend on it: a fault in a mapped file reads this much around it.
+    match read_ahead_kib(&dir) {
+        Some(kib) => println!("readahead of the device holding it: {kib} KiB"),
+        None => println!("readahead of the device holding it: unknown"),
+    }
     println!("stats: {stats:?}");
     println!("| query | p50 | p99 | target | note |");
     println!("|---|---|---|---|---|");

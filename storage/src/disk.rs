@@ -1524,12 +1524,54 @@ mod tests {
         assert!(matches!(&regex, Err(StoreError::InvalidQuery(m)) if m.contains("regular expressions")), "{regex:?}");
     }
 
+    /// One request of spans and one of log records: `spans` spans and `records` records for
+    /// each trace of `ids`, timed now.
+    fn traced_batches(ids: &[Vec<u8>], spans: u8, records: u8) -> (Batch, Batch) {
+        use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        let spans = ids
+            .iter()
+            .flat_map(|id| {
+                (0..spans).map(|n| {
+                    let mut span = crate::testsuite::full_span(1, n, None);
+                    span.trace_id = id.clone();
+                    span.start_time_unix_nano = now_ns();
+                    span.end_time_unix_nano = span.start_time_unix_nano + 1000;
+                    span
+                })
+            })
+            .collect();
+        let log_records = ids
+            .iter()
+            .flat_map(|id| {
+                (0..records).map(|n| {
+                    let mut record = crate::testsuite::log(2, "a line");
+                    record.trace_id = id.clone();
+                    record.time_unix_nano = now_ns() + u64::from(n);
+                    record
+                })
+            })
+            .collect();
+        (
+            Batch::Traces(ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                    ..Default::default()
+                }],
+            }),
+            Batch::Logs(ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                    ..Default::default()
+                }],
+            }),
+        )
+    }
+
     /// A request's documents are indexed by one tantivy indexing thread, so a trace sent in one
     /// request lies in one tantivy segment (a trace by id then reads one).
     #[test]
     fn a_requests_documents_land_in_one_tantivy_segment() {
-        use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
-        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(config(dir.path())).unwrap();
         let trace_id = |t: u32| [[9u8; 12].as_slice(), &t.to_be_bytes()].concat();
@@ -1538,38 +1580,8 @@ mod tests {
         // queued one at a time each trace would be split between their segments.
         let receipts: Vec<_> = (0..8u32)
             .flat_map(|t| {
-                let id = trace_id(t);
-                let spans = (0..250u8)
-                    .map(|n| {
-                        let mut span = crate::testsuite::full_span(1, n, None);
-                        span.trace_id = id.clone();
-                        span.start_time_unix_nano = now_ns();
-                        span.end_time_unix_nano = span.start_time_unix_nano + 1000;
-                        span
-                    })
-                    .collect();
-                let records = (0..250u64)
-                    .map(|n| {
-                        let mut record = crate::testsuite::log(2, "a line");
-                        record.trace_id = id.clone();
-                        record.time_unix_nano = now_ns() + n;
-                        record
-                    })
-                    .collect();
-                [
-                    store.write(Batch::Traces(ExportTraceServiceRequest {
-                        resource_spans: vec![ResourceSpans {
-                            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-                            ..Default::default()
-                        }],
-                    })),
-                    store.write(Batch::Logs(ExportLogsServiceRequest {
-                        resource_logs: vec![ResourceLogs {
-                            scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
-                            ..Default::default()
-                        }],
-                    })),
-                ]
+                let (spans, records) = traced_batches(&[trace_id(t)], 250, 250);
+                [store.write(spans), store.write(records)]
             })
             .collect();
         for r in receipts {
@@ -1597,8 +1609,6 @@ mod tests {
     /// one that holds it: every span and record comes back, sealed segment or active.
     #[test]
     fn trace_lookups_skip_segments_their_filters_rule_out() {
-        use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
-        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(config(dir.path())).unwrap();
         let trace_id = |t: u32| [[7u8; 12].as_slice(), &t.to_be_bytes()].concat();
@@ -1607,47 +1617,9 @@ mod tests {
         let (writes, traces_per_write) = (6u32, 20u32);
         for w in 0..writes {
             let ids: Vec<Vec<u8>> = (0..traces_per_write).map(|t| trace_id(w * traces_per_write + t)).collect();
-            let spans = ids
-                .iter()
-                .flat_map(|id| {
-                    (0..3u8).map(|n| {
-                        let mut span = crate::testsuite::full_span(1, n, None);
-                        span.trace_id = id.clone();
-                        span.start_time_unix_nano = now_ns();
-                        span.end_time_unix_nano = span.start_time_unix_nano + 1000;
-                        span
-                    })
-                })
-                .collect();
-            let records = ids
-                .iter()
-                .flat_map(|id| {
-                    (0..2u8).map(|n| {
-                        let mut record = crate::testsuite::log(2, "a line");
-                        record.trace_id = id.clone();
-                        record.time_unix_nano = now_ns() + u64::from(n);
-                        record
-                    })
-                })
-                .collect();
-            write_indexed(
-                &store,
-                Batch::Traces(ExportTraceServiceRequest {
-                    resource_spans: vec![ResourceSpans {
-                        scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-                        ..Default::default()
-                    }],
-                }),
-            );
-            write_indexed(
-                &store,
-                Batch::Logs(ExportLogsServiceRequest {
-                    resource_logs: vec![ResourceLogs {
-                        scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
-                        ..Default::default()
-                    }],
-                }),
-            );
+            let (spans, records) = traced_batches(&ids, 3, 2);
+            write_indexed(&store, spans);
+            write_indexed(&store, records);
             store.inner.spans.commit().unwrap();
             store.inner.logs.commit().unwrap();
             if w == writes / 2 - 1 {

@@ -203,6 +203,17 @@ fn dockerfile_builds_the_binary_compose_runs_in_a_small_non_root_image() {
     }
 }
 
+/// The target triple of the rustc next to the cargo running the tests.
+fn host_triple() -> String {
+    let rustc = std::path::Path::new(env!("CARGO")).with_file_name("rustc");
+    let out = Command::new(rustc).arg("-vV").output().expect("run rustc -vV");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_string()
+}
+
 /// What the builder stage copies is a whole workspace: cargo resolves it from the lock file
 /// alone (every member and declared target present, Cargo.lock current), as `cargo build
 /// --locked` in the image will.
@@ -221,8 +232,10 @@ fn dockerfile_copies_a_complete_workspace() {
             copy_tree(&root.join(src), &to);
         }
     }
+    // Filtered to this host's platform: unfiltered, cargo metadata wants the sources of every
+    // locked package, including those for other platforms that no build here downloads.
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["metadata", "--locked", "--offline", "--format-version", "1", "--filter-platform", &host_triple()])
         .current_dir(tmp.path())
         .env("CARGO_TARGET_DIR", tmp.path().join("target"))
         .output()

@@ -1139,9 +1139,14 @@ mod tests {
     /// Writes and waits until the indexer has taken the batch, so a following seal includes it.
     fn write_indexed(store: &DiskStore, batch: Batch) {
         futures::executor::block_on(store.write(batch)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        wait_taken(store);
+    }
+
+    /// Waits until the indexers have taken every acknowledged batch.
+    fn wait_taken(store: &DiskStore) {
+        let deadline = Instant::now() + Duration::from_secs(10);
         while store.inner.pending_items.iter().any(|p| p.load(Ordering::SeqCst) > 0) {
-            assert!(Instant::now() < deadline, "indexer did not take the batch");
+            assert!(Instant::now() < deadline, "indexer did not take the batches");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -1587,11 +1592,7 @@ mod tests {
         for r in receipts {
             futures::executor::block_on(r).unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.inner.pending_items.iter().any(|p| p.load(Ordering::SeqCst) > 0) {
-            assert!(Instant::now() < deadline, "indexer did not take the batches");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_taken(&store);
         store.inner.spans.commit().unwrap();
         store.inner.logs.commit().unwrap();
         for (index, name) in [(&store.inner.spans, "spans"), (&store.inner.logs, "logs")] {

@@ -754,6 +754,7 @@ impl SegmentedIndex {
             return Ok(());
         }
         let mut a = self.active.lock();
+        let writer = a.writer.as_ref().ok_or_else(writer_gone)?;
         let mut ticket = Some(self.queued.reserve(n as u64));
         let (mut min_time, mut max_time) = (a.pending.min_time, a.pending.max_time);
         let ops: Vec<UserOperation<QueuedDoc>> = docs
@@ -765,7 +766,7 @@ impl SegmentedIndex {
                 UserOperation::Add(QueuedDoc::new(doc, if i + 1 == n { ticket.take() } else { None }))
             })
             .collect();
-        a.writer.as_ref().ok_or_else(writer_gone)?.run(ops)?;
+        writer.run(ops)?;
         a.pending.docs += n as u64;
         a.pending.min_time = min_time;
         a.pending.max_time = max_time;

@@ -6,6 +6,7 @@
 //! cargo bench --bench ingest -- 20 4 spans half   # then again, paced at half the rate just measured
 //! cargo bench --bench ingest -- 20 4 spans 20000  # paced at 20k items/s in all (no saturation run)
 //! BENCH_SECS=30 BENCH_CLIENTS=4 BENCH_SIGNAL=logs BENCH_PACE=half cargo bench --bench ingest
+//! BENCH_INDEX_MEMORY_MIB=128 cargo bench --bench ingest -- 20 4 spans   # storage.index_memory_bytes
 //! ```
 //!
 //! Paced runs measure ack latency below saturation (the brief's p99 is at half of the maximum
@@ -856,6 +857,9 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
     config.listen.otlp_grpc = "127.0.0.1:0".into();
     config.listen.otlp_http = "127.0.0.1:0".into();
     config.listen.http = "127.0.0.1:0".into();
+    if let Ok(mib) = std::env::var("BENCH_INDEX_MEMORY_MIB") {
+        config.storage.index_memory_bytes = mib.parse::<u64>().context("BENCH_INDEX_MEMORY_MIB")? << 20;
+    }
 
     // The server on its own runtime (default worker count, like the binary); the clients on
     // another, so per-thread CPU tells them apart.

@@ -37,7 +37,9 @@ pub struct StoreConfig {
     pub max_disk_bytes: u64,
     /// Bytes of acknowledged-but-not-yet-indexed data held in memory before writes are refused.
     pub max_pending_bytes: u64,
-    /// Memory budget of each tantivy index writer (shared by its two indexing threads).
+    /// Memory budget of each tantivy index writer (shared by its two indexing threads). At 32 MiB
+    /// a thread fills its share before the 1 s commit at full span load and flushes small
+    /// segments (ingest -25% on 2 cores); 128 MiB gained nothing over 48 (BENCHMARKS.md).
     pub index_memory_bytes: u64,
     /// An active segment is sealed once it covers this much time.
     #[serde(with = "humantime_serde")]

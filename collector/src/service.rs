@@ -186,14 +186,18 @@ impl Collector {
             tracing::error!(error = %e, "decode job failed");
             IngestError::internal()
         })?;
-        let Decoded { batch, rejections, facts, prepared } = decoded?;
+        let Decoded { batch, encoded, rejections, facts, prepared } = decoded?;
 
         for (reason, n) in rejections.by_reason() {
             telemetry.items_rejected(signal, reason, n);
         }
         let valid = batch.item_count();
         if valid > 0 {
-            if let Err(e) = self.inner.writer.write(batch).await {
+            let written = match encoded {
+                Some(encoded) => self.inner.writer.write_encoded(batch, encoded),
+                None => self.inner.writer.write(batch),
+            };
+            if let Err(e) = written.await {
                 let reason = match e {
                     StoreError::Overloaded { .. } => RejectReason::Overloaded,
                     StoreError::Unavailable(_) | StoreError::DiskFull(_) => RejectReason::Unavailable,
@@ -257,6 +261,8 @@ fn busy() -> IngestError {
 /// A decoded, validated batch, and what the derived signals take from it.
 struct Decoded {
     batch: Batch,
+    /// The request's protobuf bytes, when they decode to exactly `batch`.
+    encoded: Option<Bytes>,
     rejections: Rejections,
     /// With a deriver, the facts of the batch's spans.
     facts: Option<Vec<SpanFacts>>,
@@ -274,15 +280,15 @@ fn decode_and_validate(
     permit: &mut InflightPermit,
 ) -> Result<Decoded, IngestError> {
     let limits = &inner.limits;
-    let mut batch = match compression {
-        Compression::Identity => decode::decode(signal, format, &body)?,
+    let (mut batch, raw) = match compression {
+        Compression::Identity => (decode::decode(signal, format, &body)?, body),
         Compression::Gzip => {
             let inflated = decode::inflate(&body, limits.max_decompressed_bytes)?;
             drop(body);
             if !permit.try_grow(inflated.len()) {
                 return Err(busy());
             }
-            decode::decode(signal, format, &inflated)?
+            (decode::decode(signal, format, &inflated)?, Bytes::from(inflated))
         }
     };
     let items = batch.item_count();
@@ -294,7 +300,12 @@ fn decode_and_validate(
             limits.max_items_per_request
         )));
     }
+    let containers = validate::containers(&batch);
     let rejections = validate::validate(&mut batch, limits);
+    // The protobuf bytes as received still decode to the batch when validation dropped
+    // nothing: the store can log them instead of encoding the batch again.
+    let unchanged = rejections.total() == 0 && validate::containers(&batch) == containers;
+    let encoded = (matches!(format, Format::Protobuf) && unchanged).then_some(raw);
     let (mut facts, mut prepared) = (None, None);
     match (&mut batch, &inner.taps) {
         (Batch::Traces(req), Taps { deriver: Some(_), .. }) => facts = Some(derive::extract(req)),
@@ -306,7 +317,7 @@ fn decode_and_validate(
         }
         _ => {}
     }
-    Ok(Decoded { batch, rejections, facts, prepared })
+    Ok(Decoded { batch, encoded, rejections, facts, prepared })
 }
 
 /// Encodes the `Export*ServiceResponse`; `partial_success` is set only when items were rejected.
@@ -493,6 +504,64 @@ mod tests {
             tokio::task::spawn_blocking(move || deriver.stop()).await.unwrap();
             // Stopping writes the last points: derived ones exist only for the acknowledged span.
             assert_eq!(store.metrics.lock().unwrap().len(), usize::from(ok), "ok = {ok}");
+        }
+    }
+
+    /// Takes every write, remembering each batch and the encoded bytes it came with, if any.
+    #[derive(Default)]
+    struct Logged(std::sync::Mutex<Vec<(Batch, Option<Bytes>)>>);
+
+    impl Writer for Logged {
+        fn write(&self, batch: Batch) -> obsbox_storage::WriteFuture {
+            self.0.lock().unwrap().push((batch, None));
+            Box::pin(async { Ok(obsbox_storage::WriteReceipt { seq: 0 }) })
+        }
+
+        fn write_encoded(&self, batch: Batch, encoded: Bytes) -> obsbox_storage::WriteFuture {
+            self.0.lock().unwrap().push((batch, Some(encoded)));
+            Box::pin(async { Ok(obsbox_storage::WriteReceipt { seq: 0 }) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bytes_as_received_reach_the_store_only_when_they_decode_to_the_batch() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        let one = ExportTraceServiceRequest::decode(one_span()).unwrap();
+        // One span with a short trace id, rejected: the rest is stored, encoded again.
+        let mut bad = one.clone();
+        bad.resource_spans[0].scope_spans[0].spans.push(Default::default());
+        // An empty scope group, which validation drops although it rejects no item.
+        let mut empty_group = one.clone();
+        empty_group
+            .resource_spans
+            .push(ResourceSpans { scope_spans: vec![ScopeSpans::default()], ..Default::default() });
+        let gzip = |b: &[u8]| {
+            use std::io::Write;
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(b).unwrap();
+            Bytes::from(z.finish().unwrap())
+        };
+        let json = Bytes::from(serde_json::to_vec(&one).unwrap());
+        let cases = [
+            ("protobuf", Format::Protobuf, Compression::Identity, one_span(), Some(one_span())),
+            ("gzip", Format::Protobuf, Compression::Gzip, gzip(&one_span()), Some(one_span())),
+            ("a rejected span", Format::Protobuf, Compression::Identity, bad.encode_to_vec().into(), None),
+            ("an empty group", Format::Protobuf, Compression::Identity, empty_group.encode_to_vec().into(), None),
+            ("JSON", Format::Json, Compression::Identity, json, None),
+        ];
+        for (what, format, compression, body, want) in cases {
+            let store = Arc::new(Logged::default());
+            let c = Collector::new(store.clone(), Limits::default(), &prometheus::Registry::new()).unwrap();
+            let permit = c.reserve(body.len()).unwrap();
+            c.export(Signal::Traces, Transport::Http, format, compression, body, permit).await.expect(what);
+            let writes = store.0.lock().unwrap();
+            let [(Batch::Traces(batch), encoded)] = &writes[..] else { panic!("{what}: one write of spans") };
+            assert_eq!(batch, &one, "{what}: the valid span is stored");
+            assert_eq!(encoded, &want, "{what}");
+            if let Some(e) = encoded {
+                assert_eq!(&ExportTraceServiceRequest::decode(e.clone()).unwrap(), batch, "{what}");
+            }
         }
     }
 

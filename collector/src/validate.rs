@@ -208,6 +208,21 @@ fn metrics(req: &mut ExportMetricsServiceRequest, limits: &Limits, rej: &mut Rej
     });
 }
 
+/// Resource groups, scope groups and (for metrics) metrics in `batch`. With no item rejected,
+/// [`validate`] changed the batch only if it dropped an empty one of these, which shows here.
+pub(crate) fn containers(batch: &Batch) -> usize {
+    match batch {
+        Batch::Traces(r) => {
+            r.resource_spans.len() + r.resource_spans.iter().map(|rs| rs.scope_spans.len()).sum::<usize>()
+        }
+        Batch::Logs(r) => r.resource_logs.len() + r.resource_logs.iter().map(|rl| rl.scope_logs.len()).sum::<usize>(),
+        Batch::Metrics(r) => {
+            let scopes = r.resource_metrics.iter().flat_map(|rm| &rm.scope_metrics);
+            r.resource_metrics.len() + scopes.map(|sm| 1 + sm.metrics.len()).sum::<usize>()
+        }
+    }
+}
+
 /// Counts the problem, if any; returns whether to keep the item.
 fn keep(problem: Option<Problem>, rej: &mut Rejections) -> bool {
     match problem {

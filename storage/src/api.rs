@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -112,6 +113,15 @@ pub type WriteFuture = BoxFuture<'static, Result<WriteReceipt, StoreError>>;
 pub trait Writer: Send + Sync + 'static {
     /// Appends one batch. See the trait documentation for the contract.
     fn write(&self, batch: Batch) -> WriteFuture;
+
+    /// [`Writer::write`], given also an `encoded` form of the batch: protobuf bytes that decode
+    /// to exactly `batch` (typically the request as received, when validation dropped nothing).
+    /// A store that logs encoded batches may log these bytes rather than encode the batch
+    /// again; the contract is that of `write`. The default ignores them.
+    fn write_encoded(&self, batch: Batch, encoded: Bytes) -> WriteFuture {
+        let _ = encoded;
+        self.write(batch)
+    }
 
     /// Whether a write of `signal` would be refused right now, whatever its size: the error
     /// [`Writer::write`] would resolve to (retryable), or `Ok`. Cheap and non-blocking, so a

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -508,15 +509,28 @@ impl Writer for DiskStore {
     }
 
     fn write(&self, batch: Batch) -> WriteFuture {
+        self.append(batch, None)
+    }
+
+    fn write_encoded(&self, batch: Batch, encoded: Bytes) -> WriteFuture {
+        self.append(batch, Some(encoded))
+    }
+}
+
+impl DiskStore {
+    /// [`Writer::write`]; the WAL logs `encoded` when given (it decodes to `batch`), so the
+    /// request as received is not encoded again.
+    fn append(&self, batch: Batch, encoded: Option<Bytes>) -> WriteFuture {
         let inner = &self.inner;
         let signal = batch.signal();
         if inner.closed.load(Ordering::SeqCst) {
             return Box::pin(futures::future::ready(Err(StoreError::Unavailable("store is shutting down".into()))));
         }
-        let bytes = match &batch {
-            Batch::Traces(r) => r.encoded_len(),
-            Batch::Logs(r) => r.encoded_len(),
-            Batch::Metrics(r) => r.encoded_len(),
+        let bytes = match (&encoded, &batch) {
+            (Some(e), _) => e.len(),
+            (None, Batch::Traces(r)) => r.encoded_len(),
+            (None, Batch::Logs(r)) => r.encoded_len(),
+            (None, Batch::Metrics(r)) => r.encoded_len(),
         } as u64;
         let items = batch.item_count() as u64;
         if let Err(e) = self.refusal(signal, items) {
@@ -547,10 +561,11 @@ impl Writer for DiskStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner2 = self.inner.clone();
         wal.append(
-            Box::new(move |buf| match &*for_wal {
-                Batch::Traces(r) => r.encode_raw(buf),
-                Batch::Logs(r) => r.encode_raw(buf),
-                Batch::Metrics(r) => r.encode_raw(buf),
+            Box::new(move |buf| match (encoded, &*for_wal) {
+                (Some(e), _) => buf.extend_from_slice(&e),
+                (None, Batch::Traces(r)) => r.encode_raw(buf),
+                (None, Batch::Logs(r)) => r.encode_raw(buf),
+                (None, Batch::Metrics(r)) => r.encode_raw(buf),
             }),
             Box::new(move |result| {
                 match &result {
@@ -1115,6 +1130,29 @@ mod tests {
         }
         let store = DiskStore::open(config(crashed.path())).unwrap();
         assert_eq!((trace_len(&store, 1), trace_len(&store, 2)), (200, 200));
+    }
+
+    #[test]
+    fn encoded_bytes_given_are_logged_as_they_are_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let batch = spans_at(3, now_ns());
+        let Batch::Traces(req) = &batch else { unreachable!() };
+        // An unknown field (99, varint 1) after the request: decoding skips it, so the bytes
+        // still decode to the batch, and finding them in the log shows they were not re-encoded.
+        let mut encoded = req.encode_to_vec();
+        encoded.extend_from_slice(&[0x98, 0x06, 0x01]);
+        {
+            let cfg = StoreConfig { commit_interval: Duration::from_secs(2), ..config(dir.path()) };
+            let store = DiskStore::open(cfg).unwrap();
+            futures::executor::block_on(store.write_encoded(batch, Bytes::from(encoded.clone()))).unwrap();
+            copy_dir(dir.path(), crashed.path());
+        }
+        let wal = std::fs::read_dir(crashed.path().join("wal/traces")).unwrap();
+        let logged = wal.map(|e| std::fs::read(e.unwrap().path()).unwrap());
+        assert!(logged.into_iter().any(|b| b.windows(encoded.len()).any(|w| w == encoded)), "the bytes as given");
+        let store = DiskStore::open(config(crashed.path())).unwrap();
+        assert_eq!(trace_len(&store, 3), 200, "replayed from them");
     }
 
     /// Copies a live store directory. Files the store deletes or renames meanwhile (merged

@@ -8,7 +8,7 @@
 //! u32 LE  payload length
 //! u32 LE  CRC32 over (seq bytes ++ payload)
 //! u64 LE  seq
-//! payload (an OTLP Export*ServiceRequest, protobuf)
+//! payload (an OTLP Export*ServiceRequest, protobuf; as received, when the store was given it)
 //! ```
 //!
 //! A dedicated thread owns the open file and does group commit: it takes every append waiting

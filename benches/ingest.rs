@@ -7,6 +7,7 @@
 //! cargo bench --bench ingest -- 20 4 spans 20000  # paced at 20k items/s in all (no saturation run)
 //! BENCH_SECS=30 BENCH_CLIENTS=4 BENCH_SIGNAL=logs BENCH_PACE=half cargo bench --bench ingest
 //! BENCH_INDEX_MEMORY_MIB=128 cargo bench --bench ingest -- 20 4 spans   # storage.index_memory_bytes
+//! BENCH_TRANSPORT=http cargo bench --bench ingest -- 20 4 spans    # OTLP/HTTP protobuf (or http-gzip)
 //! ```
 //!
 //! Paced runs measure ack latency below saturation (the brief's p99 is at half of the maximum
@@ -28,9 +29,10 @@
 //! 2. Baseline: prost decode of the same encoded requests on one thread ("the limit").
 //! 3. Starts obsbox (`Obsbox::start`, data dir in a tempdir, default store config: group-commit
 //!    fsync) on its own runtime and drives it with N clients, each a tonic client on its own
-//!    connection sending pre-encoded bytes, the next request as soon as the previous one is
-//!    acknowledged. RESOURCE_EXHAUSTED / UNAVAILABLE are counted as refusals (not ingested) and
-//!    retried after 50 ms.
+//!    connection sending pre-encoded bytes (or, with `BENCH_TRANSPORT=http|http-gzip`, an HTTP
+//!    client posting them to the OTLP/HTTP listener, gzipped per request or not), the next
+//!    request as soon as the previous one is acknowledged. RESOURCE_EXHAUSTED / UNAVAILABLE
+//!    (HTTP 429 / 503) are counted as refusals (not ingested) and retried after 50 ms.
 //! 4. Measures ack latency, RSS and CPU of the whole process (the clients are in it too),
 //!    per-thread CPU, time from ack to searchable (under load and after it), time until
 //!    everything is searchable (`StoreStats::pending_items` 0), bytes on disk per item and the
@@ -89,6 +91,16 @@ struct Args {
     clients: usize,
     signals: Vec<Signal>,
     pace: Option<Pace>,
+    transport: Transport,
+}
+
+/// How the clients send: OTLP/gRPC (the default), or OTLP/HTTP with protobuf bodies, gzipped
+/// by the client or not (`BENCH_TRANSPORT=grpc|http|http-gzip`).
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Grpc,
+    Http,
+    HttpGzip,
 }
 
 #[derive(Clone, Copy)]
@@ -128,8 +140,14 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             _ => anyhow::bail!("pace must be `half` or items per second, not {n:?}"),
         },
     };
+    let transport = match std::env::var("BENCH_TRANSPORT").as_deref().unwrap_or("grpc") {
+        "grpc" => Transport::Grpc,
+        "http" => Transport::Http,
+        "http-gzip" => Transport::HttpGzip,
+        other => anyhow::bail!("BENCH_TRANSPORT must be grpc, http or http-gzip, not {other:?}"),
+    };
     anyhow::ensure!(secs > 0 && clients > 0, "duration and clients must be positive");
-    Ok(Some(Args { secs, clients, signals, pace }))
+    Ok(Some(Args { secs, clients, signals, pace, transport }))
 }
 
 // Deterministic OTLP payloads, shared with benches/query.rs.
@@ -486,10 +504,50 @@ fn export_path(signal: Signal) -> http::uri::PathAndQuery {
     }
 }
 
-/// Exports one request; Ok(number of items the server rejected in partial success).
-async fn export(grpc: &mut tonic::client::Grpc<Channel>, signal: Signal, body: Bytes) -> Result<u64, tonic::Status> {
-    grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
-    let response = grpc.unary(tonic::Request::new(body), export_path(signal), RawCodec).await?.into_inner();
+/// A client's connection: a gRPC channel, or an HTTP/1.1 client of the OTLP/HTTP listener.
+enum Conn {
+    Grpc(tonic::client::Grpc<Channel>),
+    Http { client: reqwest::Client, base: String, gzip: bool },
+}
+
+/// Exports one request; Ok(number of items the server rejected in partial success). HTTP
+/// answers map to the gRPC codes they stand for (429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE), so
+/// refusals are counted and retried the same way over both transports.
+async fn export(conn: &mut Conn, signal: Signal, body: Bytes) -> Result<u64, tonic::Status> {
+    let response = match conn {
+        Conn::Grpc(grpc) => {
+            grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+            grpc.unary(tonic::Request::new(body), export_path(signal), RawCodec).await?.into_inner()
+        }
+        Conn::Http { client, base, gzip } => {
+            let path = match signal {
+                Signal::Logs => "logs",
+                Signal::Metrics => "metrics",
+                _ => "traces",
+            };
+            let mut request =
+                client.post(format!("{base}/v1/{path}")).header(http::header::CONTENT_TYPE, "application/x-protobuf");
+            let body = if *gzip {
+                request = request.header(http::header::CONTENT_ENCODING, "gzip");
+                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut z, &body).map_err(|e| tonic::Status::internal(e.to_string()))?;
+                Bytes::from(z.finish().map_err(|e| tonic::Status::internal(e.to_string()))?)
+            } else {
+                body
+            };
+            let answer = request.body(body).send().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let status = answer.status();
+            let bytes = answer.bytes().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            match status.as_u16() {
+                200 => bytes,
+                429 => return Err(tonic::Status::resource_exhausted("HTTP 429")),
+                503 => return Err(tonic::Status::unavailable("HTTP 503")),
+                code => {
+                    return Err(tonic::Status::internal(format!("HTTP {code}: {}", String::from_utf8_lossy(&bytes))));
+                }
+            }
+        }
+    };
     let rejected = match signal {
         Signal::Logs => ExportLogsServiceResponse::decode(response)
             .map_err(|e| tonic::Status::internal(format!("bad response: {e}")))?
@@ -507,15 +565,27 @@ async fn export(grpc: &mut tonic::client::Grpc<Channel>, signal: Signal, body: B
     Ok(rejected)
 }
 
-async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<tonic::client::Grpc<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+/// A connection of its own for one client: each HTTP client keeps one keep-alive connection.
+async fn connect(obsbox: &obsbox::Obsbox, transport: Transport) -> anyhow::Result<Conn> {
+    if transport == Transport::Grpc {
+        let addr = obsbox.otlp_grpc_addr().context("no OTLP/gRPC listener")?;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("connecting to the OTLP/gRPC listener")?;
+        return Ok(Conn::Grpc(tonic::client::Grpc::new(channel)));
+    }
+    let addr = obsbox.otlp_http_addr().context("no OTLP/HTTP listener")?;
+    let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .connect()
-        .await
-        .context("connecting to the OTLP/gRPC listener")?;
-    Ok(tonic::client::Grpc::new(channel))
+        .pool_max_idle_per_host(1)
+        .build()
+        .context("building the HTTP client")?;
+    Ok(Conn::Http { client, base: format!("http://{addr}"), gzip: transport == Transport::HttpGzip })
 }
 
 #[derive(Default)]
@@ -532,7 +602,7 @@ struct ClientOutcome {
 async fn run_client(
     c: usize,
     clients: usize,
-    mut grpc: tonic::client::Grpc<Channel>,
+    mut conn: Conn,
     pool: Arc<Pool>,
     deadline: Instant,
     acked: Arc<AtomicU64>,
@@ -560,7 +630,7 @@ async fn run_client(
             }
         }
         let started = due.unwrap_or_else(Instant::now);
-        match export(&mut grpc, pool.signal, body).await {
+        match export(&mut conn, pool.signal, body).await {
             Ok(rejected) => {
                 let ok = items - rejected.min(items);
                 out.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -590,7 +660,7 @@ async fn run_client(
 /// Sends one uniquely keyed request and polls the store until its first trace id is found.
 /// Returns (ack latency, delay from ack to searchable), or an error text.
 async fn probe(
-    grpc: &mut tonic::client::Grpc<Channel>,
+    conn: &mut Conn,
     pool: &Pool,
     store: Arc<obsbox::storage::DiskStore>,
     n: u64,
@@ -622,7 +692,7 @@ async fn probe(
     let items = batch.items;
     let sent = Instant::now();
     loop {
-        match export(grpc, signal, body.clone()).await {
+        match export(conn, signal, body.clone()).await {
             Ok(_) => break,
             Err(s) if matches!(s.code(), tonic::Code::ResourceExhausted | tonic::Code::Unavailable) => {
                 if sent.elapsed() > PROBE_TIMEOUT {
@@ -817,7 +887,12 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
         _ => ("spans", SPAN_POOL),
     };
     let paced = pace.map(|r| format!(", paced at {:.1}k {noun}/s", r / 1000.0)).unwrap_or_default();
-    println!("\n=== {} : {} clients, {} s{paced} ===", signal.as_str(), args.clients, args.secs);
+    let transport = match args.transport {
+        Transport::Grpc => "OTLP/gRPC",
+        Transport::Http => "OTLP/HTTP protobuf",
+        Transport::HttpGzip => "OTLP/HTTP protobuf, gzip (compressed by the clients, level 1)",
+    };
+    println!("\n=== {} : {} clients over {transport}, {} s{paced} ===", signal.as_str(), args.clients, args.secs);
 
     let generated = Instant::now();
     let pool = Arc::new(Pool::generate(signal, pool_size));
@@ -882,7 +957,6 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
     let start = Instant::now();
     let obsbox = server_rt.block_on(obsbox::Obsbox::start(config))?;
     let start_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let addr = obsbox.otlp_grpc_addr().expect("an OTLP listener");
     let store = obsbox.store().expect("a local store");
     std::thread::sleep(Duration::from_millis(500));
     let rss_idle = rss_bytes();
@@ -929,10 +1003,10 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
     let load = client_rt.block_on(async {
         let mut tasks = Vec::new();
         for c in 0..clients {
-            let grpc = connect(addr).await?;
-            tasks.push(tokio::spawn(run_client(c, clients, grpc, pool.clone(), deadline, acked.clone(), pace)));
+            let conn = connect(&obsbox, args.transport).await?;
+            tasks.push(tokio::spawn(run_client(c, clients, conn, pool.clone(), deadline, acked.clone(), pace)));
         }
-        let mut probe_grpc = connect(addr).await?;
+        let mut probe_conn = connect(&obsbox, args.transport).await?;
         let probe_task = tokio::spawn({
             let pool = pool.clone();
             let store = store.clone();
@@ -942,11 +1016,11 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
                 tokio::time::sleep(PROBE_EVERY).await;
                 while Instant::now() + PROBE_EVERY < deadline {
                     let t = Instant::now();
-                    results.push(probe(&mut probe_grpc, &pool, store.clone(), n).await);
+                    results.push(probe(&mut probe_conn, &pool, store.clone(), n).await);
                     n += 1;
                     tokio::time::sleep(PROBE_EVERY.saturating_sub(t.elapsed())).await;
                 }
-                (results, probe_grpc, n)
+                (results, probe_conn, n)
             }
         });
         let mut outcomes = Vec::new();
@@ -964,7 +1038,7 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
     let (rss_samples, per_second, mut threads_after) =
         sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     threads_after.extend(threads_now);
-    let (under_load, mut probe_grpc, mut probe_n) = probes;
+    let (under_load, mut probe_conn, mut probe_n) = probes;
 
     // Until everything acknowledged is searchable.
     let drain_start = Instant::now();
@@ -985,12 +1059,12 @@ fn run_signal(signal: Signal, args: &Args, pace: Option<f64>, rows: &mut Vec<Row
     let after_load: Vec<_> = client_rt.block_on(async {
         let mut v = Vec::new();
         for _ in 0..3 {
-            v.push(probe(&mut probe_grpc, &pool, store.clone(), probe_n).await);
+            v.push(probe(&mut probe_conn, &pool, store.clone(), probe_n).await);
             probe_n += 1;
         }
         v
     });
-    drop(probe_grpc);
+    drop(probe_conn);
 
     // Sizes, after a final commit.
     std::thread::sleep(Duration::from_secs(2));

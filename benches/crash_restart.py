@@ -4,8 +4,8 @@
 Starts target/release/obsbox on a fresh data dir, loads it over OTLP/HTTP with 4 senders of
 512-span protobuf requests (~500 B spans, 10 attributes, traces of 25 spans) for a while, kills
 it with SIGKILL while they still send, starts it again on the same dir and measures the time from
-exec until the OTLP/gRPC port accepts connections. Opening replays the write-ahead log records
-the index had not committed, so this is the cold start a crash leaves behind. The payload is
+exec until the OTLP/gRPC port accepts connections, and until `/readyz` answers 200, which it does
+once the write-ahead log records the index had not committed are replayed and visible. The payload is
 encoded by hand below (the fields are few), so the script needs nothing but Python 3.
 
 Usage: cargo build --release && python3 benches/crash_restart.py [load seconds] [runs]
@@ -91,7 +91,7 @@ def start(data_dir, log):
     while time.time() < started + 60:
         try:
             socket.create_connection(("127.0.0.1", GRPC), timeout=0.05).close()
-            return p, (time.time() - started) * 1000
+            return p, started, (time.time() - started) * 1000
         except OSError:
             time.sleep(0.002)
     p.kill()
@@ -126,7 +126,7 @@ def main():
     for run in range(runs):
         with tempfile.TemporaryDirectory() as d, open(os.path.join(d, "log"), "w+") as log:
             data = os.path.join(d, "data")
-            p, _ = start(data, log)
+            p, _, _ = start(data, log)
             stop, acked = threading.Event(), [0]
             threads = [threading.Thread(target=sender, args=(bodies, stop, acked)) for _ in range(4)]
             for t in threads:
@@ -139,7 +139,17 @@ def main():
                 t.join()
             log.seek(0, os.SEEK_END)
             mark = log.tell()
-            p, ms = start(data, log)
+            p, started, ms = start(data, log)
+            ready_ms = None
+            while ready_ms is None and time.time() < started + 60:
+                try:
+                    ui = http.client.HTTPConnection("127.0.0.1", UI, timeout=1)
+                    ui.request("GET", "/readyz")
+                    if ui.getresponse().status == 200:
+                        ready_ms = (time.time() - started) * 1000
+                except OSError:
+                    pass
+                time.sleep(0.005)
             time.sleep(0.5)
             p.terminate()
             p.wait()
@@ -148,8 +158,8 @@ def main():
                                  r"replayed write-ahead log records.*traces\D+(\d+)", log.read())
             records = next((g for g in replayed.groups() if g), "?") if replayed else "0"
             print(f"run {run}: {acked[0] / load_secs / 1000:.1f}k spans/s acknowledged over HTTP for {load_secs:.0f} s, "
-                  f"SIGKILL; restarted and accepting OTLP after {ms:.0f} ms, {records} WAL records "
-                  f"(requests of 512 spans) replayed")
+                  f"SIGKILL; restarted and accepting OTLP after {ms:.0f} ms, ready (the replay visible) after "
+                  f"{ready_ms or float('nan'):.0f} ms; {records} WAL records (requests of 512 spans) replayed")
 
 
 main()

@@ -154,10 +154,13 @@ impl Obsbox {
                     // by at most seal_interval (searchers ask the ingester for the rest).
                     storage_config.segment_max_age = storage_config.segment_max_age.min(config.cluster.seal_interval);
                 }
-                let store = tokio::task::spawn_blocking(move || DiskStore::open(storage_config))
-                    .await
-                    .context("store open task failed")?
-                    .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
+                // A crash's WAL records replay in the indexers: OTLP is taken at once, and
+                // `/readyz` waits until they are visible.
+                let store =
+                    tokio::task::spawn_blocking(move || DiskStore::open_replaying_in_background(storage_config))
+                        .await
+                        .context("store open task failed")?
+                        .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
                 Some(Arc::new(store))
             }
             false => None,
@@ -331,7 +334,18 @@ impl Obsbox {
             let s = signal(stop_rx.clone());
             async move { ui.serve(app, s).await.context("ui server") }
         })];
-        ready.store(true, Ordering::SeqCst);
+        match store.clone().filter(|s| s.replaying()) {
+            None => ready.store(true, Ordering::SeqCst),
+            Some(store) => {
+                let ready = ready.clone();
+                tokio::spawn(async move {
+                    while store.replaying() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    ready.store(true, Ordering::SeqCst);
+                });
+            }
+        }
         Ok(Obsbox {
             otlp_grpc_addr,
             otlp_http_addr,

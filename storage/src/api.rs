@@ -408,8 +408,9 @@ pub struct StoreStats {
     /// Bytes of indexes and stored data on disk, per signal.
     pub index_bytes: Vec<(Signal, u64)>,
     /// Items written and not yet visible to reads, per signal: queued for indexing, or (traces
-    /// and logs) indexed and waiting for the next commit. 0 means every item written so far is
-    /// visible.
+    /// and logs) indexed and waiting for the next commit, or WAL records a store opened with
+    /// replay in the background has yet to index (one each). 0 means every item written so far
+    /// is visible.
     pub pending_items: Vec<(Signal, u64)>,
     /// Number of immutable segments, per signal.
     pub segments: Vec<(Signal, u64)>,

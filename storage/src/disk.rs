@@ -72,6 +72,9 @@ enum Msg {
     Job(Job),
     /// Seal the active segment (flush the metrics head) now, between two batches, and answer.
     Seal(mpsc::SyncSender<Result<(), StoreError>>),
+    /// Index the WAL records an open left to replay ([`DiskStore::open_replaying_in_background`]),
+    /// ahead of every write: it is the first message, sent before the open returns.
+    Replay(Vec<WalRecord>),
 }
 
 /// Longest wait for an indexer to answer a seal request.
@@ -98,6 +101,8 @@ struct Inner {
     index_failed: [AtomicBool; 3],
     /// Highest seq replayed at open, where each indexer starts counting.
     replayed_through: [AtomicU64; 3],
+    /// WAL records an open left to the indexer to replay, until they are committed (visible).
+    unreplayed: [AtomicU64; 3],
     space: Arc<DiskSpace>,
     quarantine: Quarantine,
     closed: AtomicBool,
@@ -107,7 +112,8 @@ struct Inner {
 /// the fsync policy is [`crate::FsyncPolicy`].
 ///
 /// Opening replays the write-ahead logs into the indexes, so when [`DiskStore::open`] returns,
-/// every acknowledged record is visible. Dropping the store (or [`DiskStore::close`]) drains the
+/// every acknowledged record is visible; [`DiskStore::open_replaying_in_background`] returns
+/// first and leaves the replay to the indexers. Dropping the store (or [`DiskStore::close`]) drains the
 /// queues, commits and stops the threads.
 pub struct DiskStore {
     inner: Arc<Inner>,
@@ -142,6 +148,26 @@ impl DiskStore {
     /// Opens (creating) the store in `config.data_dir`, replays the write-ahead logs and starts
     /// the background threads.
     pub fn open(config: StoreConfig) -> Result<DiskStore, StoreError> {
+        Self::open_with(config, false)
+    }
+
+    /// [`DiskStore::open`], but the span and log records the write-ahead logs hold beyond the
+    /// last commit (what a crash left) are replayed by the indexer threads after the open has
+    /// returned, ahead of every new write. Writes are taken (and acknowledged once in the WAL)
+    /// from the start; the replayed records become visible with the indexer's first commit, as
+    /// any acknowledged write does, and [`DiskStore::replaying`] is true until then. A crash under
+    /// full load leaves 1-2 s of ingest to replay, which the open would otherwise wait for.
+    pub fn open_replaying_in_background(config: StoreConfig) -> Result<DiskStore, StoreError> {
+        Self::open_with(config, true)
+    }
+
+    /// Whether records replayed from the write-ahead logs are not all visible yet (only after
+    /// [`DiskStore::open_replaying_in_background`]).
+    pub fn replaying(&self) -> bool {
+        self.inner.unreplayed.iter().any(|n| n.load(Ordering::SeqCst) > 0)
+    }
+
+    fn open_with(config: StoreConfig, in_background: bool) -> Result<DiskStore, StoreError> {
         config.validate().map_err(StoreError::InvalidConfig)?;
         let root: PathBuf = config.data_dir.clone();
         std::fs::create_dir_all(&root)?;
@@ -197,24 +223,11 @@ impl DiskStore {
         // from the WAL once it can.
         let replayed = (span_replay.len(), log_replay.len(), metric_replay.len());
         let replay_index = |index: &SegmentedIndex, wal: &Wal, records: &[WalRecord], signal: Signal| {
-            let mut docs = Vec::new();
+            if in_background {
+                return (false, records.last().map_or(0, |r| r.seq));
+            }
             let result = (|| {
-                for r in records {
-                    match signal {
-                        Signal::Traces => {
-                            if let Some(req) = decode_record::<ExportTraceServiceRequest>(signal, r) {
-                                spans::documents(&span_fields, r.seq, req, &mut docs);
-                            }
-                        }
-                        _ => {
-                            if let Some(req) = decode_record::<ExportLogsServiceRequest>(signal, r) {
-                                logs::documents(&log_fields, req, &mut docs);
-                            }
-                        }
-                    }
-                    index.add_batch(&mut docs)?;
-                    index.advance(r.seq);
-                }
+                add_records(index, &span_fields, &log_fields, signal, records)?;
                 wal.truncate_through(index.commit()?)
             })();
             if let Err(e) = &result {
@@ -244,10 +257,15 @@ impl DiskStore {
                 traces = replayed.0,
                 logs = replayed.1,
                 metrics = replayed.2,
+                in_background,
                 "replayed write-ahead log records"
             );
         }
-        drop((span_replay, log_replay, metric_replay));
+        drop(metric_replay);
+        let to_replay = match in_background {
+            true => [span_replay, log_replay],
+            false => [Vec::new(), Vec::new()],
+        };
 
         let inner = Arc::new(Inner {
             wal_sizes: [span_wal.size(), log_wal.size(), metric_wal.size()],
@@ -265,12 +283,27 @@ impl DiskStore {
             index_rate: Default::default(),
             index_failed: [AtomicBool::new(span_state.0), AtomicBool::new(log_state.0), AtomicBool::new(false)],
             replayed_through: [AtomicU64::new(span_state.1), AtomicU64::new(log_state.1), AtomicU64::new(0)],
+            unreplayed: [
+                AtomicU64::new(to_replay[0].len() as u64),
+                AtomicU64::new(to_replay[1].len() as u64),
+                AtomicU64::new(0),
+            ],
             space,
             quarantine,
             closed: AtomicBool::new(false),
         });
         let store = DiskStore { inner, threads: Mutex::new(Vec::new()), stop: Arc::new(AtomicBool::new(false)) };
         store.start_threads()?;
+        if let Some(senders) = store.inner.senders.lock().as_ref() {
+            for (records, signal) in to_replay.into_iter().zip([Signal::Traces, Signal::Logs]) {
+                if !records.is_empty() {
+                    // The indexer is running; only a panic could have dropped its receiver.
+                    senders[idx(signal)]
+                        .send(Msg::Replay(records))
+                        .map_err(|_| StoreError::Index("indexer gone".into()))?;
+                }
+            }
+        }
         Ok(store)
     }
 
@@ -615,6 +648,8 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Msg>) {
     let mut failed = inner.index_failed[idx(signal)]
         .load(Ordering::SeqCst)
         .then(|| Failed { retry_at: Instant::now() + RECOVERY_BACKOFF.0, backoff: RECOVERY_BACKOFF.0 });
+    // Records of a `Msg::Replay` added but not yet committed.
+    let mut replayed = false;
     loop {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let msg = match rx.recv_timeout(timeout) {
@@ -635,6 +670,21 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Msg>) {
                     })
                 };
                 let _ = reply.send(result);
+                continue;
+            }
+            Ok(Msg::Replay(records)) => {
+                let index = if signal == Signal::Traces { &inner.spans } else { &inner.logs };
+                // A failed replay is rebuilt from the WAL through the last record, as a failed job is.
+                last_seq = last_seq.max(records.last().map_or(0, |r| r.seq));
+                if failed.is_none()
+                    && let Err(e) = add_records(index, &inner.span_fields, &inner.log_fields, signal, &records)
+                {
+                    tracing::error!(signal = signal.as_str(), error = %e, "replaying the write-ahead log failed");
+                    failed = Some(fail(inner, signal, &e));
+                }
+                // Commit at once: the records were acknowledged before the restart.
+                deadline = Instant::now();
+                replayed = true;
                 continue;
             }
             Err(e) => Err(e),
@@ -709,6 +759,11 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Msg>) {
                 _ => failed = Some(fail(inner, signal, &e)),
             }
         }
+        if replayed && failed.is_none() {
+            replayed = false;
+            inner.unreplayed[idx(signal)].store(0, Ordering::SeqCst);
+            tracing::info!(signal = signal.as_str(), "write-ahead log records replayed and visible");
+        }
         busy += started.elapsed();
         // Commits start every `interval` however long they take, which bounds the time from
         // ack to searchable by about interval + commit time + backlog.
@@ -750,25 +805,37 @@ fn recover(inner: &Inner, signal: Signal, last_seq: u64) -> Result<usize, StoreE
         return Err(StoreError::Unavailable("store is closing".into()));
     };
     let records = wal.read_range(committed, last_seq)?;
+    add_records(index, &inner.span_fields, &inner.log_fields, signal, &records)?;
+    commit(inner, signal)?;
+    Ok(records.len())
+}
+
+/// Adds WAL records of spans or logs to `index`, each as one batch, in order.
+fn add_records(
+    index: &SegmentedIndex,
+    span_fields: &SpanFields,
+    log_fields: &LogFields,
+    signal: Signal,
+    records: &[WalRecord],
+) -> Result<(), StoreError> {
     let mut docs = Vec::new();
-    for r in &records {
+    for r in records {
         match signal {
             Signal::Traces => {
                 if let Some(req) = decode_record::<ExportTraceServiceRequest>(signal, r) {
-                    spans::documents(&inner.span_fields, r.seq, req, &mut docs);
+                    spans::documents(span_fields, r.seq, req, &mut docs);
                 }
             }
             _ => {
                 if let Some(req) = decode_record::<ExportLogsServiceRequest>(signal, r) {
-                    logs::documents(&inner.log_fields, req, &mut docs);
+                    logs::documents(log_fields, req, &mut docs);
                 }
             }
         }
         index.add_batch(&mut docs)?;
         index.advance(r.seq);
     }
-    commit(inner, signal)?;
-    Ok(records.len())
+    Ok(())
 }
 
 fn index_job(
@@ -1007,7 +1074,9 @@ impl Reader for DiskStore {
             // is in its segment, so read in this order it is counted at least once until visible.
             pending_items: Signal::ALL
                 .iter()
-                .map(|s| (*s, i.pending_items[idx(*s)].load(Ordering::SeqCst)))
+                .map(|s| {
+                    (*s, i.pending_items[idx(*s)].load(Ordering::SeqCst) + i.unreplayed[idx(*s)].load(Ordering::SeqCst))
+                })
                 .map(|(s, queued)| {
                     let uncommitted = match s {
                         Signal::Traces => i.spans.uncommitted_docs(),
@@ -1153,6 +1222,40 @@ mod tests {
         assert!(logged.into_iter().any(|b| b.windows(encoded.len()).any(|w| w == encoded)), "the bytes as given");
         let store = DiskStore::open(config(crashed.path())).unwrap();
         assert_eq!(trace_len(&store, 3), 200, "replayed from them");
+    }
+
+    #[test]
+    fn an_open_replaying_in_background_takes_writes_at_once_and_shows_the_replayed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        {
+            let cfg = StoreConfig { commit_interval: Duration::from_secs(2), ..config(dir.path()) };
+            let store = DiskStore::open(cfg).unwrap();
+            for trace in 1..=20 {
+                futures::executor::block_on(store.write(spans_at(trace, now_ns()))).unwrap();
+            }
+            // A crash: 20 acknowledged requests only in the WAL.
+            copy_dir(dir.path(), crashed.path());
+        }
+        let store = DiskStore::open_replaying_in_background(config(crashed.path())).unwrap();
+        let pending = |s: &DiskStore| s.stats().pending_items.iter().map(|(_, n)| n).sum::<u64>();
+        // The first write is taken before the replay is visible, or while it is indexed.
+        let receipt = futures::executor::block_on(store.write(spans_at(21, now_ns()))).unwrap();
+        assert!(receipt.seq > 20, "numbered after the replayed records: {}", receipt.seq);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.replaying() || pending(&store) > 0 {
+            assert!(Instant::now() < deadline, "replay not visible within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for trace in 1..=21 {
+            assert_eq!(trace_len(&store, trace), 200, "trace {trace}");
+        }
+        // A second crash now replays nothing twice: the replay was committed and the WAL cut.
+        let again = tempfile::tempdir().unwrap();
+        copy_dir(crashed.path(), again.path());
+        drop(store);
+        let store = DiskStore::open(config(again.path())).unwrap();
+        assert_eq!(trace_len(&store, 1), 200, "each span once");
     }
 
     /// Copies a live store directory. Files the store deletes or renames meanwhile (merged

@@ -154,9 +154,9 @@ def main():
             p.terminate()
             p.wait()
             log.seek(mark)
-            replayed = re.search(r"traces\D+(\d+).*replayed write-ahead log records|"
-                                 r"replayed write-ahead log records.*traces\D+(\d+)", log.read())
-            records = next((g for g in replayed.groups() if g), "?") if replayed else "0"
+            line = next((l for l in log.read().splitlines() if "write-ahead log records" in l), "")
+            replayed = re.search(r"traces\D{0,3}(\d+)", line)
+            records = replayed.group(1) if replayed else "0"
             print(f"run {run}: {acked[0] / load_secs / 1000:.1f}k spans/s acknowledged over HTTP for {load_secs:.0f} s, "
                   f"SIGKILL; restarted and accepting OTLP after {ms:.0f} ms, ready (the replay visible) after "
                   f"{ready_ms or float('nan'):.0f} ms; {records} WAL records (requests of 512 spans) replayed")

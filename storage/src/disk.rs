@@ -253,13 +253,11 @@ impl DiskStore {
             }
         }
         if replayed != (0, 0, 0) {
-            tracing::info!(
-                traces = replayed.0,
-                logs = replayed.1,
-                metrics = replayed.2,
-                in_background,
-                "replayed write-ahead log records"
-            );
+            let (traces, logs, metrics) = replayed;
+            match in_background {
+                true => tracing::info!(traces, logs, metrics, "write-ahead log records to replay (metrics replayed)"),
+                false => tracing::info!(traces, logs, metrics, "replayed write-ahead log records"),
+            }
         }
         drop(metric_replay);
         let to_replay = match in_background {

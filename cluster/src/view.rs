@@ -115,6 +115,8 @@ pub struct Heartbeat {
     metastore: Metastore,
     node: NodeInfo,
     task: JoinHandle<()>,
+    /// Ends the beating between two beats, never during one (see [`Heartbeat::stop`]).
+    quit: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Heartbeat {
@@ -123,23 +125,45 @@ impl Heartbeat {
     /// ([`Metastore::live_nodes`] with `max_age` = 3 × `interval`, say).
     pub fn start(metastore: Metastore, node: NodeInfo, interval: Duration) -> Self {
         let (m, n) = (metastore.clone(), node.clone());
+        let (quit, mut quitting) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut quitting => return,
+                }
                 if let Err(error) = m.heartbeat(&n).await {
                     warn!(%error, node_id = %n.node_id, "cannot write the node heartbeat");
                 }
             }
         });
-        Heartbeat { metastore, node, task }
+        Heartbeat { metastore, node, task, quit: Some(quit) }
     }
 
     /// Stops beating and deletes the heartbeat, so other nodes stop using this one at once.
-    pub async fn stop(self) -> Result<()> {
-        self.task.abort();
-        self.metastore.remove_node(&self.node.role, &self.node.node_id).await
+    ///
+    /// A beat under way is finished first: aborted instead, its write could already be on its
+    /// way to the object store and land after the delete, leaving the node listed as live until
+    /// the heartbeat ages out. The delete is tried a few times, since the object store may be
+    /// briefly unavailable (a node restarting).
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(quit) = self.quit.take() {
+            let _ = quit.send(());
+        }
+        let _ = (&mut self.task).await;
+        let mut attempt = 0;
+        loop {
+            match self.metastore.remove_node(&self.node.role, &self.node.node_id).await {
+                Err(e) if attempt < 3 => {
+                    warn!(error = %e, node_id = %self.node.node_id, "cannot delete the node heartbeat; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                result => return result,
+            }
+        }
     }
 }
 
@@ -195,6 +219,96 @@ mod tests {
         m.register(&entry(3000, 3)).await.unwrap();
         assert_eq!(view.refresh_now().await.unwrap().entries.len(), 3);
         assert_eq!(view.snapshot().entries.len(), 3);
+    }
+
+    /// An object store whose writes land `delay` after they are made, whether or not the caller
+    /// still waits for them: a request already on its way.
+    #[derive(Debug)]
+    struct LateWrites {
+        inner: Arc<InMemory>,
+        delay: Duration,
+    }
+
+    impl std::fmt::Display for LateWrites {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "LateWrites({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for LateWrites {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            let (inner, location, delay) = (self.inner.clone(), location.clone(), self.delay);
+            let write = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                inner.put_opts(&location, payload, opts).await
+            });
+            write.await.expect("write task")
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_heartbeat_stays_deleted_when_a_beat_was_under_way() {
+        let inner = Arc::new(InMemory::new());
+        let m = Metastore::new(Arc::new(LateWrites { inner, delay: Duration::from_millis(200) }), "p");
+        let node = NodeInfo { node_id: "ing-1".into(), role: "ingester".into(), url: "http://x".into(), updated_ms: 0 };
+        // The first beat starts at once and is still on its way when the heartbeat stops.
+        let hb = Heartbeat::start(m.clone(), node, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        hb.stop().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(m.live_nodes("ingester", Duration::from_secs(60)).await.unwrap().is_empty(), "listed after its stop");
     }
 
     #[tokio::test]

@@ -121,6 +121,17 @@ pub struct DiskStore {
     stop: Arc<AtomicBool>,
 }
 
+impl Inner {
+    /// The tantivy index of spans or logs; metrics have none.
+    fn text_index(&self, signal: Signal) -> Option<&SegmentedIndex> {
+        match signal {
+            Signal::Traces => Some(&self.spans),
+            Signal::Logs => Some(&self.logs),
+            Signal::Metrics => None,
+        }
+    }
+}
+
 fn idx(signal: Signal) -> usize {
     match signal {
         Signal::Traces => 0,
@@ -671,10 +682,10 @@ fn indexer_loop(inner: &Inner, signal: Signal, rx: mpsc::Receiver<Msg>) {
                 continue;
             }
             Ok(Msg::Replay(records)) => {
-                let index = if signal == Signal::Traces { &inner.spans } else { &inner.logs };
                 // A failed replay is rebuilt from the WAL through the last record, as a failed job is.
                 last_seq = last_seq.max(records.last().map_or(0, |r| r.seq));
                 if failed.is_none()
+                    && let Some(index) = inner.text_index(signal)
                     && let Err(e) = add_records(index, &inner.span_fields, &inner.log_fields, signal, &records)
                 {
                     tracing::error!(signal = signal.as_str(), error = %e, "replaying the write-ahead log failed");
@@ -792,10 +803,8 @@ fn fail(inner: &Inner, signal: Signal, e: &StoreError) -> Failed {
 /// records after that commit (up to `last_seq`, the last one the indexer took) added again,
 /// then a commit. Returns the number of records added.
 fn recover(inner: &Inner, signal: Signal, last_seq: u64) -> Result<usize, StoreError> {
-    let index = match signal {
-        Signal::Traces => &inner.spans,
-        Signal::Logs => &inner.logs,
-        Signal::Metrics => return Ok(0),
+    let Some(index) = inner.text_index(signal) else {
+        return Ok(0);
     };
     let committed = index.reset()?;
     let Some(wal) = inner.wals[idx(signal)].lock().clone() else {
@@ -872,9 +881,8 @@ enum SealError {
 /// WAL through what is committed. Runs on the signal's indexer thread, between two batches, so a
 /// batch is never split over two segments.
 fn seal(inner: &Inner, signal: Signal) -> Result<(), SealError> {
-    let seq = match signal {
-        Signal::Traces | Signal::Logs => {
-            let index = if signal == Signal::Traces { &inner.spans } else { &inner.logs };
+    let seq = match inner.text_index(signal) {
+        Some(index) => {
             index.commit().map_err(SealError::Commit)?;
             index.seal().map_err(|e| {
                 if is_disk_full_error(&e) {
@@ -884,7 +892,7 @@ fn seal(inner: &Inner, signal: Signal) -> Result<(), SealError> {
             })?;
             index.committed_seq()
         }
-        Signal::Metrics => {
+        None => {
             inner.metrics.flush().map_err(SealError::Seal)?;
             inner.metrics.committed_seq()
         }
@@ -902,9 +910,8 @@ fn seal(inner: &Inner, signal: Signal) -> Result<(), SealError> {
 /// a failed seal (no room for the new segment or the metastore) leaves the active segment as
 /// it was and is retried at the next commit.
 fn commit(inner: &Inner, signal: Signal) -> Result<(), StoreError> {
-    let seq = match signal {
-        Signal::Traces | Signal::Logs => {
-            let index = if signal == Signal::Traces { &inner.spans } else { &inner.logs };
+    let seq = match inner.text_index(signal) {
+        Some(index) => {
             let s = index.commit()?;
             if let Err(e) = index.seal_if_due() {
                 if is_disk_full_error(&e) {
@@ -914,7 +921,7 @@ fn commit(inner: &Inner, signal: Signal) -> Result<(), StoreError> {
             }
             s
         }
-        Signal::Metrics => {
+        None => {
             inner.metrics.flush()?;
             inner.metrics.committed_seq()
         }

@@ -1752,6 +1752,44 @@ mod tests {
         }
     }
 
+    /// Stored reads take the kept fast-field values through the point-reads mapping
+    /// (`read_advice`), which must give the values of the segment's own columns, in the active
+    /// segment and after a reopen.
+    #[test]
+    fn point_reads_give_the_fast_field_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<Vec<u8>> = (0..4u8).map(|t| vec![t + 1; 16]).collect();
+        {
+            let store = DiskStore::open(config(dir.path())).unwrap();
+            for _ in 0..2 {
+                let (spans, records) = traced_batches(&ids, 50, 50);
+                futures::executor::block_on(store.write(spans)).unwrap();
+                futures::executor::block_on(store.write(records)).unwrap();
+                wait_taken(&store);
+                store.inner.spans.commit().unwrap();
+                store.inner.logs.commit().unwrap();
+            }
+            for index in [&store.inner.spans, &store.inner.logs] {
+                assert!(index.snapshot().point_reads_match_the_columns() >= 1);
+            }
+            // Stored reads went through the point-read columns, held for live segments only.
+            assert_eq!(store.trace(&ids[1]).unwrap().len(), 2 * 50);
+            let query =
+                LogQuery { predicate: LogPredicate::TraceId(ids[1].clone()), time: TimeRange::ALL, limit: 1000 };
+            assert_eq!(store.find_logs(&query).unwrap().len(), 2 * 50);
+            for index in [&store.inner.spans, &store.inner.logs] {
+                let (held, all_live) = index.snapshot().point_columns_held();
+                assert!(held >= 1 && all_live, "{held} held");
+            }
+            store.close();
+        }
+        let store = DiskStore::open(config(dir.path())).unwrap();
+        for index in [&store.inner.spans, &store.inner.logs] {
+            assert!(index.snapshot().point_reads_match_the_columns() >= 1);
+        }
+        assert_eq!(store.trace(&ids[0]).unwrap().len(), 2 * 50);
+    }
+
     /// Trace lookups skip the tantivy segments whose trace filter rules the trace out, and never
     /// one that holds it: every span and record comes back, sealed segment or active.
     #[test]

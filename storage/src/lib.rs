@@ -10,6 +10,10 @@
 //! - `segments`: a signal's index as a list of tantivy segments (one active, the rest sealed and
 //!   immutable) recorded in a small metastore, with retention by age and size.
 //! - `spans` / `logs`: the tantivy schemas and queries of spans and log records.
+//! - `read_advice`: the tantivy directory wrapper that makes point reads (docstore blocks, a
+//!   few fast-field values) read what they need and not the device's readahead window around
+//!   it, while scans keep that readahead (cold trace by id on disks with a large
+//!   `read_ahead_kb`).
 //! - `queued`: a request's documents handed to tantivy as one batch (so they land in one
 //!   tantivy segment), with a cap on the documents queued to its indexing threads.
 //! - `trace_filter`: [`TraceFilter`], the Bloom filter of a segment's trace ids, which trace
@@ -50,6 +54,7 @@ pub(crate) mod metrics;
 pub mod prometheus;
 mod quarantine;
 mod queued;
+mod read_advice;
 mod reads;
 mod segment_set;
 mod segments;

@@ -472,7 +472,7 @@ fn stored_items(
             let alive = reader.alive_bitset();
             let live = (0..reader.max_doc()).filter(|d| !alive.is_some_and(|a| a.is_deleted(*d)));
             let addrs: Vec<tantivy::DocAddress> = live.map(|d| tantivy::DocAddress::new(ord as u32, d)).collect();
-            let stored = layout.stored(std::slice::from_ref(&searcher), addrs.iter().map(|a| (0, *a)), None)?;
+            let stored = layout.stored(std::slice::from_ref(&searcher), None, addrs.iter().map(|a| (0, *a)), None)?;
             for (s, addr) in stored.into_iter().zip(&addrs) {
                 let ord = order.as_ref().and_then(|c| c.first(addr.doc_id)).unwrap_or(0);
                 out.push(Ok((s, ord)));

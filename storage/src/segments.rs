@@ -48,6 +48,7 @@ use crate::api::{Signal, TimeRange};
 use crate::format;
 use crate::quarantine::Quarantine;
 use crate::queued::{InFlight, QueuedDoc};
+use crate::read_advice::{self, ReadAdvice};
 use crate::trace_filter::TraceFilter;
 use crate::wal::sync_dir;
 
@@ -109,6 +110,37 @@ struct CommitPayload {
 pub(crate) struct Segment {
     entry: SegmentEntry,
     reader: IndexReader,
+    /// Kept columns of its tantivy segments opened for point reads.
+    points: Arc<PointColumns>,
+}
+
+/// The kept u64 columns of tantivy segments read through their point-reads mapping
+/// ([`point_read_columns`]), each opened once and held while the segment is searched: opening
+/// maps the file and reads its column directory, which a read of a few documents would
+/// otherwise pay every time.
+#[derive(Default)]
+pub(crate) struct PointColumns(Mutex<HashMap<SegmentId, KeptU64s>>);
+
+/// A tantivy segment's kept u64 columns, in the layout's order (`None`: no column).
+type KeptU64s = Arc<Vec<Option<Column<u64>>>>;
+
+impl PointColumns {
+    /// The columns `fields` of `segment` in `searcher`; None as [`point_read_columns`].
+    fn get(&self, searcher: &Searcher, segment: SegmentId, fields: &[&str]) -> Option<KeptU64s> {
+        let mut open = self.0.lock();
+        if let Some(c) = open.get(&segment) {
+            return Some(c.clone());
+        }
+        let columns = Arc::new(point_read_columns(searcher, segment, fields)?);
+        open.insert(segment, columns.clone());
+        Some(columns)
+    }
+
+    /// Drops the columns of tantivy segments not in `live` (merged away), so that their
+    /// deleted files are unmapped.
+    fn retain(&self, live: &HashSet<SegmentId>) {
+        self.0.lock().retain(|id, _| live.contains(id));
+    }
 }
 
 /// What reads need to know about the segments of one signal, shared by every snapshot.
@@ -207,14 +239,17 @@ impl Layout {
 
     /// The stored documents of `hits` (index into `searchers`, address), in that order.
     /// `known_bytes`: the kept bytes value of every hit when the query pinned it (a trace id
-    /// query), which spares opening that column's dictionary.
+    /// query), which spares opening that column's dictionary. `points`: for a read of a few
+    /// documents per segment, the point-read columns of each searcher's segment (parallel to
+    /// `searchers`); None for reads of whole segments, which take the columns as scans do.
     pub fn stored(
         &self,
         searchers: &[Searcher],
+        points: Option<&[Arc<PointColumns>]>,
         hits: impl Iterator<Item = (usize, DocAddress)>,
         known_bytes: Option<&[u8]>,
     ) -> Result<Vec<Stored>, StoreError> {
-        let mut kept = KeptColumns::new(self, known_bytes);
+        let mut kept = KeptColumns::new(self, known_bytes, points);
         hits.map(|(i, addr)| {
             let doc: TantivyDocument = searchers[i].doc(addr)?;
             let data = doc
@@ -254,7 +289,7 @@ type KeptValues = ([Option<u64>; MAX_KEPT], Option<Vec<u8>>);
 
 /// The kept fast-field columns of one segment.
 struct SegmentColumns {
-    u64s: Vec<Option<Column<u64>>>,
+    u64s: KeptU64s,
     bytes: Option<BytesColumn>,
     /// The bytes values read so far, by dictionary ordinal: the spans of one trace share one,
     /// so a read of a few traces looks each trace id up in the dictionary once per segment.
@@ -265,12 +300,13 @@ struct SegmentColumns {
 struct KeptColumns<'a> {
     layout: &'a Layout,
     known_bytes: Option<&'a [u8]>,
+    points: Option<&'a [Arc<PointColumns>]>,
     open: HashMap<(usize, u32), SegmentColumns>,
 }
 
 impl<'a> KeptColumns<'a> {
-    fn new(layout: &'a Layout, known_bytes: Option<&'a [u8]>) -> Self {
-        KeptColumns { layout, known_bytes, open: HashMap::new() }
+    fn new(layout: &'a Layout, known_bytes: Option<&'a [u8]>, points: Option<&'a [Arc<PointColumns>]>) -> Self {
+        KeptColumns { layout, known_bytes, points, open: HashMap::new() }
     }
 
     /// The kept values of document `addr` of `searcher` (the `i`-th searcher of the read): the
@@ -283,9 +319,16 @@ impl<'a> KeptColumns<'a> {
         let cols = match self.open.entry((i, addr.segment_ord)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let fast = searcher.segment_reader(addr.segment_ord).fast_fields();
-                // A segment where no document has a value of a field has no column for it.
-                let u64s = self.layout.kept.iter().map(|f| fast.column_opt::<u64>(f)).collect::<Result<_, _>>()?;
+                let reader = searcher.segment_reader(addr.segment_ord);
+                let fast = reader.fast_fields();
+                let points = self.points.and_then(|p| p[i].get(searcher, reader.segment_id(), self.layout.kept));
+                let u64s = match points {
+                    Some(columns) => columns,
+                    // A segment where no document has a value of a field has no column for it.
+                    None => {
+                        Arc::new(self.layout.kept.iter().map(|f| fast.column_opt::<u64>(f)).collect::<Result<_, _>>()?)
+                    }
+                };
                 let bytes = match (self.layout.kept_bytes, self.known_bytes) {
                     (Some(f), None) => fast.bytes(f)?,
                     _ => None,
@@ -312,6 +355,26 @@ impl<'a> KeptColumns<'a> {
         }
         Ok((out, bytes))
     }
+}
+
+/// The u64 columns `fields` of tantivy segment `segment`, read from its fast-field file mapped
+/// for point reads (`read_advice`): a stored read takes a few documents' values, and through
+/// the scans' mapping each would read the device's readahead window around it. None when the
+/// index's directory has no such mapping (then the caller reads the segment's own columns).
+fn point_read_columns(searcher: &Searcher, segment: SegmentId, fields: &[&str]) -> Option<Vec<Option<Column<u64>>>> {
+    let name = read_advice::point_reads(&format!("{}.fast", segment.uuid_string()));
+    let file = tantivy::Directory::open_read(searcher.index().directory(), &name).ok()?;
+    let columnar = tantivy::columnar::ColumnarReader::open(file).ok()?;
+    fields
+        .iter()
+        .map(|f| {
+            let handles = columnar.read_columns(f).ok()?;
+            match handles.into_iter().find(|h| h.column_type() == tantivy::columnar::ColumnType::U64) {
+                Some(h) => Some(h.open().ok()?.into()),
+                None => Some(None),
+            }
+        })
+        .collect()
 }
 
 /// A query that matches only documents of one trace, searched only in the tantivy segments whose
@@ -397,6 +460,46 @@ pub(crate) struct Snapshot {
 
 #[cfg(test)]
 impl Snapshot {
+    /// The tantivy segments whose point-read columns are held, over all segments, and whether
+    /// each is among the live ones.
+    pub fn point_columns_held(&self) -> (usize, bool) {
+        let (mut held, mut all_live) = (0, true);
+        for s in self.segments.iter() {
+            let live: HashSet<SegmentId> =
+                s.reader.searcher().segment_readers().iter().map(|r| r.segment_id()).collect();
+            let open = s.points.0.lock();
+            held += open.len();
+            all_live &= open.keys().all(|id| live.contains(id));
+        }
+        (held, all_live)
+    }
+
+    /// Checks that every tantivy segment's kept columns read through the point-reads mapping
+    /// (`point_read_columns`) hold the values of the segment's own columns, and returns how
+    /// many tantivy segments it checked.
+    pub fn point_reads_match_the_columns(&self) -> usize {
+        let mut checked = 0;
+        for s in self.segments.iter() {
+            let searcher = s.reader.searcher();
+            for r in searcher.segment_readers() {
+                let points = point_read_columns(&searcher, r.segment_id(), self.layout.kept)
+                    .expect("the directory maps point reads");
+                assert_eq!(points.len(), self.layout.kept.len());
+                for (field, column) in self.layout.kept.iter().zip(points) {
+                    let own = r.fast_fields().column_opt::<u64>(field).unwrap();
+                    assert_eq!(column.is_some(), own.is_some(), "{field}");
+                    if let (Some(column), Some(own)) = (column, own) {
+                        for doc in 0..r.max_doc() {
+                            assert_eq!(column.first(doc), own.first(doc), "{field} of document {doc}");
+                        }
+                    }
+                }
+                checked += 1;
+            }
+        }
+        checked
+    }
+
     /// How many tantivy segments hold a document of `trace_id`.
     pub fn tantivy_segments_holding(&self, trace_id: &[u8]) -> usize {
         let field = self.layout.trace_field.expect("a signal with trace ids");
@@ -431,6 +534,9 @@ struct Active {
     /// Progress including uncommitted documents.
     pending: CommitPayload,
     committed: CommitPayload,
+    /// Point-read columns of its tantivy segments, kept from one published snapshot to the
+    /// next and pruned to the live segments at each.
+    points: Arc<PointColumns>,
 }
 
 /// A signal's segmented index. Writer methods (`add`, `commit`, `seal_if_due`) are meant for one
@@ -690,7 +796,10 @@ impl SegmentedIndex {
         fs::create_dir_all(&path)?;
         let mmap = tantivy::directory::MmapDirectory::open(&path)
             .map_err(|e| OpenFailure { error: StoreError::Index(e.to_string()), damaged: false })?;
-        let index = Index::builder().schema(schema.clone()).settings(settings(signal)).open_or_create(mmap)?;
+        let index = Index::builder().schema(schema.clone()).settings(settings(signal)).open_or_create(
+            ReadAdvice::new(mmap, &path)
+                .map_err(|e| OpenFailure { error: StoreError::Index(e.to_string()), damaged: false })?,
+        )?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let committed = read_payload(&index, &path)?;
         let writer = match index.writer_with_num_threads(2, opts.memory_bytes) {
@@ -705,11 +814,14 @@ impl SegmentedIndex {
             }
         };
         let pending = CommitPayload { ..committed };
-        Ok(Active { id, index, writer, reader, created: Instant::now(), pending, committed })
+        let points = Arc::default();
+        Ok(Active { id, index, writer, reader, created: Instant::now(), pending, committed, points })
     }
 
     /// Publishes a new reader snapshot: `sealed` plus the active segment.
     fn publish(&self, active: &Active, sealed: Vec<Arc<Segment>>) {
+        let live = active.reader.searcher().segment_readers().iter().map(|r| r.segment_id()).collect();
+        active.points.retain(&live);
         let mut all = sealed;
         all.push(Arc::new(Segment {
             entry: SegmentEntry {
@@ -722,6 +834,7 @@ impl SegmentedIndex {
                 bytes: 0,
             },
             reader: active.reader.clone(),
+            points: active.points.clone(),
         }));
         *self.view.write() = Arc::new(all);
     }
@@ -891,7 +1004,11 @@ impl SegmentedIndex {
         let reader = old.reader.clone();
         drop(old.writer); // waits for merges of the sealed segment
         let mut sealed = self.sealed_snapshot();
-        sealed.push(Arc::new(Segment { entry: SegmentEntry { bytes: dir_bytes(&path), ..entry }, reader }));
+        sealed.push(Arc::new(Segment {
+            entry: SegmentEntry { bytes: dir_bytes(&path), ..entry },
+            reader,
+            points: Default::default(),
+        }));
         self.publish(&a, sealed);
         tracing::debug!(signal = self.signal.as_str(), "sealed segment");
         Ok(())
@@ -1091,12 +1208,19 @@ impl Snapshot {
         Box::new(TraceFiltered { inner: query, trace_id: trace_id.to_vec(), layout: self.layout.clone() })
     }
 
+    /// The segments with documents overlapping `time`.
+    fn overlapping(&self, time: TimeRange) -> impl Iterator<Item = &Arc<Segment>> {
+        self.segments.iter().filter(move |s| s.entry.docs > 0 && time.overlaps(s.entry.min_time, s.entry.max_time))
+    }
+
     fn searchers(&self, time: TimeRange) -> Vec<Searcher> {
-        self.segments
-            .iter()
-            .filter(|s| s.entry.docs > 0 && time.overlaps(s.entry.min_time, s.entry.max_time))
-            .map(|s| s.reader.searcher())
-            .collect()
+        self.overlapping(time).map(|s| s.reader.searcher()).collect()
+    }
+
+    /// [`Snapshot::searchers`] and the point-read columns of their segments, for reads of
+    /// stored documents.
+    fn searchers_for_reads(&self, time: TimeRange) -> (Vec<Searcher>, Vec<Arc<PointColumns>>) {
+        self.overlapping(time).map(|s| (s.reader.searcher(), s.points.clone())).unzip()
     }
 
     fn with_time(&self, query: Box<dyn Query>, time: TimeRange) -> Result<Box<dyn Query>, StoreError> {
@@ -1123,7 +1247,7 @@ impl Snapshot {
         }
         let query = self.with_time(query, time)?;
         let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
-        let searchers = self.searchers(time);
+        let (searchers, points) = self.searchers_for_reads(time);
         for (i, s) in searchers.iter().enumerate() {
             let top = s.search(
                 &*query,
@@ -1133,7 +1257,7 @@ impl Snapshot {
         }
         hits.sort_by_key(|h| std::cmp::Reverse(h.0));
         hits.truncate(limit);
-        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)), None)
+        self.layout.stored(&searchers, Some(&points), hits.into_iter().map(|(_, i, a)| (i, a)), None)
     }
 
     /// Stored data of every matching document, ordered by the u64 fast field `order_field`.
@@ -1145,7 +1269,7 @@ impl Snapshot {
         known_bytes: Option<&[u8]>,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut hits: Vec<(u64, usize, DocAddress)> = Vec::new();
-        let searchers = self.searchers(TimeRange::ALL);
+        let (searchers, points) = self.searchers_for_reads(TimeRange::ALL);
         for (i, s) in searchers.iter().enumerate() {
             let mut docs: Vec<DocAddress> = s.search(&*query, &DocSetCollector)?.into_iter().collect();
             docs.sort();
@@ -1160,7 +1284,7 @@ impl Snapshot {
             }
         }
         hits.sort_by_key(|h| h.0);
-        self.layout.stored(&searchers, hits.into_iter().map(|(_, i, a)| (i, a)), known_bytes)
+        self.layout.stored(&searchers, Some(&points), hits.into_iter().map(|(_, i, a)| (i, a)), known_bytes)
     }
 }
 
@@ -1631,7 +1755,9 @@ impl Segment {
     ) -> Result<Segment, StoreError> {
         let mmap = tantivy::directory::MmapDirectory::open(path)
             .map_err(|e| StoreError::Index(format!("{}: {e}", path.display())))?;
-        let index = Index::open(ReadOnlyDirectory(mmap)).map_err(|e| open_error(path, e))?;
+        let dir = ReadAdvice::new(ReadOnlyDirectory(mmap), path)
+            .map_err(|e| StoreError::Index(format!("{}: {e}", path.display())))?;
+        let index = Index::open(dir).map_err(|e| open_error(path, e))?;
         let payload = read_payload(&index, path)?;
         if let Some(signal) = payload.signal.filter(|s| *s != layout.signal) {
             return Err(StoreError::corrupt(
@@ -1668,7 +1794,7 @@ impl Segment {
             last_seq: payload.seq,
             bytes: dir_bytes(path),
         };
-        Ok(Segment { entry, reader })
+        Ok(Segment { entry, reader, points: Default::default() })
     }
 
     /// Checks the checksums of every file of the segment (reading each once): a damaged one is
@@ -1767,11 +1893,12 @@ pub(crate) struct CommitSummary {
 
 fn open_sealed(dir: &Path, e: &SegmentEntry) -> Result<Segment, OpenFailure> {
     let path = seg_dir(dir, e.id);
-    let index = Index::open_in_dir(&path)?;
+    let mmap = tantivy::directory::MmapDirectory::open(&path).map_err(tantivy::TantivyError::from)?;
+    let index = Index::open(ReadAdvice::new(mmap, &path).map_err(tantivy::TantivyError::from)?)?;
     let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
     let mut entry = e.clone();
     entry.bytes = dir_bytes(&path);
-    Ok(Segment { entry, reader })
+    Ok(Segment { entry, reader, points: Default::default() })
 }
 
 /// Removes the directory of a segment that a failed seal created but no metastore names.

@@ -293,6 +293,20 @@ async fn run(dir: PathBuf, span_m: u64, log_m: u64) -> anyhow::Result<()> {
         })
         .await?,
     );
+    // A regular expression is matched against the attribute's terms in the term dictionary: of
+    // the store's high-cardinality attributes, so it shows what walking the dictionary costs.
+    let by_regex = search(SpanPredicate::AttributeRegex {
+        scope: AttrScope::Item,
+        key: "url.path".into(),
+        regex: "/api/products/1[0-9]{3}".into(),
+    });
+    rows.push(
+        measure("trace search: attribute url.path =~ /api/products/1[0-9]{3}, limit 20", "-", REPEAT / 4, |_| {
+            let (q, s) = (query.clone(), by_regex.clone());
+            async move { Ok(q.search_traces(&s).await?.len()) }
+        })
+        .await?,
+    );
     rows.push(
         measure("newest 100 log lines matching \"reset\"", "p50 <= 30 ms", REPEAT / 2, |_| {
             let q = query.clone();

@@ -56,7 +56,8 @@ pub(crate) const TIME_FIELD: &str = "time";
 /// 2: no fieldnorms.
 /// 3: time and observed time left out of the stored bytes ([`strip`]).
 /// 4: the span id a fast field, not a term, and left out of the stored bytes.
-pub(crate) const SCHEMA_VERSION: u32 = 4;
+/// 5: term dictionaries as sstables, not FSTs (tantivy's `quickwit` feature; Cargo.toml).
+pub(crate) const SCHEMA_VERSION: u32 = 5;
 /// The u64 fast fields read back with every stored record, in the order [`restore`] takes them.
 pub(crate) const KEPT_FAST: [&str; 3] = [TIME_FIELD, "observed", "span_id"];
 /// The field of a record's trace id.

@@ -51,7 +51,8 @@ pub(crate) struct SpanFields {
 /// 2: span and parent ids became u64 fast fields instead of indexed bytes.
 /// 3: no fieldnorms.
 /// 4: trace id, span id, parent span id, start and end left out of the stored bytes ([`strip`]).
-pub(crate) const SCHEMA_VERSION: u32 = 4;
+/// 5: term dictionaries as sstables, not FSTs (tantivy's `quickwit` feature; Cargo.toml).
+pub(crate) const SCHEMA_VERSION: u32 = 5;
 /// Name of the time field (span start, Unix ns).
 pub(crate) const TIME_FIELD: &str = "start";
 /// Name of the trace id field.

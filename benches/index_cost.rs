@@ -53,17 +53,7 @@ fn bytes_by_extension(dir: &std::path::Path, out: &mut std::collections::BTreeMa
 }
 
 fn main() -> anyhow::Result<()> {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("index_cost benchmark: not run (start it with `cargo bench --bench index_cost`)");
-        return Ok(());
-    }
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let logs = match args.first().map(String::as_str).unwrap_or("spans") {
-        "spans" => false,
-        "logs" => true,
-        other => anyhow::bail!("unknown signal {other:?}: spans or logs"),
-    };
-    let batches: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(200);
+    let Some((logs, batches)) = payload::signal_and_batches("index_cost")? else { return Ok(()) };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(run(logs, batches))
 }

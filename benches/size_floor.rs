@@ -187,17 +187,7 @@ fn log_columns(records: &mut [(LogRecord, u64, u64)]) -> Columns {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("size_floor benchmark: not run (start it with `cargo bench --bench size_floor`)");
-        return Ok(());
-    }
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let logs = match args.first().map(String::as_str).unwrap_or("spans") {
-        "spans" => false,
-        "logs" => true,
-        other => anyhow::bail!("unknown signal {other:?}: spans or logs"),
-    };
-    let batches: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(200);
+    let Some((logs, batches)) = payload::signal_and_batches("size_floor")? else { return Ok(()) };
     let now = now_ns();
     let (mut resources, mut scopes) = (Table::default(), Table::default());
     let mut stream = Vec::new();

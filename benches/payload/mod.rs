@@ -35,6 +35,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) const ITEMS_PER_BATCH: usize = 512;
 
+/// The arguments of the per-item benchmarks (`index_cost`, `size_floor`): `spans` or `logs`
+/// (true for logs) and a number of batches (200 by default). None when the binary was not
+/// started by `cargo bench` (`cargo test` runs bench targets too, without `--bench`).
+pub(crate) fn signal_and_batches(bench: &str) -> anyhow::Result<Option<(bool, u64)>> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{bench} benchmark: not run (start it with `cargo bench --bench {bench}`)");
+        return Ok(None);
+    }
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let logs = match args.first().map(String::as_str).unwrap_or("spans") {
+        "spans" => false,
+        "logs" => true,
+        other => anyhow::bail!("unknown signal {other:?}: spans or logs"),
+    };
+    Ok(Some((logs, args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(200))))
+}
+
 // --- deterministic generation --------------------------------------------------------------
 
 /// xorshift64* seeded through splitmix64.

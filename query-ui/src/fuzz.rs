@@ -499,6 +499,14 @@ mod tests {
         trace_filter(&obsbox_fuzz::regression("trace_filter", "exists-on-a-long-resource-key"));
     }
 
+    /// `1e-40-40-...-4` (72 operands) parsed, but printed every operation in parentheses, and
+    /// the printed text, 71 levels deep, no longer parsed. Printing now leaves out the
+    /// parentheses that precedence and associativity make needless.
+    #[test]
+    fn regression_logql_long_subtraction_chain_prints_flat() {
+        logql(&obsbox_fuzz::regression("logql", "long-subtraction-chain"));
+    }
+
     /// `1+1+...+1` (2 KB) overflowed the stack of the thread evaluating it and aborted the
     /// process; deeper ones overflowed promql-parser itself.
     #[test]

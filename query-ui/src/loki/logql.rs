@@ -424,6 +424,16 @@ impl BinOp {
             BinOp::Cmp(c) => c.as_str(),
         }
     }
+
+    /// Precedence (higher binds tighter) and whether the operator is right-associative.
+    fn precedence(self) -> (u8, bool) {
+        match self {
+            BinOp::Cmp(_) => (1, false),
+            BinOp::Add | BinOp::Sub => (2, false),
+            BinOp::Mul | BinOp::Div | BinOp::Mod => (3, false),
+            BinOp::Pow => (4, true),
+        }
+    }
 }
 
 /// A metric query.
@@ -639,12 +649,19 @@ impl fmt::Display for MetricExpr {
             MetricExpr::Number(_, raw) => f.write_str(raw),
             MetricExpr::Vector(_, raw) => write!(f, "vector({raw})"),
             MetricExpr::Binary { op, lhs, rhs } => {
-                let side = |x: &MetricExpr| match x {
-                    MetricExpr::Binary { .. } => format!("({x})"),
+                // Parentheses only where precedence or associativity need them: a chain as long
+                // as the parser takes (`1 - 1 - ...`, built by its loop, not its recursion) prints
+                // as flat as it was written, and parses back within the nesting limit.
+                let (prec, right) = op.precedence();
+                let side = |x: &MetricExpr, is_rhs: bool| match x {
+                    MetricExpr::Binary { op: inner, .. } => {
+                        let (p, _) = inner.precedence();
+                        if p > prec || (p == prec && is_rhs == right) { x.to_string() } else { format!("({x})") }
+                    }
                     MetricExpr::Number(v, _) if *v < 0.0 => format!("({x})"),
                     _ => x.to_string(),
                 };
-                write!(f, "{} {} {}", side(lhs), op.as_str(), side(rhs))
+                write!(f, "{} {} {}", side(lhs, false), op.as_str(), side(rhs, true))
             }
         }
     }
@@ -1289,21 +1306,23 @@ impl<'a> Parser<'a> {
 
     fn binop(&self) -> Option<(BinOp, u8, bool)> {
         // (operator, precedence, right-associative)
-        Some(match self.peek() {
-            Tok::EqEq => (BinOp::Cmp(CmpOp::Eq), 1, false),
-            Tok::Neq => (BinOp::Cmp(CmpOp::Ne), 1, false),
-            Tok::Gt => (BinOp::Cmp(CmpOp::Gt), 1, false),
-            Tok::Ge => (BinOp::Cmp(CmpOp::Ge), 1, false),
-            Tok::Lt => (BinOp::Cmp(CmpOp::Lt), 1, false),
-            Tok::Le => (BinOp::Cmp(CmpOp::Le), 1, false),
-            Tok::Plus => (BinOp::Add, 2, false),
-            Tok::Minus => (BinOp::Sub, 2, false),
-            Tok::Star => (BinOp::Mul, 3, false),
-            Tok::Slash => (BinOp::Div, 3, false),
-            Tok::Percent => (BinOp::Mod, 3, false),
-            Tok::Caret => (BinOp::Pow, 4, true),
+        let op = match self.peek() {
+            Tok::EqEq => BinOp::Cmp(CmpOp::Eq),
+            Tok::Neq => BinOp::Cmp(CmpOp::Ne),
+            Tok::Gt => BinOp::Cmp(CmpOp::Gt),
+            Tok::Ge => BinOp::Cmp(CmpOp::Ge),
+            Tok::Lt => BinOp::Cmp(CmpOp::Lt),
+            Tok::Le => BinOp::Cmp(CmpOp::Le),
+            Tok::Plus => BinOp::Add,
+            Tok::Minus => BinOp::Sub,
+            Tok::Star => BinOp::Mul,
+            Tok::Slash => BinOp::Div,
+            Tok::Percent => BinOp::Mod,
+            Tok::Caret => BinOp::Pow,
             _ => return None,
-        })
+        };
+        let (prec, right) = op.precedence();
+        Some((op, prec, right))
     }
 
     fn binary(&mut self, min_prec: u8) -> PResult<Expr> {
@@ -2393,9 +2412,24 @@ mod tests {
             r#"(sum(rate({a="b"} |= "e" [5m])) / sum(rate({a="b"}[5m]))) * -100 > 1.5e-3"#,
             "vector(1) + vector(-2) ^ 3 ^ 4",
             "{a=\"\u{1}\"}",
+            "(1 - 2) - 3 - (4 - 5)",
+            "(1 + 2) * 3 / (4 % 5) ^ (6 ^ 7) ^ 8 > 1 == 0",
         ] {
             round_trip(q);
         }
+        // Parentheses only where precedence or associativity need them.
+        for (q, printed) in [
+            ("((1 - 2) - 3) - (4 - 5)", "1 - 2 - 3 - (4 - 5)"),
+            ("(1 * 2) + (3 * 4)", "1 * 2 + 3 * 4"),
+            ("(1 + 2) * (3 + 4)", "(1 + 2) * (3 + 4)"),
+            ("2 ^ (3 ^ 2)", "2 ^ 3 ^ 2"),
+            ("(2 ^ 3) ^ 2", "(2 ^ 3) ^ 2"),
+            ("(1 > 2) == (3 < 4)", "1 > 2 == (3 < 4)"),
+        ] {
+            assert_eq!(parse(q).unwrap().to_string(), printed, "{q}");
+        }
+        let chain = "1".to_string() + &"-1".repeat(200);
+        assert!(parse(&parse(&chain).unwrap().to_string()).is_ok(), "a long chain prints within the nesting limit");
     }
 
     #[test]

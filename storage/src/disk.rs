@@ -45,8 +45,10 @@ const METRICS_FLUSH_BYTES: usize = 32 << 20;
 /// Writes are refused while the oldest batch waiting for its indexer has waited this long, so
 /// that acknowledged data stays searchable within the 2 s bound (wait + commit interval + commit).
 const MAX_INDEX_LAG: Duration = Duration::from_millis(400);
-/// Indexing work admitted ahead of the indexer, at its measured rate.
-const MAX_BACKLOG: Duration = Duration::from_millis(300);
+/// Indexing work admitted ahead of the indexer, at its measured rate. What waits is decoded
+/// batches: at full span load 300 ms of them put RSS over the 256 MiB target in a third of the
+/// benchmark runs; 200 ms keeps 20-30 MiB less at the same throughput (BENCHMARKS.md, tuning log).
+const MAX_BACKLOG: Duration = Duration::from_millis(200);
 /// ... but never fewer items than this (before the rate is known, and for small stores).
 const MIN_BACKLOG_ITEMS: u64 = 8192;
 /// Time between retention passes.

@@ -1304,9 +1304,8 @@ impl<'a> Parser<'a> {
         r
     }
 
-    fn binop(&self) -> Option<(BinOp, u8, bool)> {
-        // (operator, precedence, right-associative)
-        let op = match self.peek() {
+    fn binop(&self) -> Option<BinOp> {
+        Some(match self.peek() {
             Tok::EqEq => BinOp::Cmp(CmpOp::Eq),
             Tok::Neq => BinOp::Cmp(CmpOp::Ne),
             Tok::Gt => BinOp::Cmp(CmpOp::Gt),
@@ -1320,9 +1319,7 @@ impl<'a> Parser<'a> {
             Tok::Percent => BinOp::Mod,
             Tok::Caret => BinOp::Pow,
             _ => return None,
-        };
-        let (prec, right) = op.precedence();
-        Some((op, prec, right))
+        })
     }
 
     fn binary(&mut self, min_prec: u8) -> PResult<Expr> {
@@ -1333,7 +1330,8 @@ impl<'a> Parser<'a> {
             {
                 return Err(LogqlError::Unsupported(format!("set operator {w}")));
             }
-            let Some((op, prec, right)) = self.binop() else { break };
+            let Some(op) = self.binop() else { break };
+            let (prec, right) = op.precedence();
             if prec < min_prec {
                 break;
             }
